@@ -1,0 +1,204 @@
+"""Parse lme4-style formulas into a :class:`~alliance_models.spec.ModelSpec`.
+
+Supported random-effects syntax: ``(1 | g)``, ``(1 + x | g)``, ``(0 + x | g)``,
+``(x || g)`` (uncorrelated), nested ``(1 | g1/g2)`` (expanded to
+``(1 | g1) + (1 | g1:g2)``) and explicit ``(1 | g1:g2)``. The fixed part is formulaic
+syntax (``*``, ``:``, ``C()``, ``I()``, numpy transformations).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from .errors import ModelSpecError
+from .spec import ModelSpec, RandomTerm
+
+__all__ = ["parse_formula"]
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_KNOWN_FUNCS = {"C", "I", "np", "log", "exp", "sqrt", "center", "scale", "standardize", "poly"}
+
+
+def _split_top(s: str, sep: str) -> list[str]:
+    """Split ``s`` on ``sep`` where it is not inside parentheses."""
+    parts, depth, cur = [], 0, []
+    i = 0
+    while i < len(s):
+        ch = s[i]
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise ModelSpecError(f"unbalanced parentheses in {s!r}")
+        if depth == 0 and s.startswith(sep, i):
+            parts.append("".join(cur))
+            cur = []
+            i += len(sep)
+            continue
+        cur.append(ch)
+        i += 1
+    if depth != 0:
+        raise ModelSpecError(f"unbalanced parentheses in {s!r}")
+    parts.append("".join(cur))
+    return parts
+
+
+def _variables(expr: str) -> list[str]:
+    """Column names referenced by a formula expression (not function names)."""
+    code = expr.replace("||", "|")
+    # formula operators that are not Python syntax: turn them into something parseable
+    code = re.sub(r"(?<![\w)])\.", " ", code)
+    try:
+        tree = ast.parse(code.replace(":", "*").replace("~", "-"), mode="eval")
+    except SyntaxError as err:
+        raise ModelSpecError(f"cannot parse formula expression {expr!r}: {err.msg}") from None
+    names: list[str] = []
+    funcs: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            while isinstance(f, ast.Attribute):
+                f = f.value  # type: ignore[assignment]
+            funcs.add(id(f))
+            if isinstance(node.func, ast.Attribute):
+                funcs.add(id(node.func))
+        if isinstance(node, ast.Attribute):
+            v = node.value
+            while isinstance(v, ast.Attribute):
+                v = v.value
+            funcs.add(id(v))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and id(node) not in funcs and node.id not in _KNOWN_FUNCS:
+            if node.id not in names:
+                names.append(node.id)
+    return names
+
+
+def _parse_random(body: str, formula: str) -> list[RandomTerm]:
+    if "||" in body:
+        lhs, rhs = body.split("||", 1)
+        correlated = False
+    else:
+        bits = _split_top(body, "|")
+        if len(bits) != 2:
+            raise ModelSpecError(f"random term ({body}) must have the form (expr | group)")
+        lhs, rhs = bits
+        correlated = True
+    lhs, rhs = lhs.strip(), rhs.strip()
+    if not lhs or not rhs:
+        raise ModelSpecError(f"random term ({body}) in {formula!r} needs both expr and group")
+    pieces = [p.strip() for p in _split_top(lhs, "+")]
+    intercept = True
+    slopes: list[str] = []
+    for p in pieces:
+        if p == "1":
+            intercept = True
+        elif p in ("0", "-1"):
+            intercept = False
+        elif p.startswith("0"):  # "0 + x" handled by split; tolerate "0+x"
+            intercept = False
+        elif p.endswith("- 1") or p.endswith("-1"):
+            intercept = False
+            slopes.append(p.rsplit("-", 1)[0].strip())
+        else:
+            slopes.append(p)
+    if not intercept and not slopes:
+        raise ModelSpecError(f"random term ({body}) has neither an intercept nor a slope")
+    # grouping: g, g1/g2, g1:g2
+    nest = [g.strip() for g in rhs.split("/")]
+    for g in nest:
+        for f in g.split(":"):
+            if not _IDENT.match(f.strip()):
+                raise ModelSpecError(
+                    f"grouping factor {f.strip()!r} in ({body}) must be a column name"
+                )
+    terms: list[RandomTerm] = []
+    acc: list[str] = []
+    for g in nest:
+        acc = acc + [f.strip() for f in g.split(":")]
+        terms.append(
+            RandomTerm(
+                expr=lhs,
+                group=":".join(acc),
+                factors=tuple(acc),
+                intercept=intercept,
+                slopes=tuple(slopes),
+                correlated=correlated,
+            )
+        )
+    return terms
+
+
+def parse_formula(formula: str) -> ModelSpec:
+    """Parse an lme4-style formula.
+
+    Parameters
+    ----------
+    formula : str
+        E.g. ``"adherence ~ alliance * (age + autonomy) + (1 | therapist/patient)"``.
+
+    Returns
+    -------
+    ModelSpec
+
+    Raises
+    ------
+    ModelSpecError
+        When the formula has no ``~``, unbalanced parentheses or a malformed random term.
+
+    Examples
+    --------
+    >>> spec = parse_formula("Reaction ~ Days + (Days | Subject)")
+    >>> spec.response, spec.fixed, spec.random[0].slopes
+    ('Reaction', 'Days', ('Days',))
+    >>> [t.group for t in parse_formula("y ~ x + (1 | a/b)").random]
+    ['a', 'a:b']
+    """
+    if not isinstance(formula, str) or "~" not in formula:
+        raise ModelSpecError(f"formula must be a string 'response ~ terms', got {formula!r}")
+    lhs, rhs = formula.split("~", 1)
+    lhs, rhs = lhs.strip(), rhs.strip()
+    if not lhs:
+        raise ModelSpecError(f"formula {formula!r} has no response left of '~'")
+    if not rhs:
+        raise ModelSpecError(f"formula {formula!r} has no terms right of '~'")
+    fixed_parts: list[str] = []
+    random: list[RandomTerm] = []
+    for raw in _split_top(rhs, "+"):
+        part = raw.strip()
+        if not part:
+            raise ModelSpecError(f"empty term in formula {formula!r}")
+        if part.startswith("(") and part.endswith(")"):
+            inner = part[1:-1]
+            # only a random term if the bar is at the top level of the parentheses
+            if len(_split_top(inner, "|")) > 1:
+                random.extend(_parse_random(inner, formula))
+                continue
+        fixed_parts.append(part)
+    fixed = " + ".join(fixed_parts) if fixed_parts else "1"
+    seen: dict[str, RandomTerm] = {}
+    for t in random:
+        if t.group in seen and seen[t.group] == t:
+            raise ModelSpecError(f"random term {t} appears twice in {formula!r}")
+        seen[t.group] = t
+    variables: list[str] = []
+    for v in _variables(lhs) + _variables(fixed):
+        if v not in variables:
+            variables.append(v)
+    for t in random:
+        for s in t.slopes:
+            for v in _variables(s):
+                if v not in variables:
+                    variables.append(v)
+        for f in t.factors:
+            if f not in variables:
+                variables.append(f)
+    return ModelSpec(
+        formula=formula,
+        response=lhs,
+        fixed=fixed,
+        random=tuple(random),
+        variables=tuple(variables),
+    )

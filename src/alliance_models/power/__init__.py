@@ -1,0 +1,1 @@
+"""Power analysis for planned trials: design, simulator, Monte Carlo engine."""

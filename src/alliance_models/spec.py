@@ -1,0 +1,324 @@
+"""Model specifications: the one object every backend, probe and power run works from.
+
+A :class:`ModelSpec` is data-free (made by :func:`alliance_models.formula.parse_formula`);
+:meth:`ModelSpec.build` turns it and a data frame into a :class:`ModelFrame` holding the
+response, the fixed-effects design (with the formulaic encoding kept so that new data are
+encoded the same way) and the grouping structure.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import FewClustersWarning, MissingDataWarning, ModelSpecError, format_rows
+
+__all__ = ["ModelFrame", "ModelSpec", "RandomTerm"]
+
+MIN_CLUSTERS = 5
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One random-effects term ``(expr | group)`` of an lme4-style formula.
+
+    Attributes
+    ----------
+    expr : str
+        Left of the bar, e.g. ``"1"`` or ``"1 + days"``.
+    group : str
+        Grouping expression as written after expansion, e.g. ``"therapist"`` or
+        ``"therapist:patient"`` (from ``therapist/patient``).
+    factors : tuple of str
+        Columns whose combination defines the groups.
+    intercept : bool
+        Whether the term has a random intercept.
+    slopes : tuple of str
+        Variables with random slopes (plain column names or formulaic expressions).
+    correlated : bool
+        ``False`` for ``||`` (independent intercept and slopes).
+    """
+
+    expr: str
+    group: str
+    factors: tuple[str, ...]
+    intercept: bool
+    slopes: tuple[str, ...] = ()
+    correlated: bool = True
+
+    @property
+    def n_coef(self) -> int:
+        """Number of random coefficients per group (intercept plus slopes)."""
+        return int(self.intercept) + len(self.slopes)
+
+    @property
+    def coef_names(self) -> tuple[str, ...]:
+        """Names of the random coefficients, ``"(Intercept)"`` first when present."""
+        return (("(Intercept)",) if self.intercept else ()) + self.slopes
+
+    def __str__(self) -> str:
+        bar = "|" if self.correlated else "||"
+        return f"({self.expr} {bar} {self.group})"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed lme4-style model formula (no data attached).
+
+    Attributes
+    ----------
+    formula : str
+        The formula as given.
+    response : str
+        Left-hand side (a column name or a formulaic expression).
+    fixed : str
+        Right-hand side of the fixed part, in formulaic syntax.
+    random : tuple of RandomTerm
+        The random-effects terms, nested terms already expanded.
+    variables : tuple of str
+        Every data column the formula refers to (response, fixed, random, groups).
+
+    Examples
+    --------
+    >>> from alliance_models.formula import parse_formula
+    >>> spec = parse_formula("y ~ x * m + (1 | therapist/patient)")
+    >>> spec.fixed, [str(t) for t in spec.random]
+    ('x * m', ['(1 | therapist)', '(1 | therapist:patient)'])
+    """
+
+    formula: str
+    response: str
+    fixed: str
+    random: tuple[RandomTerm, ...] = ()
+    variables: tuple[str, ...] = ()
+
+    @property
+    def fixed_formula(self) -> str:
+        """The fixed part as a complete formulaic formula ``"y ~ rhs"``."""
+        return f"{self.response} ~ {self.fixed}"
+
+    @property
+    def has_random(self) -> bool:
+        """Whether the formula has random-effects terms."""
+        return bool(self.random)
+
+    @property
+    def grouping_factors(self) -> tuple[str, ...]:
+        """Distinct grouping columns used by the random part, in order of appearance."""
+        out: list[str] = []
+        for t in self.random:
+            for f in t.factors:
+                if f not in out:
+                    out.append(f)
+        return tuple(out)
+
+    def check_columns(self, data: pd.DataFrame) -> None:
+        """Raise :class:`ModelSpecError` if a formula variable is not a column of ``data``.
+
+        The message lists close matches among the available columns.
+        """
+        cols = [str(c) for c in data.columns]
+        for v in self.variables:
+            if v not in data.columns:
+                close = difflib.get_close_matches(v, cols, n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise ModelSpecError(
+                    f"formula {self.formula!r} names column {v!r}, which is not in the data"
+                    f"{hint} Available columns: {', '.join(cols)}"
+                )
+
+    def build(self, data: pd.DataFrame, *, extra: tuple[str, ...] = ()) -> ModelFrame:
+        """Encode ``data`` for this specification (listwise deletion is counted).
+
+        Parameters
+        ----------
+        data : DataFrame
+            The analysis data.
+        extra : tuple of str, optional
+            Further columns that must be complete (e.g. the ``trials`` column).
+
+        Returns
+        -------
+        ModelFrame
+
+        Raises
+        ------
+        ModelSpecError
+            Missing columns, a grouping factor with one level, a constant predictor.
+        """
+        from formulaic import Formula
+
+        if not isinstance(data, pd.DataFrame):
+            raise ModelSpecError(
+                f"data must be a pandas DataFrame, got {type(data).__name__}; "
+                "use am.read_data() to convert other inputs"
+            )
+        self.check_columns(data)
+        for c in extra:
+            if c not in data.columns:
+                raise ModelSpecError(
+                    f"column {c!r} is not in the data. Available columns: "
+                    f"{', '.join(map(str, data.columns))}"
+                )
+        used = list(dict.fromkeys([*self.variables, *extra]))
+        complete = data[used].notna().all(axis=1)
+        dropped = data.index[~complete]
+        n_dropped = int((~complete).sum())
+        if n_dropped:
+            na_cols = [c for c in used if data.loc[~complete, c].isna().any()]
+            warnings.warn(
+                f"{n_dropped} of {len(data)} rows have missing values in model columns "
+                f"({', '.join(na_cols)}) and were excluded listwise "
+                f"({format_rows(list(dropped))}); the count is in the result's n_dropped",
+                MissingDataWarning,
+                stacklevel=3,
+            )
+        df = data.loc[complete].copy()
+        if len(df) == 0:
+            raise ModelSpecError("no complete rows remain for the model columns")
+
+        formula = Formula(self.fixed_formula)
+        mm = formula.get_model_matrix(df, na_action="raise")
+        y_df, x_df = mm.lhs, mm.rhs
+        if y_df.shape[1] != 1:
+            raise ModelSpecError(
+                f"response {self.response!r} must give one column, got {y_df.shape[1]}"
+            )
+        x_names = tuple(str(c) for c in x_df.columns)
+        X = np.asarray(x_df, dtype=float)
+        y = np.asarray(y_df, dtype=float).ravel()
+        # constant predictors (other than the intercept) are not identifiable
+        for j, name in enumerate(x_names):
+            if name == "Intercept":
+                continue
+            col = X[:, j]
+            if np.ptp(col) == 0:
+                raise ModelSpecError(
+                    f"term {name!r} is constant ({col[0]:g} in every one of {len(col)} rows); "
+                    "a constant predictor or moderator cannot be estimated: check the column "
+                    "or drop the term"
+                )
+
+        groups: dict[str, np.ndarray] = {}
+        group_labels: dict[str, pd.Index] = {}
+        for t in self.random:
+            if t.group in groups:
+                continue
+            keys = df[list(t.factors)].astype(str).agg(":".join, axis=1) if len(
+                t.factors
+            ) > 1 else df[t.factors[0]].astype(str)
+            codes, uniques = pd.factorize(keys, sort=True)
+            if len(uniques) < 2:
+                raise ModelSpecError(
+                    f"grouping factor {t.group!r} has only one level ({uniques[0]!r}); "
+                    "a random effect needs at least two groups (ideally many more)"
+                )
+            if len(uniques) < MIN_CLUSTERS:
+                warnings.warn(
+                    f"grouping factor {t.group!r} has only {len(uniques)} levels; variance "
+                    f"estimates with fewer than {MIN_CLUSTERS} clusters are unstable; consider "
+                    "a fixed effect for it or a Bayesian fit with an informative prior",
+                    FewClustersWarning,
+                    stacklevel=3,
+                )
+            groups[t.group] = codes.astype(np.int64)
+            group_labels[t.group] = pd.Index(uniques)
+
+        Z: dict[str, np.ndarray] = {}
+        for t in self.random:
+            cols = []
+            if t.intercept:
+                cols.append(np.ones(len(df)))
+            for s in t.slopes:
+                zs = Formula(f"0 + {s}").get_model_matrix(df, na_action="raise")
+                if zs.shape[1] != 1:
+                    raise ModelSpecError(
+                        f"random slope {s!r} in {t} must be one numeric column "
+                        f"(got {zs.shape[1]}); categorical random slopes are not supported"
+                    )
+                cols.append(np.asarray(zs, dtype=float).ravel())
+            Z[str(t)] = np.column_stack(cols) if cols else np.empty((len(df), 0))
+
+        return ModelFrame(
+            spec=self,
+            data=df,
+            y=y,
+            X=X,
+            x_names=x_names,
+            groups=groups,
+            group_labels=group_labels,
+            Z=Z,
+            n_dropped=n_dropped,
+            dropped_index=pd.Index(dropped),
+            fixed_model_spec=x_df.model_spec,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ModelFrame:
+    """A :class:`ModelSpec` applied to data: arrays ready for any backend.
+
+    Attributes
+    ----------
+    spec : ModelSpec
+        The specification.
+    data : DataFrame
+        Complete-case rows used in the fit (original index kept).
+    y : ndarray, shape (n,)
+        Response.
+    X : ndarray, shape (n, p)
+        Fixed-effects design; columns named by ``x_names`` (formulaic names, e.g.
+        ``"Intercept"``, ``"alliance:autonomy"``).
+    groups : dict of str to ndarray
+        Integer group codes (0..G-1) per grouping expression of the random part.
+    group_labels : dict of str to Index
+        The level labels matching those codes.
+    Z : dict of str to ndarray
+        Random-effects columns (n, q_k) per random term, keyed by ``str(term)``.
+    n_dropped : int
+        Rows excluded listwise for missing values (``dropped_index`` lists them).
+    fixed_model_spec : formulaic ModelSpec
+        Re-applies the fixed-part encoding to new data (see :meth:`fixed_design`).
+    """
+
+    spec: ModelSpec
+    data: pd.DataFrame
+    y: np.ndarray
+    X: np.ndarray
+    x_names: tuple[str, ...]
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+    group_labels: dict[str, pd.Index] = field(default_factory=dict)
+    Z: dict[str, np.ndarray] = field(default_factory=dict)
+    n_dropped: int = 0
+    dropped_index: pd.Index = field(default_factory=lambda: pd.Index([]))
+    fixed_model_spec: Any = None
+
+    @property
+    def n_obs(self) -> int:
+        """Number of rows used."""
+        return int(self.y.shape[0])
+
+    @property
+    def n_groups(self) -> dict[str, int]:
+        """Number of levels of each grouping expression."""
+        return {k: len(v) for k, v in self.group_labels.items()}
+
+    def fixed_design(self, newdata: pd.DataFrame) -> np.ndarray:
+        """Encode new data with the same fixed-effects encoding as the fit.
+
+        Parameters
+        ----------
+        newdata : DataFrame
+            Must hold every fixed-part variable (the response is not needed).
+
+        Returns
+        -------
+        ndarray, shape (len(newdata), p)
+        """
+        mm = self.fixed_model_spec.get_model_matrix(newdata, na_action="raise")
+        return np.asarray(mm, dtype=float)
