@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
 
 import numpy as np
-
-T = TypeVar("T")
 
 RNGLike = np.random.Generator | np.random.SeedSequence | int | None
 
@@ -52,7 +49,7 @@ def spawn_seeds(seed: RNGLike, n: int) -> list[np.random.SeedSequence]:
     return base.spawn(n)
 
 
-def progress(
+def progress[T](
     iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True
 ) -> Iterator[T]:
     """Wrap an iterable in the package's progress bar (tqdm on stderr) when enabled.

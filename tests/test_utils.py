@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from alliance_models import errors
+from alliance_models._utils import as_generator, progress, spawn_seeds
+
+
+def test_spawn_seeds_prefix_stable():
+    a = spawn_seeds(42, 3)
+    b = spawn_seeds(42, 10)
+    for x, y in zip(a, b[:3], strict=True):
+        assert np.array_equal(x.generate_state(4), y.generate_state(4))
+    # different children differ
+    assert not np.array_equal(a[0].generate_state(4), a[1].generate_state(4))
+
+
+def test_spawn_seeds_repeatable_from_seedsequence():
+    ss = np.random.SeedSequence(5)
+    first = [s.generate_state(2) for s in spawn_seeds(ss, 2)]
+    second = [s.generate_state(2) for s in spawn_seeds(ss, 2)]
+    assert all(np.array_equal(x, y) for x, y in zip(first, second, strict=True))
+
+
+def test_as_generator_passthrough_and_seed():
+    g = np.random.default_rng(3)
+    assert as_generator(g) is g
+    assert as_generator(3).random() == np.random.default_rng(3).random()
+
+
+def test_format_rows_limits_to_five():
+    assert errors.format_rows([1]) == "row 1"
+    assert errors.format_rows(list(range(7))) == "rows 0, 1, 2, 3, 4 (and 2 more)"
+
+
+def test_error_tree():
+    assert issubclass(errors.DataValidationError, ValueError)
+    assert issubclass(errors.DataValidationError, errors.AllianceModelsError)
+    assert issubclass(errors.SingularFitWarning, errors.AllianceModelsWarning)
+    with pytest.raises(errors.AllianceModelsError):
+        raise errors.DesignError("x")
+
+
+def test_progress_disabled_is_identity():
+    assert list(progress(iter([1, 2]), enabled=False)) == [1, 2]
