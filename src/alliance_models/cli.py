@@ -1,0 +1,541 @@
+"""The ``alliance-models`` command line.
+
+Subcommands: ``demo`` (the whole analysis on the shipped example data), ``fit`` (a
+moderation model on your data, optionally probed and reported), ``score`` (questionnaire
+scoring) and ``power`` (a planned trial described in a TOML file).
+
+Bad input ends the command with exit status 1 and a one-line message on stderr (no
+traceback); ``--debug`` shows the traceback instead. Usage errors exit with status 2.
+Progress goes to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["main", "build_parser"]
+
+PROG = "alliance-models"
+
+
+# --------------------------------------------------------------------------- output helpers
+
+
+class Console:
+    """Where the command writes: results to ``out``, progress and warnings to ``err``.
+
+    Parameters
+    ----------
+    out, err : text streams
+        Default to ``sys.stdout`` and ``sys.stderr`` at call time.
+    quiet : bool
+        Suppress progress messages.
+    """
+
+    def __init__(
+        self, out: TextIO | None = None, err: TextIO | None = None, *, quiet: bool = False
+    ) -> None:
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+        self.quiet = quiet
+        self._t0 = time.perf_counter()
+
+    def print(self, text: object = "") -> None:
+        """Write a result line (stdout)."""
+        print(text, file=self.out, flush=True)
+
+    def heading(self, text: str) -> None:
+        """Write an underlined heading to stdout."""
+        self.print()
+        self.print(text)
+        self.print("=" * len(text))
+
+    def step(self, text: str) -> None:
+        """Write a progress line with the elapsed time (stderr)."""
+        if not self.quiet:
+            elapsed = time.perf_counter() - self._t0
+            print(f"[{elapsed:6.1f}s] {text}", file=self.err, flush=True)
+
+    @contextlib.contextmanager
+    def timed(self, text: str) -> Iterator[None]:
+        """Announce a long step and report how long it took."""
+        self.step(f"{text} ...")
+        t = time.perf_counter()
+        yield
+        self.step(f"{text}: done in {time.perf_counter() - t:.1f}s")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+@contextlib.contextmanager
+def _compact_warnings(console: Console, debug: bool) -> Iterator[None]:
+    """Show warnings as single ``alliance-models: warning: ...`` lines (unless debugging)."""
+    if debug:
+        yield
+        return
+    original = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        print(
+            f"{PROG}: warning: {category.__name__}: {_one_line(str(message))}",
+            file=console.err,
+            flush=True,
+        )
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
+def _error_line(exc: BaseException) -> str:
+    from .errors import AllianceModelsError
+
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"file not found: {exc.filename}"
+    if isinstance(exc, IsADirectoryError) and exc.filename:
+        return f"expected a file but got a directory: {exc.filename}"
+    if isinstance(exc, PermissionError) and exc.filename:
+        return f"permission denied: {exc.filename}"
+    msg = _one_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, AllianceModelsError | ValueError | KeyError | OSError | TypeError):
+        return f"{type(exc).__name__}: {msg}"
+    return f"unexpected {type(exc).__name__}: {msg} (run with --debug for the traceback)"
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    from .demo import run_demo
+
+    out = run_demo(
+        args.out,
+        quick=args.quick,
+        bayes=not args.no_bayes,
+        power=not args.no_power,
+        seed=args.seed,
+        console=console,
+    )
+    console.print()
+    console.print(f"Report written to {out}")
+    return 0
+
+
+def _read(path: str, console: Console) -> Any:
+    import alliance_models as am
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(p))
+    with console.timed(f"reading {p}"):
+        return am.read_data(p)
+
+
+def _cmd_score(args: argparse.Namespace, console: Console) -> int:
+    import alliance_models as am
+
+    df = _read(args.data, console)
+    before = list(df.columns)
+    kwargs: dict[str, Any] = {"items": args.items}
+    if args.prorate is not None:
+        kwargs["prorate"] = args.prorate
+    with console.timed(f"scoring {args.instrument}"):
+        scored = am.score(df, args.instrument, **kwargs)
+    new = [c for c in scored.columns if c not in before]
+    console.heading(f"{args.instrument}: {len(scored)} rows, new columns {', '.join(new)}")
+    if new:
+        desc = scored[new].describe().T
+        desc.insert(0, "missing", scored[new].isna().sum())
+        console.print(desc.to_string(float_format=lambda x: f"{x:.3f}"))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() in {".xlsx", ".xls"}:
+            scored.to_excel(out, index=False)
+        elif out.suffix.lower() == ".parquet":
+            scored.to_parquet(out, index=False)
+        else:
+            scored.to_csv(out, index=False)
+        console.print()
+        console.print(f"Scored data written to {out}")
+    return 0
+
+
+def _moderators(args: argparse.Namespace) -> list[str]:
+    return list(args.moderator or [])
+
+
+def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
+    import alliance_models as am
+
+    from .report import report
+
+    mods = _moderators(args)
+    if bool(args.focal) != bool(mods):
+        raise SystemExit(
+            _usage_error("fit", "--focal and --moderator go together (give both or neither)")
+        )
+    data = _read(args.data, console)
+    data_report = None
+    if args.prepare:
+        with console.timed("validating and preparing the data"):
+            data, data_report = am.prepare(data)
+        console.heading("Data preparation")
+        console.print(data_report.summary())
+
+    fitters = {"mixed": am.fit_mixed, "ols": am.fit_ols, "gee": am.fit_gee}
+    kwargs: dict[str, Any] = {}
+    if args.trials:
+        if args.method != "gee":
+            raise SystemExit(_usage_error("fit", "--trials is used with --method gee only"))
+        kwargs["trials"] = args.trials
+    with console.timed(f"fitting the {args.method} model"):
+        fit = fitters[args.method](args.formula, data, **kwargs)
+    console.heading(f"{args.method} model: {args.formula}")
+    console.print(fit.summary())
+
+    slopes, jns = _probe(fit, args.focal, mods, console)
+
+    bfit = None
+    if args.bayes:
+        bkw: dict[str, Any] = {"draws": args.draws, "chains": args.chains, "seed": args.seed}
+        if args.tune is not None:
+            bkw["tune"] = args.tune
+        if args.family:
+            bkw["family"] = args.family
+        if args.trials:
+            bkw["trials"] = args.trials
+        with console.timed(f"sampling the Bayesian model ({args.chains} chains x {args.draws})"):
+            bfit = am.fit_bayes(args.formula, data, **bkw)
+        console.heading("Bayesian model")
+        console.print(bfit.summary())
+        if args.focal:
+            bslopes, _ = _probe(bfit, args.focal, mods, console, label="posterior ")
+            slopes += bslopes
+
+    if args.report:
+        with console.timed("writing the HTML report"):
+            out = report(
+                args.report,
+                data=data,
+                data_report=data_report,
+                fit=fit,
+                slopes=slopes or None,
+                jn=jns or None,
+                bayes=bfit,
+                title=f"Moderation analysis of {Path(args.data).name}",
+                notes=f"Formula: {args.formula} (method: {args.method}).",
+            )
+        console.print()
+        console.print(f"Report written to {out}")
+    return 0
+
+
+def _probe(
+    fit: Any, focal: str | None, moderators: list[str], console: Console, label: str = ""
+) -> tuple[list[Any], list[Any]]:
+    import alliance_models as am
+
+    slopes: list[Any] = []
+    jns: list[Any] = []
+    if not focal:
+        return slopes, jns
+    for mod in moderators:
+        s = am.simple_slopes(fit, focal=focal, moderator=mod, at="meansd")
+        console.heading(f"{label}simple slopes of {focal} at {mod} (mean +/- 1 SD)")
+        console.print(s.summary())
+        slopes.append(s)
+        j = am.johnson_neyman(fit, focal=focal, moderator=mod)
+        console.heading(f"{label}Johnson-Neyman: {focal} by {mod}")
+        console.print(j.summary())
+        jns.append(j)
+    return slopes, jns
+
+
+def _cmd_power(args: argparse.Namespace, console: Console) -> int:
+    from .power.engine import run_power_file
+
+    path = Path(args.design)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    kwargs: dict[str, Any] = {}
+    for name in ("n_sims", "n_jobs", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            kwargs[name] = value
+    with console.timed(f"running the power analysis in {path}"):
+        result = run_power_file(path, **kwargs)
+    console.heading(f"Power: {path.name}")
+    console.print(result.summary())
+    if hasattr(result, "plot"):
+        plot_path = Path(args.plot) if args.plot else path.with_suffix(".png")
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        from .report import _png_bytes
+
+        plot_path.write_bytes(_png_bytes(result.plot()))
+        console.print()
+        console.print(f"Power curve written to {plot_path}")
+    elif args.plot:
+        console.step("this design file runs a single power point; no curve to plot")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+_MAIN_EPILOG = """\
+examples:
+  alliance-models demo                       # whole analysis on the shipped example data
+  alliance-models score export.csv --instrument wai-sr --items 'wai_{i}' --out scored.csv
+  alliance-models fit data.csv --formula 'adherence ~ alliance * age_c + (1 | therapist)'
+  alliance-models power design.toml --plot power.png
+
+Run 'alliance-models COMMAND --help' for a worked example of each command.
+"""
+
+_DEMO_EPILOG = """\
+worked example:
+  alliance-models demo --out alliance_report
+      reads the shipped REDCap-style example export, scores the WAI-SR and HCCQ-6,
+      validates and centres the data (printing the DataReport), fits
+        adherence ~ alliance * (age_c + autonomy_c) + (1 | therapist/patient)
+      by REML with Satterthwaite df, probes the alliance effect at age and autonomy
+      support (simple slopes, Johnson-Neyman), fits the same model in PyMC, runs a short
+      power curve and writes alliance_report/index.html.
+  alliance-models demo --quick --no-bayes    # a fast smoke run (seconds)
+"""
+
+_FIT_EPILOG = """\
+worked example:
+  alliance-models fit sessions.csv \\
+      --formula 'adherence ~ alliance * (age_c + autonomy_c) + (1 | therapist/patient)' \\
+      --focal alliance --moderator age_c --moderator autonomy_c --report out/
+
+  DATA is one row per session with the canonical columns (therapist, patient, session,
+  alliance, age, autonomy, adherence, ...) as written by 'score'/'prepare' or by
+  am.prepare() in Python; use --prepare to validate and centre a raw scored export first.
+  --method ols fits a single-level PROCESS-style model (robust HC3 SEs);
+  --method gee --trials scheduled fits attended/scheduled as binomial with logit link.
+  --bayes adds the same model in PyMC (posterior summary with r_hat and ESS).
+"""
+
+_SCORE_EPILOG = """\
+worked example:
+  alliance-models score export.csv --instrument wai-sr --items 'wai_{i}' --out scored.csv
+
+  adds wai_sr_total and the goal/task/bond subscales from columns wai_1 ... wai_12
+  ('{i}' stands for the item number). Other instruments: wai, wai-s, hccq, hccq-short,
+  ears, siras. Item values outside the instrument's range are reported with their rows.
+"""
+
+_POWER_EPILOG = """\
+worked example:
+  alliance-models power design.toml --plot power.png
+
+  with design.toml such as
+
+    [design]
+    therapists = 40
+    patients_per_therapist = 10
+    sessions = 8
+    [design.effects]
+    alliance = 0.25
+    "alliance:autonomy" = 0.10
+
+    [power]
+    formula = "adherence ~ alliance * autonomy + (1 | therapist/patient)"
+    test = "alliance:autonomy"
+    n_sims = 500
+    seed = 1
+    [power.vary]
+    therapists = [20, 30, 40, 60]
+
+  prints power with its Wilson CI (per point of the curve) and writes the curve plot.
+"""
+
+
+def _usage_error(command: str, message: str) -> str:
+    return f"{PROG} {command}: error: {message}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``alliance-models`` argument parser.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser with the ``demo``, ``fit``, ``score`` and ``power`` subcommands.
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["demo", "--quick"])
+    >>> args.command, args.quick
+    ('demo', True)
+    """
+    from . import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS,
+        help="show the full traceback and raw warnings on errors",
+    )
+    common.add_argument(
+        "--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+        help="no progress messages on stderr",
+    )
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Therapeutic alliance -> adherence moderation models: scoring, mixed / "
+        "OLS / GEE / Bayesian fits, probing, power for planned trials, HTML reports.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=fmt,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "demo", parents=[common], formatter_class=fmt, epilog=_DEMO_EPILOG,
+        help="run the whole analysis on the shipped example data and write a report",
+        description="Run the whole analysis on the shipped example data.",
+    )
+    p.add_argument("--out", default="alliance_report", metavar="DIR",
+                   help="directory for index.html (default: %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help="small settings (fewer draws and power replicates) for a fast run")
+    p.add_argument("--no-bayes", action="store_true", help="skip the Bayesian fit")
+    p.add_argument("--no-power", action="store_true", help="skip the power curve")
+    p.add_argument("--seed", type=int, default=1, help="seed for MCMC and power (default 1)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "fit", parents=[common], formatter_class=fmt, epilog=_FIT_EPILOG,
+        help="fit a moderation model to a data file",
+        description="Fit a moderation model (lme4-style formula) to a data file.",
+    )
+    p.add_argument("data", metavar="DATA", help="CSV, Excel, SPSS .sav, Stata .dta or REDCap")
+    p.add_argument("--formula", required=True,
+                   help="lme4-style formula, e.g. 'adherence ~ alliance * age + (1 | therapist)'")
+    p.add_argument("--method", choices=("mixed", "ols", "gee"), default="mixed",
+                   help="frequentist backend (default: %(default)s)")
+    p.add_argument("--trials", metavar="COLUMN",
+                   help="denominator column of a binomial outcome (gee / bayes)")
+    p.add_argument("--prepare", action="store_true",
+                   help="validate, reshape and centre the data with am.prepare() first")
+    p.add_argument("--focal", metavar="TERM", help="focal predictor to probe, e.g. alliance")
+    p.add_argument("--moderator", metavar="TERM", action="append",
+                   help="moderator to probe (repeat for several)")
+    p.add_argument("--bayes", action="store_true", help="also fit the model in PyMC")
+    p.add_argument("--family", choices=("gaussian", "binomial", "beta_binomial"),
+                   help="outcome family of the Bayesian fit (default gaussian)")
+    p.add_argument("--draws", type=int, default=1000, help="MCMC draws per chain")
+    p.add_argument("--tune", type=int, default=None, help="MCMC tuning steps per chain")
+    p.add_argument("--chains", type=int, default=4, help="MCMC chains (default 4)")
+    p.add_argument("--seed", type=int, default=1, help="MCMC seed (default 1)")
+    p.add_argument("--report", metavar="DIR", help="write DIR/index.html")
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser(
+        "score", parents=[common], formatter_class=fmt, epilog=_SCORE_EPILOG,
+        help="score a questionnaire (totals and subscales)",
+        description="Score a questionnaire in a data file.",
+    )
+    p.add_argument("data", metavar="DATA", help="CSV, Excel, SPSS .sav, Stata .dta or REDCap")
+    p.add_argument("--instrument", required=True, help="e.g. wai-sr, wai-s, hccq-short, ears")
+    p.add_argument("--items", required=True, metavar="PATTERN",
+                   help="item column pattern with {i} for the item number, e.g. 'wai_{i}'")
+    p.add_argument("--prorate", type=float, default=None, metavar="FRACTION",
+                   help="pro-rate missing items up to this fraction per subscale")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the scored data (.csv, .xlsx or .parquet)")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser(
+        "power", parents=[common], formatter_class=fmt, epilog=_POWER_EPILOG,
+        help="power of a planned trial described in a TOML file",
+        description="Simulation-based power for a planned trial described in a TOML file.",
+    )
+    p.add_argument("design", metavar="DESIGN.toml", help="design and power settings")
+    p.add_argument("--plot", metavar="FILE",
+                   help="where to write the power-curve PNG (default: next to the TOML)")
+    p.add_argument("--n-sims", type=int, default=None, help="override the number of replicates")
+    p.add_argument("--n-jobs", type=int, default=None, help="parallel workers (-1 = all cores)")
+    p.add_argument("--seed", type=int, default=None, help="override the seed")
+    p.set_defaults(func=_cmd_power)
+    return parser
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(
+    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run the ``alliance-models`` command.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+    stdout, stderr : text streams, optional
+        Where results and progress/errors go (default: the process streams).
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 1 on an error in the input or the analysis, 2 on a
+        usage error, 130 when interrupted.
+
+    Examples
+    --------
+    >>> import io
+    >>> err = io.StringIO()
+    >>> main(["fit", "no_such_file.csv", "--formula", "y ~ x"], stderr=err)
+    1
+    >>> err.getvalue().strip()
+    'alliance-models: error: file not found: no_such_file.csv'
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    console = Console(stdout, stderr)
+    parser = build_parser()
+    try:
+        with contextlib.redirect_stdout(console.out), contextlib.redirect_stderr(console.err):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help / --version (0) or usage error (2)
+        return int(exc.code or 0)
+    debug = bool(getattr(args, "debug", False))
+    console.quiet = bool(getattr(args, "quiet", False))
+    try:
+        with _compact_warnings(console, debug):
+            return int(args.func(args, console))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{PROG}: interrupted", file=console.err)
+        return 130
+    except SystemExit as exc:  # usage errors raised inside commands
+        if isinstance(exc.code, str):
+            print(exc.code, file=console.err)
+            return 2
+        return int(exc.code or 0)
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"{PROG}: error: {_error_line(exc)}", file=console.err, flush=True)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

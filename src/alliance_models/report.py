@@ -1,0 +1,480 @@
+"""One self-contained HTML page with the whole analysis.
+
+:func:`report` writes ``index.html``: CSS inline, every plot embedded as a base64 PNG
+data URI, no script or style loaded from elsewhere, so the file can be e-mailed, archived
+with a paper's supplementary material or opened offline. All text taken from data or
+results is escaped with :func:`html.escape` (pandas tables are escaped by ``to_html``).
+
+The page holds, when given: a data summary and the :class:`~alliance_models.DataReport`
+(with its table of excluded rows), the model table, simple-slopes tables with their
+interaction plots, Johnson-Neyman tables and plots, Bayesian diagnostics with trace,
+forest and posterior predictive plots, and a power result or curve.
+
+A tiny inline script (``<script id="image-check">``) records on the page's ``<body>`` how
+many images loaded, so a headless browser can verify the page (see ``tests/test_browser.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["report"]
+
+#: Bayesian plots drawn with ``bfit.plot(kind, path)`` (issue 4), in page order.
+BAYES_PLOT_KINDS: tuple[tuple[str, str], ...] = (
+    ("trace", "Trace / rank plot"),
+    ("forest", "Forest plot of the fixed effects"),
+    ("ppc", "Posterior predictive check"),
+)
+
+#: Columns summarised in the data section when present (canonical analysis columns).
+SUMMARY_COLUMNS = ("alliance", "age", "autonomy", "adherence", "attended", "scheduled")
+
+MAX_TABLE_ROWS = 200
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       margin: 0 auto; max-width: 1100px; padding: 1.5em 2em; color: #1d2329;
+       line-height: 1.45; background: #fff; }
+h1 { font-size: 1.7em; border-bottom: 3px solid #2a6f97; padding-bottom: .3em; }
+h2 { font-size: 1.3em; color: #2a6f97; margin-top: 2em;
+     border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
+h3 { font-size: 1.05em; margin-top: 1.4em; }
+nav ul { columns: 2; list-style: square; padding-left: 1.2em; }
+pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: .8em; overflow-x: auto;
+      font-size: .85em; line-height: 1.3; }
+table.am { border-collapse: collapse; font-size: .85em; margin: .6em 0 1em 0; }
+table.am th, table.am td { border: 1px solid #d0d7de; padding: .25em .6em;
+                           text-align: right; }
+table.am th { background: #eef3f7; }
+table.am tbody tr:nth-child(even) { background: #fafbfc; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; border: 1px solid #e1e4e8; }
+figcaption { font-size: .85em; color: #57606a; }
+.note { font-size: .9em; color: #57606a; }
+.meta { font-size: .8em; color: #57606a; }
+"""
+
+# Counts images on load and records the result on <body>: data-images-total,
+# data-images-loaded and data-images-broken (alt texts of images that failed).
+_IMAGE_CHECK = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  document.body.setAttribute('data-images-total', String(imgs.length));
+  document.body.setAttribute('data-images-loaded', String(imgs.length - broken.length));
+  document.body.setAttribute('data-images-broken',
+    broken.map(function (i) { return i.alt; }).join(';'));
+});
+"""
+
+
+@dataclass
+class _Page:
+    """Accumulates the sections of the page (internal)."""
+
+    title: str
+    sections: list[tuple[str, str, str]] = field(default_factory=list)  # (id, heading, body)
+
+    def add(self, sid: str, heading: str, body: str) -> None:
+        self.sections.append((sid, heading, body))
+
+    def render(self) -> str:
+        esc = html.escape
+        nav = "".join(
+            f'<li><a href="#{esc(sid)}">{esc(head)}</a></li>' for sid, head, _ in self.sections
+        )
+        body = "\n".join(
+            f'<section id="{esc(sid)}">\n<h2>{esc(head)}</h2>\n{content}\n</section>'
+            for sid, head, content in self.sections
+        )
+        from . import __version__
+
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return (
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{esc(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            f"<h1>{esc(self.title)}</h1>\n"
+            f'<p class="meta">Written by alliance_models {esc(__version__)} on {stamp}.</p>\n'
+            f"<nav><ul>{nav}</ul></nav>\n{body}\n"
+            f'<script id="image-check">{_IMAGE_CHECK}</script>\n</body>\n</html>\n'
+        )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _pre(text: object) -> str:
+    return f"<pre>{html.escape(str(text))}</pre>"
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _fmt(x: object) -> str:
+    if isinstance(x, float | np.floating):
+        if not np.isfinite(x):
+            return "inf" if np.isposinf(x) else ("-inf" if np.isneginf(x) else "")
+        ax = abs(float(x))
+        if ax != 0 and (ax < 1e-3 or ax >= 1e6):
+            return f"{float(x):.3e}"
+        return f"{float(x):.4f}"
+    return str(x)
+
+
+def _table(df: pd.DataFrame, *, index: bool = True, max_rows: int = MAX_TABLE_ROWS) -> str:
+    """Render a DataFrame as an escaped HTML table (truncated to ``max_rows`` rows)."""
+    extra = ""
+    if len(df) > max_rows:
+        extra = _note(f"Showing the first {max_rows} of {len(df)} rows.")
+        df = df.iloc[:max_rows]
+    out = df.to_html(
+        classes="am",
+        border=0,
+        index=index,
+        escape=True,
+        float_format=_fmt,
+        na_rep="",
+    )
+    return out + extra
+
+
+def _png_bytes(obj: Any, *, dpi: int = 110) -> bytes:
+    """PNG bytes of a matplotlib Figure/Axes, ArviZ PlotCollection, path or raw PNG bytes."""
+    if isinstance(obj, bytes | bytearray):
+        return bytes(obj)
+    if isinstance(obj, str | os.PathLike):
+        return Path(obj).read_bytes()
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    if isinstance(obj, np.ndarray) and obj.size and isinstance(obj.flat[0], Axes):
+        obj = obj.flat[0]
+    if isinstance(obj, tuple) and obj and isinstance(obj[0], Figure):
+        obj = obj[0]
+    if isinstance(obj, Axes):
+        obj = obj.get_figure()
+    if isinstance(obj, Figure):
+        buf = io.BytesIO()
+        obj.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        plt.close(obj)
+        return buf.getvalue()
+    if hasattr(obj, "savefig"):  # ArviZ PlotCollection and the like
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "plot.png"
+            obj.savefig(p)
+            data = p.read_bytes()
+        plt.close("all")
+        return data
+    raise TypeError(
+        f"cannot embed a {type(obj).__name__} as an image; give a matplotlib Figure or "
+        "Axes, an ArviZ PlotCollection, a PNG path or PNG bytes"
+    )
+
+
+def _img(obj: Any, caption: str) -> str:
+    data = _png_bytes(obj)
+    if not data.startswith(b"\x89PNG"):
+        raise ValueError(f"the image for {caption!r} is not a PNG")
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    cap = html.escape(caption)
+    return f'<figure><img src="{uri}" alt="{cap}"><figcaption>{cap}</figcaption></figure>'
+
+
+def _as_list(obj: Any) -> list[Any]:
+    if obj is None:
+        return []
+    if isinstance(obj, Mapping):
+        return list(obj.values())
+    if isinstance(obj, Sequence) and not isinstance(obj, str | bytes):
+        return list(obj)
+    return [obj]
+
+
+def _frame(obj: Any) -> pd.DataFrame | None:
+    if isinstance(obj, pd.DataFrame):
+        return obj
+    if hasattr(obj, "to_frame"):
+        df = obj.to_frame()
+        return df if isinstance(df, pd.DataFrame) else None
+    return None
+
+
+def _summary_text(obj: Any) -> str | None:
+    if hasattr(obj, "summary"):
+        s = obj.summary()
+        if isinstance(s, pd.DataFrame):
+            return s.to_string()
+        return str(s)
+    return None
+
+
+def _label(obj: Any, default: str) -> str:
+    focal = getattr(obj, "focal", None)
+    mod = getattr(obj, "moderator", None)
+    if isinstance(mod, list | tuple):
+        mod = " x ".join(str(m) for m in mod)
+    if focal and mod:
+        return f"effect of {focal} by {mod}"
+    return default
+
+
+def _try_plot(fn: Callable[[], Any], what: str) -> str:
+    """Embed the figure ``fn()`` returns; report (not hide) a plot that cannot be drawn."""
+    try:
+        fig = fn()
+    except (ImportError, NotImplementedError) as exc:
+        return _note(f"{what}: not available ({type(exc).__name__}: {exc}).")
+    return _img(fig, what)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _data_section(data: pd.DataFrame) -> str:
+    parts = []
+    counts = {"rows (sessions)": len(data)}
+    for col in ("therapist", "patient"):
+        if col in data.columns:
+            counts[f"{col}s"] = int(data[col].nunique())
+    if "patient" in data.columns and "session" in data.columns:
+        per = data.groupby("patient", observed=True)["session"].size()
+        counts["sessions per patient (median)"] = float(per.median())
+    parts.append(_table(pd.DataFrame({"value": counts}).rename_axis("count")))
+    cols = [c for c in SUMMARY_COLUMNS if c in data.columns]
+    num = data[cols].select_dtypes("number") if cols else data.select_dtypes("number")
+    if num.shape[1]:
+        desc = num.describe().T
+        desc.insert(0, "missing", num.isna().sum())
+        parts.append("<h3>Descriptive statistics</h3>" + _table(desc))
+    return "\n".join(parts)
+
+
+def _data_report_section(data_report: Any) -> str:
+    parts = []
+    text = _summary_text(data_report)
+    if text:
+        parts.append(_pre(text))
+    df = _frame(data_report)
+    if df is not None:
+        parts.append("<h3>Excluded rows and reasons</h3>")
+        if len(df):
+            parts.append(_table(df, index=False))
+        else:
+            parts.append(_note("No rows were excluded."))
+    return "\n".join(parts)
+
+
+def _fit_section(fit: Any) -> str:
+    parts = []
+    text = _summary_text(fit)
+    if text:
+        parts.append(_pre(text))
+    elif (df := _frame(fit)) is not None:
+        parts.append(_table(df))
+    return "\n".join(parts)
+
+
+def _interaction_plot(fit: Any, s: Any) -> Any:
+    from .plots import plot_interaction
+
+    focal = s.focal
+    moderator = s.moderator
+    if isinstance(moderator, list | tuple):
+        moderator = moderator[0]
+    return plot_interaction(fit, focal=focal, moderator=moderator)
+
+
+def _jn_plot(j: Any) -> Any:
+    from .plots import plot_johnson_neyman
+
+    return plot_johnson_neyman(j)
+
+
+def _slopes_section(slopes: list[Any], fit: Any) -> str:
+    parts = []
+    for s in slopes:
+        label = _label(s, "simple slopes")
+        parts.append(f"<h3>Simple slopes: {html.escape(label)}</h3>")
+        df = _frame(s)
+        if df is not None:
+            parts.append(_table(df, index=False))
+        if fit is not None and getattr(s, "focal", None) and getattr(s, "moderator", None):
+            parts.append(
+                _try_plot(lambda s=s: _interaction_plot(fit, s), f"Interaction plot: {label}")
+            )
+    return "\n".join(parts)
+
+
+def _jn_section(jns: list[Any]) -> str:
+    parts = []
+    for j in jns:
+        label = _label(j, "Johnson-Neyman")
+        parts.append(f"<h3>Johnson-Neyman: {html.escape(label)}</h3>")
+        text = _summary_text(j)
+        if text:
+            parts.append(_pre(text))
+        parts.append(_try_plot(lambda j=j: _jn_plot(j), f"Johnson-Neyman plot: {label}"))
+    return "\n".join(parts)
+
+
+def _bayes_section(bayes: Any) -> str:
+    parts = []
+    df = _frame(bayes)
+    if df is not None:
+        parts.append("<h3>Posterior summary and diagnostics</h3>" + _table(df))
+    diag = getattr(bayes, "diagnostics", None)
+    if diag is not None and not callable(diag):
+        parts.append("<h3>Sampler diagnostics</h3>")
+        ddf = _frame(diag) if not isinstance(diag, Mapping) else pd.Series(diag).to_frame("value")
+        parts.append(_table(ddf) if ddf is not None else _pre(diag))
+    priors = getattr(bayes, "priors", None)
+    if priors is not None and not callable(priors):
+        text = priors.to_string() if isinstance(priors, pd.DataFrame) else str(priors)
+        parts.append("<h3>Priors</h3>" + _pre(text))
+    if hasattr(bayes, "plot"):
+        with tempfile.TemporaryDirectory() as tmp:
+            for kind, caption in BAYES_PLOT_KINDS:
+                path = Path(tmp) / f"{kind}.png"
+
+                def draw(kind: str = kind, path: Path = path) -> Path:
+                    out = bayes.plot(kind, path)
+                    return Path(out) if isinstance(out, str | os.PathLike) else path
+
+                parts.append(_try_plot(draw, caption))
+    return "\n".join(parts)
+
+
+def _power_section(power: Any) -> str:
+    parts = []
+    text = _summary_text(power)
+    if text:
+        parts.append(_pre(text))
+    df = _frame(power)
+    if df is not None and len(df) > 1:
+        parts.append(_table(df, index=False))
+    if hasattr(power, "plot"):
+        parts.append(_try_plot(power.plot, "Power curve"))
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- public
+
+
+def report(
+    path_or_dir: str | os.PathLike[str],
+    *,
+    data_report: Any = None,
+    fit: Any = None,
+    slopes: Any = None,
+    jn: Any = None,
+    bayes: Any = None,
+    power: Any = None,
+    data: pd.DataFrame | None = None,
+    figures: Mapping[str, Any] | None = None,
+    title: str = "Alliance, adherence and moderation: analysis report",
+    notes: str | None = None,
+) -> Path:
+    """Write the analysis as one self-contained HTML file.
+
+    Parameters
+    ----------
+    path_or_dir : str or path-like
+        A directory (created if needed; the page is ``<dir>/index.html``) or a file path
+        ending in ``.html``.
+    data_report : DataReport, optional
+        From :func:`alliance_models.prepare`; its summary and the table of excluded rows.
+    fit : fitted model, optional
+        A ``MixedFit``, ``OLSFit`` or ``GEEFit`` (anything with ``summary()``); also used
+        to draw the interaction plot of each simple-slopes result.
+    slopes : SimpleSlopes or sequence / mapping of them, optional
+        From :func:`alliance_models.simple_slopes`.
+    jn : JohnsonNeyman or sequence / mapping of them, optional
+        From :func:`alliance_models.johnson_neyman`.
+    bayes : BayesFit, optional
+        Posterior summary with r_hat / ESS, and trace, forest and posterior predictive
+        plots drawn with ``bayes.plot(kind, path)``.
+    power : PowerResult or PowerCurve, optional
+        Its summary, table and (for a curve) the plot.
+    data : DataFrame, optional
+        Analysis data (canonical columns) for counts and descriptive statistics.
+    figures : mapping of str to figure, optional
+        Extra figures (matplotlib Figure/Axes, ArviZ PlotCollection, PNG path or bytes)
+        added at the end under their captions.
+    title : str
+        Page title.
+    notes : str, optional
+        Free text shown under the title (escaped).
+
+    Returns
+    -------
+    pathlib.Path
+        The HTML file written.
+
+    Raises
+    ------
+    TypeError
+        If a figure in ``figures`` cannot be converted to PNG.
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> import alliance_models as am
+    >>> d = pd.DataFrame({"therapist": ["a", "a", "b"], "patient": ["1", "2", "3"],
+    ...                   "session": [1, 1, 1], "adherence": [0.5, 0.8, 0.9]})
+    >>> out = am.report(tempfile.mkdtemp(), data=d, title="Pilot")
+    >>> out.name
+    'index.html'
+    """
+    target = Path(path_or_dir)
+    if target.suffix.lower() in {".html", ".htm"}:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out = target
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+        out = target / "index.html"
+
+    page = _Page(title=title)
+    if notes:
+        page.add("notes", "Notes", _note(notes))
+    if data is not None:
+        page.add("data", "Data summary", _data_section(data))
+    if data_report is not None:
+        page.add("data-report", "Data preparation report", _data_report_section(data_report))
+    if fit is not None:
+        page.add("model", "Moderation model", _fit_section(fit))
+    slope_list = _as_list(slopes)
+    if slope_list:
+        page.add("simple-slopes", "Simple slopes and interaction plots",
+                 _slopes_section(slope_list, fit))
+    jn_list = _as_list(jn)
+    if jn_list:
+        page.add("johnson-neyman", "Johnson-Neyman regions of significance",
+                 _jn_section(jn_list))
+    if bayes is not None:
+        page.add("bayes", "Bayesian moderation model", _bayes_section(bayes))
+    if power is not None:
+        page.add("power", "Power", _power_section(power))
+    if figures:
+        page.add("figures", "Further figures",
+                 "\n".join(_img(fig, str(cap)) for cap, fig in figures.items()))
+    if not page.sections:
+        page.add("empty", "Nothing to report", _note("No results were given to report()."))
+
+    out.write_text(page.render(), encoding="utf-8")
+    return out
