@@ -20,7 +20,9 @@ import base64
 import html
 import io
 import os
+import sys
 import tempfile
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -248,14 +250,16 @@ def _try_plot(fn: Callable[[], Any], what: str) -> str:
 
 def _data_section(data: pd.DataFrame) -> str:
     parts = []
-    counts = {"rows (sessions)": len(data)}
+    counts: dict[str, float] = {"rows (sessions)": len(data)}
     for col in ("therapist", "patient"):
         if col in data.columns:
             counts[f"{col}s"] = int(data[col].nunique())
     if "patient" in data.columns and "session" in data.columns:
         per = data.groupby("patient", observed=True)["session"].size()
         counts["sessions per patient (median)"] = float(per.median())
-    parts.append(_table(pd.DataFrame({"value": counts}).rename_axis("count")))
+    parts.append(
+        _table(pd.DataFrame({"count": list(counts), "value": list(counts.values())}), index=False)
+    )
     cols = [c for c in SUMMARY_COLUMNS if c in data.columns]
     num = data[cols].select_dtypes("number") if cols else data.select_dtypes("number")
     if num.shape[1]:
@@ -478,3 +482,19 @@ def report(
 
     out.write_text(page.render(), encoding="utf-8")
     return out
+
+
+class _CallableModule(types.ModuleType):
+    """The report module, callable as :func:`report`.
+
+    The public name ``alliance_models.report`` is both this module and the function.
+    Importing the submodule (``from alliance_models.report import report``) makes Python
+    bind the *module* to ``alliance_models.report``; making the module callable keeps
+    ``am.report(...)`` working whatever the import order.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

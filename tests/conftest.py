@@ -1,0 +1,61 @@
+"""Shared fixtures: headless matplotlib and a small prepared copy of the example data.
+
+Fixtures are session-scoped so that reading, scoring and preparing the shipped export
+happens once per test run.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+#: Therapists kept in the small example subset (fast fits in default tests).
+SMALL_THERAPISTS = 12
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close every matplotlib figure a test leaves open."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+@pytest.fixture(scope="session")
+def example_raw() -> pd.DataFrame:
+    """The shipped REDCap-style example export, read and flattened by ``am.read_data``."""
+    import alliance_models as am
+
+    return am.read_data(am.datasets.example_path())
+
+
+@pytest.fixture(scope="session")
+def example_prepared(example_raw):
+    """``(data, DataReport)`` of the example export after WAI-SR and HCCQ-6 scoring."""
+    import alliance_models as am
+
+    scored = am.score(example_raw, "wai-sr", items="wai_{i}")
+    scored = am.score(scored, "hccq-short", items="hccq_{i}")
+    return am.prepare(scored)
+
+
+@pytest.fixture(scope="session")
+def example_data(example_prepared) -> pd.DataFrame:
+    """Prepared example data (canonical long format, one row per session)."""
+    return example_prepared[0]
+
+
+@pytest.fixture(scope="session")
+def small_example(example_data) -> pd.DataFrame:
+    """The prepared example restricted to its first ``SMALL_THERAPISTS`` therapists."""
+    keep = pd.unique(example_data["therapist"])[:SMALL_THERAPISTS]
+    return example_data[example_data["therapist"].isin(keep)].reset_index(drop=True)

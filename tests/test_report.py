@@ -1,0 +1,171 @@
+"""The self-contained HTML report: structure, escaping, embedded images, no external refs."""
+
+from __future__ import annotations
+
+import base64
+import re
+import sys
+from html.parser import HTMLParser
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+import alliance_models as am
+
+URL_ATTR = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
+CSS_URL = re.compile(r"url\(\s*['\"]?\s*(?:https?:)?//", re.IGNORECASE)
+IMG_SRC = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+report_mod = sys.modules[am.report.__module__]
+
+
+def external_refs(page: str) -> list[str]:
+    """Every reference to a resource outside the file (http(s) or protocol-relative)."""
+    hits = URL_ATTR.findall(page) + CSS_URL.findall(page)
+    hits += re.findall(r"@import", page)
+    hits += re.findall(r"""(?:src|href)\s*=\s*["']?(?!data:|#)[a-z]+:""", page, re.I)
+    return hits
+
+
+def embedded_pngs(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in IMG_SRC.findall(page)]
+
+
+class _Tables(HTMLParser):
+    """Collect the cell texts of every <table> (stdlib only; no lxml needed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def read_tables(fragment: str) -> list[list[list[str]]]:
+    parser = _Tables()
+    parser.feed(fragment)
+    return [[row for row in t if row] for t in parser.tables]
+
+
+def tiny_data() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = 30
+    return pd.DataFrame(
+        {
+            "therapist": np.repeat(["t1", "t2", "t3"], 10),
+            "patient": np.repeat([f"p{i}" for i in range(6)], 5),
+            "session": np.tile(np.arange(1, 6), 6),
+            "alliance": rng.normal(50, 5, n),
+            "age": rng.normal(50, 14, n),
+            "adherence": rng.uniform(0, 1, n),
+        }
+    )
+
+
+def test_external_ref_detector_catches_what_it_should():
+    # the helper used below must be able to fail
+    assert external_refs('<img src="https://x.org/a.png">')
+    assert external_refs('<link href="//cdn.x.org/a.css">')
+    assert external_refs("<style>body{background:url('http://x/a.png')}</style>")
+    assert external_refs('<script src="file:///etc/x.js"></script>')
+    assert not external_refs('<img src="data:image/png;base64,AAAA"><a href="#model">m</a>')
+
+
+def test_report_dir_and_file_targets(tmp_path):
+    out = am.report(tmp_path / "rep", data=tiny_data())
+    assert out == tmp_path / "rep" / "index.html"
+    out2 = am.report(tmp_path / "other" / "page.html", data=tiny_data())
+    assert out2 == tmp_path / "other" / "page.html" and out2.exists()
+
+
+def test_data_section_counts_and_descriptives(tmp_path):
+    d = tiny_data()
+    page = am.report(tmp_path, data=d).read_text()
+    assert '<section id="data">' in page
+    # counts: 30 sessions, 3 therapists, 6 patients, 5 sessions per patient
+    counts, desc = read_tables(page.split('<section id="data">')[1].split("</section>")[0])
+    assert counts[0] == ["count", "value"]
+    values = {row[0]: float(row[1]) for row in counts[1:]}
+    assert values["rows (sessions)"] == 30
+    assert values["therapists"] == 3
+    assert values["patients"] == 6
+    assert values["sessions per patient (median)"] == 5
+    # descriptive table holds the means of the canonical columns
+    header = desc[0]
+    rows = {r[0]: dict(zip(header, r, strict=True)) for r in desc[1:]}
+    assert float(rows["age"]["mean"]) == pytest.approx(d["age"].mean(), abs=1e-4)
+    assert float(rows["adherence"]["count"]) == 30
+    assert float(rows["alliance"]["missing"]) == 0
+
+
+def test_text_is_escaped(tmp_path):
+    evil = '<script>alert("x")</script> & <b>'
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    page = am.report(tmp_path, title=evil, notes=evil, figures={evil: fig}).read_text()
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;" in page
+    # the only script on the page is the image check
+    assert page.count("<script") == 1 and '<script id="image-check">' in page
+
+
+def test_figures_are_embedded_as_png(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    fig2, ax2 = plt.subplots()
+    ax2.bar([1, 2], [3, 4])
+    png_path = tmp_path / "saved.png"
+    fig3, _ = plt.subplots()
+    fig3.savefig(png_path)
+    page = am.report(
+        tmp_path / "r", figures={"a figure": fig, "an axes": ax2, "a file": png_path}
+    ).read_text()
+    pngs = embedded_pngs(page)
+    assert len(pngs) == 3
+    assert all(p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 1000 for p in pngs)
+    assert external_refs(page) == []
+
+
+def test_bad_figure_type_raises(tmp_path):
+    with pytest.raises(TypeError, match="cannot embed a dict"):
+        am.report(tmp_path, figures={"x": {"not": "a figure"}})
+
+
+def test_empty_report_says_so(tmp_path):
+    page = am.report(tmp_path).read_text()
+    assert "Nothing to report" in page
+
+
+def test_long_tables_are_truncated():
+    df = pd.DataFrame({"x": range(report_mod.MAX_TABLE_ROWS + 5)})
+    html = report_mod._table(df)
+    assert f"first {report_mod.MAX_TABLE_ROWS} of {report_mod.MAX_TABLE_ROWS + 5}" in html
+    assert html.count("<tr") == report_mod.MAX_TABLE_ROWS + 1  # header + rows
+
+
+def test_report_callable_whatever_the_import_order(tmp_path):
+    # `alliance_models.report` names both the module and the function
+    import alliance_models.report
+
+    assert callable(alliance_models.report)
+    out = alliance_models.report(tmp_path, data=tiny_data())
+    assert out.name == "index.html"
