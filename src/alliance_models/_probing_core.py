@@ -1,0 +1,455 @@
+"""Plain-numpy core of probing: effect weights, Johnson-Neyman roots, HDIs.
+
+Nothing here knows about pandas, statsmodels or PyMC. The public layer
+(:mod:`alliance_models.probing`) extracts ``(b, V, df)`` from a fit and calls these.
+
+A conditional effect is a linear contrast ``w' b`` of the fixed effects. For a focal
+variable ``x`` the weight of a term is the derivative of that term with respect to ``x``:
+1 for ``x`` itself, the value of ``m`` for ``x:m``, ``m * z`` for ``x:m:z`` and 0 for terms
+without ``x``. Because every other factor enters linearly, the weight vector is affine in
+the moderator value, ``w(m) = a + m c``, which is what makes the Johnson-Neyman bounds the
+roots of a quadratic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from .errors import ModelSpecError
+
+__all__ = [
+    "JNSolution",
+    "affine_weights",
+    "effect_weights",
+    "hdi",
+    "jn_quadratic",
+    "jn_solve",
+    "significant_intervals",
+    "split_term",
+    "t_critical",
+]
+
+REGIONS = ("inside", "outside", "above", "below", "all", "none")
+
+
+def split_term(name: str) -> tuple[str, ...]:
+    """Split a formulaic column name into its factors at top-level colons.
+
+    Examples
+    --------
+    >>> split_term("alliance:age")
+    ('alliance', 'age')
+    >>> split_term("C(arm)[T.1]:alliance")
+    ('C(arm)[T.1]', 'alliance')
+    """
+    parts, depth, cur = [], 0, []
+    for ch in name:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch == ":" and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur))
+    return tuple(parts)
+
+
+def _mentions(factor: str, var: str) -> bool:
+    """Whether ``var`` occurs as a whole word inside ``factor``."""
+    return re.search(rf"(?<![\w.]){re.escape(var)}(?![\w])", factor) is not None
+
+
+def effect_weights(
+    x_names: Sequence[str], wrt: Sequence[str], values: Mapping[str, float]
+) -> np.ndarray:
+    """Weights ``w`` such that ``w' b`` is the (cross-)derivative of the linear predictor.
+
+    Parameters
+    ----------
+    x_names : sequence of str
+        Column names of the fixed-effects design.
+    wrt : sequence of str
+        Variables to differentiate by: ``[focal]`` gives the conditional effect of
+        ``focal``; ``[focal, moderator]`` the conditional ``focal x moderator``
+        interaction (used for moderated moderation).
+    values : mapping
+        Value of every other factor that multiplies a ``wrt`` variable in some term.
+
+    Returns
+    -------
+    ndarray, shape (len(x_names),)
+
+    Raises
+    ------
+    ModelSpecError
+        When a ``wrt`` variable enters a term non-linearly (``I(x**2)``, ``np.log(x)``)
+        or a needed factor value is missing.
+
+    Examples
+    --------
+    >>> effect_weights(["Intercept", "x", "m", "x:m"], ["x"], {"m": 2.0}).tolist()
+    [0.0, 1.0, 0.0, 2.0]
+    """
+    w = np.zeros(len(x_names))
+    for j, name in enumerate(x_names):
+        factors = split_term(name)
+        for v in wrt:
+            for f in factors:
+                if f != v and _mentions(f, v):
+                    raise ModelSpecError(
+                        f"{v!r} enters term {name!r} through {f!r}, not linearly; the "
+                        "conditional effect is then not a linear contrast of the "
+                        "coefficients. Create the transformed variable as a column, or "
+                        f"name the factor itself (e.g. {f!r}) as focal/moderator"
+                    )
+            if factors.count(v) > 1:
+                raise ModelSpecError(f"{v!r} appears twice in term {name!r}")
+        if not all(v in factors for v in wrt):
+            continue
+        weight = 1.0
+        for f in factors:
+            if f in wrt:
+                continue
+            if f not in values:
+                raise ModelSpecError(
+                    f"term {name!r} needs a value for {f!r} to compute the conditional effect"
+                )
+            weight *= float(values[f])
+        w[j] = weight
+    return w
+
+
+def affine_weights(
+    x_names: Sequence[str], wrt: Sequence[str], moderator: str, values: Mapping[str, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(a, c)`` with ``effect_weights(..., moderator=m) == a + m c``.
+
+    Examples
+    --------
+    >>> a, c = affine_weights(["x", "m", "x:m"], ["x"], "m", {})
+    >>> a.tolist(), c.tolist()
+    ([1.0, 0.0, 0.0], [0.0, 0.0, 1.0])
+    """
+    v0 = {**values, moderator: 0.0}
+    v1 = {**values, moderator: 1.0}
+    a = effect_weights(x_names, wrt, v0)
+    c = effect_weights(x_names, wrt, v1) - a
+    return a, c
+
+
+def t_critical(df: float, alpha: float) -> float:
+    """Two-sided critical value of t (normal when ``df`` is infinite).
+
+    Examples
+    --------
+    >>> round(t_critical(np.inf, 0.05), 4)
+    1.96
+    """
+    if not np.isfinite(df):
+        return float(stats.norm.ppf(1 - alpha / 2))
+    return float(stats.t.ppf(1 - alpha / 2, df))
+
+
+def jn_quadratic(
+    est0: float, est1: float, v00: float, v01: float, v11: float, tcrit: float
+) -> tuple[float, float, float]:
+    """Coefficients ``(A, B, C)`` of ``(e0 + e1 m)^2 - t^2 (v00 + 2 v01 m + v11 m^2)``.
+
+    The conditional effect is significant where ``A m^2 + B m + C > 0``.
+
+    Examples
+    --------
+    >>> jn_quadratic(1.0, 0.5, 0.04, 0.0, 0.01, 2.0)
+    (0.21, 1.0, 0.84)
+    """
+    t2 = tcrit**2
+    return (
+        float(est1**2 - t2 * v11),
+        float(2.0 * (est0 * est1 - t2 * v01)),
+        float(est0**2 - t2 * v00),
+    )
+
+
+def _classify(A: float, B: float, C: float, scale: float) -> tuple[str, tuple[float, ...]]:
+    """Region type and sorted real roots of ``A m^2 + B m + C`` (significant where > 0)."""
+    if abs(A) <= 1e-12 * scale:
+        if abs(B) <= 1e-12 * scale:
+            return ("all" if C > 0 else "none"), ()
+        root = -C / B
+        return ("above" if B > 0 else "below"), (root,)
+    disc = B * B - 4.0 * A * C
+    if disc <= 0:
+        return ("all" if A > 0 else "none"), ()
+    sq = np.sqrt(disc)
+    # numerically stable roots
+    q = -0.5 * (B + np.copysign(sq, B))
+    r1, r2 = q / A, (C / q if q != 0 else -q / A)
+    roots = tuple(sorted((float(r1), float(r2))))
+    return ("outside" if A > 0 else "inside"), roots
+
+
+@dataclass(frozen=True)
+class JNSolution:
+    """Johnson-Neyman bounds of a conditional effect ``(a + m c)' b``.
+
+    Attributes
+    ----------
+    bounds : tuple of float
+        Moderator values where the two-sided p-value equals ``alpha`` (0, 1 or 2 values).
+    region : str
+        Where the effect is significant: ``"inside"`` (between the bounds), ``"outside"``
+        (below the lower and above the upper), ``"above"`` / ``"below"`` (one bound,
+        unbounded on one side), ``"all"`` or ``"none"``.
+    df : tuple of float
+        Degrees of freedom used at each bound.
+    iterations : tuple of int
+        Fixed-point iterations per bound (1 when df does not depend on ``m``).
+    converged : bool
+        Whether every fixed-point iteration converged.
+    """
+
+    bounds: tuple[float, ...]
+    region: str
+    df: tuple[float, ...]
+    iterations: tuple[int, ...]
+    converged: bool
+
+
+def jn_solve(
+    b: np.ndarray,
+    V: np.ndarray,
+    a: np.ndarray,
+    c: np.ndarray,
+    df: float | Callable[[float], float],
+    alpha: float = 0.05,
+    *,
+    m_ref: float = 0.0,
+    tol: float = 1e-12,
+    max_iter: int = 200,
+) -> JNSolution:
+    """Solve for the Johnson-Neyman bounds of the effect ``(a + m c)' b``.
+
+    With a constant ``df`` the bounds are the exact roots of the quadratic
+    ``(e0 + e1 m)^2 = t^2 (v00 + 2 v01 m + v11 m^2)``. When ``df`` is a function of
+    the contrast (Satterthwaite), it is called with ``m`` and each root is iterated to
+    the fixed point ``m = root(t(df(m)))``.
+
+    Parameters
+    ----------
+    b, V : ndarray
+        Coefficients (p,) and their covariance (p, p).
+    a, c : ndarray
+        Affine weights from :func:`affine_weights`.
+    df : float or callable
+        Denominator df (``inf`` for z tests) or ``m -> df`` for contrast-dependent df.
+    alpha : float
+        Two-sided significance level.
+    m_ref : float
+        Moderator value whose df starts the iteration (e.g. the moderator mean).
+    tol, max_iter : float, int
+        Fixed-point tolerance (relative to ``1 + |m|``) and iteration cap.
+
+    Returns
+    -------
+    JNSolution
+
+    Examples
+    --------
+    >>> b = np.array([0.2, 0.5]); V = np.diag([0.01, 0.01])
+    >>> sol = jn_solve(b, V, np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.inf)
+    >>> sol.region, [round(x, 4) for x in sol.bounds]
+    ('outside', [-0.7964, 0.0203])
+    """
+    b = np.asarray(b, float)
+    V = np.asarray(V, float)
+    a = np.asarray(a, float)
+    c = np.asarray(c, float)
+    e0, e1 = float(a @ b), float(c @ b)
+    v00, v01, v11 = float(a @ V @ a), float(a @ V @ c), float(c @ V @ c)
+    df_fn: Callable[[float], float] = df if callable(df) else (lambda _m, d=float(df): d)
+
+    def quad(t: float) -> tuple[str, tuple[float, ...], float]:
+        A, B, C = jn_quadratic(e0, e1, v00, v01, v11, t)
+        scale = e1**2 + t**2 * abs(v11) + abs(e0 * e1) + t**2 * abs(v01) + 1e-300
+        region, roots = _classify(A, B, C, scale)
+        return region, roots, scale
+
+    t0 = t_critical(df_fn(m_ref), alpha)
+    region, roots, _ = quad(t0)
+    if not callable(df):
+        d = float(df)
+        return JNSolution(roots, region, tuple(d for _ in roots), tuple(1 for _ in roots), True)
+
+    out_roots, out_df, out_it = [], [], []
+    converged = True
+    regions = []
+    for r in roots:
+        cur = r
+        ok = False
+        it = 0
+        reg_here = region
+        for it in range(1, max_iter + 1):  # noqa: B007 - used after the loop
+            t = t_critical(df_fn(cur), alpha)
+            reg_here, cand, _ = quad(t)
+            if not cand:
+                break
+            new = min(cand, key=lambda x, cur=cur: abs(x - cur))
+            if abs(new - cur) <= tol * (1.0 + abs(cur)):
+                cur = new
+                ok = True
+                break
+            cur = new
+        converged &= ok
+        out_roots.append(cur)
+        out_df.append(float(df_fn(cur)))
+        out_it.append(it)
+        regions.append(reg_here)
+    if roots and len(set(regions)) == 1:
+        region = regions[0]
+    order = np.argsort(out_roots)
+    return JNSolution(
+        tuple(float(out_roots[i]) for i in order),
+        region,
+        tuple(out_df[i] for i in order),
+        tuple(out_it[i] for i in order),
+        converged,
+    )
+
+
+def significant_intervals(
+    region: str, bounds: Sequence[float]
+) -> tuple[tuple[float, float], ...]:
+    """Intervals of the moderator where the effect is significant (``inf`` ends allowed).
+
+    Examples
+    --------
+    >>> significant_intervals("outside", [1.0, 2.0])
+    ((-inf, 1.0), (2.0, inf))
+    """
+    inf = float("inf")
+    if region == "all":
+        return ((-inf, inf),)
+    if region == "none":
+        return ()
+    if region == "inside":
+        return ((float(bounds[0]), float(bounds[1])),)
+    if region == "outside":
+        return ((-inf, float(bounds[0])), (float(bounds[1]), inf))
+    if region == "above":
+        return ((float(bounds[0]), inf),)
+    if region == "below":
+        return ((-inf, float(bounds[0])),)
+    raise ValueError(f"unknown region {region!r}; expected one of {REGIONS}")
+
+
+def clip_intervals(
+    intervals: Sequence[tuple[float, float]], lo: float, hi: float
+) -> tuple[tuple[float, float], ...]:
+    """Intersect intervals with ``[lo, hi]`` and drop empty pieces.
+
+    Examples
+    --------
+    >>> clip_intervals([(-np.inf, 1.0), (2.0, np.inf)], 0.0, 1.5)
+    ((0.0, 1.0),)
+    """
+    out = []
+    for s, e in intervals:
+        s2, e2 = max(s, lo), min(e, hi)
+        if s2 < e2:
+            out.append((float(s2), float(e2)))
+    return tuple(out)
+
+
+def hdi(x: np.ndarray, prob: float = 0.95) -> tuple[float, float]:
+    """Shortest interval holding a fraction ``prob`` of the draws ``x`` (1-d).
+
+    Examples
+    --------
+    >>> hdi(np.arange(101.0), 0.9)
+    (0.0, 90.0)
+    """
+    s = np.sort(np.asarray(x, float).ravel())
+    n = s.size
+    k = int(np.floor(prob * n))
+    if k >= n:
+        return float(s[0]), float(s[-1])
+    widths = s[k:] - s[: n - k]
+    i = int(np.argmin(widths))
+    return float(s[i]), float(s[i + k])
+
+
+def prob_direction(x: np.ndarray) -> float:
+    """Probability of direction: the larger of P(x > 0) and P(x < 0).
+
+    Examples
+    --------
+    >>> prob_direction(np.array([-1.0, 1.0, 2.0, 3.0]))
+    0.75
+    """
+    x = np.asarray(x, float)
+    return float(max(np.mean(x > 0), np.mean(x < 0)))
+
+
+def hdi_excludes_zero_margin(draws_eff: np.ndarray, prob: float) -> float:
+    """Signed margin: positive when the HDI excludes zero (distance of nearest end to 0)."""
+    lo, hi = hdi(draws_eff, prob)
+    return max(lo, -hi)
+
+
+def bayes_jn(
+    draws: np.ndarray,
+    a: np.ndarray,
+    c: np.ndarray,
+    lo: float,
+    hi: float,
+    *,
+    prob: float = 0.95,
+    n_grid: int = 201,
+    tol: float = 1e-8,
+) -> tuple[tuple[float, ...], tuple[tuple[float, float], ...]]:
+    """Moderator values in ``[lo, hi]`` where the HDI of ``(a + m c)' b`` excludes zero.
+
+    A grid locates the changes; bisection refines each to ``tol * (hi - lo)``.
+
+    Returns
+    -------
+    bounds : tuple of float
+        Where the HDI end crosses zero.
+    intervals : tuple of (float, float)
+        Sub-intervals of ``[lo, hi]`` where the HDI excludes zero.
+    """
+    draws = np.asarray(draws, float)
+    ea, ec = draws @ a, draws @ c
+
+    def margin(m: float) -> float:
+        return hdi_excludes_zero_margin(ea + m * ec, prob)
+
+    grid = np.linspace(lo, hi, n_grid)
+    sig = np.array([margin(m) > 0 for m in grid])
+    bounds = []
+    for i in np.flatnonzero(sig[1:] != sig[:-1]):
+        left, right = grid[i], grid[i + 1]
+        s_left = sig[i]
+        while right - left > tol * (hi - lo):
+            mid = 0.5 * (left + right)
+            if (margin(mid) > 0) == s_left:
+                left = mid
+            else:
+                right = mid
+        bounds.append(float(0.5 * (left + right)))
+    edges = [float(lo), *bounds, float(hi)]
+    states = [bool(sig[0])]
+    for _ in bounds:
+        states.append(not states[-1])
+    intervals = tuple(
+        (edges[k], edges[k + 1]) for k in range(len(edges) - 1) if states[k]
+    )
+    return tuple(bounds), intervals
