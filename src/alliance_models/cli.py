@@ -264,11 +264,11 @@ def _probe(
 
 
 def _cmd_power(args: argparse.Namespace, console: Console) -> int:
-    from .power.engine import run_power_file
-
     path = Path(args.design)
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory", str(path))
+    from .power.engine import run_power_file
+
     kwargs: dict[str, Any] = {}
     for name in ("n_sims", "n_jobs", "seed"):
         value = getattr(args, name)
