@@ -146,27 +146,39 @@ def _cmd_score(args: argparse.Namespace, console: Console) -> int:
     import alliance_models as am
 
     df = _read(args.data, console)
-    before = list(df.columns)
-    kwargs: dict[str, Any] = {"items": args.items}
-    if args.prorate is not None:
-        kwargs["prorate"] = args.prorate
+    kwargs: dict[str, Any] = {"items": args.items, "return_report": True}
+    if args.prorate:
+        kwargs["prorate"] = True
+        if args.max_missing is not None:
+            kwargs["max_missing"] = (
+                int(args.max_missing) if float(args.max_missing).is_integer() and
+                args.max_missing >= 1 else args.max_missing
+            )
+    elif args.max_missing is not None:
+        raise SystemExit(_usage_error("score", "--max-missing is used with --prorate only"))
     with console.timed(f"scoring {args.instrument}"):
-        scored = am.score(df, args.instrument, **kwargs)
-    new = [c for c in scored.columns if c not in before]
-    console.heading(f"{args.instrument}: {len(scored)} rows, new columns {', '.join(new)}")
-    if new:
-        desc = scored[new].describe().T
-        desc.insert(0, "missing", scored[new].isna().sum())
-        console.print(desc.to_string(float_format=lambda x: f"{x:.3f}"))
+        scored, scoring_report = am.score(df, args.instrument, **kwargs)
+    new = list(scoring_report.columns)
+    console.heading(f"{args.instrument}: {len(scored)} rows scored")
+    console.print(scoring_report.summary())
+    console.print()
+    desc = scored[new].describe().T
+    desc.insert(0, "missing", scored[new].isna().sum())
+    console.print(desc.to_string(float_format=lambda x: f"{x:.3f}"))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix.lower() in {".xlsx", ".xls"}:
+        suffix = out.suffix.lower()
+        if suffix == ".xlsx":
             scored.to_excel(out, index=False)
-        elif out.suffix.lower() == ".parquet":
+        elif suffix == ".parquet":
             scored.to_parquet(out, index=False)
-        else:
+        elif suffix in {".csv", ".txt", ""}:
             scored.to_csv(out, index=False)
+        else:
+            raise SystemExit(
+                _usage_error("score", f"--out {out.name}: use a .csv, .xlsx or .parquet file")
+            )
         console.print()
         console.print(f"Scored data written to {out}")
     return 0
@@ -334,8 +346,11 @@ worked example:
   alliance-models score export.csv --instrument wai-sr --items 'wai_{i}' --out scored.csv
 
   adds wai_sr_total and the goal/task/bond subscales from columns wai_1 ... wai_12
-  ('{i}' stands for the item number). Other instruments: wai, wai-s, hccq, hccq-short,
-  ears, siras. Item values outside the instrument's range are reported with their rows.
+  ('{i}' stands for the item number) and prints how many rows were scored, pro-rated
+  or left missing and why. Other instruments: wai, wai-s, hccq, hccq-short, ears,
+  siras. Item values outside the instrument's range are reported with their rows.
+  alliance-models score export.csv --instrument hccq-short --items 'hccq_{i}' \\
+      --prorate --max-missing 1 --out scored.xlsx
 """
 
 _POWER_EPILOG = """\
@@ -455,8 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instrument", required=True, help="e.g. wai-sr, wai-s, hccq-short, ears")
     p.add_argument("--items", required=True, metavar="PATTERN",
                    help="item column pattern with {i} for the item number, e.g. 'wai_{i}'")
-    p.add_argument("--prorate", type=float, default=None, metavar="FRACTION",
-                   help="pro-rate missing items up to this fraction per subscale")
+    p.add_argument("--prorate", action="store_true",
+                   help="pro-rate scores with a few missing items (mean of answered items)")
+    p.add_argument("--max-missing", type=float, default=None, metavar="N",
+                   help="with --prorate: missing items allowed per subscale, a count (1, 2, "
+                   "...) or a fraction below 1 (default 1 item)")
     p.add_argument("--out", metavar="FILE",
                    help="write the scored data (.csv, .xlsx or .parquet)")
     p.set_defaults(func=_cmd_score)
