@@ -1,0 +1,661 @@
+"""Plain-numpy core of the linear mixed model (lme4's formulation, dense algebra).
+
+The model is ``y = X beta + Z b + e`` with ``b = Lambda(theta) u``, ``u ~ N(0, sigma^2 I)``
+and ``e ~ N(0, sigma^2 I)``. ``Lambda`` is block diagonal: every random term ``k`` has a
+``q_k x q_k`` lower-triangular relative covariance factor ``Lambda_k`` repeated once per
+level of its grouping factor, so the random-effect covariance of term ``k`` is
+``sigma^2 Lambda_k Lambda_k'``. ``theta`` holds the free entries of the ``Lambda_k``
+(column-major lower triangle for correlated terms, the diagonal for ``||`` terms), the
+same parameters as lme4's ``getME(fit, "theta")``.
+
+What lives here (no pandas, no statsmodels):
+
+* :class:`LMMProblem` -- cross-products precomputed once from ``y``, ``X`` and the
+  random-effect blocks; :meth:`LMMProblem.evaluate` solves the penalised least-squares
+  problem for one ``theta``.
+* the profiled REML / ML deviance and its analytic gradient in ``theta``;
+* :func:`optimize_theta` (bounded L-BFGS-B, BFGS, Powell or Nelder-Mead) and
+  :func:`newton_polish` (Newton steps on the exact criterion until the gradient is
+  below ``1e-8``);
+* :func:`satterthwaite_setup` / :func:`satterthwaite_df` -- the Jacobian of
+  ``vcov(beta)`` in the variance parameters ``(theta, sigma)`` and their asymptotic
+  covariance ``2 H^{-1}`` are computed once, so a df for any contrast ``L`` costs a few
+  small matrix products (lmerTest's method, same parameterisation);
+* :func:`nakagawa_r2` and :func:`is_singular` (lme4's scale-free ``isSingular``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.optimize as sopt
+import scipy.sparse as sp
+
+__all__ = [
+    "GRAD_TOL",
+    "SINGULAR_TOL",
+    "Evaluation",
+    "LMMProblem",
+    "RandomBlock",
+    "SatterthwaiteSetup",
+    "is_singular",
+    "nakagawa_r2",
+    "newton_polish",
+    "optimize_theta",
+    "satterthwaite_df",
+    "satterthwaite_setup",
+]
+
+#: Convergence target: max |d deviance / d theta| over free parameters after polishing.
+GRAD_TOL = 1e-8
+#: lme4's ``isSingular`` tolerance on the bounded (diagonal) entries of theta.
+SINGULAR_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class RandomBlock:
+    """One random-effects term: its columns, grouping codes and covariance pattern.
+
+    Attributes
+    ----------
+    Z : ndarray, shape (n, q_k)
+        Random-effect columns (``1`` for an intercept, the slope variables).
+    codes : ndarray of int, shape (n,)
+        Group index ``0..n_groups-1`` of every row.
+    n_groups : int
+        Number of levels.
+    correlated : bool
+        Full lower-triangular ``Lambda_k`` when ``True``, diagonal (``||``) otherwise.
+    """
+
+    Z: np.ndarray
+    codes: np.ndarray
+    n_groups: int
+    correlated: bool = True
+
+    @property
+    def q(self) -> int:
+        """Random coefficients per group."""
+        return int(self.Z.shape[1])
+
+    @property
+    def theta_index(self) -> list[tuple[int, int]]:
+        """(row, col) of every theta entry in ``Lambda_k`` (column-major, like lme4)."""
+        if self.correlated:
+            return [(r, c) for c in range(self.q) for r in range(c, self.q)]
+        return [(c, c) for c in range(self.q)]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The penalised least-squares solution at one ``theta``.
+
+    Attributes
+    ----------
+    theta : ndarray
+    beta : ndarray, shape (p,)
+        Fixed effects (GLS estimate given theta).
+    u : ndarray, shape (q,)
+        Spherical random effects; ``b = Lambda u``.
+    r2 : float
+        Penalised residual sum of squares ``||y - X beta - Z Lambda u||^2 + ||u||^2``.
+    logdet_l : float
+        ``log |Lambda' Z' Z Lambda + I|``.
+    logdet_rx : float
+        ``log |X' W^{-1} X|`` with ``W = I + Z Lambda Lambda' Z'``.
+    M : ndarray, shape (p, p)
+        ``X' W^{-1} X`` (so ``vcov(beta) = sigma^2 M^{-1}``).
+    """
+
+    theta: np.ndarray
+    beta: np.ndarray
+    u: np.ndarray
+    r2: float
+    logdet_l: float
+    logdet_rx: float
+    M: np.ndarray
+    chol_a: np.ndarray = field(repr=False)
+    zl_t_zx: np.ndarray = field(repr=False)
+
+
+class LMMProblem:
+    """Cross-products of one LMM, ready for repeated evaluation at different ``theta``.
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+        Full column rank.
+    blocks : sequence of RandomBlock
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> g = np.repeat(np.arange(10), 5)
+    >>> y = rng.normal(size=50) + rng.normal(size=10)[g]
+    >>> prob = LMMProblem(y, np.ones((50, 1)), [RandomBlock(np.ones((50, 1)), g, 10)])
+    >>> theta = optimize_theta(prob, prob.default_theta(), reml=True)[0]
+    >>> bool(np.abs(prob.gradient(theta, reml=True)).max() < 1e-4)
+    True
+    """
+
+    def __init__(self, y: np.ndarray, X: np.ndarray, blocks: list[RandomBlock]) -> None:
+        self.y = np.asarray(y, dtype=float)
+        self.X = np.asarray(X, dtype=float)
+        self.blocks = list(blocks)
+        self.n, self.p = self.X.shape
+        self.offsets: list[int] = []
+        off = 0
+        for b in self.blocks:
+            self.offsets.append(off)
+            off += b.n_groups * b.q
+        self.q = off
+        # sparse Z: term-major, then group, then coefficient
+        rows, cols, vals = [], [], []
+        for b, o in zip(self.blocks, self.offsets, strict=True):
+            for c in range(b.q):
+                rows.append(np.arange(self.n))
+                cols.append(o + b.codes * b.q + c)
+                vals.append(b.Z[:, c])
+        self.Zs = sp.csc_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(self.n, self.q),
+        )
+        self.ZtZ = np.asarray((self.Zs.T @ self.Zs).toarray())
+        self.ZtX = np.asarray(self.Zs.T @ self.X)
+        self.Zty = np.asarray(self.Zs.T @ self.y).ravel()
+        self.XtX = self.X.T @ self.X
+        self.Xty = self.X.T @ self.y
+        # theta layout
+        self.theta_slices: list[slice] = []
+        lower: list[float] = []
+        start = 0
+        for b in self.blocks:
+            idx = b.theta_index
+            self.theta_slices.append(slice(start, start + len(idx)))
+            lower.extend(0.0 if r == c else -np.inf for r, c in idx)
+            start += len(idx)
+        self.n_theta = start
+        self.lower = np.array(lower)
+
+    # -- parameter maps -------------------------------------------------------------
+    def default_theta(self) -> np.ndarray:
+        """lme4's starting value: identity ``Lambda_k`` (1 on diagonals, 0 elsewhere)."""
+        return np.where(np.isfinite(self.lower), 1.0, 0.0)
+
+    def lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
+        """Return the ``q_k x q_k`` factors ``Lambda_k`` for ``theta``."""
+        out = []
+        for b, s in zip(self.blocks, self.theta_slices, strict=True):
+            lam = np.zeros((b.q, b.q))
+            for v, (r, c) in zip(theta[s], b.theta_index, strict=True):
+                lam[r, c] = v
+            out.append(lam)
+        return out
+
+    def theta_from_cov(self, covs: list[np.ndarray], sigma2: float) -> np.ndarray:
+        """``theta`` whose ``sigma2 * Lambda_k Lambda_k'`` reproduces ``covs`` (PSD-safe)."""
+        theta = np.zeros(self.n_theta)
+        for b, s, cov in zip(self.blocks, self.theta_slices, covs, strict=True):
+            rel = np.atleast_2d(np.asarray(cov, dtype=float)) / sigma2
+            if not b.correlated:
+                rel = np.diag(np.diag(rel))
+            w, v = np.linalg.eigh((rel + rel.T) / 2)
+            rel = (v * np.clip(w, 1e-10, None)) @ v.T
+            lam = np.linalg.cholesky(rel)
+            theta[s] = [lam[r, c] for r, c in b.theta_index]
+        return theta
+
+    def _times_lambda(self, A: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
+        """Return ``A @ Lambda`` for a matrix ``A`` with ``q`` columns (uses the blocks)."""
+        out = np.empty_like(A)
+        m = A.shape[0]
+        for b, o, lam in zip(self.blocks, self.offsets, lams, strict=True):
+            w = b.n_groups * b.q
+            blk = A[:, o : o + w].reshape(m, b.n_groups, b.q)
+            out[:, o : o + w] = (blk @ lam).reshape(m, w)
+        return out
+
+    def _lambda_t_vec(self, v: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
+        """``Lambda' v`` for a vector of length ``q``."""
+        out = np.empty_like(v)
+        for b, o, lam in zip(self.blocks, self.offsets, lams, strict=True):
+            w = b.n_groups * b.q
+            out[o : o + w] = (v[o : o + w].reshape(b.n_groups, b.q) @ lam).ravel()
+        return out
+
+    def _lambda_vec(self, v: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
+        """``Lambda v`` for a vector of length ``q``."""
+        out = np.empty_like(v)
+        for b, o, lam in zip(self.blocks, self.offsets, lams, strict=True):
+            w = b.n_groups * b.q
+            out[o : o + w] = (v[o : o + w].reshape(b.n_groups, b.q) @ lam.T).ravel()
+        return out
+
+    # -- the penalised least-squares solve -----------------------------------------
+    def evaluate(self, theta: np.ndarray) -> Evaluation:
+        """Solve the penalised least-squares problem at ``theta``.
+
+        Raises
+        ------
+        numpy.linalg.LinAlgError
+            When ``X' W^{-1} X`` is not positive definite (rank-deficient ``X``).
+        """
+        theta = np.asarray(theta, dtype=float)
+        lams = self.lambdas(theta)
+        ztzl = self._times_lambda(self.ZtZ, lams)  # Z'Z Lambda
+        a = self._times_lambda(ztzl.T, lams)  # Lambda' Z'Z Lambda (symmetric)
+        a = (a + a.T) / 2
+        a[np.diag_indices_from(a)] += 1.0
+        chol = sla.cholesky(a, lower=True)
+        zl_t_zx = self._times_lambda(self.ZtX.T, lams).T  # Lambda' Z'X
+        zl_t_zy = self._lambda_t_vec(self.Zty, lams)
+        rzx = sla.solve_triangular(chol, zl_t_zx, lower=True)
+        cu = sla.solve_triangular(chol, zl_t_zy, lower=True)
+        M = self.XtX - rzx.T @ rzx
+        M = (M + M.T) / 2
+        rx = np.linalg.cholesky(M)
+        rhs = self.Xty - rzx.T @ cu
+        beta = sla.cho_solve((rx, True), rhs)
+        u = sla.solve_triangular(chol.T, cu - rzx @ beta, lower=False)
+        resid = self.y - self.X @ beta - self.Zs @ self._lambda_vec(u, lams)
+        r2 = float(resid @ resid + u @ u)
+        return Evaluation(
+            theta=theta,
+            beta=beta,
+            u=u,
+            r2=r2,
+            logdet_l=2.0 * float(np.log(np.diag(chol)).sum()),
+            logdet_rx=2.0 * float(np.log(np.diag(rx)).sum()),
+            M=M,
+            chol_a=chol,
+            zl_t_zx=zl_t_zx,
+        )
+
+    def deviance(self, theta: np.ndarray, *, reml: bool = True) -> float:
+        """Profiled deviance (``-2 log L`` with ``sigma`` and, for ML, ``beta`` profiled).
+
+        REML: ``log|L|^2 + log|R_X|^2 + (n-p)(1 + log(2 pi r2 / (n-p)))``;
+        ML: ``log|L|^2 + n(1 + log(2 pi r2 / n))`` -- lme4's ``devfun``.
+        """
+        try:
+            ev = self.evaluate(theta)
+        except (np.linalg.LinAlgError, ValueError):
+            return np.inf
+        return self.deviance_from(ev, reml=reml)
+
+    def deviance_from(self, ev: Evaluation, *, reml: bool) -> float:
+        """Profiled deviance from an :class:`Evaluation`."""
+        if reml:
+            nu = self.n - self.p
+            return ev.logdet_l + ev.logdet_rx + nu * (1.0 + np.log(2.0 * np.pi * ev.r2 / nu))
+        return ev.logdet_l + self.n * (1.0 + np.log(2.0 * np.pi * ev.r2 / self.n))
+
+    def deviance_vp(self, phi: np.ndarray, *, reml: bool = True) -> float:
+        """Deviance at variance parameters ``phi = (theta, sigma)`` (sigma not profiled)."""
+        theta, sigma = np.asarray(phi[:-1], dtype=float), float(phi[-1])
+        ev = self.evaluate(theta)
+        s2 = sigma * sigma
+        if reml:
+            nu = self.n - self.p
+            return ev.logdet_l + ev.logdet_rx + nu * np.log(2 * np.pi * s2) + ev.r2 / s2
+        return ev.logdet_l + self.n * np.log(2 * np.pi * s2) + ev.r2 / s2
+
+    def sigma2(self, ev: Evaluation, *, reml: bool) -> float:
+        """Residual variance estimate: ``r2 / (n - p)`` (REML) or ``r2 / n`` (ML)."""
+        return ev.r2 / (self.n - self.p if reml else self.n)
+
+    # -- analytic derivatives -------------------------------------------------------
+    def _pieces(self, ev: Evaluation) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``Z'W^{-1}Z``, ``B = Z'W^{-1}X``, ``r = Z'W^{-1}(y - X beta)`` and ``M^{-1}``."""
+        lams = self.lambdas(ev.theta)
+        ztzl = self._times_lambda(self.ZtZ, lams)  # Z'Z Lambda  (q x q)
+        tmp = sla.cho_solve((ev.chol_a, True), ztzl.T)  # A^{-1} Lambda' Z'Z
+        zwz = self.ZtZ - ztzl @ tmp
+        ztxl = ev.zl_t_zx  # Lambda' Z'X
+        B = self.ZtX - ztzl @ sla.cho_solve((ev.chol_a, True), ztxl)
+        resid = self.y - self.X @ ev.beta - self.Zs @ self._lambda_vec(ev.u, lams)
+        r = np.asarray(self.Zs.T @ resid).ravel()
+        minv = np.linalg.inv(ev.M)
+        return (zwz + zwz.T) / 2, B, r, minv
+
+    def _theta_derivs(
+        self, ev: Evaluation, reml: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-theta ``d log-determinant part``, ``d r2`` and ``dM`` (p x p) derivatives."""
+        zwz, B, r, minv = self._pieces(ev)
+        Q = zwz - B @ minv @ B.T if reml else zwz
+        lams = self.lambdas(ev.theta)
+        QL = self._times_lambda(Q, lams)
+        LtB = self._times_lambda(B.T, lams).T  # Lambda' B  (q x p)
+        dlog = np.empty(self.n_theta)
+        dr2 = np.empty(self.n_theta)
+        dM = np.empty((self.n_theta, self.p, self.p))
+        for b, o, s, lam in zip(self.blocks, self.offsets, self.theta_slices, lams, strict=True):
+            w = b.n_groups * b.q
+            blk = QL[o : o + w, o : o + w].reshape(b.n_groups, b.q, b.n_groups, b.q)
+            S = np.einsum("jajb->ab", blk)  # sum over groups of diagonal blocks
+            R = r[o : o + w].reshape(b.n_groups, b.q)
+            T = R @ lam
+            RT = R.T @ T
+            Bk = B[o : o + w].reshape(b.n_groups, b.q, self.p)
+            Ck = LtB[o : o + w].reshape(b.n_groups, b.q, self.p)
+            for i, (rr, cc) in enumerate(b.theta_index):
+                dlog[s.start + i] = 2.0 * S[rr, cc]
+                dr2[s.start + i] = -2.0 * RT[rr, cc]
+                E = Bk[:, rr, :].T @ Ck[:, cc, :]
+                dM[s.start + i] = -(E + E.T)
+        return dlog, dr2, dM
+
+    def gradient(self, theta: np.ndarray, *, reml: bool = True) -> np.ndarray:
+        """Analytic gradient of :meth:`deviance` with respect to ``theta``."""
+        ev = self.evaluate(theta)
+        dlog, dr2, _ = self._theta_derivs(ev, reml)
+        nu = self.n - self.p if reml else self.n
+        return dlog + nu * dr2 / ev.r2
+
+    def gradient_vp(self, phi: np.ndarray, *, reml: bool = True) -> np.ndarray:
+        """Analytic gradient of :meth:`deviance_vp` in ``(theta, sigma)``."""
+        theta, sigma = np.asarray(phi[:-1], dtype=float), float(phi[-1])
+        ev = self.evaluate(theta)
+        dlog, dr2, _ = self._theta_derivs(ev, reml)
+        nu = self.n - self.p if reml else self.n
+        s2 = sigma * sigma
+        return np.append(dlog + dr2 / s2, 2.0 * nu / sigma - 2.0 * ev.r2 / (s2 * sigma))
+
+    def vcov_jacobian(self, theta: np.ndarray, sigma: float, *, reml: bool) -> np.ndarray:
+        """``d vcov(beta) / d phi`` for ``phi = (theta, sigma)``; shape (k + 1, p, p)."""
+        ev = self.evaluate(theta)
+        _, _, dM = self._theta_derivs(ev, reml)
+        minv = np.linalg.inv(ev.M)
+        jac = np.empty((self.n_theta + 1, self.p, self.p))
+        for i in range(self.n_theta):
+            jac[i] = -(sigma**2) * minv @ dM[i] @ minv
+        jac[-1] = 2.0 * sigma * minv
+        return (jac + jac.transpose(0, 2, 1)) / 2
+
+
+# -- optimisation ---------------------------------------------------------------------
+def optimize_theta(
+    problem: LMMProblem,
+    theta0: np.ndarray,
+    *,
+    reml: bool = True,
+    method: str = "lbfgs",
+    maxiter: int = 1000,
+) -> tuple[np.ndarray, bool]:
+    """Minimise the profiled deviance over ``theta`` from ``theta0``.
+
+    Parameters
+    ----------
+    problem : LMMProblem
+    theta0 : ndarray
+        Start (clipped into the bounds).
+    reml : bool
+    method : {"lbfgs", "bfgs", "powell", "nm"}
+        Bounded L-BFGS-B (analytic gradient), unconstrained BFGS (analytic gradient; the
+        deviance is symmetric under sign flips of a column of ``Lambda_k``, so the
+        result is mapped back to non-negative diagonals), bounded Powell or bounded
+        Nelder-Mead.
+    maxiter : int
+
+    Returns
+    -------
+    theta : ndarray
+    ok : bool
+        Whether scipy reported success.
+    """
+    lo = problem.lower
+    x0 = np.maximum(np.asarray(theta0, dtype=float), np.where(np.isfinite(lo), lo, -np.inf))
+    bounds = [(None if not np.isfinite(v) else v, None) for v in lo]
+
+    def f(t: np.ndarray) -> float:
+        return problem.deviance(t, reml=reml)
+
+    def g(t: np.ndarray) -> np.ndarray:
+        return problem.gradient(t, reml=reml)
+
+    if method == "lbfgs":
+        res = sopt.minimize(
+            f, x0, jac=g, method="L-BFGS-B", bounds=bounds,
+            options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-10, "maxls": 50},
+        )
+    elif method == "bfgs":
+        res = sopt.minimize(f, x0, jac=g, method="BFGS", options={"maxiter": maxiter, "gtol": 1e-9})
+    elif method == "powell":
+        res = sopt.minimize(
+            f, x0, method="Powell", bounds=bounds,
+            options={"maxiter": maxiter, "xtol": 1e-10, "ftol": 1e-14},
+        )
+    elif method == "nm":
+        res = sopt.minimize(
+            f, x0, method="Nelder-Mead", bounds=bounds,
+            options={"maxiter": maxiter * 10, "xatol": 1e-10, "fatol": 1e-14, "adaptive": True},
+        )
+    else:  # pragma: no cover - validated by the caller
+        raise ValueError(f"unknown optimizer {method!r}")
+    return canonical_theta(problem, res.x), bool(res.success) and bool(np.isfinite(res.fun))
+
+
+def canonical_theta(problem: LMMProblem, theta: np.ndarray) -> np.ndarray:
+    """Flip column signs of each ``Lambda_k`` so its diagonal is non-negative."""
+    theta = np.array(theta, dtype=float)
+    for b, s in zip(problem.blocks, problem.theta_slices, strict=True):
+        vals = theta[s]
+        idx = b.theta_index
+        for c in range(b.q):
+            pos = [i for i, (r, cc) in enumerate(idx) if cc == c]
+            diag = [i for i in pos if idx[i][0] == c]
+            if diag and vals[diag[0]] < 0:
+                vals[pos] = -vals[pos]
+        theta[s] = vals
+    return theta
+
+
+def _free_mask(problem: LMMProblem, theta: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """Parameters not held at their lower bound (KKT: at the bound and gradient >= 0)."""
+    at_bound = np.isfinite(problem.lower) & (theta <= problem.lower + 1e-10)
+    return ~(at_bound & (grad >= -1e-10))
+
+
+def projected_gradient(problem: LMMProblem, theta: np.ndarray, *, reml: bool) -> np.ndarray:
+    """Gradient with components of parameters held at their bound set to zero."""
+    g = problem.gradient(theta, reml=reml)
+    return np.where(_free_mask(problem, theta, g), g, 0.0)
+
+
+def numeric_hessian(fun, x: np.ndarray, rel_step: float = 1e-5) -> np.ndarray:  # noqa: ANN001
+    """Symmetrised central-difference Jacobian of a gradient function ``fun`` at ``x``."""
+    x = np.asarray(x, dtype=float)
+    k = x.size
+    H = np.empty((k, k))
+    for i in range(k):
+        h = rel_step * max(1.0, abs(x[i]))
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        H[:, i] = (fun(xp) - fun(xm)) / (2 * h)
+    return (H + H.T) / 2
+
+
+def newton_polish(
+    problem: LMMProblem, theta: np.ndarray, *, reml: bool = True, maxiter: int = 50
+) -> tuple[np.ndarray, float]:
+    """Newton steps on the exact profiled criterion (bounded parameters kept feasible).
+
+    Returns
+    -------
+    theta : ndarray
+        Polished estimate.
+    grad_max : float
+        ``max |projected gradient|`` at the returned ``theta`` (target: < ``GRAD_TOL``).
+    """
+    theta = canonical_theta(problem, theta)
+    f0 = problem.deviance(theta, reml=reml)
+    for _ in range(maxiter):
+        g = problem.gradient(theta, reml=reml)
+        free = _free_mask(problem, theta, g)
+        gmax = float(np.abs(g[free]).max()) if free.any() else 0.0
+        if gmax < GRAD_TOL:
+            return theta, gmax
+        idx = np.flatnonzero(free)
+
+        def gsub(t: np.ndarray, idx: np.ndarray = idx, base: np.ndarray = theta) -> np.ndarray:
+            full = base.copy()
+            full[idx] = t
+            return problem.gradient(full, reml=reml)[idx]
+
+        H = numeric_hessian(gsub, theta[idx])
+        w, v = np.linalg.eigh(H)
+        if w.min() <= 1e-10 * max(1.0, abs(w).max()):
+            w = np.clip(np.abs(w), 1e-6 * max(1.0, abs(w).max()), None)
+        step = -(v / w) @ (v.T @ g[idx])
+        improved = False
+        t = 1.0
+        for _ls in range(30):
+            cand = theta.copy()
+            cand[idx] = theta[idx] + t * step
+            cand = np.maximum(cand, problem.lower)
+            fc = problem.deviance(cand, reml=reml)
+            if fc <= f0 + 1e-12 * max(1.0, abs(f0)):
+                improved = True
+                break
+            t /= 2
+        if not improved:
+            break
+        if np.allclose(cand, theta, rtol=0, atol=1e-14):
+            theta = cand
+            break
+        theta, f0 = cand, fc
+    g = projected_gradient(problem, theta, reml=reml)
+    return theta, float(np.abs(g).max()) if g.size else 0.0
+
+
+# -- inference ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SatterthwaiteSetup:
+    """Precomputed pieces for Satterthwaite df of any contrast (lmerTest's method).
+
+    Attributes
+    ----------
+    vcov : ndarray, shape (p, p)
+        ``vcov(beta)`` at the estimate.
+    jac : ndarray, shape (m, p, p)
+        ``d vcov(beta) / d phi`` over the ``m`` variance parameters kept (theta entries
+        not on their boundary, and sigma).
+    acov : ndarray, shape (m, m)
+        Asymptotic covariance of those parameters, ``2 H^{-1}`` with ``H`` the Hessian of
+        the (non-profiled) deviance in ``(theta, sigma)``.
+    hessian_eigmin : float
+        Smallest eigenvalue of ``H`` (``<= 0`` means not positive definite).
+    """
+
+    vcov: np.ndarray
+    jac: np.ndarray
+    acov: np.ndarray
+    hessian_eigmin: float
+
+
+def satterthwaite_setup(
+    problem: LMMProblem, theta: np.ndarray, *, reml: bool = True, boundary_tol: float = 1e-8
+) -> SatterthwaiteSetup:
+    """Compute once what :func:`satterthwaite_df` needs.
+
+    Variance parameters are ``phi = (theta, sigma)`` as in lmerTest. Entries of ``theta``
+    estimated on their lower bound (a zero variance) are held fixed (dropped from
+    ``phi``): the deviance is flat to first order there and they carry no sampling
+    variance.
+    """
+    ev = problem.evaluate(theta)
+    sigma = float(np.sqrt(problem.sigma2(ev, reml=reml)))
+    phi = np.append(np.asarray(theta, dtype=float), sigma)
+    keep = np.append(
+        ~(np.isfinite(problem.lower) & (np.asarray(theta) <= problem.lower + boundary_tol)), True
+    )
+    idx = np.flatnonzero(keep)
+
+    def gsub(t: np.ndarray) -> np.ndarray:
+        full = phi.copy()
+        full[idx] = t
+        return problem.gradient_vp(full, reml=reml)[idx]
+
+    H = numeric_hessian(gsub, phi[idx])
+    w = np.linalg.eigvalsh(H)
+    try:
+        acov = 2.0 * np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        acov = 2.0 * np.linalg.pinv(H)
+    jac = problem.vcov_jacobian(np.asarray(theta, dtype=float), sigma, reml=reml)[idx]
+    vcov = sigma**2 * np.linalg.inv(ev.M)
+    return SatterthwaiteSetup(
+        vcov=(vcov + vcov.T) / 2, jac=jac, acov=acov, hessian_eigmin=float(w.min())
+    )
+
+
+def satterthwaite_df(setup: SatterthwaiteSetup, L: np.ndarray) -> float:
+    """Satterthwaite denominator df of the contrast ``L @ beta``.
+
+    ``df = 2 (L V L')^2 / (g' A g)`` with ``g_i = L (dV/dphi_i) L'`` and ``A`` the
+    asymptotic covariance of ``phi``. Returns ``inf`` when the denominator is not
+    positive.
+
+    Examples
+    --------
+    >>> s = SatterthwaiteSetup(np.eye(1), np.ones((1, 1, 1)), np.array([[0.2]]), 1.0)
+    >>> satterthwaite_df(s, np.array([1.0]))
+    10.0
+    """
+    L = np.asarray(L, dtype=float).ravel()
+    var = float(L @ setup.vcov @ L)
+    g = np.einsum("i,kij,j->k", L, setup.jac, L)
+    denom = float(g @ setup.acov @ g)
+    if not denom > 0:
+        return float("inf")
+    return 2.0 * var * var / denom
+
+
+def nakagawa_r2(
+    X: np.ndarray,
+    beta: np.ndarray,
+    z_blocks: list[np.ndarray],
+    covs: list[np.ndarray],
+    sigma2: float,
+) -> tuple[float, float]:
+    """Marginal and conditional R2 (Nakagawa & Schielzeth 2013; Johnson 2014).
+
+    ``sigma2_f = var(X beta)`` (``n - 1`` denominator, as in R), every random term
+    contributes ``mean_i z_i' Sigma_k z_i``; ``R2_m = sigma2_f / total`` and
+    ``R2_c = (sigma2_f + sum_k sigma2_k) / total`` with
+    ``total = sigma2_f + sum_k sigma2_k + sigma2``.
+
+    Examples
+    --------
+    >>> X = np.column_stack([np.ones(4), [0.0, 1, 2, 3]])
+    >>> r2m, r2c = nakagawa_r2(X, np.array([0.0, 1.0]), [np.ones((4, 1))], [np.eye(1)], 1.0)
+    >>> round(r2m, 4), round(r2c, 4)
+    (0.4545, 0.7273)
+    """
+    vf = float(np.var(X @ beta, ddof=1))
+    vr = sum(float(np.mean(np.einsum("ij,jk,ik->i", Z, S, Z))) for Z, S in zip(
+        z_blocks, covs, strict=True))
+    tot = vf + vr + sigma2
+    return vf / tot, (vf + vr) / tot
+
+
+def is_singular(problem: LMMProblem, theta: np.ndarray, tol: float = SINGULAR_TOL) -> bool:
+    """lme4's ``isSingular``: a bounded theta entry (a relative SD) below ``tol``.
+
+    ``theta`` is relative to the residual SD, so the verdict does not depend on the
+    outcome's units.
+
+    Examples
+    --------
+    >>> b = RandomBlock(np.ones((4, 1)), np.array([0, 0, 1, 1]), 2)
+    >>> prob = LMMProblem(np.arange(4.0), np.ones((4, 1)), [b])
+    >>> is_singular(prob, np.array([0.0])), is_singular(prob, np.array([0.5]))
+    (True, False)
+    """
+    bounded = np.isfinite(problem.lower)
+    return bool(np.any(np.asarray(theta)[bounded] < tol))
