@@ -419,19 +419,29 @@ def optimize_theta(
 
     if method == "lbfgs":
         res = sopt.minimize(
-            f, x0, jac=g, method="L-BFGS-B", bounds=bounds,
+            f,
+            x0,
+            jac=g,
+            method="L-BFGS-B",
+            bounds=bounds,
             options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-10, "maxls": 50},
         )
     elif method == "bfgs":
         res = sopt.minimize(f, x0, jac=g, method="BFGS", options={"maxiter": maxiter, "gtol": 1e-9})
     elif method == "powell":
         res = sopt.minimize(
-            f, x0, method="Powell", bounds=bounds,
+            f,
+            x0,
+            method="Powell",
+            bounds=bounds,
             options={"maxiter": maxiter, "xtol": 1e-10, "ftol": 1e-14},
         )
     elif method == "nm":
         res = sopt.minimize(
-            f, x0, method="Nelder-Mead", bounds=bounds,
+            f,
+            x0,
+            method="Nelder-Mead",
+            bounds=bounds,
             options={"maxiter": maxiter * 10, "xatol": 1e-10, "fatol": 1e-14, "adaptive": True},
         )
     else:  # pragma: no cover - validated by the caller
@@ -638,8 +648,10 @@ def nakagawa_r2(
     (0.4545, 0.7273)
     """
     vf = float(np.var(X @ beta, ddof=1))
-    vr = sum(float(np.mean(np.einsum("ij,jk,ik->i", Z, S, Z))) for Z, S in zip(
-        z_blocks, covs, strict=True))
+    vr = sum(
+        float(np.mean(np.einsum("ij,jk,ik->i", Z, S, Z)))
+        for Z, S in zip(z_blocks, covs, strict=True)
+    )
     tot = vf + vr + sigma2
     return vf / tot, (vf + vr) / tot
 
