@@ -1,0 +1,256 @@
+"""Static matplotlib plots: interactions, Johnson-Neyman regions, power curves.
+
+Every function draws on a given ``ax`` (or a new figure) and returns the Axes, whose
+``.figure`` is the Figure; nothing is shown, so the functions work headless
+(``MPLBACKEND=Agg``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import DataValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+
+    from .probing import ConditionalEffects, JohnsonNeyman, SimpleSlopes
+
+__all__ = ["plot_interaction", "plot_johnson_neyman", "plot_power_curve"]
+
+
+def _axes(ax: Axes | None) -> Axes:
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    _, new = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
+    return new
+
+
+def _plot_conditional_effects(ce: ConditionalEffects, ax: Axes | None, data: bool) -> Axes:
+    ax = _axes(ax)
+    t = ce.table
+    import matplotlib as mpl
+
+    colors = mpl.colormaps["viridis"](np.linspace(0.0, 0.85, t[ce.moderator].nunique()))
+    if data and len(ce.observed):
+        ax.scatter(ce.observed[ce.focal], ce.observed["y"], s=8, color="0.6", alpha=0.4,
+                   linewidths=0, label="data", zorder=1)
+    for color, (label, g) in zip(colors, t.groupby(ce.moderator, sort=False), strict=True):
+        value = g[f"{ce.moderator}_value"].iloc[0]
+        name = f"{ce.moderator} = {label}" if label == f"{value:g}" else (
+            f"{ce.moderator} = {value:.3g} ({label})")
+        ax.plot(g[ce.focal], g["estimate"], color=color, lw=2, label=name, zorder=3)
+        ax.fill_between(g[ce.focal], g["lower"], g["upper"], color=color, alpha=0.2,
+                        linewidth=0, zorder=2)
+    ax.set_xlabel(ce.focal)
+    ax.set_ylabel(ce.response if ce.scale == "link" else f"{ce.response} (response scale)")
+    ax.set_title(f"Effect of {ce.focal} by {ce.moderator} "
+                 f"({100 * (1 - ce.alpha):g}% bands)", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+def plot_interaction(
+    fit: Any,
+    *,
+    focal: str,
+    moderator: str,
+    at: Any = "meansd",
+    ax: Axes | None = None,
+    data: bool = True,
+    n_points: int = 50,
+    alpha: float = 0.05,
+    scale: str = "link",
+) -> Axes:
+    """Draw predicted lines across ``focal`` at moderator values, with confidence bands.
+
+    Parameters
+    ----------
+    fit : fitted model
+        Any backend.
+    focal, moderator : str
+        x-axis variable and the variable defining the lines.
+    at : "meansd", "percentiles" or list of numbers
+        Moderator values (see :func:`alliance_models.simple_slopes`).
+    ax : Axes, optional
+        Where to draw; a new figure if omitted.
+    data : bool, default True
+        Overlay the observed points (on the response scale only).
+    n_points, alpha, scale
+        Passed to :func:`alliance_models.conditional_effects`.
+
+    Returns
+    -------
+    Axes
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import numpy as np, pandas as pd
+    >>> import alliance_models as am
+    >>> rng = np.random.default_rng(5)
+    >>> d = pd.DataFrame({"alliance": rng.normal(size=60), "age": rng.normal(size=60)})
+    >>> d["adherence"] = d.alliance * d.age + rng.normal(size=60)
+    >>> ax = am.plot_interaction(am.fit_ols("adherence ~ alliance * age", d),
+    ...                          focal="alliance", moderator="age")
+    >>> len(ax.lines)
+    3
+    """
+    from .probing import conditional_effects
+
+    ce = conditional_effects(fit, focal=focal, moderator=moderator, at=at,
+                             n_points=n_points, alpha=alpha, scale=scale)  # type: ignore[arg-type]
+    return _plot_conditional_effects(ce, ax=ax, data=data)
+
+
+def plot_johnson_neyman(jn: JohnsonNeyman, *, ax: Axes | None = None) -> Axes:
+    """Plot a Johnson-Neyman result: effect, band, bounds, significant region, data range.
+
+    Parameters
+    ----------
+    jn : JohnsonNeyman
+        From :func:`alliance_models.johnson_neyman`.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import numpy as np, pandas as pd
+    >>> import alliance_models as am
+    >>> rng = np.random.default_rng(6)
+    >>> d = pd.DataFrame({"alliance": rng.normal(size=80), "age": rng.normal(size=80)})
+    >>> d["adherence"] = d.alliance * (0.3 + d.age) + rng.normal(size=80)
+    >>> jn = am.johnson_neyman(am.fit_ols("adherence ~ alliance * age", d),
+    ...                        focal="alliance", moderator="age")
+    >>> ax = am.plot_johnson_neyman(jn)
+    >>> ax.get_xlabel()
+    'age'
+    """
+    ax = _axes(ax)
+    c = jn.curve
+    m = c[jn.moderator].to_numpy()
+    ax.axhline(0.0, color="0.3", lw=0.8)
+    ax.fill_between(m, c["lower"], c["upper"], color="C0", alpha=0.2, linewidth=0,
+                    label=f"{100 * (1 - jn.alpha):g}% {'HDI' if jn.method == 'bayes' else 'CI'}")
+    ax.plot(m, c["estimate"], color="C0", lw=2, label=f"effect of {jn.focal}")
+    ylo, yhi = float(np.min(c["lower"])), float(np.max(c["upper"]))
+    span = yhi - ylo if yhi > ylo else 1.0
+    first = True
+    for s, e in jn.intervals:
+        s2, e2 = max(s, float(m.min())), min(e, float(m.max()))
+        if s2 < e2:
+            ax.axvspan(s2, e2, color="C2", alpha=0.12, linewidth=0,
+                       label="significant" if first else None)
+            first = False
+    for x in jn.bounds:
+        if m.min() <= x <= m.max():
+            ax.axvline(x, color="C3", ls="--", lw=1)
+            ax.annotate(f"{x:.3g}", (x, yhi), xytext=(3, -12), textcoords="offset points",
+                        color="C3", fontsize=8)
+    lo, hi = jn.observed_range
+    ax.plot([lo, hi], [ylo - 0.05 * span] * 2, color="0.2", lw=4, solid_capstyle="butt",
+            label="observed range")
+    ax.set_xlabel(jn.moderator)
+    ax.set_ylabel(f"conditional effect of {jn.focal}")
+    ax.set_title(f"Johnson-Neyman: region {jn.region}", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+def _plot_simple_slopes(ss: SimpleSlopes, ax: Axes | None) -> Axes:
+    ax = _axes(ax)
+    t = ss.table
+    lo, hi = ("hdi_lower", "hdi_upper") if ss.method == "bayes" else ("ci_lower", "ci_upper")
+    labels = [str(v) for v in t[ss.moderator]]
+    if ss.moderator2:
+        labels = [f"{a} | {ss.moderator2} {b}" for a, b in zip(t[ss.moderator],
+                                                               t[ss.moderator2], strict=True)]
+    y = np.arange(len(t))
+    est = t["estimate"].to_numpy()
+    ax.errorbar(est, y, xerr=[est - t[lo].to_numpy(), t[hi].to_numpy() - est], fmt="o",
+                color="C0", capsize=3)
+    ax.axvline(0.0, color="0.3", lw=0.8)
+    ax.set_yticks(y, labels)
+    ax.set_ylabel(ss.moderator)
+    ax.set_xlabel(f"conditional effect of {ss.focal}")
+    return ax
+
+
+def plot_power_curve(
+    x: Sequence[float] | np.ndarray,
+    power: Sequence[float] | np.ndarray,
+    lo: Sequence[float] | np.ndarray | None = None,
+    hi: Sequence[float] | np.ndarray | None = None,
+    *,
+    ax: Axes | None = None,
+    target: float | None = 0.8,
+    xlabel: str = "sample size",
+    label: str | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Plot estimated power against a design quantity, with its Monte Carlo interval.
+
+    Parameters
+    ----------
+    x : array-like
+        Design values (e.g. number of therapists).
+    power : array-like
+        Estimated power at each ``x`` (0-1).
+    lo, hi : array-like, optional
+        Lower and upper ends of the power interval (drawn as a band).
+    ax : Axes, optional
+        Where to draw (several curves can share one Axes).
+    target : float or None, default 0.8
+        Horizontal reference line; ``None`` for none.
+    xlabel, label, title : str, optional
+        Axis label, legend label of this curve, title.
+
+    Returns
+    -------
+    Axes
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> ax = plot_power_curve([10, 20, 30], [0.3, 0.6, 0.85], [0.25, 0.55, 0.8],
+    ...                       [0.35, 0.65, 0.9])
+    >>> ax.get_ylim()
+    (0.0, 1.0)
+    """
+    xs = np.asarray(x, float)
+    pw = np.asarray(power, float)
+    if xs.shape != pw.shape or xs.ndim != 1:
+        raise DataValidationError(
+            f"x and power must be 1-d of equal length, got shapes {xs.shape} and {pw.shape}"
+        )
+    if (lo is None) != (hi is None):
+        raise DataValidationError("give both lo and hi, or neither")
+    ax = _axes(ax)
+    order = np.argsort(xs)
+    (line,) = ax.plot(xs[order], pw[order], marker="o", lw=2, label=label)
+    if lo is not None and hi is not None:
+        lo_a, hi_a = np.asarray(lo, float), np.asarray(hi, float)
+        if lo_a.shape != xs.shape or hi_a.shape != xs.shape:
+            raise DataValidationError("lo and hi must have the same length as x")
+        ax.fill_between(xs[order], lo_a[order], hi_a[order], color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+    if target is not None:
+        ax.axhline(target, color="0.4", ls="--", lw=1)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("power")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if label:
+        ax.legend(fontsize=8, frameon=False)
+    return ax
