@@ -357,7 +357,7 @@ def _item_values(df: pd.DataFrame, col: str, inst: Instrument) -> np.ndarray:
         is_bool = obj.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(dtype=bool)
         stripped = obj.map(lambda v: v.strip() if isinstance(v, str) else v)
         num = pd.to_numeric(stripped.where(~(missing | is_bool)), errors="coerce")
-        x = num.to_numpy(dtype=float, na_value=np.nan)
+        x = np.array(num.to_numpy(dtype=float, na_value=np.nan), copy=True)
         bad = np.flatnonzero(~missing & (np.isnan(x) | is_bool))
         if bad.size:
             raise DataValidationError(
