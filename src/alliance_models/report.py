@@ -286,11 +286,12 @@ def _data_report_section(data_report: Any) -> str:
 
 def _fit_section(fit: Any) -> str:
     parts = []
+    df = _frame(fit)
+    if df is not None:
+        parts.append("<h3>Estimates</h3>" + _table(df))
     text = _summary_text(fit)
     if text:
-        parts.append(_pre(text))
-    elif (df := _frame(fit)) is not None:
-        parts.append(_table(df))
+        parts.append("<h3>Full summary</h3>" + _pre(text))
     return "\n".join(parts)
 
 
@@ -305,6 +306,8 @@ def _interaction_plot(fit: Any, s: Any) -> Any:
 
 
 def _jn_plot(j: Any) -> Any:
+    if hasattr(j, "plot"):
+        return j.plot()
     from .plots import plot_johnson_neyman
 
     return plot_johnson_neyman(j)
@@ -333,6 +336,8 @@ def _jn_section(jns: list[Any]) -> str:
         text = _summary_text(j)
         if text:
             parts.append(_pre(text))
+        elif (df := _frame(j)) is not None:
+            parts.append(_table(df, index=False))
         parts.append(_try_plot(lambda j=j: _jn_plot(j), f"Johnson-Neyman plot: {label}"))
     return "\n".join(parts)
 
