@@ -169,3 +169,47 @@ def test_report_callable_whatever_the_import_order(tmp_path):
     assert callable(alliance_models.report)
     out = alliance_models.report(tmp_path, data=tiny_data())
     assert out.name == "index.html"
+
+
+# --------------------------------------------------------------------------- with real results
+
+
+@pytest.fixture(scope="module")
+def ols_results():
+    """A PROCESS-style OLS moderation fit on simulated data, probed at age."""
+    design = am.Design(therapists=10, patients_per_therapist=8, sessions=1,
+                       effects={"alliance": 0.3, "alliance:age": 0.2})
+    data = am.simulate(design, seed=3)
+    fit = am.fit_ols("adherence ~ alliance * age", data)
+    slopes = am.simple_slopes(fit, focal="alliance", moderator="age", at="meansd")
+    jn = am.johnson_neyman(fit, focal="alliance", moderator="age")
+    return data, fit, slopes, jn
+
+
+def test_report_with_a_probed_fit(tmp_path, ols_results):
+    data, fit, slopes, jn = ols_results
+    page = am.report(tmp_path, data=data, fit=fit, slopes=slopes, jn=jn).read_text()
+    for section in ("data", "model", "simple-slopes", "johnson-neyman"):
+        assert f'<section id="{section}">' in page
+    assert external_refs(page) == []
+    # the model table carries the estimates, the slopes table its conditional effects
+    model = page.split('<section id="model">')[1].split("</section>")[0]
+    for name, value in fit.params.items():
+        assert name in model
+        assert report_mod._fmt(float(value)) in model
+    ss = page.split('<section id="simple-slopes">')[1].split("</section>")[0]
+    for value in slopes.to_frame()["estimate"]:
+        assert report_mod._fmt(float(value)) in ss
+    # interaction plot + JN plot, both real PNGs
+    pngs = embedded_pngs(page)
+    assert len(pngs) == 2
+    assert all(p.startswith(b"\x89PNG") and len(p) > 5000 for p in pngs)
+    assert 'alt="Interaction plot: effect of alliance by age"' in page
+    assert 'alt="Johnson-Neyman plot: effect of alliance by age"' in page
+
+
+def test_several_slopes_given_as_mapping(tmp_path, ols_results):
+    data, fit, slopes, jn = ols_results
+    page = am.report(tmp_path, fit=fit, slopes={"a": slopes, "b": slopes}).read_text()
+    assert page.count("<h3>Simple slopes: effect of alliance by age</h3>") == 2
+    assert len(embedded_pngs(page)) == 2
