@@ -1,0 +1,673 @@
+"""Turn a scored data frame into the canonical analysis frame, with a DataReport.
+
+:func:`prepare` validates identifiers, types and ranges (raising
+:class:`~alliance_models.errors.DataValidationError` with the column, rows, value and what
+is allowed), computes adherence, excludes rows that cannot be analysed (each listed in the
+:class:`~alliance_models.DataReport` with its reason), and adds the within/between
+decomposition of alliance, centred and standardised columns. The output columns follow
+``docs/CONTRACTS.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataValidationError, format_rows
+from .report import EXCLUDED_COLUMNS, DataReport
+from .reshape import grand_mean_center, group_mean_center, within_between
+from .reshape import standardize as standardize_values
+
+__all__ = ["prepare"]
+
+# adherence source -> (numerator name, denominator name, default input columns tried in order)
+_SOURCES: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
+    "diary": (
+        "completed",
+        "prescribed",
+        ("ex_completed", "completed"),
+        ("ex_prescribed", "prescribed"),
+    ),
+    "attendance": ("attended", "scheduled", ("attended",), ("scheduled",)),
+}
+# documented default input name -> canonical name tried when the default is absent
+_DEFAULTS = {
+    "therapist_id": "therapist",
+    "record_id": "patient",
+    "wai_sr_total": "alliance",
+    "hccq_short_mean": "autonomy",
+}
+
+
+def _show(value: object) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return repr(int(value))
+    return repr(value)
+
+
+def _where(df: pd.DataFrame, mask: np.ndarray | pd.Series) -> list[object]:
+    return df.index[np.asarray(mask, dtype=bool)].tolist()
+
+
+def _first_value(series: pd.Series, rows: list[object]) -> str:
+    return _show(series.loc[rows[0]])
+
+
+def _resolve(df: pd.DataFrame, name: str | None) -> str | None:
+    if name is None:
+        return None
+    if name not in df.columns and name in _DEFAULTS and _DEFAULTS[name] in df.columns:
+        return _DEFAULTS[name]
+    return name
+
+
+def _check_columns(df: pd.DataFrame, wanted: dict[str, str]) -> None:
+    missing = {role: col for role, col in wanted.items() if col not in df.columns}
+    if missing:
+        need = ", ".join(f"{col!r} ({role})" for role, col in missing.items())
+        raise DataValidationError(
+            f"required column(s) {need} not found; available columns: {list(df.columns)}. "
+            "Pass the column names, e.g. prepare(df, patient='id', alliance='wai_total')"
+        )
+
+
+def _blank(series: pd.Series) -> np.ndarray:
+    s = series.astype(object)
+    return (s.isna() | s.map(lambda v: isinstance(v, str) and v.strip() == "")).to_numpy(bool)
+
+
+def _ids(series: pd.Series, col: str, role: str) -> pd.Series:
+    blank = _blank(series)
+    if blank.any():
+        rows = _where(series.to_frame(), blank)
+        raise DataValidationError(
+            f"column {col!r} ({role} id) {format_rows(rows)} is blank; every row needs a "
+            f"{role} id (text or number)"
+        )
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        vals = series.to_numpy(dtype=float)
+        if np.all(vals == np.round(vals)):
+            return pd.Series(vals.astype("int64").astype(str), index=series.index, dtype=object)
+    return series.astype(object).map(lambda v: str(v).strip()).astype(object)
+
+
+def _numeric(series: pd.Series, col: str, what: str) -> pd.Series:
+    """Coerce to float; text that is not a number (and not blank) raises."""
+    src = series.astype(object) if isinstance(series.dtype, pd.CategoricalDtype) else series
+    if pd.api.types.is_bool_dtype(src):
+        src = src.astype(float)
+    if pd.api.types.is_numeric_dtype(src):
+        return src.astype(float)
+    blank = _blank(src)
+    num = pd.to_numeric(src.where(~blank, np.nan), errors="coerce")
+    bad = num.isna().to_numpy() & ~blank
+    if bad.any():
+        rows = _where(src.to_frame(), bad)
+        raise DataValidationError(
+            f"column {col!r} ({what}) {format_rows(rows)} has {_first_value(src, rows)}; "
+            "allowed: numbers (leave blank for missing)"
+        )
+    return num.astype(float)
+
+
+def _session_numbers(series: pd.Series, col: str) -> pd.Series:
+    blank = _blank(series)
+    if blank.any():
+        rows = _where(series.to_frame(), blank)
+        raise DataValidationError(
+            f"column {col!r} (session) {format_rows(rows)} is blank; every row needs a "
+            "session number (a whole number >= 1)"
+        )
+    src = series.astype(object) if isinstance(series.dtype, pd.CategoricalDtype) else series
+    num = pd.to_numeric(src, errors="coerce").astype(float)
+    bad = num.isna().to_numpy() | (num != np.round(num)).to_numpy() | (num < 1).to_numpy()
+    if bad.any():
+        rows = _where(series.to_frame(), bad)
+        raise DataValidationError(
+            f"column {col!r} (session) {format_rows(rows)} has {_first_value(series, rows)}; "
+            "session numbers must be whole numbers >= 1"
+        )
+    return num.astype("int64")
+
+
+def _counts(num: pd.Series, den: pd.Series, ncol: str, dcol: str) -> None:
+    for s, col in ((num, ncol), (den, dcol)):
+        neg = (s < 0).to_numpy()
+        if neg.any():
+            rows = _where(s.to_frame(), neg)
+            raise DataValidationError(
+                f"column {col!r} {format_rows(rows)} has {_first_value(s, rows)}; "
+                "counts must be whole numbers >= 0"
+            )
+        frac = (s.notna() & (s != np.round(s))).to_numpy()
+        if frac.any():
+            rows = _where(s.to_frame(), frac)
+            raise DataValidationError(
+                f"column {col!r} {format_rows(rows)} has {_first_value(s, rows)}; "
+                "counts must be whole numbers >= 0"
+            )
+    over = (num > den).to_numpy()
+    if over.any():
+        rows = _where(num.to_frame(), over)
+        r0 = rows[0]
+        raise DataValidationError(
+            f"column {ncol!r} {format_rows(rows)} has {_show(num.loc[r0])} > {dcol!r} "
+            f"{_show(den.loc[r0])}; {ncol} must not exceed {dcol}"
+        )
+
+
+def _scoring_reasons(scoring: Any, column: str) -> dict[object, str]:
+    """Row label -> reason for NaN scores in ``column`` from ScoringReport objects."""
+    if scoring is None:
+        return {}
+    reports = scoring if isinstance(scoring, list | tuple) else [scoring]
+    out: dict[object, str] = {}
+    for rep in reports:
+        tab = getattr(rep, "table", None)
+        if tab is None or not {"row", "score", "status", "reason"} <= set(tab.columns):
+            raise DataValidationError(
+                "scoring must be the ScoringReport(s) returned by score(..., "
+                f"return_report=True); got {type(rep).__name__}"
+            )
+        sel = tab[(tab["score"] == column) & ~tab["status"].isin(["complete", "prorated"])]
+        name = getattr(rep, "name", "")
+        for row, reason in zip(sel["row"], sel["reason"], strict=True):
+            out[row] = f"{name} {column}: {reason}".strip()
+    return out
+
+
+def _constant_within(x: np.ndarray, groups: np.ndarray) -> bool:
+    frame = pd.DataFrame({"g": groups, "x": x})
+    return bool((frame.groupby("g")["x"].nunique(dropna=False) <= 1).all())
+
+
+def prepare(
+    df: pd.DataFrame,
+    *,
+    therapist: str = "therapist_id",
+    patient: str = "record_id",
+    session: str = "session",
+    alliance: str = "wai_sr_total",
+    age: str | None = "age",
+    autonomy: str | None = "hccq_short_mean",
+    adherence: str = "diary",
+    numerator: str | None = None,
+    denominator: str | None = None,
+    arm: str | None = None,
+    keep: Sequence[str] = (),
+    nested: bool = True,
+    level: Literal["session", "patient"] = "session",
+    center: Iterable[str] = ("age", "autonomy"),
+    center_within: Iterable[str] = ("alliance",),
+    standardize: Iterable[str] = (),
+    drop_incomplete: bool = True,
+    age_range: tuple[float, float] = (0.0, 120.0),
+    scoring: Any = None,
+) -> tuple[pd.DataFrame, DataReport]:
+    """Validate a scored data frame and return the canonical analysis frame and a DataReport.
+
+    The defaults fit the shipped example after reading and scoring::
+
+        raw = am.read_data(am.datasets.example_path())
+        scored = am.score(am.score(raw, "wai-sr", items="wai_{i}"), "hccq-short",
+                          items="hccq_{i}")
+        data, report = am.prepare(scored)
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        One row per session (long format), e.g. from ``read_data`` and ``score``.
+    therapist, patient, session : str
+        Identifier columns. Therapist and patient ids may be text or numbers (output as
+        text); sessions must be whole numbers >= 1. When the default name
+        (``therapist_id``, ``record_id``) is absent but the canonical name (``therapist``,
+        ``patient``) is present, the canonical column is used; the same holds for
+        ``wai_sr_total`` -> ``alliance`` and ``hccq_short_mean`` -> ``autonomy``.
+    alliance : str, default "wai_sr_total"
+        Session-level alliance score.
+    age, autonomy : str or None
+        Patient moderators (years; autonomy support, e.g. HCCQ mean 1-7). ``None`` leaves
+        the moderator out.
+    adherence : {"diary", "attendance"} or str, default "diary"
+        ``"diary"``: ``completed / prescribed`` from ``numerator`` (default
+        ``ex_completed``) and ``denominator`` (default ``ex_prescribed``);
+        ``"attendance"``: ``attended / scheduled``. Both keep the counts as
+        ``completed, prescribed`` or ``attended, scheduled`` for binomial models. Any other
+        string names a column holding a continuous adherence score.
+    numerator, denominator : str, optional
+        Input columns of the counts (override the defaults above).
+    arm : str, optional
+        Randomised arm column (values 0/1), output as ``arm``.
+    keep : sequence of str, default ()
+        Further input columns carried to the output unchanged.
+    nested : bool, default True
+        Each patient is seen by one therapist; a patient with two therapists raises.
+    level : {"session", "patient"}, default "session"
+        ``"session"``: one row per session. ``"patient"``: one row per patient, counts
+        summed over all usable session rows (also those without an alliance rating, e.g.
+        sessions not attended), alliance averaged over the rated sessions (``n_rated``),
+        moderators averaged; ``_cwc`` columns are then centred within therapist and
+        ``alliance_pm``/``alliance_pmc`` are not produced.
+    center : iterable of str, default ("age")
+        Output variables to centre at the grand mean (``<var>_c``). A variable constant
+        within patient is centred at the mean over patients (each patient counted once),
+        otherwise at the mean over rows.
+    center_within : iterable of str, default ("alliance",)
+        Variables to centre within patient (``<var>_cwc``; within therapist at patient
+        level).
+    standardize : iterable of str, default ()
+        Variables to standardise (``<var>_z``; mean and SD over patients for variables
+        constant within patient, over rows otherwise; SD with ddof 1).
+    drop_incomplete : bool, default True
+        Exclude rows missing a value the analysis needs (alliance, moderators, adherence),
+        listing each in ``report.excluded``. If False they are kept (with NaN) and counted
+        in ``report.n_incomplete_kept``.
+    age_range : (float, float), default (0, 120)
+        Allowed ages in years; anything outside raises.
+    scoring : ScoringReport or list of them, optional
+        Reports from ``score(..., return_report=True)``; their per-row reasons explain
+        missing alliance and autonomy scores in the DataReport.
+
+    Returns
+    -------
+    data : pandas.DataFrame
+        Columns ``therapist, patient, session, [arm], alliance, alliance_pm,
+        alliance_pmc, [age], [autonomy], adherence``, the counts, ``keep`` columns, then
+        ``<var>_c``, ``<var>_cwc``, ``<var>_z``. Index: the input's row labels (session
+        level) or a fresh range (patient level). Rows in input order.
+    report : DataReport
+        Counts, and every excluded row with its reason.
+
+    Raises
+    ------
+    DataValidationError
+        A required column is missing (the available ones are listed); a blank therapist,
+        patient or session id, or a session that is not a whole number >= 1; text in a
+        numeric column; an age outside ``age_range``; negative or fractional counts;
+        numerator > denominator; a duplicated (patient, session); a patient seen by two
+        therapists when ``nested``; an arm other than 0/1; an unknown variable in
+        ``center``, ``center_within`` or ``standardize``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({
+    ...     "therapist_id": ["T1"] * 4, "record_id": [1, 1, 2, 2], "session": [1, 2, 1, 2],
+    ...     "wai_sr_total": [50.0, 54.0, 40.0, None], "age": [30, 30, 70, 70],
+    ...     "hccq_short_mean": [6.0, 6.0, 4.0, 4.0], "attended": [1, 1, 1, 0],
+    ...     "scheduled": [1, 1, 1, 1], "ex_completed": [5, 7, 3, None],
+    ...     "ex_prescribed": [7, 7, 7, None]})
+    >>> data, report = prepare(df)
+    >>> data[["patient", "session", "alliance_pmc", "age_c", "adherence"]].round(3)
+      patient  session  alliance_pmc  age_c  adherence
+    0       1        1          -2.0  -20.0      0.714
+    1       1        2           2.0  -20.0      1.000
+    2       2        1           0.0   20.0      0.429
+    >>> report.to_frame()[["row", "reason"]].to_dict("records")
+    [{'row': 3, 'reason': 'session not attended'}]
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise DataValidationError(
+            f"prepare needs a pandas DataFrame, got {type(df).__name__} (see read_data)"
+        )
+    if len(df) == 0:
+        raise DataValidationError("prepare got a data frame with no rows; nothing to analyse")
+    if df.columns.duplicated().any():
+        dup = df.columns[df.columns.duplicated()].tolist()
+        raise DataValidationError(f"column(s) {dup} appear more than once; names must be unique")
+    if level not in ("session", "patient"):
+        raise DataValidationError(f"level must be 'session' or 'patient'; got {level!r}")
+    lo_age, hi_age = age_range
+    if not lo_age < hi_age:
+        raise DataValidationError(f"age_range must be (low, high) with low < high; got {age_range}")
+
+    # ---- columns --------------------------------------------------------------------
+    therapist_col = _resolve(df, therapist)
+    patient_col = _resolve(df, patient)
+    alliance_col = _resolve(df, alliance)
+    autonomy_col = _resolve(df, autonomy)
+    age_col = age
+    assert therapist_col is not None and patient_col is not None and alliance_col is not None
+    wanted: dict[str, str] = {
+        "therapist": therapist_col,
+        "patient": patient_col,
+        "session": session,
+        "alliance": alliance_col,
+    }
+    if age_col is not None:
+        wanted["age"] = age_col
+    if autonomy_col is not None:
+        wanted["autonomy"] = autonomy_col
+    if adherence in _SOURCES:
+        num_name, den_name, num_try, den_try = _SOURCES[adherence]
+        num_col = numerator or next((c for c in num_try if c in df.columns), num_try[0])
+        den_col = denominator or next((c for c in den_try if c in df.columns), den_try[0])
+        wanted[num_name] = num_col
+        wanted[den_name] = den_col
+        adherence_text = f"{adherence}: {num_col} / {den_col}"
+    else:
+        if numerator is not None or denominator is not None:
+            raise DataValidationError(
+                "numerator/denominator apply to adherence='diary' or 'attendance'; "
+                f"adherence={adherence!r} names a continuous score column"
+            )
+        num_name = den_name = ""
+        wanted["adherence"] = adherence
+        adherence_text = f"score: {adherence}"
+    if arm is not None:
+        wanted["arm"] = arm
+    for c in keep:
+        wanted[f"keep {c}"] = c
+    _check_columns(df, wanted)
+
+    # ---- identifiers ------------------------------------------------------------------
+    t_id = _ids(df[therapist_col], therapist_col, "therapist")
+    p_id = _ids(df[patient_col], patient_col, "patient")
+    s_no = _session_numbers(df[session], session)
+
+    # ---- numeric values ---------------------------------------------------------------
+    val: dict[str, pd.Series] = {"alliance": _numeric(df[alliance_col], alliance_col, "alliance")}
+    if age_col is not None:
+        val["age"] = _numeric(df[age_col], age_col, "age in years")
+        a = val["age"]
+        bad = (a.notna() & ((a < lo_age) | (a > hi_age))).to_numpy()
+        if bad.any():
+            rows = _where(df, bad)
+            raise DataValidationError(
+                f"column {age_col!r} (age) {format_rows(rows)} has {_first_value(a, rows)}; "
+                f"allowed ages are {lo_age:g}-{hi_age:g} years (age_range)"
+            )
+    if autonomy_col is not None:
+        val["autonomy"] = _numeric(df[autonomy_col], autonomy_col, "autonomy support")
+    if num_name:
+        val[num_name] = _numeric(df[wanted[num_name]], wanted[num_name], f"{num_name} count")
+        val[den_name] = _numeric(df[wanted[den_name]], wanted[den_name], f"{den_name} count")
+        _counts(val[num_name], val[den_name], wanted[num_name], wanted[den_name])
+    else:
+        val["adherence"] = _numeric(df[adherence], adherence, "adherence score")
+    if arm is not None:
+        arm_v = _numeric(df[arm], arm, "arm")
+        bad = ~(arm_v.isin([0.0, 1.0]) | arm_v.isna()).to_numpy()
+        if bad.any():
+            rows = _where(df, bad)
+            raise DataValidationError(
+                f"column {arm!r} (arm) {format_rows(rows)} has {_first_value(arm_v, rows)}; "
+                "allowed arms are 0 and 1"
+            )
+        val["arm"] = arm_v
+
+    # ---- design structure -------------------------------------------------------------
+    key = pd.DataFrame({"p": p_id, "s": s_no}, index=df.index)
+    dup = key.duplicated(keep=False).to_numpy()
+    if dup.any():
+        rows = _where(df, dup)
+        r0 = rows[0]
+        raise DataValidationError(
+            f"duplicated ({patient_col}, {session}) at {format_rows(rows)}: patient "
+            f"{p_id.loc[r0]!r} session {int(s_no.loc[r0])} appears more than once; each "
+            "patient may have one row per session"
+        )
+    if nested:
+        n_ther = t_id.groupby(p_id.to_numpy()).nunique()
+        multi = n_ther.index[n_ther > 1].tolist()
+        if multi:
+            p0 = multi[0]
+            rows = _where(df, p_id.isin(multi).to_numpy())
+            seen = sorted(t_id[p_id == p0].unique().tolist())
+            raise DataValidationError(
+                f"column {therapist_col!r}: patient {p0!r} is seen by therapists "
+                f"{', '.join(repr(t) for t in seen)} ({format_rows(rows)}); with nested=True "
+                "each patient must have one therapist (pass nested=False for crossed designs, "
+                "or give patients of different therapists different ids)"
+            )
+    if arm is not None:
+        n_arm = val["arm"].groupby(p_id.to_numpy()).nunique()
+        multi = n_arm.index[n_arm > 1].tolist()
+        if multi:
+            rows = _where(df, p_id.isin(multi).to_numpy())
+            raise DataValidationError(
+                f"column {arm!r} (arm) changes within patient {multi[0]!r} "
+                f"({format_rows(rows)}); a patient belongs to one arm"
+            )
+
+    # ---- incomplete rows ----------------------------------------------------------------
+    n = len(df)
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    culprits: list[list[str]] = [[] for _ in range(n)]
+    labels = df.index.tolist()
+    not_attended = np.zeros(n, dtype=bool)
+    if "attended" in df.columns:
+        att = pd.to_numeric(df["attended"].astype(object), errors="coerce").to_numpy(float)
+        not_attended = att == 0
+    alliance_why = _scoring_reasons(scoring, alliance_col)
+    autonomy_why = _scoring_reasons(scoring, autonomy_col) if autonomy_col else {}
+
+    def flag(mask: np.ndarray, column: Any, why: Any) -> None:
+        for i in np.flatnonzero(mask):
+            reasons[i].append(why(i) if callable(why) else why)
+            culprits[i].append(column(i) if callable(column) else column)
+
+    alliance_missing = val["alliance"].isna().to_numpy()
+    if level == "session":
+        flag(
+            alliance_missing,
+            lambda i: "attended" if not_attended[i] else alliance_col,
+            lambda i: (
+                "session not attended"
+                if not_attended[i]
+                else alliance_why.get(labels[i], f"{alliance_col} missing")
+            ),
+        )
+    for role, col in (("age", age_col), ("autonomy", autonomy_col)):
+        if col is None:
+            continue
+        why_map = autonomy_why if role == "autonomy" else {}
+        flag(
+            val[role].isna().to_numpy(),
+            col,
+            lambda i, c=col, m=why_map: m.get(labels[i], f"{c} missing"),
+        )
+    if num_name:
+        ncol, dcol = wanted[num_name], wanted[den_name]
+        nmiss = val[num_name].isna().to_numpy()
+        dmiss = val[den_name].isna().to_numpy()
+        both = nmiss & dmiss
+        skip = both & not_attended & (level == "session") & alliance_missing
+        # when the session was not attended its diary is blank too: one reason is enough
+        flag(both & ~skip, f"{ncol}, {dcol}", f"{ncol} and {dcol} missing")
+        flag(nmiss & ~dmiss, ncol, f"{ncol} missing")
+        flag(dmiss & ~nmiss, dcol, f"{dcol} missing")
+        if level == "session":
+            zero = (val[den_name] == 0).to_numpy()
+            flag(zero, dcol, f"{dcol} is 0: adherence undefined")
+    else:
+        flag(val["adherence"].isna().to_numpy(), adherence, f"{adherence} missing")
+    if arm is not None:
+        flag(val["arm"].isna().to_numpy(), arm, f"{arm} missing")
+
+    row_bad = np.array([bool(r) for r in reasons])
+    if level == "patient":
+        # a patient without any rated session, or whose counts sum to 0, cannot be used
+        usable = ~row_bad
+        frame = pd.DataFrame({"p": p_id.to_numpy(), "rated": usable & ~alliance_missing})
+        n_rated = frame.groupby("p", sort=False)["rated"].transform("sum").to_numpy()
+        flag(
+            usable & (n_rated == 0),
+            alliance_col,
+            "patient has no session with an alliance score",
+        )
+        if num_name:
+            den_ok = np.where(usable, val[den_name].fillna(0).to_numpy(), 0.0)
+            den_sum = pd.Series(den_ok).groupby(p_id.to_numpy()).transform("sum").to_numpy()
+            flag(
+                usable & (n_rated > 0) & (den_sum == 0),
+                wanted[den_name],
+                f"patient's {wanted[den_name]} sums to 0: adherence undefined",
+            )
+        row_bad = np.array([bool(r) for r in reasons])
+
+    drop = row_bad if drop_incomplete else np.zeros(n, dtype=bool)
+    excluded = pd.DataFrame(
+        {
+            "row": pd.Series([labels[i] for i in np.flatnonzero(drop)], dtype=object),
+            "patient": p_id.to_numpy()[drop],
+            "session": s_no.to_numpy()[drop],
+            "column": [", ".join(dict.fromkeys(culprits[i])) for i in np.flatnonzero(drop)],
+            "reason": ["; ".join(reasons[i]) for i in np.flatnonzero(drop)],
+        },
+        columns=list(EXCLUDED_COLUMNS),
+    )
+    keep_rows = ~drop
+
+    # ---- assemble -------------------------------------------------------------------------
+    out = pd.DataFrame(index=df.index[keep_rows])
+    out["therapist"] = t_id.to_numpy()[keep_rows]
+    out["patient"] = p_id.to_numpy()[keep_rows]
+    out["session"] = s_no.to_numpy()[keep_rows]
+    if arm is not None:
+        out["arm"] = val["arm"].to_numpy()[keep_rows]
+    out["alliance"] = val["alliance"].to_numpy()[keep_rows]
+    for role in ("age", "autonomy"):
+        if role in val:
+            out[role] = val[role].to_numpy()[keep_rows]
+    if num_name:
+        nv = val[num_name].to_numpy()[keep_rows]
+        dv = val[den_name].to_numpy()[keep_rows]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["adherence"] = np.where(dv > 0, nv / np.where(dv > 0, dv, 1.0), np.nan)
+        out[num_name] = nv
+        out[den_name] = dv
+    else:
+        out["adherence"] = val["adherence"].to_numpy()[keep_rows]
+    for c in keep:
+        out[c] = df[c].to_numpy()[keep_rows]
+
+    sessions_per_patient = out.groupby("patient", sort=False).size()
+    columns = {k: v for k, v in wanted.items() if not k.startswith("keep ")}
+    if level == "patient":
+        out = _aggregate(out, num_name, den_name, list(keep))
+        cluster = out["therapist"].to_numpy()
+    else:
+        if arm is not None:
+            out["arm"] = (
+                out["arm"].astype("Int64")
+                if out["arm"].isna().any()
+                else out["arm"].astype("int64")
+            )
+        pm, pmc = within_between(out["alliance"].to_numpy(), out["patient"].to_numpy())
+        pos = out.columns.get_loc("alliance") + 1
+        out.insert(pos, "alliance_pm", pm)
+        out.insert(pos + 1, "alliance_pmc", pmc)
+        cluster = out["patient"].to_numpy()
+    if num_name:
+        for c in (num_name, den_name):
+            out[c] = out[c].astype("Int64") if out[c].isna().any() else out[c].astype("int64")
+
+    _derived(out, center, center_within, standardize, cluster, level)
+    n_incomplete = int(row_bad.sum()) if not drop_incomplete else 0
+    notes = []
+    for rep in scoring if isinstance(scoring, list | tuple) else [scoring] if scoring else []:
+        notes.append(
+            f"{getattr(rep, 'name', 'scoring')}: {rep.n_nan} NaN score(s), "
+            f"{rep.n_prorated} pro-rated"
+        )
+    report = DataReport(
+        rows_in=n,
+        rows_used=int(keep_rows.sum()),
+        rows_out=len(out),
+        n_patients=int(out["patient"].nunique()),
+        n_therapists=int(out["therapist"].nunique()),
+        sessions_per_patient=sessions_per_patient,
+        excluded=excluded,
+        level=level,
+        adherence=adherence_text,
+        columns=columns,
+        notes=tuple(notes),
+        n_incomplete_kept=n_incomplete,
+    )
+    return out, report
+
+
+def _aggregate(out: pd.DataFrame, num_name: str, den_name: str, keep: list[str]) -> pd.DataFrame:
+    """Collapse session rows to one row per patient."""
+    g = out.groupby("patient", sort=False)
+    agg: dict[str, pd.Series] = {"therapist": g["therapist"].first()}
+    if "arm" in out.columns:
+        agg["arm"] = g["arm"].first()
+    agg["alliance"] = g["alliance"].mean()
+    agg["n_sessions"] = g.size()
+    agg["n_rated"] = g["alliance"].count()
+    for role in ("age", "autonomy"):
+        if role in out.columns:
+            agg[role] = g[role].mean()
+    if num_name:
+        nsum = g[num_name].sum(min_count=1)
+        dsum = g[den_name].sum(min_count=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            agg["adherence"] = nsum / dsum.where(dsum > 0)
+        agg[num_name] = nsum
+        agg[den_name] = dsum
+    else:
+        agg["adherence"] = g["adherence"].mean()
+    for c in keep:
+        agg[c] = g[c].first()
+    res = pd.DataFrame(agg).reset_index()
+    res = res[
+        ["therapist", "patient", *[c for c in res.columns if c not in ("therapist", "patient")]]
+    ]
+    if "arm" in res.columns:
+        res["arm"] = (
+            res["arm"].astype("Int64") if res["arm"].isna().any() else res["arm"].astype("int64")
+        )
+    return res
+
+
+def _derived(
+    out: pd.DataFrame,
+    center: Iterable[str],
+    center_within: Iterable[str],
+    standardize_vars: Iterable[str],
+    cluster: np.ndarray,
+    level: str,
+) -> None:
+    numeric = [
+        c
+        for c in out.columns
+        if c not in ("therapist", "patient", "session")
+        and pd.api.types.is_numeric_dtype(out[c])
+        and not pd.api.types.is_bool_dtype(out[c])
+    ]
+    units = out["patient"].to_numpy()
+    optional = {"age", "autonomy"}
+
+    def usable(names: Iterable[str], what: str) -> list[str]:
+        chosen = []
+        for v in names:
+            if v in numeric:
+                chosen.append(v)
+            elif v in optional and v not in out.columns:
+                continue  # moderator switched off (age=None / autonomy=None)
+            else:
+                raise DataValidationError(
+                    f"{what} names {v!r}, which is not a numeric output column; allowed: {numeric}"
+                )
+        return chosen
+
+    for v in usable(center, "center"):
+        x = out[v].to_numpy(dtype=float)
+        by_unit = level == "session" and _constant_within(x, units)
+        out[f"{v}_c"] = grand_mean_center(x, units=units if by_unit else None)
+    for v in usable(center_within, "center_within"):
+        out[f"{v}_cwc"] = group_mean_center(out[v].to_numpy(dtype=float), cluster)
+    for v in usable(standardize_vars, "standardize"):
+        x = out[v].to_numpy(dtype=float)
+        by_unit = level == "session" and _constant_within(x, units)
+        try:
+            out[f"{v}_z"] = standardize_values(x, units=units if by_unit else None)
+        except DataValidationError as err:
+            raise DataValidationError(f"standardize {v!r}: {err}") from None
