@@ -18,14 +18,14 @@ demo: $(STAMP)
 	$(VENV)/bin/alliance-models demo
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff check .
 	$(PY) -m mypy
 
 bench: $(STAMP)
