@@ -202,7 +202,7 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
     data_report = None
     if args.prepare:
         with console.timed("validating and preparing the data"):
-            data, data_report = am.prepare(data)
+            data, data_report = am.prepare(data, adherence=args.adherence)
         console.heading("Data preparation")
         console.print(data_report.summary())
 
@@ -334,8 +334,14 @@ worked example:
       --focal alliance --moderator age_c --moderator autonomy_c --report out/
 
   DATA is one row per session with the canonical columns (therapist, patient, session,
-  alliance, age, autonomy, adherence, ...) as written by 'score'/'prepare' or by
-  am.prepare() in Python; use --prepare to validate and centre a raw scored export first.
+  alliance, age, autonomy, adherence, ...) as am.prepare() writes them in Python; or a
+  scored export with --prepare, which validates, computes adherence and centres
+  (age_c, autonomy_c) first and prints the DataReport. From a raw REDCap export:
+    alliance-models score export.csv --instrument wai-sr --items 'wai_{i}' --out s1.csv
+    alliance-models score s1.csv --instrument hccq-short --items 'hccq_{i}' --out s2.csv
+    alliance-models fit s2.csv --prepare --adherence attendance \\
+        --formula 'adherence ~ alliance * age_c + (1 | therapist/patient)'
+
   --method ols fits a single-level PROCESS-style model (robust HC3 SEs);
   --method gee --trials scheduled fits attended/scheduled as binomial with logit link.
   --bayes adds the same model in PyMC (posterior summary with r_hat and ESS).
@@ -448,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="denominator column of a binomial outcome (gee / bayes)")
     p.add_argument("--prepare", action="store_true",
                    help="validate, reshape and centre the data with am.prepare() first")
+    p.add_argument("--adherence", default="diary", metavar="KIND",
+                   help="with --prepare: 'diary' (completed/prescribed), 'attendance' "
+                   "(attended/scheduled) or a column with a continuous score (default diary)")
     p.add_argument("--focal", metavar="TERM", help="focal predictor to probe, e.g. alliance")
     p.add_argument("--moderator", metavar="TERM", action="append",
                    help="moderator to probe (repeat for several)")

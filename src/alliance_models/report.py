@@ -274,9 +274,16 @@ def _data_report_section(data_report: Any) -> str:
     text = _summary_text(data_report)
     if text:
         parts.append(_pre(text))
+    reasons = getattr(data_report, "reasons", None)
+    if callable(reasons):
+        counts = reasons()
+        if isinstance(counts, pd.Series) and len(counts):
+            parts.append("<h3>Exclusions by reason</h3>")
+            parts.append(_table(counts.rename("rows").rename_axis("reason").reset_index(),
+                                index=False))
     df = _frame(data_report)
     if df is not None:
-        parts.append("<h3>Excluded rows and reasons</h3>")
+        parts.append("<h3>Excluded rows</h3>")
         if len(df):
             parts.append(_table(df, index=False))
         else:
