@@ -1,0 +1,762 @@
+"""Linear mixed models with lme4-style formulas and Satterthwaite df (lmerTest-like).
+
+:func:`fit_mixed` parses the formula once (:func:`alliance_models.formula.parse_formula`),
+encodes the data (:meth:`ModelSpec.build`) and fits by REML (or ML):
+
+1. **statsmodels MixedLM** gives the starting estimate when it can express the random
+   part: one grouping factor with a random intercept and/or correlated slopes
+   (``groups`` + ``exog_re``), plus random intercepts of factors nested in it
+   (``(1 | g1/g2)``, ``(1 | g1) + (1 | g1:g2)``) as variance components. Its own
+   boundary and convergence warnings are suppressed: the verdicts below replace them.
+2. The estimate is **polished on the exact profiled REML/ML criterion** of the numpy
+   core (:mod:`alliance_models.models._lmm`, lme4's parameterisation) with the analytic
+   gradient: bounded L-BFGS-B then Newton steps until ``max |gradient| < 1e-8``. A fit
+   counts as converged when the projected gradient is below ``1e-6``. Crossed or
+   otherwise non-nested factors, ``||`` terms and slopes at inner levels are fitted by
+   the core alone (dense algebra in the number of random effects).
+3. Optimisers are tried in turn (``lbfgs -> bfgs -> powell -> nm``) until one converges;
+   :attr:`MixedFit.optimizer` records which.
+
+Inference: ``vcov(beta) = sigma^2 (X' W^{-1} X)^{-1}``; denominator df by Satterthwaite's
+method in lmerTest's parameterisation ``(theta, sigma)`` with an analytic Jacobian of
+``vcov(beta)`` and the Hessian of the deviance computed once, so
+:meth:`MixedFit.contrast_df` is cheap for any contrast.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..errors import ConvergenceWarning, ModelSpecError, SingularFitWarning
+from ..formula import parse_formula
+from ..spec import ModelFrame, ModelSpec, RandomTerm
+from . import _lmm
+
+__all__ = ["MixedFit", "fit_mixed"]
+
+OPTIMIZERS = ("lbfgs", "bfgs", "powell", "nm")
+DDF_METHODS = ("satterthwaite", "residual", "none")
+#: A fit is accepted when max |projected gradient of the profiled deviance| is below this.
+CONVERGED_GRAD = 1e-6
+
+
+@dataclass(frozen=True, eq=False)
+class MixedFit:
+    """A fitted linear mixed model.
+
+    Attributes
+    ----------
+    spec : ModelSpec
+        The parsed formula.
+    frame : ModelFrame
+        The encoded data (complete cases).
+    reml : bool
+        REML (``True``) or ML fit.
+    ddf : str
+        ``"satterthwaite"``, ``"residual"`` (``n - p``) or ``"none"`` (z tests).
+    fixed : DataFrame
+        One row per fixed effect: ``estimate, se, df, t, p, ci_lower, ci_upper`` (95%).
+    varcomp : DataFrame
+        Variance components like lme4's ``as.data.frame(VarCorr(fit))``: columns
+        ``group, var1, var2, vcov, sdcor`` (variances with SDs; covariances with
+        correlations; ``Residual`` last).
+    icc : DataFrame
+        For intercept-only random parts: per grouping expression its variance, its share
+        of the total variance and the ICC (correlation of two observations sharing that
+        level: the sum of the variances of the grouping expressions it is nested in,
+        itself included, over the total). Empty when there are random slopes.
+    r2_marginal, r2_conditional : float
+        Nakagawa & Schielzeth (2013) R2, with Johnson's (2014) random-slope extension.
+    loglik : float
+        Log-likelihood (REML criterion times -1/2 for REML fits).
+    aic, bic : float
+        From ``loglik`` with ``p + n_theta + 1`` parameters. Under REML they cannot
+        compare models with different fixed effects: refit with ``reml=False``.
+    n_obs : int
+        Rows used.
+    n_groups : dict of str to int
+        Levels per grouping expression.
+    n_dropped : int
+        Rows excluded listwise for missing values.
+    optimizer : str
+        The optimiser that converged (or the last one tried).
+    converged : bool
+        Whether the projected gradient fell below ``1e-6``.
+    grad_max : float
+        ``max |projected gradient|`` of the profiled deviance at the estimate.
+    singular : bool
+        lme4's ``isSingular`` verdict (a relative SD ``theta`` below ``1e-4``).
+    theta : ndarray
+        Relative covariance parameters (lme4's ``getME(fit, "theta")``).
+    sigma : float
+        Residual SD.
+    random_effects : dict of str to DataFrame
+        Conditional modes (BLUPs) per random term, one row per level.
+    sm_result : statsmodels MixedLMResults or None
+        The statsmodels fit used as the start (``None`` for core-only structures).
+    messages : tuple of str
+        The diagnostics warned about during the fit.
+    """
+
+    spec: ModelSpec
+    frame: ModelFrame
+    reml: bool
+    ddf: str
+    fixed: pd.DataFrame
+    vcov: pd.DataFrame
+    varcomp: pd.DataFrame
+    icc: pd.DataFrame
+    r2_marginal: float
+    r2_conditional: float
+    loglik: float
+    aic: float
+    bic: float
+    n_obs: int
+    n_groups: dict[str, int]
+    n_dropped: int
+    optimizer: str
+    converged: bool
+    grad_max: float
+    singular: bool
+    theta: np.ndarray
+    sigma: float
+    random_effects: dict[str, pd.DataFrame]
+    sm_result: Any = None
+    messages: tuple[str, ...] = ()
+    _satt: _lmm.SatterthwaiteSetup | None = field(default=None, repr=False)
+
+    # -- FixedEffectsFit protocol ----------------------------------------------------
+    @property
+    def params(self) -> pd.Series:
+        """Fixed-effect estimates indexed by term name."""
+        return self.fixed["estimate"].copy()
+
+    def cov_params(self) -> pd.DataFrame:
+        """Covariance matrix of the fixed effects."""
+        return self.vcov.copy()
+
+    @property
+    def fixed_draws(self) -> pd.DataFrame | None:
+        """``None``: a frequentist fit has no posterior draws."""
+        return None
+
+    def contrast_df(self, L: np.ndarray) -> float:
+        """Denominator df for the contrast ``L @ params``.
+
+        Parameters
+        ----------
+        L : array_like, shape (p,)
+            Contrast weights in the order of :attr:`params`.
+
+        Returns
+        -------
+        float
+            Satterthwaite df (``ddf="satterthwaite"``), ``n - p`` (``"residual"``) or
+            ``inf`` (``"none"``).
+
+        Examples
+        --------
+        >>> fit.contrast_df([0, 1, 0, 2])  # doctest: +SKIP
+        310.87
+        """
+        L = self._check_L(L)
+        if self.ddf == "none":
+            return float("inf")
+        if self.ddf == "residual":
+            return float(self.n_obs - len(self.fixed))
+        assert self._satt is not None
+        return _lmm.satterthwaite_df(self._satt, L)
+
+    def _check_L(self, L: np.ndarray) -> np.ndarray:
+        arr = np.asarray(L, dtype=float).ravel()
+        p = len(self.fixed)
+        if arr.shape != (p,) or not np.all(np.isfinite(arr)):
+            raise ModelSpecError(
+                f"contrast L must hold {p} finite weights (one per fixed effect: "
+                f"{', '.join(self.fixed.index)}), got {np.asarray(L).tolist()!r}"
+            )
+        return arr
+
+    def test_contrast(self, L: np.ndarray, *, alpha: float = 0.05) -> pd.Series:
+        """Estimate, SE, df, t, p and CI of the contrast ``L @ params``.
+
+        Examples
+        --------
+        >>> fit.test_contrast([0, 1, 0, 2])  # doctest: +SKIP
+        """
+        L = self._check_L(L)
+        est = float(L @ self.fixed["estimate"].to_numpy())
+        se = float(np.sqrt(L @ self.vcov.to_numpy() @ L))
+        df = self.contrast_df(L)
+        t = est / se
+        dist = stats.norm if not np.isfinite(df) else stats.t(df)
+        q = float(dist.ppf(1 - alpha / 2))
+        return pd.Series(
+            {
+                "estimate": est,
+                "se": se,
+                "df": df,
+                "t": t,
+                "p": float(2 * dist.sf(abs(t))),
+                "ci_lower": est - q * se,
+                "ci_upper": est + q * se,
+            }
+        )
+
+    # -- results ---------------------------------------------------------------------
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Confidence intervals ``estimate +/- t_{df, 1-alpha/2} * se`` per fixed effect.
+
+        Examples
+        --------
+        >>> fit.conf_int(0.1)  # doctest: +SKIP
+        """
+        if not 0 < alpha < 1:
+            raise ModelSpecError(f"alpha must be between 0 and 1, got {alpha!r}")
+        df = self.fixed["df"].to_numpy()
+        q = np.where(
+            np.isfinite(df),
+            stats.t.ppf(1 - alpha / 2, np.where(np.isfinite(df), df, 1.0)),
+            stats.norm.ppf(1 - alpha / 2),
+        )
+        est, se = self.fixed["estimate"], self.fixed["se"]
+        return pd.DataFrame({"lower": est - q * se, "upper": est + q * se})
+
+    def to_frame(self) -> pd.DataFrame:
+        """Return the fixed-effects table (``estimate, se, df, t, p, ci_lower, ci_upper``)."""
+        return self.fixed.copy()
+
+    def predict(self, newdata: pd.DataFrame | None = None, *, include_random: bool = False):
+        """Predictions ``X beta`` (plus ``Z b`` with ``include_random=True``).
+
+        Levels not seen in the fit get random effects of zero.
+
+        Parameters
+        ----------
+        newdata : DataFrame, optional
+            Defaults to the data used in the fit.
+        include_random : bool
+            Add the conditional modes of the random effects.
+
+        Returns
+        -------
+        Series
+            Indexed like ``newdata``.
+        """
+        data = self.frame.data if newdata is None else newdata
+        X = self.frame.fixed_design(data)
+        pred = X @ self.fixed["estimate"].to_numpy()
+        if include_random:
+            for t in self.spec.random:
+                missing = [f for f in t.factors if f not in data.columns]
+                if missing:
+                    raise ModelSpecError(
+                        f"predict(include_random=True) needs grouping column(s) "
+                        f"{', '.join(map(repr, missing))} for {t}"
+                    )
+                Z = _term_design(t, data)
+                keys = _group_keys(t, data)
+                re = self.random_effects[str(t)]
+                pos = re.index.get_indexer(keys)
+                coef = re.to_numpy()
+                b = np.where((pos >= 0)[:, None], coef[np.maximum(pos, 0)], 0.0)
+                pred = pred + np.einsum("ij,ij->i", Z, b)
+        return pd.Series(pred, index=data.index, name="predicted")
+
+    def summary(self) -> str:
+        """Return a readable lmerTest-like summary."""
+        crit = "REML" if self.reml else "maximum likelihood"
+        ddf_txt = {
+            "satterthwaite": "t-tests use Satterthwaite's method",
+            "residual": "t-tests use residual df (n - p)",
+            "none": "z-tests (no small-sample df)",
+        }[self.ddf]
+        groups = ", ".join(f"{k} {v}" for k, v in self.n_groups.items())
+        lines = [
+            f"Linear mixed model fit by {crit} ({ddf_txt})",
+            f"Formula: {self.spec.formula}",
+            f"Observations: {self.n_obs} ({self.n_dropped} dropped for missing values); "
+            f"groups: {groups}",
+            f"Optimizer: {self.optimizer} ({'converged' if self.converged else 'NOT converged'}"
+            f", max |gradient| {self.grad_max:.1e}){'; singular fit' if self.singular else ''}",
+            "",
+            "Random effects:",
+        ]
+        vc = self.varcomp
+        rows = [("Group", "Name", "Variance", "Std.Dev.", "Corr")]
+        for r in vc.itertuples(index=False):
+            if r.var2:
+                rows.append((r.group, f"{r.var1} ~ {r.var2}", "", "", f"{r.sdcor:.3f}"))
+            else:
+                rows.append((r.group, r.var1, f"{r.vcov:.5g}", f"{r.sdcor:.5g}", ""))
+        widths = [max(len(x[i]) for x in rows) for i in range(5)]
+        for r in rows:
+            lines.append(" " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+        lines += ["", "Fixed effects:"]
+        tab = self.fixed.copy()
+        tab.columns = ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)", "2.5 %", "97.5 %"]
+        lines.append(tab.to_string(float_format=lambda v: f"{v:.5g}"))
+        if len(self.icc):
+            lines += ["", "Intraclass correlations:"]
+            lines.append(self.icc.to_string(float_format=lambda v: f"{v:.4g}"))
+        lines += [
+            "",
+            f"R2 (Nakagawa): marginal {self.r2_marginal:.4f}, conditional "
+            f"{self.r2_conditional:.4f}",
+            f"logLik {self.loglik:.3f}, AIC {self.aic:.2f}, BIC {self.bic:.2f}"
+            + (" (REML: compare fixed effects only with reml=False)" if self.reml else ""),
+        ]
+        if self.messages:
+            lines += ["", "Warnings:"] + [f" - {m}" for m in self.messages]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+# ---------------------------------------------------------------------------------------
+def _group_keys(t: RandomTerm, data: pd.DataFrame) -> pd.Index:
+    """Group labels of ``data`` for term ``t`` (as in ``ModelSpec.build``)."""
+    if len(t.factors) > 1:
+        return pd.Index(data[list(t.factors)].astype(str).agg(":".join, axis=1))
+    return pd.Index(data[t.factors[0]].astype(str))
+
+
+def _term_design(t: RandomTerm, data: pd.DataFrame) -> np.ndarray:
+    """Random-effect columns of term ``t`` for ``data`` (intercept, then slopes)."""
+    from formulaic import Formula
+
+    cols = []
+    if t.intercept:
+        cols.append(np.ones(len(data)))
+    for s in t.slopes:
+        cols.append(np.asarray(Formula(f"0 + {s}").get_model_matrix(data), dtype=float).ravel())
+    return np.column_stack(cols)
+
+
+def _check_rank(frame: ModelFrame) -> None:
+    X = frame.X
+    rank = np.linalg.matrix_rank(X)
+    if rank == X.shape[1]:
+        return
+    bad = []
+    for j in range(X.shape[1]):
+        others = np.delete(X, j, axis=1)
+        if np.linalg.matrix_rank(others) == rank:
+            bad.append(frame.x_names[j])
+    raise ModelSpecError(
+        f"the fixed-effects design is rank deficient (rank {rank} < {X.shape[1]} columns); "
+        f"these terms are linear combinations of others: {', '.join(bad)}. Drop or recode one"
+    )
+
+
+def _check_binomial(spec: ModelSpec, family: str) -> None:
+    hint = (
+        "fit_mixed fits a Gaussian linear mixed model; for a binomial outcome "
+        "(e.g. attended/scheduled) use am.fit_gee(..., trials=...) or "
+        "am.fit_bayes(..., family='binomial')"
+    )
+    if family != "gaussian":
+        raise ModelSpecError(f"family={family!r} is not supported by fit_mixed; {hint}")
+    if spec.response.replace(" ", "").startswith("cbind("):
+        raise ModelSpecError(f"response {spec.response!r} looks binomial; {hint}")
+
+
+def _sm_layout(spec: ModelSpec) -> tuple[RandomTerm, list[RandomTerm]] | None:
+    """(outer term, nested intercept terms) if statsmodels MixedLM can express the model."""
+    for t0 in spec.random:
+        if not t0.correlated and t0.n_coef > 1:
+            continue
+        k = len(t0.factors)
+        rest = [t for t in spec.random if t is not t0]
+        if all(
+            t.factors[:k] == t0.factors and len(t.factors) > k and t.intercept and not t.slopes
+            for t in rest
+        ):
+            return t0, rest
+    return None
+
+
+def _fit_statsmodels(
+    frame: ModelFrame,
+    layout: tuple[RandomTerm, list[RandomTerm]],
+    reml: bool,
+    method: str,
+    maxiter: int,
+) -> tuple[Any, list[np.ndarray], float]:
+    """Fit MixedLM; return the result, covariance blocks in spec order and the scale."""
+    from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
+
+    t0, rest = layout
+    codes = frame.groups[t0.group]
+    n_g = int(codes.max()) + 1
+    rows_by_group = [np.flatnonzero(codes == j) for j in range(n_g)]
+    vc = None
+    if rest:
+        names, colnames, mats = [], [], []
+        for t in rest:
+            inner = frame.groups[t.group]
+            m_list, c_list = [], []
+            for rows in rows_by_group:
+                loc, uniq = pd.factorize(inner[rows])
+                m_list.append(np.eye(len(uniq))[loc])
+                c_list.append([f"{t.group}[{u}]" for u in uniq])
+            names.append(str(t))
+            colnames.append(c_list)
+            mats.append(m_list)
+        vc = VCSpec(names, colnames, mats)
+    model = MixedLM(frame.y, frame.X, groups=codes, exog_re=frame.Z[str(t0)], exog_vc=vc)
+    res = model.fit(reml=reml, method=method, maxiter=maxiter)
+    scale = float(res.scale)
+    cov_re = np.asarray(res.cov_re, dtype=float)
+    vcomp = np.atleast_1d(np.asarray(res.vcomp, dtype=float))
+    if not (np.isfinite(scale) and scale > 0 and np.all(np.isfinite(cov_re))):
+        raise np.linalg.LinAlgError("statsmodels returned non-finite estimates")
+    covs = []
+    for t in frame.spec.random:
+        if t is t0:
+            covs.append(cov_re)
+        else:
+            covs.append(np.array([[max(float(vcomp[rest.index(t)]), 0.0)]]))
+    return res, covs, scale
+
+
+def _run(
+    problem: _lmm.LMMProblem,
+    frame: ModelFrame,
+    reml: bool,
+    chain: tuple[str, ...],
+    maxiter: int,
+) -> tuple[np.ndarray, str, bool, float, Any]:
+    """Try the optimisers in turn; return theta, optimiser name, converged, grad, sm result."""
+    layout = _sm_layout(frame.spec)
+    best: tuple[float, np.ndarray, str, float, Any] | None = None
+    attempts: list[tuple[str, str]] = []
+    if layout is not None:
+        for method in chain:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    res, covs, scale = _fit_statsmodels(frame, layout, reml, method, maxiter)
+                theta0 = problem.theta_from_cov(covs, scale)
+                theta, _ = _lmm.optimize_theta(
+                    problem, theta0, reml=reml, method="lbfgs", maxiter=maxiter
+                )
+                theta, gmax = _lmm.newton_polish(problem, theta, reml=reml)
+            except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:
+                attempts.append((method, str(err)))
+                continue
+            dev = problem.deviance(theta, reml=reml)
+            if best is None or dev < best[0]:
+                best = (dev, theta, method, gmax, res)
+            if gmax < CONVERGED_GRAD:
+                return theta, method, True, gmax, res
+    for method in chain:
+        try:
+            theta, _ = _lmm.optimize_theta(
+                problem, problem.default_theta(), reml=reml, method=method, maxiter=maxiter
+            )
+            theta, gmax = _lmm.newton_polish(problem, theta, reml=reml)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:
+            attempts.append((method, str(err)))
+            continue
+        dev = problem.deviance(theta, reml=reml)
+        if best is None or dev < best[0]:
+            best = (dev, theta, method, gmax, best[4] if best else None)
+        if gmax < CONVERGED_GRAD:
+            return theta, method, True, gmax, best[4] if best else None
+    if best is None:
+        detail = "; ".join(f"{m}: {e}" for m, e in attempts)
+        raise ModelSpecError(
+            f"every optimizer failed for {frame.spec.formula!r} ({detail}); check the "
+            "fixed-effects design for collinearity and simplify the random part"
+        )
+    return best[1], best[2], False, best[3], best[4]
+
+
+def fit_mixed(
+    formula: str | ModelSpec,
+    data: pd.DataFrame,
+    *,
+    reml: bool = True,
+    optimizer: str | tuple[str, ...] | list[str] | None = None,
+    maxiter: int = 1000,
+    ddf: str = "satterthwaite",
+    family: str = "gaussian",
+) -> MixedFit:
+    """Fit a linear mixed model from an lme4-style formula.
+
+    Parameters
+    ----------
+    formula : str or ModelSpec
+        E.g. ``"adherence ~ alliance * age + (1 | therapist/patient)"``; random terms
+        ``(1 | g)``, ``(1 + x | g)``, ``(x || g)``, ``(1 | g1/g2)``, ``(1 | g1:g2)``,
+        crossed factors.
+    data : DataFrame
+        Rows with missing values in model columns are dropped (counted, with a
+        :class:`~alliance_models.MissingDataWarning`).
+    reml : bool, default True
+        REML; use ``False`` (ML) to compare models with different fixed effects.
+    optimizer : str or sequence of str, optional
+        Any of ``"lbfgs", "bfgs", "powell", "nm"``, tried in the order given; the
+        default tries all four until one converges.
+    maxiter : int, default 1000
+        Iterations per optimiser.
+    ddf : {"satterthwaite", "residual", "none"}
+        Denominator df of t tests.
+    family : str, default "gaussian"
+        Only ``"gaussian"``; binomial outcomes belong to ``fit_gee`` or ``fit_bayes``.
+
+    Returns
+    -------
+    MixedFit
+
+    Raises
+    ------
+    ModelSpecError
+        Missing columns (close matches listed), a grouping factor with one level or with
+        a level per row, a constant or collinear predictor, a binomial-looking request.
+
+    Warns
+    -----
+    SingularFitWarning
+        A random-effect SD is (nearly) zero relative to the residual SD.
+    ConvergenceWarning
+        No optimiser converged, or the Hessian is not positive definite.
+    FewClustersWarning, MissingDataWarning
+        From :meth:`ModelSpec.build`.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(3)
+    >>> g = np.repeat(np.arange(12), 6)
+    >>> df = pd.DataFrame({"g": g, "x": rng.normal(size=72)})
+    >>> df["y"] = 1 + 0.5 * df.x + rng.normal(size=12)[g] + rng.normal(size=72)
+    >>> fit = fit_mixed("y ~ x + (1 | g)", df)
+    >>> fit.params.round(2).tolist()
+    [0.85, 0.59]
+    >>> round(fit.fixed.loc["x", "df"], 1)
+    59.0
+    """
+    spec = parse_formula(formula) if isinstance(formula, str) else formula
+    if not isinstance(spec, ModelSpec):
+        raise ModelSpecError(f"formula must be a string or ModelSpec, got {type(formula)!r}")
+    if ddf not in DDF_METHODS:
+        raise ModelSpecError(f"ddf={ddf!r} is not available; choose one of {DDF_METHODS}")
+    if optimizer is None:
+        chain = OPTIMIZERS
+    else:
+        chain = (optimizer,) if isinstance(optimizer, str) else tuple(optimizer)
+        bad = [m for m in chain if m not in OPTIMIZERS]
+        if bad or not chain:
+            raise ModelSpecError(
+                f"optimizer {bad or optimizer!r} is not known; choose from {OPTIMIZERS}"
+            )
+    if not isinstance(maxiter, int | np.integer) or maxiter < 1:
+        raise ModelSpecError(f"maxiter must be a positive integer, got {maxiter!r}")
+    _check_binomial(spec, family)
+    if not spec.has_random:
+        raise ModelSpecError(
+            f"formula {spec.formula!r} has no random-effects term such as (1 | therapist); "
+            "add one, or use am.fit_ols for a single-level model"
+        )
+    frame = spec.build(data)
+    yvals = np.unique(frame.y)
+    if yvals.size <= 2 and set(yvals.tolist()) <= {0.0, 1.0}:
+        _check_binomial(spec, "binomial (0/1 response)")
+    _check_rank(frame)
+    blocks = []
+    for t in spec.random:
+        codes = frame.groups[t.group]
+        n_lev = int(frame.group_labels[t.group].size)
+        if n_lev * t.n_coef >= frame.n_obs:
+            raise ModelSpecError(
+                f"grouping factor {t.group!r} has {n_lev} levels for {frame.n_obs} rows, so "
+                f"the random effects in {t} cannot be told apart from the residual; "
+                "drop the term or check the grouping column"
+            )
+        blocks.append(_lmm.RandomBlock(frame.Z[str(t)], codes, n_lev, t.correlated))
+    problem = _lmm.LMMProblem(frame.y, frame.X, blocks)
+
+    theta, opt_name, converged, gmax, sm_res = _run(problem, frame, reml, chain, maxiter)
+    return _assemble(spec, frame, problem, theta, reml, ddf, opt_name, converged, gmax, sm_res)
+
+
+def _assemble(
+    spec: ModelSpec,
+    frame: ModelFrame,
+    problem: _lmm.LMMProblem,
+    theta: np.ndarray,
+    reml: bool,
+    ddf: str,
+    opt_name: str,
+    converged: bool,
+    gmax: float,
+    sm_res: Any,
+) -> MixedFit:
+    messages: list[tuple[str, type[Warning]]] = []
+    ev = problem.evaluate(theta)
+    sigma2 = problem.sigma2(ev, reml=reml)
+    sigma = float(np.sqrt(sigma2))
+    names = list(frame.x_names)
+    satt = _lmm.satterthwaite_setup(problem, theta, reml=reml)
+    V = satt.vcov
+    se = np.sqrt(np.diag(V))
+    p = len(names)
+    if ddf == "satterthwaite":
+        dfs = np.array([_lmm.satterthwaite_df(satt, row) for row in np.eye(p)])
+    elif ddf == "residual":
+        dfs = np.full(p, float(frame.n_obs - p))
+    else:
+        dfs = np.full(p, np.inf)
+    tval = ev.beta / se
+    finite = np.isfinite(dfs)
+    safe_df = np.where(finite, dfs, 1.0)
+    pval = np.where(finite, 2 * stats.t.sf(np.abs(tval), safe_df), 2 * stats.norm.sf(np.abs(tval)))
+    q = np.where(finite, stats.t.ppf(0.975, safe_df), stats.norm.ppf(0.975))
+    fixed = pd.DataFrame(
+        {
+            "estimate": ev.beta,
+            "se": se,
+            "df": dfs,
+            "t": tval,
+            "p": pval,
+            "ci_lower": ev.beta - q * se,
+            "ci_upper": ev.beta + q * se,
+        },
+        index=pd.Index(names, name="term"),
+    )
+    vcov = pd.DataFrame(V, index=names, columns=names)
+
+    # variance components, BLUPs
+    lams = problem.lambdas(theta)
+    covs = [sigma2 * lam @ lam.T for lam in lams]
+    b = np.empty_like(ev.u)
+    random_effects: dict[str, pd.DataFrame] = {}
+    vc_rows = []
+    for t, blk, off, lam, cov in zip(
+        spec.random, problem.blocks, problem.offsets, lams, covs, strict=True
+    ):
+        w = blk.n_groups * blk.q
+        bk = ev.u[off : off + w].reshape(blk.n_groups, blk.q) @ lam.T
+        b[off : off + w] = bk.ravel()
+        random_effects[str(t)] = pd.DataFrame(
+            bk, index=frame.group_labels[t.group], columns=list(t.coef_names)
+        )
+        cn = t.coef_names
+        sds = np.sqrt(np.clip(np.diag(cov), 0, None))
+        for i in range(blk.q):
+            vc_rows.append((t.group, cn[i], "", float(cov[i, i]), float(sds[i])))
+        if t.correlated:
+            for j in range(blk.q):
+                for i in range(j + 1, blk.q):
+                    den = sds[i] * sds[j]
+                    corr = float(cov[i, j] / den) if den > 0 else float("nan")
+                    vc_rows.append((t.group, cn[j], cn[i], float(cov[i, j]), corr))
+    vc_rows.append(("Residual", "", "", sigma2, sigma))
+    varcomp = pd.DataFrame(vc_rows, columns=["group", "var1", "var2", "vcov", "sdcor"])
+
+    # ICC for intercept-only random parts
+    if all(t.intercept and not t.slopes for t in spec.random):
+        var_by = {t.group: float(c[0, 0]) for t, c in zip(spec.random, covs, strict=True)}
+        total = sum(var_by.values()) + sigma2
+        fac = {t.group: set(t.factors) for t in spec.random}
+        icc = pd.DataFrame(
+            {
+                "variance": var_by,
+                "share": {g: v / total for g, v in var_by.items()},
+                "icc": {
+                    g: sum(var_by[h] for h in var_by if fac[h] <= fac[g]) / total for g in var_by
+                },
+            }
+        )
+        icc.index.name = "group"
+    else:
+        icc = pd.DataFrame(columns=["variance", "share", "icc"], dtype=float)
+
+    r2m, r2c = _lmm.nakagawa_r2(
+        frame.X, ev.beta, [frame.Z[str(t)] for t in spec.random], covs, sigma2
+    )
+    loglik = -0.5 * problem.deviance_from(ev, reml=reml)
+    k = p + problem.n_theta + 1
+    aic = -2 * loglik + 2 * k
+    bic = -2 * loglik + np.log(frame.n_obs) * k
+
+    # diagnostics
+    singular = _lmm.is_singular(problem, theta)
+    if not converged:
+        messages.append(
+            (
+                f"the fit did not converge (max |gradient| {gmax:.2g} after trying "
+                f"{opt_name}); simplify the random part (drop random slopes or "
+                "correlations), rescale predictors to similar ranges (e.g. centre and "
+                "divide by the SD), or try another optimizer=",
+                ConvergenceWarning,
+            )
+        )
+    if singular:
+        low = []
+        for t, blk, s in zip(spec.random, problem.blocks, problem.theta_slices, strict=True):
+            vals = theta[s]
+            for v, (r, c) in zip(vals, blk.theta_index, strict=True):
+                if r == c and v < _lmm.SINGULAR_TOL:
+                    low.append(f"{t.coef_names[r]} in {t}")
+        messages.append(
+            (
+                f"singular fit: the random-effect SD of {', '.join(low)} is estimated at "
+                "(or next to) zero relative to the residual SD (lme4's isSingular, "
+                f"theta < {_lmm.SINGULAR_TOL:g}). The data do not support that term: "
+                "simplify the random part (drop the term, its slope or correlation) or, "
+                "with few clusters, use a Bayesian fit with a weakly informative prior",
+                SingularFitWarning,
+            )
+        )
+    eig_tol = 1e-8
+    if satt.hessian_eigmin <= eig_tol and converged:
+        messages.append(
+            (
+                "the Hessian of the deviance in the variance parameters is not positive "
+                f"definite (smallest eigenvalue {satt.hessian_eigmin:.2g}): the model is "
+                "nearly unidentifiable and SEs/df are unreliable; simplify the random "
+                "part or rescale predictors",
+                ConvergenceWarning,
+            )
+        )
+    for msg, cat in messages:
+        warnings.warn(msg, cat, stacklevel=3)
+
+    return MixedFit(
+        spec=spec,
+        frame=frame,
+        reml=reml,
+        ddf=ddf,
+        fixed=fixed,
+        vcov=vcov,
+        varcomp=varcomp,
+        icc=icc,
+        r2_marginal=float(r2m),
+        r2_conditional=float(r2c),
+        loglik=float(loglik),
+        aic=float(aic),
+        bic=float(bic),
+        n_obs=frame.n_obs,
+        n_groups=frame.n_groups,
+        n_dropped=frame.n_dropped,
+        optimizer=opt_name,
+        converged=converged,
+        grad_max=float(gmax),
+        singular=singular,
+        theta=np.asarray(theta, dtype=float),
+        sigma=sigma,
+        random_effects=random_effects,
+        sm_result=sm_res,
+        messages=tuple(m for m, _ in messages),
+        _satt=satt,
+    )
