@@ -851,7 +851,10 @@ def conditional_effects(
     mvals, mlabels = _at_values(frame, moderator, at, "at")
     fvals = np.linspace(float(data[focal].min()), float(data[focal].max()), int(n_points))
     spec = fit.spec
-    needed = [v for v in spec.variables if v != spec.response and v in data.columns]
+    required = getattr(frame.fixed_model_spec, "required_variables", None)
+    if required is None:  # pragma: no cover - formulaic always provides it
+        required = [v for v in spec.variables if v != spec.response]
+    needed = [v for v in data.columns if v in set(required)]
     given = dict(at_values_other or {})
     held: dict[str, Any] = {}
     for v in needed:

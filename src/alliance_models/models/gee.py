@@ -1,0 +1,409 @@
+"""Generalised estimating equations for clustered adherence (attended / scheduled).
+
+``fit_gee("attended ~ alliance * age", data, trials="scheduled")`` fits a binomial GEE
+with a logit link, an exchangeable working correlation within patient (or therapist)
+and robust (sandwich) standard errors, via statsmodels ``GEE``. Tests are Wald z tests,
+so :meth:`GEEFit.contrast_df` is infinite; estimates are log-odds, with odds ratios in
+:meth:`GEEFit.summary` and :meth:`GEEFit.to_frame`.
+
+Binomial data with ``trials``: the response is the number of successes (``attended``) or
+a proportion; each row enters as the proportion ``successes / trials`` with case weight
+``trials`` (statsmodels' GEE ``weights``), which gives the binomial likelihood equations
+under the independence structure. Note that statsmodels applies these weights on one
+side of the working covariance, which for the exchangeable structure with trials that
+vary within a cluster differs slightly from R geepack's ``cbind(s, n - s)`` convention.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+from ..errors import (
+    ConvergenceWarning,
+    DataValidationError,
+    FewClustersWarning,
+    ModelSpecError,
+    format_rows,
+)
+from ..formula import parse_formula
+from ..spec import MIN_CLUSTERS, ModelFrame, ModelSpec
+
+__all__ = ["GEEFit", "fit_gee"]
+
+
+@dataclass(frozen=True, eq=False)
+class GEEFit:
+    """Result of :func:`fit_gee` (satisfies ``FixedEffectsFit``).
+
+    Attributes
+    ----------
+    spec : ModelSpec
+        The formula as given (a ``(1 | g)`` term only names the clusters).
+    frame : ModelFrame
+        Encoded data (fixed part); ``frame.y`` is the proportion for binomial data.
+    result : statsmodels GEEResults
+        The underlying fit.
+    family : str
+        ``"binomial"`` (logit link) or ``"gaussian"`` (identity link).
+    groups : str
+        Column defining the clusters.
+    trials : str or None
+        Column of binomial denominators.
+    cov_struct : str
+        Working correlation: ``"exchangeable"`` or ``"independence"``.
+    robust : bool
+        Whether ``cov_params`` is the robust (sandwich) covariance.
+    vcov : DataFrame
+        The covariance used for inference.
+    n_clusters : int
+        Number of clusters.
+    working_correlation : float
+        Estimated exchangeable correlation (0 for independence).
+    scale : float
+        Estimated dispersion (statsmodels' ``scale``).
+    alpha : float
+        Level of reported CIs.
+    """
+
+    spec: ModelSpec
+    frame: ModelFrame
+    result: Any
+    family: str
+    groups: str
+    trials: str | None
+    cov_struct: str
+    robust: bool
+    vcov: pd.DataFrame
+    n_clusters: int
+    working_correlation: float
+    scale: float
+    alpha: float = 0.05
+
+    @property
+    def params(self) -> pd.Series:
+        """Coefficients (log-odds scale for binomial) by term name."""
+        return pd.Series(np.asarray(self.result.params, float), index=list(self.frame.x_names))
+
+    @property
+    def fixed_draws(self) -> pd.DataFrame | None:
+        """Always ``None`` (frequentist fit)."""
+        return None
+
+    @property
+    def observed_response(self) -> np.ndarray:
+        """Observed response on the response scale (proportions for binomial data)."""
+        return np.asarray(self.frame.y, float)
+
+    def inverse_link(self, eta: np.ndarray) -> np.ndarray:
+        """Map the linear predictor to the mean (logistic for binomial)."""
+        eta = np.asarray(eta, float)
+        return special.expit(eta) if self.family == "binomial" else eta
+
+    def cov_params(self) -> pd.DataFrame:
+        """Robust (sandwich) covariance, or the model-based one when ``robust=False``."""
+        return self.vcov.copy()
+
+    def contrast_df(self, L: np.ndarray) -> float:
+        """Return ``numpy.inf``: GEE inference uses Wald z tests."""
+        return float(np.inf)
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Wald confidence intervals on the link scale."""
+        se = np.sqrt(np.diag(self.vcov.to_numpy()))
+        q = stats.norm.ppf(1 - alpha / 2)
+        b = self.params
+        return pd.DataFrame({"lower": b - q * se, "upper": b + q * se}, index=b.index)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Coefficient table: estimate, se, z, p, CI (and odds ratios for binomial)."""
+        b = self.params
+        se = pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=b.index)
+        z = b / se
+        ci = self.conf_int(self.alpha)
+        out = pd.DataFrame(
+            {
+                "estimate": b,
+                "se": se,
+                "z": z,
+                "p": 2 * stats.norm.sf(np.abs(z)),
+                "ci_lower": ci["lower"],
+                "ci_upper": ci["upper"],
+            }
+        )
+        if self.family == "binomial":
+            out["odds_ratio"] = np.exp(b)
+            out["or_lower"] = np.exp(ci["lower"])
+            out["or_upper"] = np.exp(ci["upper"])
+        return out
+
+    def summary(self) -> str:
+        """Text: model, clusters, working correlation, coefficient table with odds ratios."""
+        link = "logit link, estimates in log-odds" if self.family == "binomial" else "identity"
+        resp = (f"{self.spec.response} out of {self.trials}" if self.trials
+                else self.spec.response)
+        lines = [
+            f"GEE ({self.family}, {link}): {self.spec.fixed_formula}",
+            f"response: {resp}; n = {self.frame.n_obs} rows in {self.n_clusters} clusters "
+            f"of {self.groups!r} (excluded for missing values: {self.frame.n_dropped})",
+            f"working correlation: {self.cov_struct}"
+            + (f" (rho = {self.working_correlation:.4f})"
+               if self.cov_struct == "exchangeable" else "")
+            + f"; scale = {self.scale:.4f}",
+            f"standard errors: {'robust (sandwich)' if self.robust else 'model-based'}; "
+            f"Wald z tests, {100 * (1 - self.alpha):g}% CI",
+            "",
+            self.to_frame().to_string(float_format=lambda v: f"{v:.4f}"),
+        ]
+        return "\n".join(lines)
+
+
+def _integer_valued(x: np.ndarray) -> np.ndarray:
+    return np.isclose(x, np.round(x), rtol=0, atol=1e-8)
+
+
+def _check_binomial(
+    y: np.ndarray, n: np.ndarray | None, index: pd.Index, resp: str, trials: str | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate binomial data and return (proportion, weights)."""
+    if n is None:
+        bad = np.flatnonzero((y < 0) | (y > 1))
+        if bad.size:
+            raise DataValidationError(
+                f"column {resp!r} has values outside [0, 1] in "
+                f"{format_rows(list(index[bad]))} (e.g. {y[bad[0]]:g}); a binomial GEE "
+                "without trials= needs 0/1 outcomes or proportions; give trials='<column>' "
+                "for counts of successes"
+            )
+        return y, None
+    bad = np.flatnonzero(~_integer_valued(n) | (n <= 0))
+    if bad.size:
+        raise DataValidationError(
+            f"column {trials!r} must hold positive whole numbers of trials; "
+            f"{format_rows(list(index[bad]))} have {n[bad[0]]:g}"
+        )
+    proportions = bool(np.all((y >= 0) & (y <= 1)) and not np.all(_integer_valued(y)))
+    if proportions:
+        return y, n
+    bad = np.flatnonzero(y < 0)
+    if bad.size:
+        raise DataValidationError(
+            f"column {resp!r} has negative counts in {format_rows(list(index[bad]))} "
+            f"(e.g. {y[bad[0]]:g}); successes must lie in 0..{trials}"
+        )
+    bad = np.flatnonzero(~_integer_valued(y))
+    if bad.size:
+        raise DataValidationError(
+            f"column {resp!r} mixes counts and fractions: {format_rows(list(index[bad]))} "
+            f"have {y[bad[0]]:g}; give whole-number successes out of {trials!r}, or "
+            "proportions in [0, 1]"
+        )
+    bad = np.flatnonzero(y > n)
+    if bad.size:
+        raise DataValidationError(
+            f"column {resp!r} exceeds {trials!r} in {format_rows(list(index[bad]))} "
+            f"(e.g. {y[bad[0]]:g} > {n[bad[0]]:g}); successes must lie in 0..{trials}"
+        )
+    return y / n, n
+
+
+def fit_gee(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    trials: str | None = None,
+    family: Literal["binomial", "gaussian"] = "binomial",
+    groups: str | None = None,
+    cov_struct: Literal["exchangeable", "independence"] = "exchangeable",
+    robust: bool = True,
+    alpha: float = 0.05,
+    maxiter: int = 100,
+) -> GEEFit:
+    """Fit a GEE (binomial-logit or gaussian) with robust SEs to clustered data.
+
+    Parameters
+    ----------
+    formula : str
+        Fixed-effects formula, e.g. ``"attended ~ alliance * age"``. A single
+        ``(1 | g)`` term may name the clusters instead of ``groups=``.
+    data : DataFrame
+        Analysis data (one row per session).
+    trials : str, optional
+        Column of binomial denominators (``"scheduled"``). The response is then the
+        number of successes (whole numbers in ``0..trials``) or a proportion (values in
+        [0, 1] that are not all whole numbers). Without it a binomial response must be
+        0/1 or a proportion.
+    family : {"binomial", "gaussian"}, default "binomial"
+        Binomial uses the logit link, gaussian the identity link.
+    groups : str, optional
+        Cluster column; default the ``(1 | g)`` term of the formula, else ``"patient"``.
+    cov_struct : {"exchangeable", "independence"}, default "exchangeable"
+        Working correlation within clusters.
+    robust : bool, default True
+        Robust (sandwich) covariance; ``False`` gives the model-based one (not available
+        with ``trials``, where the case weights need the sandwich).
+    alpha : float, default 0.05
+        Level of reported CIs.
+    maxiter : int, default 100
+        Iteration cap of the GEE solver.
+
+    Returns
+    -------
+    GEEFit
+
+    Raises
+    ------
+    DataValidationError
+        Successes above trials, negative or fractional counts, non-positive trials,
+        binomial outcomes outside [0, 1].
+    ModelSpecError
+        Unknown family or structure, random slopes or several random terms, a missing
+        cluster column.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import alliance_models as am
+    >>> rng = np.random.default_rng(0)
+    >>> d = pd.DataFrame({"patient": np.repeat(np.arange(30), 4),
+    ...                   "alliance": rng.normal(size=120), "scheduled": 4})
+    >>> d["attended"] = rng.binomial(4, 1 / (1 + np.exp(-0.5 * d.alliance)))
+    >>> fit = am.fit_gee("attended ~ alliance", d, trials="scheduled")
+    >>> fit.n_clusters, fit.contrast_df(np.ones(2))
+    (30, inf)
+    """
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning as SMConvergenceWarning
+
+    if family not in ("binomial", "gaussian"):
+        raise ModelSpecError(f"family={family!r} is not supported; use 'binomial' or 'gaussian'")
+    if cov_struct not in ("exchangeable", "independence"):
+        raise ModelSpecError(
+            f"cov_struct={cov_struct!r} is not supported; use 'exchangeable' or 'independence'"
+        )
+    if not 0 < alpha < 1:
+        raise ModelSpecError(f"alpha must lie in (0, 1), got {alpha!r}")
+    spec = parse_formula(formula)
+    if spec.random:
+        if len(spec.random) > 1 or spec.random[0].slopes or len(spec.random[0].factors) > 1:
+            raise ModelSpecError(
+                f"fit_gee takes at most one random-intercept term (1 | g) naming the clusters; "
+                f"{formula!r} has {', '.join(str(t) for t in spec.random)}. GEE has one level "
+                "of clustering: choose patient or therapist (or use fit_mixed / fit_bayes)"
+            )
+        g_formula = spec.random[0].group
+        if groups is not None and groups != g_formula:
+            raise ModelSpecError(
+                f"groups={groups!r} contradicts the formula's cluster term "
+                f"{spec.random[0]}; give one of them"
+            )
+        groups = g_formula
+    if groups is None:
+        if "patient" not in data.columns:
+            raise ModelSpecError(
+                "fit_gee needs a cluster column: give groups='<column>' or a (1 | g) term "
+                "(the default 'patient' is not in the data)"
+            )
+        groups = "patient"
+    if family == "gaussian" and trials is not None:
+        raise ModelSpecError("trials= is for family='binomial'; a gaussian GEE has no trials")
+    if trials is not None and not robust:
+        raise ModelSpecError(
+            "robust=False is not available with trials=: the trials enter as case weights, "
+            "for which only the robust (sandwich) covariance is valid"
+        )
+    fixed_spec = parse_formula(spec.fixed_formula)
+    extra = tuple(c for c in (groups, trials) if c is not None)
+    if not isinstance(data, pd.DataFrame):
+        raise ModelSpecError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    spec.check_columns(data)
+    frame = fixed_spec.build(data, extra=extra)
+    y = frame.y
+    index = frame.data.index
+    weights = None
+    if family == "binomial":
+        n = None
+        if trials is not None:
+            if not pd.api.types.is_numeric_dtype(frame.data[trials]):
+                raise DataValidationError(
+                    f"column {trials!r} (trials) must be numeric, got {frame.data[trials].dtype}"
+                )
+            n = np.asarray(frame.data[trials], float)
+        y, weights = _check_binomial(y, n, index, spec.response, trials)
+        if np.all(y == y[0]):
+            raise DataValidationError(
+                f"column {spec.response!r} has the same proportion ({y[0]:g}) in every row; "
+                "a binomial model needs some variation in the outcome"
+            )
+        fam = sm.families.Binomial()
+    else:
+        fam = sm.families.Gaussian()
+    frame = ModelFrame(
+        spec=frame.spec,
+        data=frame.data,
+        y=np.asarray(y, float),
+        X=frame.X,
+        x_names=frame.x_names,
+        n_dropped=frame.n_dropped,
+        dropped_index=frame.dropped_index,
+        fixed_model_spec=frame.fixed_model_spec,
+    )
+    codes, uniques = pd.factorize(frame.data[groups].astype(str), sort=True)
+    n_clusters = len(uniques)
+    if n_clusters < 2:
+        raise ModelSpecError(
+            f"cluster column {groups!r} has one level ({uniques[0]!r}); GEE needs many clusters"
+        )
+    if n_clusters < MIN_CLUSTERS:
+        warnings.warn(
+            f"only {n_clusters} clusters of {groups!r}: robust (sandwich) standard errors "
+            f"are unreliable with fewer than {MIN_CLUSTERS} clusters (and biased downwards "
+            "with fewer than about 40); consider fit_mixed or fit_bayes",
+            FewClustersWarning,
+            stacklevel=2,
+        )
+    cs = sm.cov_struct.Exchangeable() if cov_struct == "exchangeable" else (
+        sm.cov_struct.Independence())
+    model = sm.GEE(frame.y, frame.X, groups=codes, family=fam, cov_struct=cs, weights=weights)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = model.fit(maxiter=maxiter, cov_type="robust" if robust else "naive")
+    for w in caught:
+        if issubclass(w.category, SMConvergenceWarning) or "converge" in str(w.message).lower():
+            warnings.warn(
+                f"GEE did not converge in {maxiter} iterations ({w.message}); try "
+                "cov_struct='independence', rescale predictors, or raise maxiter",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    names = list(frame.x_names)
+    V = np.asarray(res.cov_params(), float)
+    if not np.all(np.isfinite(V)) or not np.all(np.isfinite(res.params)):
+        raise ModelSpecError(
+            "GEE estimates are not finite (perfect separation or a degenerate design?); "
+            "check the outcome against the predictors"
+        )
+    rho = float(np.atleast_1d(res.model.cov_struct.dep_params)[0]) if (
+        cov_struct == "exchangeable") else 0.0
+    return GEEFit(
+        spec=spec,
+        frame=frame,
+        result=res,
+        family=family,
+        groups=groups,
+        trials=trials,
+        cov_struct=cov_struct,
+        robust=robust,
+        vcov=pd.DataFrame(V, index=names, columns=names),
+        n_clusters=int(n_clusters),
+        working_correlation=rho,
+        scale=float(res.scale),
+        alpha=alpha,
+    )
