@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from alliance_models.cli import main
@@ -122,3 +124,105 @@ def test_debug_flag_accepted_after_the_command(tmp_path):
     with pytest.raises(FileNotFoundError):
         main(["fit", str(tmp_path / "x.csv"), "--formula", "y ~ x", "--debug"],
              stdout=io.StringIO(), stderr=io.StringIO())
+
+
+# --------------------------------------------------------------------------- score
+
+
+def wai_csv(tmp_path: Path, bad: tuple[int, str, object] | None = None) -> Path:
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame(rng.integers(1, 6, size=(6, 12)), columns=[f"wai_{i}" for i in range(1, 13)])
+    df.insert(0, "record_id", [f"p{i}" for i in range(6)])
+    if bad is not None:
+        row, col, value = bad
+        df[col] = df[col].astype(object)
+        df.loc[row, col] = value
+    path = tmp_path / "wai.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_score_writes_the_scored_file(tmp_path):
+    src = wai_csv(tmp_path)
+    out = tmp_path / "scored.csv"
+    code, stdout, err = run("score", str(src), "--instrument", "wai-sr", "--items", "wai_{i}",
+                            "--out", str(out))
+    assert code == 0, err
+    assert "WAI-SR" in stdout or "wai-sr" in stdout
+    scored = pd.read_csv(out)
+    items = pd.read_csv(src)[[f"wai_{i}" for i in range(1, 13)]]
+    # independent computation: WAI-SR total = sum of 12 items, bond = items 3, 5, 7, 9
+    np.testing.assert_allclose(scored["wai_sr_total"], items.sum(axis=1), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        scored["wai_sr_bond"], items[["wai_3", "wai_5", "wai_7", "wai_9"]].sum(axis=1), atol=1e-12
+    )
+
+
+def test_score_out_of_range_item_is_one_line(tmp_path):
+    src = wai_csv(tmp_path, bad=(2, "wai_3", 9))
+    code, _, err = run("score", str(src), "--instrument", "wai-sr", "--items", "wai_{i}")
+    assert_one_line_error(code, err, r"DataValidationError: .*wai_3.*9")
+
+
+def test_score_unknown_instrument_is_one_line(tmp_path):
+    src = wai_csv(tmp_path)
+    code, _, err = run("score", str(src), "--instrument", "wai-xx", "--items", "wai_{i}")
+    assert_one_line_error(code, err, "wai-xx")
+
+
+def test_score_rejects_unknown_output_type(tmp_path):
+    src = wai_csv(tmp_path)
+    code, _, err = run("score", str(src), "--instrument", "wai-sr", "--items", "wai_{i}",
+                       "--out", str(tmp_path / "x.json"))
+    assert code == 2
+    assert "use a .csv, .xlsx or .parquet file" in err
+
+
+# --------------------------------------------------------------------------- fit
+
+
+@pytest.fixture(scope="module")
+def single_level_csv(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    import alliance_models as am
+
+    design = am.Design(therapists=12, patients_per_therapist=10, sessions=1,
+                       effects={"alliance": 0.3, "alliance:age": 0.2})
+    data = am.simulate(design, seed=8)
+    path = tmp_path_factory.mktemp("fit") / "patients.csv"
+    data.to_csv(path, index=False)
+    return path, pd.read_csv(path)
+
+
+def test_fit_ols_prints_the_fit_and_probes(tmp_path, single_level_csv):
+    import alliance_models as am
+
+    path, data = single_level_csv
+    code, out, err = run("fit", str(path), "--method", "ols", "--formula",
+                         "adherence ~ alliance * age", "--focal", "alliance",
+                         "--moderator", "age", "--report", str(tmp_path / "rep"))
+    assert code == 0, err
+    fit = am.fit_ols("adherence ~ alliance * age", data)
+    assert fit.summary() in out
+    ss = am.simple_slopes(fit, focal="alliance", moderator="age", at="meansd")
+    assert ss.summary() in out
+    jn = am.johnson_neyman(fit, focal="alliance", moderator="age")
+    assert jn.summary() in out
+    page = (tmp_path / "rep" / "index.html").read_text()
+    for section in ("data", "model", "simple-slopes", "johnson-neyman"):
+        assert f'<section id="{section}">' in page
+    assert "fitting the ols model" in err  # progress on stderr
+
+
+def test_fit_unknown_column_is_one_line(single_level_csv):
+    path, _ = single_level_csv
+    code, _, err = run("fit", str(path), "--method", "ols", "--formula",
+                       "adherence ~ alliance * agee")
+    assert_one_line_error(code, err, "ModelSpecError: .*agee")
+
+
+def test_fit_trials_needs_gee(single_level_csv):
+    path, _ = single_level_csv
+    code, _, err = run("fit", str(path), "--formula", "adherence ~ alliance",
+                       "--trials", "scheduled")
+    assert code == 2
+    assert "--trials is used with --method gee or --bayes only" in err

@@ -145,6 +145,11 @@ def _read(path: str, console: Console) -> Any:
 def _cmd_score(args: argparse.Namespace, console: Console) -> int:
     import alliance_models as am
 
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in {".csv", ".txt", "", ".xlsx", ".parquet"}:
+        raise SystemExit(
+            _usage_error("score", f"--out {out.name}: use a .csv, .xlsx or .parquet file")
+        )
     df = _read(args.data, console)
     kwargs: dict[str, Any] = {"items": args.items, "return_report": True}
     if args.prorate:
@@ -165,20 +170,15 @@ def _cmd_score(args: argparse.Namespace, console: Console) -> int:
     desc = scored[new].describe().T
     desc.insert(0, "missing", scored[new].isna().sum())
     console.print(desc.to_string(float_format=lambda x: f"{x:.3f}"))
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         suffix = out.suffix.lower()
         if suffix == ".xlsx":
             scored.to_excel(out, index=False)
         elif suffix == ".parquet":
             scored.to_parquet(out, index=False)
-        elif suffix in {".csv", ".txt", ""}:
-            scored.to_csv(out, index=False)
         else:
-            raise SystemExit(
-                _usage_error("score", f"--out {out.name}: use a .csv, .xlsx or .parquet file")
-            )
+            scored.to_csv(out, index=False)
         console.print()
         console.print(f"Scored data written to {out}")
     return 0
@@ -198,6 +198,8 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
         raise SystemExit(
             _usage_error("fit", "--focal and --moderator go together (give both or neither)")
         )
+    if args.trials and args.method != "gee" and not args.bayes:
+        raise SystemExit(_usage_error("fit", "--trials is used with --method gee or --bayes only"))
     data = _read(args.data, console)
     data_report = None
     if args.prepare:
@@ -208,9 +210,7 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
 
     fitters = {"mixed": am.fit_mixed, "ols": am.fit_ols, "gee": am.fit_gee}
     kwargs: dict[str, Any] = {}
-    if args.trials:
-        if args.method != "gee":
-            raise SystemExit(_usage_error("fit", "--trials is used with --method gee only"))
+    if args.trials and args.method == "gee":
         kwargs["trials"] = args.trials
     with console.timed(f"fitting the {args.method} model"):
         fit = fitters[args.method](args.formula, data, **kwargs)
