@@ -279,27 +279,19 @@ def _cmd_power(args: argparse.Namespace, console: Console) -> int:
     path = Path(args.design)
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory", str(path))
-    from .power.engine import run_power_file
+    from .power.engine import PowerCurve, run_power_file
 
-    kwargs: dict[str, Any] = {}
-    for name in ("n_sims", "n_jobs", "seed"):
-        value = getattr(args, name)
-        if value is not None:
-            kwargs[name] = value
+    plot_path = Path(args.plot) if args.plot else path.with_suffix(".png")
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
     with console.timed(f"running the power analysis in {path}"):
-        result = run_power_file(path, **kwargs)
+        result = run_power_file(path, out=plot_path)
     console.heading(f"Power: {path.name}")
     console.print(result.summary())
-    if hasattr(result, "plot"):
-        plot_path = Path(args.plot) if args.plot else path.with_suffix(".png")
-        plot_path.parent.mkdir(parents=True, exist_ok=True)
-        from .report import _png_bytes
-
-        plot_path.write_bytes(_png_bytes(result.plot()))
+    if isinstance(result, PowerCurve):
         console.print()
         console.print(f"Power curve written to {plot_path}")
     elif args.plot:
-        console.step("this design file runs a single power point; no curve to plot")
+        console.step(f"{path.name} has no [curve] table, so there is no curve to plot")
     return 0
 
 
@@ -373,15 +365,18 @@ worked example:
     alliance = 0.25
     "alliance:autonomy" = 0.10
 
-    [power]
+    [analysis]
     formula = "adherence ~ alliance * autonomy + (1 | therapist/patient)"
     test = "alliance:autonomy"
     n_sims = 500
     seed = 1
-    [power.vary]
-    therapists = [20, 30, 40, 60]
 
-  prints power with its Wilson CI (per point of the curve) and writes the curve plot.
+    [curve]                       # optional: a power curve instead of one point
+    vary = { therapists = [20, 30, 40, 60] }
+
+  prints power with its Wilson CI and the diagnosands (bias, RMSE, coverage, ...) per
+  design and, with [curve], writes the curve plot (default: design.png next to the file).
+  [analysis] also takes method, alpha, n_jobs, backend ("loky" or "dask") and checkpoint.
 """
 
 
@@ -496,9 +491,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("design", metavar="DESIGN.toml", help="design and power settings")
     p.add_argument("--plot", metavar="FILE",
                    help="where to write the power-curve PNG (default: next to the TOML)")
-    p.add_argument("--n-sims", type=int, default=None, help="override the number of replicates")
-    p.add_argument("--n-jobs", type=int, default=None, help="parallel workers (-1 = all cores)")
-    p.add_argument("--seed", type=int, default=None, help="override the seed")
     p.set_defaults(func=_cmd_power)
     return parser
 
