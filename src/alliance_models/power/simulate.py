@@ -153,7 +153,10 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
     if isinstance(seed, np.random.Generator):
         ss = np.random.SeedSequence(int(seed.integers(2**63)))
     elif isinstance(seed, np.random.SeedSequence):
-        ss = seed
+        # a fresh copy: spawning mutates a SeedSequence, and the same seed must give
+        # the same data every time
+        ss = np.random.SeedSequence(seed.entropy, spawn_key=seed.spawn_key,
+                                    pool_size=seed.pool_size)
     else:
         ss = np.random.SeedSequence(seed)
     rngs = dict(zip(_STREAMS, (np.random.default_rng(s) for s in ss.spawn(len(_STREAMS))),

@@ -1,0 +1,1275 @@
+"""Monte Carlo power for planned trials: replicates, diagnosands, curves, sample size.
+
+:func:`power` simulates ``n_sims`` data sets from a :class:`Design`, fits the analysis
+formula to each, and tests one coefficient. Replicate ``i`` always uses the i-th child
+of ``SeedSequence(seed).spawn`` and replicates run in fixed batches, so the result does
+not depend on ``n_jobs`` or on the backend (joblib/loky locally, Dask on a cluster).
+
+What the truth is
+-----------------
+Bias, RMSE, coverage and the type-S rate need the true value of the tested coefficient
+*on the analysis formula's scale*. The simulator keeps the noise-free fixed part of the
+linear predictor (``eta``: standardised effects times standardised predictors, see
+:mod:`alliance_models.power.design`). The truth is the least-squares projection of
+``eta`` onto the analysis design matrix of the first replicate. When the formula contains
+every simulated term (in any parametrisation: raw age, centred age, alliance split into
+``alliance_pm`` and ``alliance_pmc`` ...), the projection is exact (``truth_exact``) and
+maps the standardised effect to the coefficient, e.g. ``beta_age / sd(age)`` per year
+of age. For binomial designs analysed with a linear model (mixed/ols/gee on the
+proportion) or with GEE (a population-averaged target), there is no such truth:
+bias, RMSE, coverage and the type-S rate are reported as NaN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+from .._utils import RNGLike
+from .._utils import progress as _progress
+from ..errors import (
+    AllianceModelsError,
+    AllianceModelsWarning,
+    ConvergenceWarning,
+    DesignError,
+    ModelSpecError,
+    SingularFitWarning,
+)
+from ..formula import parse_formula
+from ..spec import ModelSpec
+from .design import Design
+from .simulate import design_matrix, simulate_arrays, to_frame
+
+__all__ = [
+    "PowerCurve",
+    "PowerResult",
+    "SampleSizeResult",
+    "power",
+    "power_curve",
+    "run_power_file",
+    "sample_size",
+    "wilson_interval",
+]
+
+METHODS = ("auto", "fast", "mixed", "gee", "ols", "bayes")
+REPLICATE_COLUMNS = (
+    "rep", "estimate", "se", "df", "p_value", "ci_low", "ci_high", "reject",
+    "converged", "singular", "failed", "error",
+)
+_FAIL_EXC = (np.linalg.LinAlgError, ArithmeticError, AllianceModelsError, ValueError)
+
+
+# --- small numeric helpers -----------------------------------------------------------
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``k / n``.
+
+    Examples
+    --------
+    >>> tuple(round(x, 4) for x in wilson_interval(8, 10))
+    (0.4902, 0.9433)
+    """
+    if n <= 0:
+        return (math.nan, math.nan)
+    z = stats.norm.ppf(0.5 + level / 2)
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
+
+
+def _limit_blas() -> contextlib.AbstractContextManager[Any]:
+    """Pin BLAS/OpenMP to one thread (threadpoolctl when available)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's stack
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
+# --- the job a worker runs -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs to run a batch of replicates (picklable)."""
+
+    design: Design
+    formula: str
+    test: str
+    test_index: int
+    x_names: tuple[str, ...]
+    method: str
+    alpha: float
+    fit_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    bayes_rule: str = "interval"
+    threshold: float = 0.975
+    rope: float = 0.0
+    fitter: Callable[..., Any] | None = None
+
+
+def _fit_seed(ss: np.random.SeedSequence) -> int:
+    """Return a seed for the fit itself (MCMC), independent of the data streams."""
+    child = np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, 2**31 - 1))
+    return int(child.generate_state(1, dtype=np.uint32)[0])
+
+
+def _resolve_fitter(method: str) -> Callable[..., Any]:
+    if method == "mixed":
+        from ..models.mixed import fit_mixed
+
+        return fit_mixed
+    if method == "ols":
+        from ..models.ols import fit_ols
+
+        return fit_ols
+    if method == "gee":
+        from ..models.gee import fit_gee
+
+        return fit_gee
+    if method == "bayes":
+        from ..models.bayes import fit_bayes
+
+        return fit_bayes
+    raise ModelSpecError(f"method {method!r} is unknown; allowed: {', '.join(METHODS)}")
+
+
+def _empty_record(rep: int, error: str = "") -> dict[str, Any]:
+    return {
+        "rep": rep, "estimate": math.nan, "se": math.nan, "df": math.nan,
+        "p_value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "reject": False,
+        "converged": False, "singular": False, "failed": True, "error": error[:200],
+    }
+
+
+def _wald_record(rep: int, est: float, se: float, df: float, alpha: float,
+                 converged: bool, singular: bool) -> dict[str, Any]:
+    if not (math.isfinite(est) and math.isfinite(se) and se > 0):
+        rec = _empty_record(rep, "non-finite estimate or standard error")
+        rec.update(converged=bool(converged), singular=bool(singular))
+        return rec
+    df = float(df) if df is not None and math.isfinite(df) and df > 0 else math.inf
+    dist = stats.norm if math.isinf(df) else stats.t(df)
+    t = est / se
+    p = float(2 * dist.sf(abs(t)))
+    q = float(dist.ppf(1 - alpha / 2))
+    return {
+        "rep": rep, "estimate": float(est), "se": float(se), "df": df, "p_value": p,
+        "ci_low": est - q * se, "ci_high": est + q * se, "reject": bool(p < alpha),
+        "converged": bool(converged), "singular": bool(singular), "failed": False,
+        "error": "",
+    }
+
+
+def _fit_frame_replicate(job: _Job, rep: int, ss: np.random.SeedSequence) -> dict[str, Any]:
+    """Simulate one data frame and fit it with a data-frame backend."""
+    data = to_frame(simulate_arrays(job.design, ss), job.design)
+    fitter = job.fitter or _resolve_fitter(job.method)
+    kwargs = dict(job.fit_kwargs)
+    if job.method == "bayes":
+        kwargs.setdefault("seed", _fit_seed(ss))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            fit = fitter(job.formula, data, **kwargs)
+        except _FAIL_EXC as err:
+            return _empty_record(rep, f"{type(err).__name__}: {err}")
+    cats = {w.category for w in caught}
+    conv = getattr(fit, "converged", None)
+    converged = (ConvergenceWarning not in cats) if conv is None else bool(conv)
+    sing = getattr(fit, "singular", None)
+    singular = (SingularFitWarning in cats) if sing is None else bool(sing)
+    if job.method == "bayes":
+        return _bayes_record(job, rep, fit, converged)
+    try:
+        params = fit.params
+        est = float(params[job.test])
+        cov = fit.cov_params()
+        se = math.sqrt(float(cov.loc[job.test, job.test]))
+        L = np.zeros(len(params))
+        L[list(params.index).index(job.test)] = 1.0
+        df = float(fit.contrast_df(L))
+    except _FAIL_EXC as err:
+        rec = _empty_record(rep, f"{type(err).__name__}: {err}")
+        rec.update(converged=converged, singular=singular)
+        return rec
+    return _wald_record(rep, est, se, df, job.alpha, converged, singular)
+
+
+def _bayes_record(job: _Job, rep: int, fit: Any, converged: bool) -> dict[str, Any]:
+    draws = fit.fixed_draws
+    if draws is None or job.test not in draws.columns:
+        return _empty_record(rep, f"fit has no posterior draws for {job.test!r}")
+    d = np.asarray(draws[job.test], dtype=float)
+    lo, hi = np.quantile(d, [job.alpha / 2, 1 - job.alpha / 2])
+    p_dir = float(max(np.mean(d > 0), np.mean(d < 0)))
+    if job.bayes_rule == "pd":
+        reject = p_dir >= job.threshold
+    else:
+        reject = bool(lo > job.rope or hi < -job.rope)
+    return {
+        "rep": rep, "estimate": float(d.mean()), "se": float(d.std(ddof=1)), "df": math.inf,
+        "p_value": 2 * (1 - p_dir), "ci_low": float(lo), "ci_high": float(hi),
+        "reject": bool(reject), "converged": converged, "singular": False, "failed": False,
+        "error": "",
+    }
+
+
+def _groups_for(spec: ModelSpec) -> tuple[str, str | None] | None:
+    """Map the formula's random part to (outer, inner) simulated factors, if possible."""
+    names = [t.group for t in spec.random]
+    if names == ["therapist", "therapist:patient"]:
+        return ("therapist", "patient")
+    if len(names) == 1 and names[0] in ("therapist", "patient", "therapist:patient"):
+        return ("patient" if names[0] != "therapist" else "therapist", None)
+    return None
+
+
+def _run_fast_batch(job: _Job, reps: Sequence[int],
+                    seeds: Sequence[np.random.SeedSequence]) -> list[dict[str, Any]]:
+    """Fit a batch with the batched REML engine (arrays, no data frames)."""
+    from . import fast
+
+    spec = parse_formula(job.formula)
+    groups = _groups_for(spec)
+    sims = [simulate_arrays(job.design, s) for s in seeds]
+    codes = {"therapist": "therapist", "patient": "patient"}
+    Xs = [design_matrix(sa.columns, job.x_names) for sa in sims]
+    plain = groups is not None and all(X is not None for X in Xs) and (
+        spec.response in sims[0].columns)
+    out: list[dict[str, Any]] = []
+
+    def records(bf: Any, idx: Sequence[int]) -> None:
+        for b, rep in enumerate(idx):
+            out.append(_wald_record(
+                rep, float(bf.beta[b, job.test_index]), float(bf.se[b, job.test_index]),
+                float(bf.df[b]), job.alpha, bool(bf.converged[b]), bool(bf.singular[b])))
+
+    if plain and job.design.has_fixed_structure:
+        assert groups is not None
+        X = np.stack(Xs)  # type: ignore[arg-type]
+        Y = np.stack([sa.columns[spec.response] for sa in sims])
+        mask = np.stack([sa.observed for sa in sims])
+        outer = getattr(sims[0], codes[groups[0]])
+        inner = getattr(sims[0], codes[groups[1]]) if groups[1] else None
+        bf = fast.fit_batch(X, Y, outer, inner, mask=None if mask.all() else mask,
+                            contrast=job.test_index, reml=True)
+        records(bf, reps)
+        return out
+    for rep, sa in zip(reps, sims, strict=True):
+        try:
+            if plain:
+                assert groups is not None
+                keep = sa.observed
+                Xr = design_matrix(sa.columns, job.x_names, rows=keep)
+                y = sa.columns[spec.response][keep]
+                outer = getattr(sa, codes[groups[0]])[keep]
+                inner = getattr(sa, codes[groups[1]])[keep] if groups[1] else None
+            else:
+                frame = spec.build(to_frame(sa, job.design))
+                Xr, y = frame.X, frame.y
+                g = [t.group for t in spec.random]
+                outer = frame.groups[g[0]]
+                inner = frame.groups[g[1]] if len(g) > 1 else None
+            bf = fast.fit_batch(Xr, y[None, :], outer, inner, mask=None,
+                                contrast=job.test_index, reml=True)
+        except _FAIL_EXC as err:
+            out.append(_empty_record(rep, f"{type(err).__name__}: {err}"))
+            continue
+        records(bf, [rep])
+    return out
+
+
+def _run_batch(job: _Job, reps: Sequence[int],
+               seeds: Sequence[np.random.SeedSequence]) -> pd.DataFrame:
+    """Run one batch of replicates (in a worker or in-process) with BLAS pinned."""
+    with _limit_blas():
+        if job.method == "fast":
+            recs = _run_fast_batch(job, reps, seeds)
+        else:
+            recs = [_fit_frame_replicate(job, r, s) for r, s in zip(reps, seeds, strict=True)]
+    return pd.DataFrame.from_records(recs, columns=list(REPLICATE_COLUMNS))
+
+
+# --- results -------------------------------------------------------------------------
+
+def _fmt(x: float, nd: int = 3) -> str:
+    return "NA" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+@dataclass(frozen=True, eq=False)
+class PowerResult:
+    """The outcome of a Monte Carlo power run.
+
+    Attributes
+    ----------
+    design : Design
+    formula, test : str
+        Analysis formula and the coefficient tested (formulaic name).
+    method : str
+        The engine that ran (``"fast"``, ``"mixed"``, ``"gee"``, ``"ols"``, ``"bayes"``
+        or ``"custom"``).
+    alpha : float
+        Two-sided level (for ``"bayes"``: 1 - credible-interval probability).
+    n_sims, n_completed : int
+        Replicates requested and completed (fewer after an interruption).
+    power : float
+        Share of completed replicates that reject (Bayes: assurance). Failed fits
+        count as non-rejections.
+    ci : (float, float)
+        95% Wilson interval for ``power``; ``mcse`` its Monte Carlo standard error.
+    truth : float
+        True value of the tested coefficient on the analysis scale (NaN when not
+        defined; see the module docstring); ``truth_exact`` whether it is exact.
+    bias, rmse, coverage, mean_se, empirical_sd : float
+        Over replicates that produced an estimate; ``coverage`` of the ``1 - alpha``
+        interval.
+    type_s_rate : float
+        Among rejecting replicates, the share whose estimate has the wrong sign.
+    nonconvergence_rate, singular_rate, failure_rate : float
+        Shares of completed replicates.
+    elapsed : float
+        Seconds of wall time.
+    interrupted : bool
+        True when the run stopped early (Ctrl-C); the CI covers completed replicates.
+    seed : int or None
+        Root seed entropy (to reproduce a run started with ``seed=None``).
+    replicates : DataFrame
+        One row per replicate (estimate, se, df, p_value, CI, reject, flags).
+    """
+
+    design: Design
+    formula: str
+    test: str
+    method: str
+    alpha: float
+    n_sims: int
+    n_completed: int
+    power: float
+    ci: tuple[float, float]
+    mcse: float
+    truth: float
+    truth_exact: bool
+    bias: float
+    rmse: float
+    coverage: float
+    mean_se: float
+    empirical_sd: float
+    type_s_rate: float
+    nonconvergence_rate: float
+    singular_rate: float
+    failure_rate: float
+    elapsed: float
+    interrupted: bool
+    seed: int | None
+    replicates: pd.DataFrame
+    assurance_rule: str | None = None
+
+    def to_frame(self) -> pd.DataFrame:
+        """One-row data frame of the headline numbers and diagnosands."""
+        row = {
+            "test": self.test, "method": self.method, "n_sims": self.n_sims,
+            "n_completed": self.n_completed, "power": self.power, "ci_low": self.ci[0],
+            "ci_high": self.ci[1], "mcse": self.mcse, "truth": self.truth, "bias": self.bias,
+            "rmse": self.rmse, "coverage": self.coverage, "mean_se": self.mean_se,
+            "empirical_sd": self.empirical_sd, "type_s_rate": self.type_s_rate,
+            "nonconvergence_rate": self.nonconvergence_rate,
+            "singular_rate": self.singular_rate, "failure_rate": self.failure_rate,
+            "elapsed": self.elapsed, "interrupted": self.interrupted,
+        }
+        return pd.DataFrame([row])
+
+    def summary(self) -> str:
+        """Return a printable report of the run."""
+        what = "assurance" if self.method == "bayes" else "power"
+        lines = [
+            f"Monte Carlo {what} for {self.test!r} (alpha = {self.alpha:g}, engine: "
+            f"{self.method})",
+            f"  formula: {self.formula}",
+            f"  design:  {self.design.describe()}",
+            f"  {what}: {self.power:.3f}  95% CI [{self.ci[0]:.3f}, {self.ci[1]:.3f}]  "
+            f"(MC SE {self.mcse:.3f}; {self.n_completed} of {self.n_sims} replicates)",
+        ]
+        if self.assurance_rule:
+            lines.append(f"  rule: {self.assurance_rule}")
+        lines += [
+            f"  truth {_fmt(self.truth, 4)}{'' if self.truth_exact else ' (projection)'}; "
+            f"bias {_fmt(self.bias, 4)}; RMSE {_fmt(self.rmse, 4)}; "
+            f"coverage {_fmt(self.coverage)}; type-S {_fmt(self.type_s_rate)}",
+            f"  mean SE {_fmt(self.mean_se, 4)} vs empirical SD {_fmt(self.empirical_sd, 4)}",
+            f"  non-convergence {self.nonconvergence_rate:.3f}; singular fits "
+            f"{self.singular_rate:.3f}; failed fits {self.failure_rate:.3f}",
+            f"  elapsed {self.elapsed:.1f} s",
+        ]
+        if self.interrupted:
+            lines.append("  INTERRUPTED: the estimate covers completed replicates only")
+        return "\n".join(lines)
+
+
+def _summarise(reps: pd.DataFrame, *, truth: float, alpha: float) -> dict[str, Any]:
+    """Compute the diagnosands of a set of replicate records (numpy arithmetic only)."""
+    n = len(reps)
+    k = int(reps["reject"].sum())
+    p = k / n if n else math.nan
+    ok = ~reps["failed"].to_numpy(bool)
+    est = reps["estimate"].to_numpy(float)[ok]
+    lo, hi = reps["ci_low"].to_numpy(float)[ok], reps["ci_high"].to_numpy(float)[ok]
+    rej = reps["reject"].to_numpy(bool)[ok]
+    has_truth = math.isfinite(truth)
+    out = {
+        "n_completed": n,
+        "power": p,
+        "ci": wilson_interval(k, n),
+        "mcse": math.sqrt(p * (1 - p) / n) if n else math.nan,
+        "bias": float(np.mean(est - truth)) if has_truth and est.size else math.nan,
+        "rmse": float(np.sqrt(np.mean((est - truth) ** 2))) if has_truth and est.size
+        else math.nan,
+        "coverage": float(np.mean((lo <= truth) & (truth <= hi))) if has_truth and est.size
+        else math.nan,
+        "mean_se": float(np.mean(reps["se"].to_numpy(float)[ok])) if est.size else math.nan,
+        "empirical_sd": float(np.std(est, ddof=1)) if est.size > 1 else math.nan,
+        "type_s_rate": float(np.mean(np.sign(est[rej]) != np.sign(truth)))
+        if has_truth and truth != 0 and rej.any() else math.nan,
+        "nonconvergence_rate": float(1 - reps["converged"].mean()) if n else math.nan,
+        "singular_rate": float(reps["singular"].mean()) if n else math.nan,
+        "failure_rate": float(reps["failed"].mean()) if n else math.nan,
+    }
+    return out
+
+
+# --- checkpoints ---------------------------------------------------------------------
+
+def _fingerprint(job: _Job, entropy: int) -> str:
+    payload = {
+        "design": job.design.to_dict(), "formula": job.formula, "test": job.test,
+        "method": job.method, "alpha": job.alpha, "seed": str(entropy),
+        "fit_kwargs": {k: repr(v) for k, v in sorted(job.fit_kwargs.items())},
+        "bayes": [job.bayes_rule, job.threshold, job.rope],
+    }
+    text = json.dumps(payload, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_checkpoint(path: Path, fp: str) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame(columns=[*REPLICATE_COLUMNS, "fingerprint"])
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(
+        path, keep_default_na=False, na_values=[""])
+    if len(df) and set(df["fingerprint"].astype(str)) != {fp}:
+        raise DesignError(
+            f"checkpoint {str(path)!r} belongs to a different run (design, formula, test, "
+            "method, alpha or seed differ); use another checkpoint path or delete the file "
+            "to start afresh"
+        )
+    df["error"] = df["error"].fillna("").astype(str)
+    for c in ("reject", "converged", "singular", "failed"):
+        df[c] = df[c].astype(bool)
+    return df
+
+
+def _write_checkpoint(path: Path, df: pd.DataFrame) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".parquet":
+        df.to_parquet(tmp, index=False)
+    else:
+        df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+# --- execution backends --------------------------------------------------------------
+
+def _dask_client(backend: Any) -> tuple[Any, Callable[[], None]]:
+    """Return (client, close) for ``backend="dask"`` or an existing Client."""
+    from distributed import Client, get_client
+
+    if isinstance(backend, Client):
+        return backend, lambda: None
+    try:
+        return get_client(), lambda: None
+    except ValueError:
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(threads_per_worker=1, processes=True)
+        client = Client(cluster)
+
+        def close() -> None:
+            client.close()
+            cluster.close()
+
+        return client, close
+
+
+def _execute(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequence]]],
+             n_jobs: int, backend: Any) -> Iterator[pd.DataFrame]:
+    """Yield finished batches (in completion order) from the chosen backend."""
+    is_dask = backend == "dask" if isinstance(backend, str) else backend is not None
+    if is_dask:
+        from distributed import as_completed
+
+        client, close = _dask_client(backend)
+        futures = [client.submit(_run_batch, job, reps, seeds, pure=False)
+                   for reps, seeds in batches]
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
+            close()
+        return
+    if backend not in ("loky", None):
+        raise ModelSpecError(
+            f"backend {backend!r} is unknown; allowed: 'loky', 'dask' or a distributed.Client"
+        )
+    n_workers = (os.cpu_count() or 1) if n_jobs == -1 else max(1, int(n_jobs))
+    if n_workers == 1 or len(batches) == 1:
+        for reps, seeds in batches:
+            yield _run_batch(job, reps, seeds)
+        return
+    from joblib import Parallel, delayed, parallel_config
+
+    with parallel_config(backend="loky", inner_max_num_threads=1):
+        gen = Parallel(n_jobs=n_workers, return_as="generator_unordered")(
+            delayed(_run_batch)(job, reps, seeds) for reps, seeds in batches
+        )
+        try:
+            yield from gen
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
+
+
+# --- the public engine ---------------------------------------------------------------
+
+def _resolve_method(method: str | Callable[..., Any], spec: ModelSpec,
+                    design: Design) -> str:
+    if callable(method):
+        return "custom"
+    if method not in METHODS:
+        raise ModelSpecError(f"method {method!r} is unknown; allowed: {', '.join(METHODS)}")
+    if method in ("auto", "fast"):
+        ok = False
+        if design.family == "gaussian" and spec.has_random:
+            try:
+                from . import fast
+
+                ok = bool(fast.qualifies(spec))
+            except ImportError:
+                ok = False
+        if method == "fast" and not ok:
+            raise ModelSpecError(
+                "method='fast' needs a gaussian design and a random-intercepts-only formula "
+                "with one grouping factor or two nested ones, e.g. '(1 | therapist/patient)'"
+            )
+        if ok:
+            return "fast"
+        return "mixed" if spec.has_random else "ols"
+    return method
+
+
+def _truth(design: Design, spec: ModelSpec, method: str, fit_kwargs: Mapping[str, Any],
+           ss: np.random.SeedSequence, test: str) -> tuple[float, bool, tuple[str, ...]]:
+    """Validate the formula on one replicate and return (truth, exact, x_names)."""
+    sa = simulate_arrays(design, ss)
+    frame = spec.build(to_frame(sa, design))
+    x_names = frame.x_names
+    if test not in x_names:
+        raise ModelSpecError(
+            f"test {test!r} is not a coefficient of {spec.formula!r}; coefficients: "
+            f"{', '.join(x_names)}"
+        )
+    logit_fit = method == "bayes" and str(fit_kwargs.get("family", "")) == "binomial"
+    if design.family == "binomial" and not logit_fit:
+        return math.nan, False, x_names
+    eta = sa.eta[sa.observed]
+    coef, *_ = np.linalg.lstsq(frame.X, eta, rcond=None)
+    resid = eta - frame.X @ coef
+    exact = bool(np.sqrt(np.mean(resid**2)) < 1e-8 * max(1.0, float(np.std(eta))))
+    value = float(coef[x_names.index(test)])
+    return (0.0 if abs(value) < 1e-12 else value), exact, x_names
+
+
+def _default_batch_size(method: str, n_sims: int) -> int:
+    cap = 50 if method == "fast" else 10
+    return max(1, min(cap, math.ceil(n_sims / 20)))
+
+
+def power(
+    design: Design,
+    formula: str,
+    *,
+    test: str,
+    n_sims: int = 1000,
+    alpha: float = 0.05,
+    method: str | Callable[..., Any] = "auto",
+    n_jobs: int = -1,
+    backend: Any = "loky",
+    seed: RNGLike = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    batch_size: int | None = None,
+    fit_kwargs: Mapping[str, Any] | None = None,
+    bayes_kwargs: Mapping[str, Any] | None = None,
+    rule: str = "interval",
+    threshold: float = 0.975,
+    rope: float = 0.0,
+    _max_batches: int | None = None,
+) -> PowerResult:
+    """Estimate the power to detect one coefficient by simulating the planned trial.
+
+    Parameters
+    ----------
+    design : Design
+        The planned trial.
+    formula : str
+        The analysis formula, fitted to every simulated data set.
+    test : str
+        The coefficient to test, by its formulaic name (``"alliance:autonomy"``,
+        ``"arm"``, ``"C(arm)[T.1]"``).
+    n_sims : int, default 1000
+        Replicates.
+    alpha : float, default 0.05
+        Two-sided level of the Wald/t test (Satterthwaite df for mixed models).
+    method : {"auto", "fast", "mixed", "gee", "ols", "bayes"} or callable
+        ``"auto"`` uses the batched REML engine when the formula qualifies (gaussian,
+        random intercepts, one or two nested factors), else ``fit_mixed`` (random
+        terms) or ``fit_ols``. A callable ``f(formula, data, **fit_kwargs)`` returning a
+        fit with ``params``, ``cov_params()`` and ``contrast_df(L)`` is used as is.
+    n_jobs : int, default -1
+        Local worker processes (loky); -1 uses every core.
+    backend : "loky", "dask" or distributed.Client
+        ``"dask"`` uses the current Dask client (or starts a local cluster).
+    seed : int, SeedSequence or None
+        Root seed; replicate i uses the i-th ``SeedSequence.spawn`` child.
+    checkpoint : path, optional
+        ``.parquet`` or ``.csv`` file that receives finished replicates batch by batch;
+        a rerun of the same run resumes from it.
+    progress : bool or None
+        Progress bar; ``None`` shows it when the run looks longer than a few seconds.
+    batch_size : int, optional
+        Replicates per task (default from ``method`` and ``n_sims`` only, so results do
+        not depend on ``n_jobs``).
+    fit_kwargs : mapping, optional
+        Extra keyword arguments of the fitting function.
+    bayes_kwargs : mapping, optional
+        Keyword arguments of ``fit_bayes`` for ``method="bayes"`` (draws, chains, ...).
+    rule : {"interval", "pd"}, default "interval"
+        Bayesian assurance: the ``1 - alpha`` interval excludes ``[-rope, rope]``, or
+        the probability of direction reaches ``threshold``.
+    threshold, rope : float
+        See ``rule``.
+
+    Returns
+    -------
+    PowerResult
+
+    Raises
+    ------
+    ModelSpecError
+        Unknown method or backend, or ``test`` is not a coefficient of the formula.
+    DesignError
+        A checkpoint from a different run, or a checkpoint without a seed.
+
+    Examples
+    --------
+    >>> import alliance_models as am
+    >>> d = am.Design(therapists=10, patients_per_therapist=4, sessions=2,
+    ...               moderators={}, effects={"alliance": 0.3})
+    >>> res = am.power(d, "adherence ~ alliance", test="alliance", n_sims=20,
+    ...                method="ols", n_jobs=1, seed=1, fit_kwargs={"hc": None})
+    >>> res.n_completed, 0 <= res.power <= 1
+    (20, True)
+    """
+    t0 = time.perf_counter()
+    if not isinstance(design, Design):
+        raise DesignError(f"design must be an alliance_models.Design, got {type(design).__name__}")
+    if isinstance(n_sims, bool) or not isinstance(n_sims, int) or n_sims < 1:
+        raise ModelSpecError(f"n_sims must be a positive integer, got {n_sims!r}")
+    if not 0 < alpha < 1:
+        raise ModelSpecError(f"alpha must be in (0, 1), got {alpha!r}")
+    if rule not in ("interval", "pd"):
+        raise ModelSpecError(f"rule {rule!r} is unknown; allowed: 'interval', 'pd'")
+    spec = parse_formula(formula)
+    resolved = _resolve_method(method, spec, design)
+    kwargs = dict(fit_kwargs or {})
+    if resolved == "bayes":
+        kwargs.update(bayes_kwargs or {})
+        if design.family == "binomial":
+            kwargs.setdefault("family", "binomial")
+            kwargs.setdefault("trials", design.count_columns[1])
+    if seed is None:
+        if checkpoint is not None:
+            raise DesignError("a checkpoint needs a fixed seed (seed=...) to resume the same run")
+        seed = np.random.SeedSequence()
+    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(
+        None if isinstance(seed, np.random.Generator) else seed)
+    if isinstance(seed, np.random.Generator):
+        root = np.random.SeedSequence(int(seed.integers(2**63)))
+    entropy = root.entropy
+    from .._utils import spawn_seeds
+
+    seeds = spawn_seeds(root, n_sims)
+    truth, exact, x_names = _truth(design, spec, resolved, kwargs, seeds[0], test)
+    job = _Job(
+        design=design, formula=formula, test=test, test_index=x_names.index(test),
+        x_names=x_names, method=resolved, alpha=float(alpha), fit_kwargs=kwargs,
+        bayes_rule=rule, threshold=float(threshold), rope=float(rope),
+        fitter=method if callable(method) else None,
+    )
+    bs = batch_size or _default_batch_size(resolved, n_sims)
+    fp = _fingerprint(job, int(entropy) if entropy is not None else 0)
+    ck_path = Path(checkpoint) if checkpoint is not None else None
+    if ck_path is not None and ck_path.suffix not in (".parquet", ".csv"):
+        raise DesignError(f"checkpoint {str(ck_path)!r} must end in .parquet or .csv")
+    done = _read_checkpoint(ck_path, fp) if ck_path is not None else pd.DataFrame()
+    done = done[done["rep"] < n_sims] if len(done) else done
+    have = set(done["rep"].astype(int)) if len(done) else set()
+    batches = []
+    for start in range(0, n_sims, bs):
+        reps = [r for r in range(start, min(start + bs, n_sims)) if r not in have]
+        if reps:
+            batches.append((reps, [seeds[r] for r in reps]))
+
+    parts: list[pd.DataFrame] = [done.drop(columns="fingerprint")] if len(done) else []
+    interrupted = False
+    n_done_batches = 0
+    stream = _execute(job, batches, n_jobs, backend)
+    try:
+        for part in _with_progress(stream, len(batches), progress, desc=f"power {test}"):
+            parts.append(part)
+            n_done_batches += 1
+            if ck_path is not None:
+                all_rows = pd.concat(parts, ignore_index=True).assign(fingerprint=fp)
+                _write_checkpoint(ck_path, all_rows)
+            if _max_batches is not None and n_done_batches >= _max_batches:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        interrupted = len(parts) == 0 or n_done_batches < len(batches)
+    finally:
+        with contextlib.suppress(Exception):
+            stream.close()  # type: ignore[attr-defined]
+    reps_df = (pd.concat(parts, ignore_index=True) if parts else
+               pd.DataFrame(columns=list(REPLICATE_COLUMNS)))
+    reps_df = reps_df.sort_values("rep", kind="stable").reset_index(drop=True)
+    for c in ("reject", "converged", "singular", "failed"):
+        reps_df[c] = reps_df[c].astype(bool)
+    reps_df["rep"] = reps_df["rep"].astype(np.int64)
+    if interrupted:
+        warnings.warn(
+            f"power run interrupted after {len(reps_df)} of {n_sims} replicates; the result "
+            "and its confidence interval cover the completed replicates only"
+            + (f" (finished replicates are saved in {str(ck_path)!r}; rerun to resume)"
+               if ck_path is not None else ""),
+            AllianceModelsWarning,
+            stacklevel=2,
+        )
+    if len(reps_df) == 0:
+        raise KeyboardInterrupt("power run interrupted before any replicate finished")
+    summ = _summarise(reps_df, truth=truth, alpha=alpha)
+    return PowerResult(
+        design=design, formula=formula, test=test, method=resolved, alpha=float(alpha),
+        n_sims=n_sims, truth=truth, truth_exact=exact, elapsed=time.perf_counter() - t0,
+        interrupted=interrupted, seed=entropy if isinstance(entropy, int) else None,
+        replicates=reps_df,
+        assurance_rule=(
+            (f"{1 - alpha:.0%} interval excludes [-{rope:g}, {rope:g}]" if rule == "interval"
+             else f"probability of direction >= {threshold:g}") if resolved == "bayes"
+            else None),
+        **summ,
+    )
+
+
+def _with_progress(stream: Iterator[pd.DataFrame], total: int, enabled: bool | None,
+                   *, desc: str) -> Iterator[pd.DataFrame]:
+    """Show a progress bar when asked, or (``None``) when the run looks long."""
+    if enabled is False or total == 0:
+        yield from stream
+        return
+    if enabled is True:
+        yield from _progress(stream, total=total, desc=desc)
+        return
+    start = time.perf_counter()
+    first = next(stream, None)
+    if first is None:
+        return
+    yield first
+    # time of the first finished batch (worker start-up included) times the batches left
+    per_batch = time.perf_counter() - start
+    show = per_batch * (total - 1) > 5.0
+    yield from _progress(stream, total=total - 1, desc=desc, enabled=show)
+
+
+# --- curves and sample size ----------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class PowerCurve:
+    """Power over a range of one design quantity.
+
+    Attributes
+    ----------
+    vary : str
+        The :class:`Design` field varied.
+    values : tuple
+        Its values, in the order run.
+    results : tuple of PowerResult
+        One result per value (same seed: common random numbers).
+    elapsed : float
+        Seconds of wall time.
+    """
+
+    vary: str
+    values: tuple[Any, ...]
+    results: tuple[PowerResult, ...]
+    elapsed: float
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per value: power, its CI and the diagnosands."""
+        rows = [r.to_frame().assign(**{self.vary: [v]}) for v, r in
+                zip(self.values, self.results, strict=True)]
+        df = pd.concat(rows, ignore_index=True)
+        return df[[self.vary, *[c for c in df.columns if c != self.vary]]]
+
+    def summary(self) -> str:
+        """Printable table of the curve."""
+        r0 = self.results[0]
+        head = (f"Power curve for {r0.test!r} over {self.vary} (engine {r0.method}, "
+                f"{r0.n_sims} replicates per point, alpha {r0.alpha:g})\n"
+                f"  formula: {r0.formula}\n")
+        lines = [f"  {self.vary:>24}  power   95% CI            bias     coverage  "
+                 "non-conv  singular"]
+        for v, r in zip(self.values, self.results, strict=True):
+            lines.append(
+                f"  {v!s:>24}  {r.power:.3f}  [{r.ci[0]:.3f}, {r.ci[1]:.3f}]  "
+                f"{_fmt(r.bias, 4):>7}  {_fmt(r.coverage):>8}  {r.nonconvergence_rate:8.3f}"
+                f"  {r.singular_rate:8.3f}")
+        return head + "\n".join(lines) + f"\n  elapsed {self.elapsed:.1f} s"
+
+    def plot(self, ax: Any = None, *, target: float | None = 0.8) -> Any:
+        """Draw power against the varied quantity with Wilson intervals.
+
+        Returns
+        -------
+        matplotlib Axes
+        """
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5.5, 3.8))
+        x = np.asarray(self.values, dtype=float)
+        y = np.array([r.power for r in self.results])
+        lo = np.array([r.ci[0] for r in self.results])
+        hi = np.array([r.ci[1] for r in self.results])
+        ax.fill_between(x, lo, hi, alpha=0.25, color="C0", label="95% Wilson CI")
+        ax.plot(x, y, "o-", color="C0", label="power")
+        if target is not None:
+            ax.axhline(target, ls="--", color="0.4", lw=1, label=f"target {target:g}")
+        ax.set_xlabel(self.vary.replace("_", " "))
+        ax.set_ylabel("power" if self.results[0].method != "bayes" else "assurance")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{self.results[0].test} ({self.results[0].n_sims} sims per point)")
+        ax.legend(loc="lower right", fontsize="small")
+        return ax
+
+
+def _check_vary_name(design: Design, name: str) -> None:
+    from dataclasses import fields as dc_fields
+
+    names = [f.name for f in dc_fields(design)]
+    if name not in names:
+        raise DesignError(f"cannot vary {name!r}: not a Design field; fields: {', '.join(names)}")
+
+
+def power_curve(
+    design: Design,
+    formula: str,
+    *,
+    test: str,
+    vary: Mapping[str, Sequence[Any]],
+    seed: RNGLike = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> PowerCurve:
+    """Power over a range of one design quantity (e.g. the number of therapists).
+
+    Parameters
+    ----------
+    design : Design
+        The base design.
+    formula, test : str
+        As in :func:`power`.
+    vary : mapping with one key
+        ``{"therapists": [20, 30, 40]}``: a :class:`Design` field and its values.
+    seed : int or None
+        The same root seed is used at every value (common random numbers), which makes
+        the curve smoother than independent runs.
+    checkpoint : path, optional
+        One checkpoint per value, named ``<stem>-<field>=<value><suffix>``.
+    **kwargs
+        Passed to :func:`power` (``n_sims``, ``method``, ``n_jobs``, ``backend`` ...).
+
+    Returns
+    -------
+    PowerCurve
+
+    Examples
+    --------
+    >>> import alliance_models as am
+    >>> d = am.Design(therapists=10, patients_per_therapist=3, sessions=2,
+    ...               moderators={}, effects={"alliance": 0.3})
+    >>> pc = am.power_curve(d, "adherence ~ alliance", test="alliance",
+    ...                     vary={"therapists": [6, 12]}, n_sims=10, method="ols",
+    ...                     n_jobs=1, seed=2)
+    >>> pc.to_frame()["therapists"].tolist()
+    [6, 12]
+    """
+    t0 = time.perf_counter()
+    if not isinstance(vary, Mapping) or len(vary) != 1:
+        raise DesignError(
+            f"vary must be a mapping with one design field, e.g. {{'therapists': [20, 30]}}; "
+            f"got {vary!r}"
+        )
+    (name, values), = vary.items()
+    _check_vary_name(design, name)
+    values = tuple(values)
+    if not values:
+        raise DesignError(f"vary[{name!r}] holds no values")
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % 2**63)  # type: ignore[operator]
+    results = []
+    for v in values:
+        ck = None
+        if checkpoint is not None:
+            p = Path(checkpoint)
+            ck = p.with_name(f"{p.stem}-{name}={v}{p.suffix}")
+        results.append(power(design.replace(**{name: v}), formula, test=test, seed=seed,
+                             checkpoint=ck, **kwargs))
+    return PowerCurve(vary=name, values=values, results=tuple(results),
+                      elapsed=time.perf_counter() - t0)
+
+
+@dataclass(frozen=True, eq=False)
+class SampleSizeResult:
+    """The smallest design size that reaches a target power.
+
+    Attributes
+    ----------
+    vary : str
+        The field searched (``"therapists"``, ``"patients_per_therapist"``, ...).
+    target : float
+        Target power.
+    value : int or None
+        Smallest evaluated value whose Monte Carlo power reached the target (None when
+        even ``hi`` fell short).
+    power, ci : float, (float, float)
+        Power at ``value`` with its 95% Wilson CI.
+    smooth_value, smooth_ci : float, (float, float)
+        The value where a logistic fit of power on log(size) over all evaluations
+        crosses the target, with a 95% delta-method interval (NaN when the fit is not
+        possible).
+    evaluations : DataFrame
+        Every evaluation in order: value, power, CI, replicates.
+    results : tuple of PowerResult
+        The underlying runs.
+    elapsed : float
+    """
+
+    vary: str
+    target: float
+    value: int | None
+    power: float
+    ci: tuple[float, float]
+    smooth_value: float
+    smooth_ci: tuple[float, float]
+    evaluations: pd.DataFrame
+    results: tuple[PowerResult, ...]
+    elapsed: float
+
+    def to_frame(self) -> pd.DataFrame:
+        """Return the evaluations made (one row per value tried)."""
+        return self.evaluations.copy()
+
+    def summary(self) -> str:
+        """Printable report of the search."""
+        if self.value is None:
+            head = (f"target power {self.target:g} not reached for {self.vary} up to "
+                    f"{int(self.evaluations[self.vary].max())}")
+        else:
+            head = (f"smallest {self.vary} reaching power {self.target:g}: {self.value} "
+                    f"(power {self.power:.3f}, 95% CI [{self.ci[0]:.3f}, {self.ci[1]:.3f}])")
+        smooth = (f"logistic fit over the evaluations: {self.vary} = {_fmt(self.smooth_value, 1)}"
+                  f" (95% CI {_fmt(self.smooth_ci[0], 1)} to {_fmt(self.smooth_ci[1], 1)})")
+        ev = "\n".join(f"  {int(r[self.vary]):>6}  power {r['power']:.3f}  "
+                       f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+                       for _, r in self.evaluations.iterrows())
+        return f"{head}\n{smooth}\nevaluations ({len(self.evaluations)}):\n{ev}\n" \
+               f"elapsed {self.elapsed:.1f} s"
+
+
+def _logistic_crossing(x: np.ndarray, k: np.ndarray, n: np.ndarray,
+                       target: float) -> tuple[float, tuple[float, float]]:
+    """Fit logit(power) = a + b log(x) by IRLS and invert at ``target`` (delta-method CI)."""
+    nan2 = (math.nan, math.nan)
+    if len(np.unique(x)) < 2:
+        return math.nan, nan2
+    Xd = np.column_stack([np.ones(len(x)), np.log(x)])
+    beta = np.zeros(2)
+    for _ in range(50):
+        p = special.expit(Xd @ beta)
+        w = n * p * (1 - p) + 1e-12
+        z = Xd @ beta + (k - n * p) / w
+        new = np.linalg.solve(Xd.T @ (w[:, None] * Xd), Xd.T @ (w * z))
+        if np.max(np.abs(new - beta)) < 1e-10:
+            beta = new
+            break
+        beta = new
+    p = special.expit(Xd @ beta)
+    info = Xd.T @ ((n * p * (1 - p))[:, None] * Xd)
+    a, b = beta
+    if not np.all(np.isfinite(beta)) or b <= 0:
+        return math.nan, nan2
+    try:
+        cov = np.linalg.inv(info)
+    except np.linalg.LinAlgError:
+        return math.nan, nan2
+    lt = float(special.logit(target))
+    logx = (lt - a) / b
+    grad = np.array([-1 / b, -(lt - a) / b**2])
+    se = math.sqrt(max(float(grad @ cov @ grad), 0.0))
+    return math.exp(logx), (math.exp(logx - 1.96 * se), math.exp(logx + 1.96 * se))
+
+
+def sample_size(
+    design: Design,
+    formula: str,
+    *,
+    test: str,
+    target: float = 0.8,
+    vary: str = "patients_per_therapist",
+    lo: int = 2,
+    hi: int = 50,
+    step: int = 1,
+    seed: RNGLike = None,
+    **kwargs: Any,
+) -> SampleSizeResult:
+    """Search for the smallest design size that reaches ``target`` power.
+
+    Bisection on the integer grid ``lo, lo + step, ..., hi`` with common random numbers
+    (the same seed at every evaluation, which keeps the Monte Carlo power estimate
+    nearly monotone in the size), so about ``log2((hi - lo) / step) + 2`` power runs
+    are made instead of a full grid. A logistic fit of power on log(size) over all
+    evaluations gives a smoothed crossing point with a confidence interval.
+
+    Parameters
+    ----------
+    design : Design
+        Base design.
+    formula, test : str
+        As in :func:`power`.
+    target : float, default 0.8
+        Target power.
+    vary : str, default "patients_per_therapist"
+        An integer :class:`Design` field (``"therapists"``, ``"sessions"`` ...).
+    lo, hi, step : int
+        Search range and grid step (use ``step=2`` for even therapist totals).
+    seed : int or None
+        Root seed shared by all evaluations.
+    **kwargs
+        Passed to :func:`power` (``n_sims``, ``method``, ``n_jobs`` ...).
+
+    Returns
+    -------
+    SampleSizeResult
+
+    Examples
+    --------
+    >>> import alliance_models as am
+    >>> d = am.Design(therapists=10, patients_per_therapist=3, sessions=2,
+    ...               moderators={}, effects={"alliance": 0.4})
+    >>> ss = am.sample_size(d, "adherence ~ alliance", test="alliance", target=0.8,
+    ...                     vary="therapists", lo=4, hi=40, n_sims=30, method="ols",
+    ...                     n_jobs=1, seed=3)
+    >>> len(ss.evaluations) <= 8
+    True
+    """
+    t0 = time.perf_counter()
+    _check_vary_name(design, vary)
+    if not 0 < target < 1:
+        raise DesignError(f"target power must be in (0, 1), got {target!r}")
+    if not (isinstance(lo, int) and isinstance(hi, int) and isinstance(step, int)) or (
+            step < 1 or lo < 1 or hi < lo):
+        raise DesignError(f"need integers 1 <= lo <= hi and step >= 1; got lo={lo!r}, "
+                          f"hi={hi!r}, step={step!r}")
+    if (hi - lo) % step:
+        hi = lo + ((hi - lo) // step + 1) * step
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % 2**63)  # type: ignore[operator]
+    cache: dict[int, PowerResult] = {}
+    order: list[int] = []
+
+    def run(v: int) -> PowerResult:
+        if v not in cache:
+            cache[v] = power(design.replace(**{vary: v}), formula, test=test, seed=seed,
+                             **kwargs)
+            order.append(v)
+        return cache[v]
+
+    found: int | None
+    if run(hi).power < target:
+        found = None
+        warnings.warn(
+            f"target power {target:g} not reached at {vary}={hi} (power "
+            f"{cache[hi].power:.3f}); raise hi",
+            AllianceModelsWarning,
+            stacklevel=2,
+        )
+    elif run(lo).power >= target:
+        found = lo
+    else:
+        a, b = lo, hi  # power(a) < target <= power(b)
+        while b - a > step:
+            mid = a + ((b - a) // step // 2) * step
+            if run(mid).power >= target:
+                b = mid
+            else:
+                a = mid
+        found = b
+    ev = pd.DataFrame({
+        vary: order,
+        "power": [cache[v].power for v in order],
+        "ci_low": [cache[v].ci[0] for v in order],
+        "ci_high": [cache[v].ci[1] for v in order],
+        "n_completed": [cache[v].n_completed for v in order],
+    })
+    k = np.array([int(cache[v].replicates["reject"].sum()) for v in order], float)
+    nn = ev["n_completed"].to_numpy(float)
+    sv, sci = _logistic_crossing(ev[vary].to_numpy(float), k, nn, target)
+    res_found = cache[found] if found is not None else None
+    return SampleSizeResult(
+        vary=vary, target=target, value=found,
+        power=res_found.power if res_found else math.nan,
+        ci=res_found.ci if res_found else (math.nan, math.nan),
+        smooth_value=sv, smooth_ci=sci, evaluations=ev,
+        results=tuple(cache[v] for v in order), elapsed=time.perf_counter() - t0,
+    )
+
+
+# --- design files --------------------------------------------------------------------
+
+def _design_from_toml(table: Mapping[str, Any]) -> Design:
+    kw: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, list) and k in ("therapists", "alliance_components", "dropout",
+                                          "age_distribution", "sessions",
+                                          "patients_per_therapist"):
+            v = tuple(v)
+        kw[k] = v
+    try:
+        return Design(**kw)
+    except TypeError as err:
+        from dataclasses import fields as dc_fields
+
+        names = ", ".join(f.name for f in dc_fields(Design))
+        raise DesignError(f"[design] has an unknown key ({err}); allowed keys: {names}") from None
+
+
+def run_power_file(path: str | os.PathLike[str], *,
+                   out: str | os.PathLike[str] | None = None) -> PowerResult | PowerCurve:
+    """Run the power analysis described in a TOML design file.
+
+    The file has a ``[design]`` table (the :class:`Design` fields; ``effects`` and
+    ``moderators`` as sub-tables, tuples as arrays), an ``[analysis]`` table (``formula``,
+    ``test``, and optionally ``n_sims``, ``method``, ``seed``, ``alpha``, ``n_jobs``,
+    ``backend``, ``batch_size``, ``checkpoint``) and an optional ``[curve]`` table with
+    ``vary = { therapists = [20, 30, 40] }``.
+
+    Parameters
+    ----------
+    path : path
+        The TOML file.
+    out : path, optional
+        Where to save the curve plot (PNG/PDF/SVG) when the file has a ``[curve]``.
+
+    Returns
+    -------
+    PowerResult or PowerCurve
+
+    Raises
+    ------
+    DesignError
+        Missing tables or keys, unknown keys, an invalid design.
+
+    Examples
+    --------
+    >>> from alliance_models.power.engine import run_power_file
+    >>> res = run_power_file("examples/design.toml")  # doctest: +SKIP
+    >>> print(res.summary())  # doctest: +SKIP
+    """
+    import tomllib
+
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise DesignError(f"design file {str(p)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise DesignError(f"design file {str(p)!r} is not valid TOML: {err}") from None
+    for section in ("design", "analysis"):
+        if section not in doc:
+            raise DesignError(f"design file {str(p)!r} has no [{section}] table")
+    design = _design_from_toml(doc["design"])
+    ana = dict(doc["analysis"])
+    missing = [k for k in ("formula", "test") if k not in ana]
+    if missing:
+        raise DesignError(f"[analysis] in {str(p)!r} needs {', '.join(missing)}")
+    allowed = {"formula", "test", "n_sims", "method", "seed", "alpha", "n_jobs", "backend",
+               "batch_size", "checkpoint", "progress", "fit_kwargs", "rule", "threshold",
+               "rope", "bayes_kwargs"}
+    unknown = sorted(set(ana) - allowed)
+    if unknown:
+        raise DesignError(f"[analysis] has unknown keys {unknown}; allowed: {sorted(allowed)}")
+    formula, test = ana.pop("formula"), ana.pop("test")
+    if "checkpoint" in ana and not Path(ana["checkpoint"]).is_absolute():
+        ana["checkpoint"] = str(p.parent / ana["checkpoint"])
+    if "curve" in doc:
+        vary = doc["curve"].get("vary")
+        if not isinstance(vary, Mapping):
+            raise DesignError(
+                "[curve] needs vary = { therapists = [20, 30, 40] } (one design field)")
+        curve = power_curve(design, formula, test=test, vary=vary, **ana)
+        if out is not None:
+            import matplotlib.pyplot as plt
+
+            ax = curve.plot()
+            ax.figure.tight_layout()
+            ax.figure.savefig(out, dpi=120)
+            plt.close(ax.figure)
+        return curve
+    return power(design, formula, test=test, **ana)
+
+
+def _expose_submodules() -> None:
+    """Let ``am.power.analytic`` work when ``am.power`` resolved to this function."""
+    from . import analytic, design, simulate
+
+    for mod in (analytic, design, simulate):
+        setattr(power, mod.__name__.rsplit(".", 1)[1], mod)
+    power.engine = sys.modules[__name__]  # type: ignore[attr-defined]
+
+
+_expose_submodules()
