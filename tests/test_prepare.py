@@ -419,3 +419,35 @@ def test_empty_and_non_frame_input():
         prepare(scored().iloc[:0])
     with pytest.raises(DataValidationError, match="needs a pandas DataFrame, got dict"):
         prepare({"a": [1]})  # type: ignore[arg-type]
+
+
+def test_redcap_record_without_sessions_is_excluded_with_reason():
+    from alliance_models.data.redcap import read_redcap
+
+    raw = pd.DataFrame(
+        {
+            "record_id": [1, 1, 1, 2],
+            "redcap_event_name": ["baseline_arm_1", "treatment_arm_1", "treatment_arm_1",
+                                  "baseline_arm_1"],
+            "redcap_repeat_instrument": [None, "session", "session", None],
+            "redcap_repeat_instance": [None, 1, 2, None],
+            "therapist_id": ["T1", None, None, "T1"],
+            "age": [40, None, None, 50],
+            "hccq_short_mean": [5.0, None, None, 6.0],
+            "wai_sr_total": [None, 50.0, 55.0, None],
+            "attended": [None, 1, 1, None],
+            "scheduled": [None, 1, 1, None],
+        }
+    )  # fmt: skip
+    flat = read_redcap(raw)
+    assert flat["session"].isna().sum() == 1
+    data, rep = prepare(flat, adherence="attendance")
+    assert data["patient"].tolist() == ["1", "1"]
+    assert rep.excluded[["patient", "column", "reason"]].to_dict("records") == [
+        {
+            "patient": "2",
+            "column": "session",
+            "reason": "record has no session rows (REDCap export)",
+        }
+    ]
+    assert rep.rows_in == rep.rows_out + rep.n_excluded

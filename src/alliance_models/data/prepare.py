@@ -368,7 +368,12 @@ def prepare(
     # ---- identifiers ------------------------------------------------------------------
     t_id = _ids(df[therapist_col], therapist_col, "therapist")
     p_id = _ids(df[patient_col], patient_col, "patient")
-    s_no = _session_numbers(df[session], session)
+    # read_redcap keeps a record without any session row as one row with a blank session;
+    # such rows cannot be analysed and are excluded (whatever drop_incomplete says)
+    lonely_ids = (df.attrs.get("redcap") or {}).get("records_without_repeats") or []
+    lonely = (df[session].isna() & df[patient_col].isin(list(lonely_ids))).to_numpy(bool)
+    s_no = pd.Series(pd.array([pd.NA] * len(df), dtype="Int64"), index=df.index)
+    s_no[~lonely] = _session_numbers(df.loc[~lonely, session], session).to_numpy()
 
     # ---- numeric values ---------------------------------------------------------------
     val: dict[str, pd.Series] = {"alliance": _numeric(df[alliance_col], alliance_col, "alliance")}
@@ -403,7 +408,7 @@ def prepare(
 
     # ---- design structure -------------------------------------------------------------
     key = pd.DataFrame({"p": p_id, "s": s_no}, index=df.index)
-    dup = key.duplicated(keep=False).to_numpy()
+    dup = key.duplicated(keep=False).to_numpy() & ~lonely
     if dup.any():
         rows = _where(df, dup)
         r0 = rows[0]
@@ -511,12 +516,15 @@ def prepare(
             )
         row_bad = np.array([bool(r) for r in reasons])
 
-    drop = row_bad if drop_incomplete else np.zeros(n, dtype=bool)
+    for i in np.flatnonzero(lonely):
+        reasons[i], culprits[i] = ["record has no session rows (REDCap export)"], [session]
+    row_bad = row_bad & ~lonely
+    drop = (row_bad if drop_incomplete else np.zeros(n, dtype=bool)) | lonely
     excluded = pd.DataFrame(
         {
             "row": pd.Series([labels[i] for i in np.flatnonzero(drop)], dtype=object),
             "patient": p_id.to_numpy()[drop],
-            "session": s_no.to_numpy()[drop],
+            "session": s_no[drop].reset_index(drop=True),
             "column": [", ".join(dict.fromkeys(culprits[i])) for i in np.flatnonzero(drop)],
             "reason": ["; ".join(reasons[i]) for i in np.flatnonzero(drop)],
         },
@@ -528,7 +536,7 @@ def prepare(
     out = pd.DataFrame(index=df.index[keep_rows])
     out["therapist"] = t_id.to_numpy()[keep_rows]
     out["patient"] = p_id.to_numpy()[keep_rows]
-    out["session"] = s_no.to_numpy()[keep_rows]
+    out["session"] = s_no[keep_rows].to_numpy(dtype="int64")
     if arm is not None:
         out["arm"] = val["arm"].to_numpy()[keep_rows]
     out["alliance"] = val["alliance"].to_numpy()[keep_rows]
