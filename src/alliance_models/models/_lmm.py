@@ -417,6 +417,34 @@ def optimize_theta(
     def g(t: np.ndarray) -> np.ndarray:
         return problem.gradient(t, reml=reml)
 
+    for _restart in range(5):
+        theta, ok = _minimize(f, g, x0, bounds, method, maxiter)
+        theta = canonical_theta(problem, theta)
+        # the deviance is even in a 1x1 Lambda_k, so its gradient is exactly zero at a
+        # bound of 0 even when that is a maximum: probe inwards before accepting it
+        escaped = escape_boundary(problem, theta, reml=reml)
+        if escaped is None:
+            return theta, ok
+        x0 = escaped
+    return theta, ok
+
+
+def escape_boundary(problem: LMMProblem, theta: np.ndarray, *, reml: bool) -> np.ndarray | None:
+    """Return a better point with a bounded entry moved off zero (``None`` if none)."""
+    theta = np.asarray(theta, dtype=float)
+    f0 = problem.deviance(theta, reml=reml)
+    best, fbest = None, f0 - 1e-10 * max(1.0, abs(f0))
+    for i in np.flatnonzero(np.isfinite(problem.lower) & (theta <= problem.lower + 1e-8)):
+        for h in (1e-3, 1e-2, 0.1, 0.5, 1.0):
+            cand = theta.copy()
+            cand[i] = h
+            fc = problem.deviance(cand, reml=reml)
+            if fc < fbest:
+                best, fbest = cand, fc
+    return best
+
+
+def _minimize(f, g, x0, bounds, method, maxiter):  # noqa: ANN001, ANN202
     if method == "lbfgs":
         res = sopt.minimize(
             f,
@@ -446,7 +474,7 @@ def optimize_theta(
         )
     else:  # pragma: no cover - validated by the caller
         raise ValueError(f"unknown optimizer {method!r}")
-    return canonical_theta(problem, res.x), bool(res.success) and bool(np.isfinite(res.fun))
+    return res.x, bool(res.success) and bool(np.isfinite(res.fun))
 
 
 def canonical_theta(problem: LMMProblem, theta: np.ndarray) -> np.ndarray:
@@ -559,7 +587,8 @@ class SatterthwaiteSetup:
         Asymptotic covariance of those parameters, ``2 H^{-1}`` with ``H`` the Hessian of
         the (non-profiled) deviance in ``(theta, sigma)``.
     hessian_eigmin : float
-        Smallest eigenvalue of ``H`` (``<= 0`` means not positive definite).
+        Smallest eigenvalue of the theta block of ``H`` divided by ``max(1, largest)``
+        (scale-free; ``<= 0`` means not positive definite).
     """
 
     vcov: np.ndarray
@@ -592,16 +621,19 @@ def satterthwaite_setup(
         return problem.gradient_vp(full, reml=reml)[idx]
 
     H = numeric_hessian(gsub, phi[idx])
-    w = np.linalg.eigvalsh(H)
+    # scale-free identifiability check on the theta block (theta is relative to sigma)
+    if idx.size > 1:
+        w = np.linalg.eigvalsh(H[:-1, :-1])
+        eigmin = float(w.min() / max(1.0, np.abs(w).max()))
+    else:
+        eigmin = 1.0
     try:
         acov = 2.0 * np.linalg.inv(H)
     except np.linalg.LinAlgError:
         acov = 2.0 * np.linalg.pinv(H)
     jac = problem.vcov_jacobian(np.asarray(theta, dtype=float), sigma, reml=reml)[idx]
     vcov = sigma**2 * np.linalg.inv(ev.M)
-    return SatterthwaiteSetup(
-        vcov=(vcov + vcov.T) / 2, jac=jac, acov=acov, hessian_eigmin=float(w.min())
-    )
+    return SatterthwaiteSetup(vcov=(vcov + vcov.T) / 2, jac=jac, acov=acov, hessian_eigmin=eigmin)
 
 
 def satterthwaite_df(setup: SatterthwaiteSetup, L: np.ndarray) -> float:
