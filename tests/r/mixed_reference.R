@@ -127,3 +127,20 @@ data("Penicillin", package = "lme4")
 pen <- data.frame(diameter = Penicillin$diameter, plate = as.character(Penicillin$plate),
                   sample = as.character(Penicillin$sample))
 write_ref("penicillin", diameter ~ 1 + (1 | plate) + (1 | sample), pen)
+
+# 5. uncorrelated random intercept and slope (||) on sleepstudy
+write_ref("sleepstudy_uncorr", Reaction ~ Days + (Days || Subject), sleepstudy)
+
+# 6. zero therapist variance: therapist means of y (and of x) are made identical, so the
+#    REML estimate of the therapist variance is 0 (isSingular TRUE in lme4)
+set.seed(11)
+n_t <- 8; n_p <- 4; n_s <- 4
+therapist <- rep(sprintf("T%d", 1:n_t), each = n_p * n_s)
+patient <- rep(sprintf("P%02d", 1:(n_t * n_p)), each = n_s)
+x <- rnorm(length(patient))
+x <- x - ave(x, therapist)
+y <- 5 + 0.5 * x + rnorm(n_t * n_p, 0, 0.8)[as.integer(factor(patient))] + rnorm(length(x))
+y <- y - ave(y, therapist) + mean(y)
+singular <- data.frame(therapist = therapist, patient = patient, x = round(x, 8),
+                       y = round(y, 8))
+write_ref("singular", y ~ x + (1 | therapist/patient), singular)
