@@ -83,7 +83,7 @@ def _read_excel(path: Path, sheet: str | int | None, kwargs: dict[str, Any]) -> 
                 f"sheet {target} is out of range for '{path}', which has {len(names)} "
                 f"sheet(s): {', '.join(map(repr, names))}"
             )
-        return book.parse(target, **kwargs)
+        return pd.read_excel(book, sheet_name=target, **kwargs)
 
 
 def read_data(
@@ -191,6 +191,7 @@ def _read_file(path: Path, sheet: str | int | None, kwargs: dict[str, Any]) -> p
         ) from exc
     except Exception as exc:  # any parser failure means an unreadable or corrupt file
         raise DataValidationError(
-            f"could not read '{path}' as a {kind} file (corrupt or not that format): "
+            f"could not read '{path}': not a readable {kind} file (corrupt or another "
+            "format): "
             f"{type(exc).__name__}: {exc}"
         ) from exc

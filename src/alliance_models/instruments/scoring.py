@@ -660,9 +660,9 @@ def _warn_partial(report: ScoringReport, inst: Instrument) -> None:
         ((tab["score"] == report.columns[0]) & (tab["status"] == STATUS_LABELS[EMPTY])).sum()
     )
     hint = (
-        "pass prorate=True (with max_missing) to pro-rate"
+        "Pass prorate=True (with max_missing) to pro-rate"
         if not report.prorate
-        else "raise max_missing to pro-rate more"
+        else "Raise max_missing to pro-rate more"
     )
     warnings.warn(
         f"{inst.name}: {int(partial.sum())} score(s) set to NaN because some items were "
