@@ -45,7 +45,7 @@ def _codes(groups: ArrayLike, n: int) -> tuple[np.ndarray, int]:
     if len(codes) != n:
         raise DataValidationError(f"groups has {len(codes)} labels for {n} values; need one each")
     if np.any(codes < 0):
-        bad = np.flatnonzero(codes < 0).tolist()
+        bad: list[object] = list(np.flatnonzero(codes < 0).tolist())
         raise DataValidationError(
             f"groups are missing at {format_rows(bad)} (positions); every value needs a group"
         )
