@@ -40,12 +40,17 @@ def example_raw() -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def example_prepared(example_raw):
-    """``(data, DataReport)`` of the example export after WAI-SR and HCCQ-6 scoring."""
+    """``(data, DataReport)`` of the example export, scored and prepared as in the demo."""
     import alliance_models as am
 
-    scored = am.score(example_raw, "wai-sr", items="wai_{i}")
-    scored = am.score(scored, "hccq-short", items="hccq_{i}")
-    return am.prepare(scored)
+    # The shipped export has some forms with missing items, as real exports do: scoring
+    # pro-rates up to one missing item per subscale and warns about the rest.
+    with pytest.warns(am.MissingDataWarning, match="WAI-SR"):
+        scored, wai = am.score(example_raw, "wai-sr", items="wai_{i}", prorate=True,
+                               return_report=True)
+    scored, hccq = am.score(scored, "hccq-short", items="hccq_{i}", prorate=True,
+                            return_report=True)
+    return am.prepare(scored, scoring=[wai, hccq])
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import sys
+from html import escape as html_escape
 from html.parser import HTMLParser
 
 import matplotlib.pyplot as plt
@@ -213,3 +214,18 @@ def test_several_slopes_given_as_mapping(tmp_path, ols_results):
     page = am.report(tmp_path, fit=fit, slopes={"a": slopes, "b": slopes}).read_text()
     assert page.count("<h3>Simple slopes: effect of alliance by age</h3>") == 2
     assert len(embedded_pngs(page)) == 2
+
+
+def test_data_report_section_accounts_for_every_excluded_row(tmp_path, example_prepared):
+    data, rep = example_prepared
+    page = am.report(tmp_path, data=data, data_report=rep).read_text()
+    section = page.split('<section id="data-report">')[1].split("</section>")[0]
+    assert html_escape(rep.summary()) in section
+    assert f"Show the {rep.n_excluded} excluded row(s)" in section
+    reasons_table, excluded_table = read_tables(section)
+    # reasons table = rep.reasons(), and its counts add up to the excluded rows
+    counts = {row[0]: int(row[1]) for row in reasons_table[1:]}
+    assert counts == {str(k): int(v) for k, v in rep.reasons().items()}
+    assert sum(counts.values()) == rep.n_excluded
+    shown = min(rep.n_excluded, report_mod.MAX_TABLE_ROWS)
+    assert len(excluded_table) == shown + 1

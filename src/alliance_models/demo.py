@@ -111,11 +111,16 @@ def run_demo(
     # 1. data: read the REDCap-style export, score the questionnaires, prepare
     with con.timed("reading the example export"):
         raw = am.read_data(am.datasets.example_path())
+    # Pro-rate a score with at most one missing item per subscale (person-mean
+    # imputation, standard for these questionnaires); the scoring reports give the
+    # DataReport the reason for every score that stayed missing.
     with con.timed("scoring WAI-SR (alliance) and HCCQ-6 (autonomy support)"):
-        scored = am.score(raw, "wai-sr", items="wai_{i}")
-        scored = am.score(scored, "hccq-short", items="hccq_{i}")
+        scored, wai = am.score(raw, "wai-sr", items="wai_{i}", prorate=True,
+                               return_report=True)
+        scored, hccq = am.score(scored, "hccq-short", items="hccq_{i}", prorate=True,
+                                return_report=True)
     with con.timed("validating, reshaping and centring"):
-        data, data_report = am.prepare(scored)
+        data, data_report = am.prepare(scored, scoring=[wai, hccq])
     con.heading("Data preparation report")
     con.print(data_report.summary())
 

@@ -59,8 +59,10 @@ pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: .8em; overflow-x:
       font-size: .85em; line-height: 1.3; }
 table.am { border-collapse: collapse; font-size: .85em; margin: .6em 0 1em 0; }
 table.am th, table.am td { border: 1px solid #d0d7de; padding: .25em .6em;
-                           text-align: right; }
+                           text-align: left; }
+table.am td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.am th { background: #eef3f7; }
+details summary { cursor: pointer; color: #2a6f97; margin: .4em 0; }
 table.am tbody tr:nth-child(even) { background: #fafbfc; }
 figure { margin: 1em 0; }
 figure img { max-width: 100%; border: 1px solid #e1e4e8; }
@@ -128,31 +130,54 @@ def _note(text: str) -> str:
 
 
 def _fmt(x: object) -> str:
+    """Format one table cell: integers as such, floats to 4 decimals or 4 significant."""
+    if x is None or (isinstance(x, float | np.floating) and np.isnan(x)):
+        return ""
+    if isinstance(x, bool | np.bool_):
+        return str(bool(x))
+    if isinstance(x, int | np.integer):
+        return str(int(x))
     if isinstance(x, float | np.floating):
-        if not np.isfinite(x):
-            return "inf" if np.isposinf(x) else ("-inf" if np.isneginf(x) else "")
-        ax = abs(float(x))
-        if ax != 0 and (ax < 1e-3 or ax >= 1e6):
-            return f"{float(x):.3e}"
-        return f"{float(x):.4f}"
+        v = float(x)
+        if np.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if v.is_integer() and abs(v) < 1e6:
+            return str(int(v))
+        ax = abs(v)
+        if ax < 1e-3 or ax >= 1e6:
+            return f"{v:.3e}"
+        return f"{v:.4f}"
     return str(x)
 
 
+def _is_num(x: object) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(
+        x, bool | np.bool_
+    )
+
+
 def _table(df: pd.DataFrame, *, index: bool = True, max_rows: int = MAX_TABLE_ROWS) -> str:
-    """Render a DataFrame as an escaped HTML table (truncated to ``max_rows`` rows)."""
+    """Render a DataFrame as an escaped HTML table (truncated to ``max_rows`` rows).
+
+    Numbers are right-aligned (class ``num``), text left-aligned.
+    """
+    esc = html.escape
     extra = ""
     if len(df) > max_rows:
         extra = _note(f"Showing the first {max_rows} of {len(df)} rows.")
         df = df.iloc[:max_rows]
-    out = df.to_html(
-        classes="am",
-        border=0,
-        index=index,
-        escape=True,
-        float_format=_fmt,
-        na_rep="",
-    )
-    return out + extra
+    cols = [str(c) for c in df.columns]
+    head = ([esc(str(df.index.name or ""))] if index else []) + [esc(c) for c in cols]
+    lines = ['<table class="am">', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head)
+             + "</tr></thead>", "<tbody>"]
+    for label, row in zip(df.index, df.itertuples(index=False, name=None), strict=True):
+        cells = [f"<th>{esc(_fmt(label))}</th>"] if index else []
+        for v in row:
+            cls = ' class="num"' if _is_num(v) else ""
+            cells.append(f"<td{cls}>{esc(_fmt(v))}</td>")
+        lines.append("<tr>" + "".join(cells) + "</tr>")
+    lines.append("</tbody></table>")
+    return "\n".join(lines) + extra
 
 
 def _png_bytes(obj: Any, *, dpi: int = 110) -> bytes:
@@ -285,7 +310,10 @@ def _data_report_section(data_report: Any) -> str:
     if df is not None:
         parts.append("<h3>Excluded rows</h3>")
         if len(df):
-            parts.append(_table(df, index=False))
+            parts.append(
+                f"<details><summary>Show the {len(df)} excluded row(s) with their reasons"
+                f"</summary>{_table(df, index=False)}</details>"
+            )
         else:
             parts.append(_note("No rows were excluded."))
     return "\n".join(parts)
