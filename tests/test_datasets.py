@@ -137,6 +137,7 @@ def test_cluster_sizes():
         ({"adherence_icc": 0.0}, "adherence_icc must lie strictly between 0 and 1"),
         ({"missing_items": -0.1}, r"missing_items must lie in \[0, 1\]; got -0.1"),
         ({"autonomy_alliance_corr": 1.0}, r"autonomy_alliance_corr must lie in \(-1, 1\)"),
+        ({"sessions_dispersion": 0}, "sessions_dispersion must be > 0"),
     ],
 )
 def test_bad_settings_raise(kwargs, match):

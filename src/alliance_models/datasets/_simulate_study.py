@@ -192,7 +192,7 @@ def simulate_study(
       because between-therapist differences in alliance drive much of the
       alliance-outcome link (Baldwin, Imel & Wampold 2007; Del Re et al. 2012); with the
       defaults about 14% of the latent variance lies between therapists. Each WAI-SR
-      item is ``eta + N(0, item_sd_wai^2)`` cut at ``WAI_SR_THRESHOLDS``, so about half
+      item is ``eta + N(0, item_sd_wai^2)`` cut at ``WAI_SR_THRESHOLDS``, so over half
       the answers are 5 (the ceiling seen in physiotherapy samples: over half at the
       maximum in a Japanese WAI-SC study, >15% in a Brazilian WAI-S study).
     * **Autonomy support** (HCCQ short form, items 1, 2, 4, 7, 10, 14; 1-7): latent
@@ -216,9 +216,10 @@ def simulate_study(
       + lp``, ``ex_completed ~ Binomial(prescribed_per_week, p)``; attendance
       ``logit(q) = logit(attendance_rate) + lp``, ``attended ~ Bernoulli(q)`` (session 1
       is always attended: it is the assessment). ``alliance_effect = 0.4`` gives a
-      session-level alliance-adherence correlation of roughly .2 (psychotherapy r = .28,
-      Fluckiger et al. 2018; range .10-.45). ``autonomy_effect = 0.2`` follows the indirect
-      HCCQ -> autonomous motivation -> adherence path (.22 x .64, Chan et al. 2009). No
+      session-level correlation of about .3 between the WAI-SR total and diary completion
+      (psychotherapy alliance-outcome r = .28, Fluckiger et al. 2018; range .10-.45).
+      ``autonomy_effect = 0.2`` follows the indirect HCCQ -> autonomous motivation ->
+      adherence path (.22 x .64, Chan et al. 2009). No
       moderation effect has been published numerically: ``alliance_x_age = -0.1`` (alliance
       matters less for older patients) and ``alliance_x_autonomy = +0.1`` (alliance and
       autonomy support reinforce each other) are assumptions within the standardised range
@@ -319,6 +320,11 @@ def simulate_study(
     }.items():
         if not 0.0 <= value <= 1.0:
             raise DesignError(f"{name} must lie in [0, 1]; got {value}")
+    if sessions_dispersion <= 0 or prescribed_per_week < 1:
+        raise DesignError(
+            "sessions_dispersion must be > 0 and prescribed_per_week >= 1; got "
+            f"{sessions_dispersion}, {prescribed_per_week}"
+        )
     if mean_sessions < 1 or max_sessions < 1:
         raise DesignError(
             f"mean_sessions and max_sessions must be >= 1; got {mean_sessions}, {max_sessions}"
