@@ -93,6 +93,14 @@ def test_every_builtin_cites_a_source_and_list_instruments():
     assert "verify" in get_instrument("wai").note  # uncertainty is flagged
 
 
+def test_instrument_to_frame_and_summary():
+    tab = get_instrument("wai-sr").to_frame()
+    assert tab["item"].tolist() == list(range(1, 13))
+    assert tab.loc[tab["subscale"] == "goal", "item"].tolist() == [4, 6, 8, 11]
+    assert not tab["reversed"].any() and set(tab["max"]) == {5}
+    assert "subscale bond: 3, 5, 7, 9" in get_instrument("wai-sr").summary()
+
+
 def test_get_instrument_is_case_insensitive_and_unknown_key_lists_keys():
     assert get_instrument(" WAI-SR ") is get_instrument("wai-sr")
     with pytest.raises(DataValidationError, match=r"unknown instrument 'nope'.*'wai-sr'"):

@@ -141,7 +141,12 @@ def test_unsupported_extension_lists_supported(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "kind"),
-    [("bad.xlsx", "Excel"), ("bad.sav", "SPSS"), ("bad.dta", "Stata")],
+    [
+        ("bad.xlsx", "Excel"),
+        ("bad.xls", "Excel 97-2003"),
+        ("bad.sav", "SPSS"),
+        ("bad.dta", "Stata"),
+    ],
 )
 def test_corrupt_files(tmp_path, name, kind):
     path = tmp_path / name

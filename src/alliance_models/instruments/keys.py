@@ -170,6 +170,35 @@ class Instrument:
         """Default prefix of the score columns: the key with ``-`` replaced by ``_``."""
         return self.key.replace("-", "_").replace(" ", "_")
 
+    def to_frame(self) -> pd.DataFrame:
+        """Return the key as a table: one row per item with its subscale and direction.
+
+        Examples
+        --------
+        >>> get_instrument("ears").to_frame()["reversed"].tolist()
+        [False, True, True, False, True, False]
+        """
+        sub_of = {i: sub for sub, its in self.subscales.items() for i in its}
+        return pd.DataFrame(
+            {
+                "item": list(self.items),
+                "subscale": [sub_of.get(i) for i in self.items],
+                "reversed": [i in self.reversed for i in self.items],
+                "min": self.min,
+                "max": self.max,
+            }
+        )
+
+    def summary(self) -> str:
+        """Return the human-readable description of the key (same as :meth:`describe`).
+
+        Examples
+        --------
+        >>> "reverse-keyed: 13" in get_instrument("hccq").summary()
+        True
+        """
+        return self.describe()
+
     def describe(self) -> str:
         """Return a one-paragraph, human-readable description of the key.
 

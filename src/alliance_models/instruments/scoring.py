@@ -615,25 +615,22 @@ def _report_piece(
     inst: Instrument,
 ) -> pd.DataFrame:
     reason = np.full(status.shape, "", dtype=object)
-    for code in (PRORATED, EMPTY, TOO_MANY, NOT_PRORATED, SUBSCALE_MISSING):
-        pos = np.flatnonzero(status == code)
-        for j in pos:
-            m = int(n_missing[j])
-            if code == PRORATED:
-                reason[j] = f"pro-rated: {m} of {n_items} items missing (limit {limit})"
-            elif code == EMPTY:
-                reason[j] = "no items answered"
-            elif code == TOO_MANY:
-                reason[j] = f"{m} of {n_items} items missing (limit {limit})"
-            elif code == NOT_PRORATED:
-                reason[j] = f"{m} of {n_items} items missing and prorate=False"
-            else:
-                failed = [
-                    sub for sub in inst.subscales if res[sub][1][j] not in (COMPLETE, PRORATED)
-                ]
-                reason[j] = (
-                    f"subscale {', '.join(failed)} not scored ({m} of {n_items} items missing)"
-                )
+    reason[status == EMPTY] = "no items answered"
+    # the other reasons depend only on (status, number missing): format each pair once
+    for code in (PRORATED, TOO_MANY, NOT_PRORATED):
+        sel = status == code
+        for m in np.unique(n_missing[sel]):
+            text = {
+                PRORATED: f"pro-rated: {m} of {n_items} items missing (limit {limit})",
+                TOO_MANY: f"{m} of {n_items} items missing (limit {limit})",
+                NOT_PRORATED: f"{m} of {n_items} items missing and prorate=False",
+            }[code]
+            reason[sel & (n_missing == m)] = text
+    for j in np.flatnonzero(status == SUBSCALE_MISSING):  # names the failed subscales
+        failed = [sub for sub in inst.subscales if res[sub][1][j] not in (COMPLETE, PRORATED)]
+        reason[j] = (
+            f"subscale {', '.join(failed)} not scored ({n_missing[j]} of {n_items} items missing)"
+        )
     return pd.DataFrame(
         {
             "row": np.asarray(index, dtype=object),
