@@ -1,0 +1,746 @@
+"""Batched REML / ML for Gaussian random-intercept models (plain numpy core).
+
+Many replicates of one design are fitted at once: no Python loop over replicates or
+clusters in the hot path. Two random-effects structures qualify:
+
+* one grouping factor: ``y = X beta + a_j + e`` (e.g. ``(1 | therapist)``);
+* two nested factors: ``y = X beta + a_j + b_jk + e`` (``(1 | therapist/patient)``).
+
+Notation and method
+-------------------
+``V = sigma^2 H`` with ``H = I + g_a Z_a Z_a' + g_b Z_b Z_b'`` and variance ratios
+``g = tau^2 / sigma^2``. The optimiser works on the relative standard deviations
+``s = sqrt(g)``, which are lme4's ``theta`` for random intercepts; the criterion is an
+even function of each ``s``, so an unconstrained Newton iteration in ``s`` reaches a
+variance estimate of zero (the boundary) with a zero derivative there.
+
+Level-1 clusters are the finest groups (patients; the only factor in the one-factor
+case); level-2 clusters are the outer groups (therapists). For a level-1 cluster of
+size ``m`` the inner block is ``A = I + g_b 11'`` with ``A^{-1} = I - c 11'``,
+``c = g_b / (1 + m g_b)`` (Woodbury); the outer block ``H_j = A_j + g_a 11'`` is
+inverted by Woodbury once more. Every quadratic form ``u' H^{-1} v`` is then a
+function of per-cluster sums only. With ``Xa = [X, y]`` (``q = p + 1`` columns) the
+data enter through
+
+* ``Xa' Xa`` (one ``q x q`` matrix per replicate);
+* ``Q_t``: the sum of ``s_k s_k'`` over level-1 clusters of size ``m_t``, where ``s_k``
+  is the column-sum vector of ``Xa`` in cluster ``k`` (sizes are few, so this is tiny);
+* ``S_jt``: per level-2 cluster ``j``, the sum of ``s_k`` over its level-1 clusters of
+  size ``m_t``, with their counts ``N_jt``.
+
+At given ``s`` the matrix ``Xa' H^{-1} Xa`` costs ``O(T q^2 + J T q + J q^2)`` per
+replicate (``T`` distinct cluster sizes, ``J`` outer clusters); its Cholesky factor gives
+``beta``, ``R = r' H^{-1} r`` (the last pivot squared) and ``log|X' H^{-1} X|``.
+``log|H| = sum_k log(1 + m_k g_b) + sum_j log(1 + g_a W_j)`` with
+``W_j = sum_k m_k / (1 + m_k g_b)``. The profiled criterion (``-2 log L`` up to a
+constant) is ``nu log R + log|H| [+ log|X'H^{-1}X|]`` with ``nu = n - p`` (REML) or
+``n`` (ML).
+
+Optimisation: a start from a small grid of ``s`` values, then damped Newton steps on
+the profiled criterion (central finite differences of the exact criterion for the
+gradient and Hessian, Hessian eigenvalues made positive, Armijo backtracking), all
+replicates at once; components that end within ``1e-5`` of zero are set to exactly zero
+when that does not increase the criterion.
+
+Satterthwaite df (lmerTest's method and parametrisation): the variance parameters are
+``phi = (s, sigma)``; the Hessian of the unprofiled deviance
+``D = nu log(2 pi sigma^2) + log|H| [+ log|X'H^{-1}X|] + R / sigma^2`` in ``phi`` is
+assembled from derivatives of ``R`` and of the log-determinants in ``s`` (central
+differences with Richardson extrapolation, so errors are O(step^4)) and the closed-form
+``sigma`` parts; ``A = 2 D''^{-1}``, ``g = d Var(L beta) / d phi`` and
+``df = 2 Var(L beta)^2 / (g' A g)``. A component estimated at exactly zero is held
+fixed (dropped from ``phi``), as lmerTest effectively does (the deviance is even in
+``s`` so its gradient there is zero and it decouples) and as ``fit_mixed`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataValidationError, format_rows
+
+__all__ = [
+    "BOUNDARY_SNAP",
+    "GRAD_TOL",
+    "SINGULAR_TOL",
+    "ClusterLayout",
+    "SuffStats",
+    "batched_fit",
+    "criterion",
+    "gradient",
+    "make_layout",
+    "sufficient_stats",
+]
+
+#: lme4's ``isSingular`` tolerance on the relative standard deviations ``s``.
+SINGULAR_TOL = 1e-4
+#: Relative SDs below this are tried at exactly zero after the Newton iterations.
+BOUNDARY_SNAP = 1e-5
+#: Start grid of relative SDs (zero is excluded: it is a stationary point in ``s``).
+_GRID = (0.1, 0.3, 0.8, 2.0)
+_MAX_ITER = 60
+#: Central-difference step (times ``max(1, |s|)``) for Hessians of the analytic gradient.
+_NEWTON_STEP = 1e-5
+#: Convergence: largest |d criterion / d s| (the criterion is -2 log L).
+GRAD_TOL = 1e-8
+#: Outer step of the Richardson-extrapolated differences used for the df.
+_DF_STEP = 2e-3
+
+
+# ----------------------------------------------------------------------------------
+# cluster layout and sufficient statistics
+# ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClusterLayout:
+    """Row order and cluster boundaries shared by every replicate.
+
+    Attributes
+    ----------
+    order : ndarray of int, shape (n,)
+        Permutation that sorts the rows by (outer, inner) cluster.
+    inner_starts : ndarray of int, shape (K,)
+        First sorted row of each level-1 cluster.
+    outer_starts : ndarray of int, shape (J,) or None
+        First level-1 cluster of each level-2 cluster (None with one factor).
+    n_obs : int
+        Rows (before any mask).
+    """
+
+    order: np.ndarray
+    inner_starts: np.ndarray
+    outer_starts: np.ndarray | None
+    n_obs: int
+
+    @property
+    def n_levels(self) -> int:
+        """Number of random-intercept factors (1 or 2)."""
+        return 1 if self.outer_starts is None else 2
+
+    @property
+    def n_inner(self) -> int:
+        """Number of level-1 clusters."""
+        return int(self.inner_starts.shape[0])
+
+
+def _codes(x: object, name: str, n: int | None) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise DataValidationError(
+            f"{name} must be a 1-D array of cluster codes, got shape {a.shape}"
+        )
+    if n is not None and a.shape[0] != n:
+        raise DataValidationError(
+            f"{name} has {a.shape[0]} entries but the data have {n} rows; give one code per row"
+        )
+    if a.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(a) | (a != np.round(a)))
+        if bad.size:
+            raise DataValidationError(
+                f"{name} must hold integer cluster codes; {format_rows(list(bad))} have "
+                f"{a[bad[0]]!r}; allowed: integers (e.g. from pandas.factorize)"
+            )
+    elif a.dtype.kind not in "iub":
+        raise DataValidationError(
+            f"{name} must hold integer cluster codes, got dtype {a.dtype}; "
+            "use pandas.factorize to turn labels into codes"
+        )
+    return a.astype(np.int64)
+
+
+def make_layout(outer: np.ndarray, inner: np.ndarray | None = None) -> ClusterLayout:
+    """Sort rows into clusters and check that ``inner`` is nested in ``outer``.
+
+    Parameters
+    ----------
+    outer : ndarray of int, shape (n,)
+        Codes of the outer (or only) grouping factor.
+    inner : ndarray of int, shape (n,), optional
+        Codes of the nested factor, unique across ``outer`` (a patient code identifies
+        its therapist).
+
+    Returns
+    -------
+    ClusterLayout
+
+    Raises
+    ------
+    DataValidationError
+        Non-integer codes, mismatched lengths, or an inner code under two outer codes.
+
+    Examples
+    --------
+    >>> lay = make_layout(np.array([1, 0, 1, 0]), np.array([2, 0, 3, 1]))
+    >>> lay.n_levels, lay.n_inner
+    (2, 4)
+    """
+    o = _codes(outer, "outer", None)
+    n = o.shape[0]
+    if inner is None:
+        order = np.argsort(o, kind="stable")
+        so = o[order]
+        starts = np.flatnonzero(np.r_[True, so[1:] != so[:-1]])
+        return ClusterLayout(order, starts, None, n)
+    i = _codes(inner, "inner", n)
+    order = np.lexsort((i, o))
+    so, si = o[order], i[order]
+    new_inner = np.r_[True, (si[1:] != si[:-1]) | (so[1:] != so[:-1])]
+    starts = np.flatnonzero(new_inner)
+    # nesting: an inner code must not appear in two level-1 clusters
+    inner_of_cluster = si[starts]
+    u, cnt = np.unique(inner_of_cluster, return_counts=True)
+    if np.any(cnt > 1):
+        bad_code = u[cnt > 1][0]
+        rows = np.flatnonzero(i == bad_code)
+        outs = np.unique(o[rows])
+        raise DataValidationError(
+            f"inner code {bad_code} appears under outer codes {outs.tolist()} "
+            f"({format_rows(list(rows))}); the inner factor must be nested in the outer "
+            "one with codes unique across outer clusters (e.g. code therapist:patient)"
+        )
+    outer_of_cluster = so[starts]
+    outer_starts = np.flatnonzero(np.r_[True, outer_of_cluster[1:] != outer_of_cluster[:-1]])
+    return ClusterLayout(order, starts, outer_starts, n)
+
+
+@dataclass(frozen=True)
+class SuffStats:
+    """Per-replicate sufficient statistics (see the module docstring).
+
+    ``q = p + 1``: the last column of the augmented design is the response (after an OLS
+    residualisation, see ``beta0``); columns of ``X`` are scaled by ``scale``.
+    """
+
+    xtx: np.ndarray  # (B, q, q)
+    sizes: np.ndarray  # (T,) distinct level-1 cluster sizes (float)
+    Q: np.ndarray  # (B, T, q, q)
+    count: np.ndarray  # (B, T) number of level-1 clusters of each size
+    S2: np.ndarray | None  # (B, J, T, q)
+    N2: np.ndarray | None  # (B, J, T)
+    n: np.ndarray  # (B,) observations
+    scale: np.ndarray  # (B, p) column scale factors: X_used = X * scale
+    beta0: np.ndarray  # (B, p) OLS coefficients (scaled X) removed from y
+    p: int
+
+    @property
+    def n_rep(self) -> int:
+        """Replicates."""
+        return int(self.xtx.shape[0])
+
+    @property
+    def n_levels(self) -> int:
+        """Random-intercept factors (1 or 2)."""
+        return 1 if self.S2 is None else 2
+
+    def take(self, idx: np.ndarray) -> SuffStats:
+        """Return the statistics of the replicates ``idx``."""
+        return SuffStats(
+            self.xtx[idx], self.sizes, self.Q[idx], self.count[idx],
+            None if self.S2 is None else self.S2[idx],
+            None if self.N2 is None else self.N2[idx],
+            self.n[idx], self.scale[idx], self.beta0[idx], self.p,
+        )
+
+
+def _solve_sym(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Batched solve of ``A x = b``; singular systems get a least-squares solution."""
+    try:
+        return np.linalg.solve(A, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return (np.linalg.pinv(A) @ b[..., None])[..., 0]
+
+
+def _segment_sum(a: np.ndarray, starts: np.ndarray, axis: int) -> np.ndarray:
+    if a.shape[axis] == 0:  # pragma: no cover - guarded by callers
+        return a
+    return np.add.reduceat(a, starts, axis=axis)
+
+
+def sufficient_stats(
+    X: np.ndarray,
+    Y: np.ndarray,
+    layout: ClusterLayout,
+    mask: np.ndarray | None = None,
+    *,
+    row_block: int = 64,
+) -> SuffStats:
+    """Reduce a batch of replicates to per-cluster sufficient statistics.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, p) or (B, n, p)
+        Fixed-effects design, shared or per replicate.
+    Y : ndarray, shape (B, n)
+        Responses.
+    layout : ClusterLayout
+        From :func:`make_layout`.
+    mask : ndarray of bool, shape (B, n), optional
+        ``False`` marks a missing observation.
+    row_block : int, default 64
+        Replicates whose ``(n, p + 1)`` working copy is held at once.
+
+    Returns
+    -------
+    SuffStats
+    """
+    B, n = Y.shape
+    p = X.shape[-1]
+    q = p + 1
+    order = layout.order
+    Ys = Y[:, order]
+    Xs = X[..., order, :]
+    Ms = None if mask is None else mask[:, order].astype(float)
+    K = layout.n_inner
+    # level-1 cluster sizes and their distinct values
+    if Ms is None:
+        nk1 = np.diff(np.r_[layout.inner_starts, n]).astype(float)
+        nk = np.broadcast_to(nk1, (B, K))
+    else:
+        nk = _segment_sum(Ms, layout.inner_starts, axis=1)
+    sizes, tidx = np.unique(nk, return_inverse=True)
+    tidx = tidx.reshape(B, K)
+    T = sizes.shape[0]
+    onehot = tidx[:, :, None] == np.arange(T)  # (B, K, T)
+    count = onehot.sum(axis=1).astype(float)
+    two = layout.outer_starts is not None
+    J = 0 if layout.outer_starts is None else layout.outer_starts.shape[0]
+
+    xtx = np.empty((B, q, q))
+    Q = np.empty((B, T, q, q))
+    scale = np.empty((B, p))
+    beta0 = np.empty((B, p))
+    S2 = np.empty((B, J, T, q)) if two else None
+    N2 = (
+        _segment_sum(onehot.astype(float), layout.outer_starts, axis=1)  # type: ignore[arg-type]
+        if two
+        else None
+    )
+    nobs = np.full(B, float(n)) if Ms is None else Ms.sum(axis=1)
+
+    for lo in range(0, B, row_block):
+        hi = min(B, lo + row_block)
+        xb = np.broadcast_to(Xs, (B, n, p))[lo:hi] if Xs.ndim == 3 else Xs[None]
+        mb = None if Ms is None else Ms[lo:hi, :, None]
+        xm = xb if mb is None else xb * mb
+        # column scaling (RMS over observed rows) for conditioning
+        ms = np.sqrt(np.einsum("bni,bni->bi", xm, xm) / nobs[lo:hi, None])
+        ms = np.where(ms > 0, ms, 1.0)
+        sc = 1.0 / ms
+        xs = xm * sc[:, None, :]
+        yb = Ys[lo:hi] if mb is None else Ys[lo:hi] * mb[..., 0]
+        # OLS residualisation of y (keeps the cross-products well conditioned)
+        xs = np.broadcast_to(xs, (hi - lo, n, p))
+        xty = np.einsum("bni,bn->bi", xs, yb)
+        b0 = _solve_sym(np.swapaxes(xs, 1, 2) @ xs, xty)
+        xs_b = xs
+        r = yb - np.einsum("bni,bi->bn", xs_b, b0)
+        if mb is not None:
+            r = r * mb[..., 0]
+        xa = np.concatenate([xs_b, r[..., None]], axis=2)  # (b, n, q), zero where masked
+        xtx[lo:hi] = np.swapaxes(xa, 1, 2) @ xa
+        sk = _segment_sum(xa, layout.inner_starts, axis=1)  # (b, K, q)
+        oh = onehot[lo:hi]
+        for t in range(T):
+            w = sk * oh[:, :, t, None]
+            Q[lo:hi, t] = np.swapaxes(w, 1, 2) @ sk
+            if two:
+                S2[lo:hi, :, t, :] = _segment_sum(  # type: ignore[index]
+                    w, layout.outer_starts, axis=1  # type: ignore[arg-type]
+                )
+        scale[lo:hi] = sc
+        beta0[lo:hi] = b0
+    return SuffStats(xtx, sizes.astype(float), Q, count, S2, N2, nobs, scale, beta0, p)
+
+
+# ----------------------------------------------------------------------------------
+# the criterion at given relative SDs
+# ----------------------------------------------------------------------------------
+def _chol(A: np.ndarray) -> np.ndarray:
+    """Batched Cholesky; matrices that are not positive definite give NaN factors."""
+    try:
+        return np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        A = A.copy()
+        ok = np.all(np.isfinite(A), axis=(1, 2))
+        w = np.full(A.shape[0], -1.0)
+        w[ok] = np.linalg.eigvalsh(A[ok])[:, 0]
+        bad = ~(w > 0)
+        A[bad] = np.eye(A.shape[1])
+        L = np.linalg.cholesky(A)
+        L[bad] = np.nan
+        return L
+
+
+def _evaluate(
+    st: SuffStats, s: np.ndarray, reml: bool, grad: bool
+) -> tuple[np.ndarray, ...]:
+    """Criterion pieces at relative SDs ``s`` (B, k), optionally with analytic gradients.
+
+    Returns ``(f, R, h, L)`` and, with ``grad``, also ``dR`` and ``dh`` (B, k): the
+    derivatives of ``R`` and ``h`` in ``s``. ``L`` is the Cholesky factor of
+    ``Xa' H^{-1} Xa``.
+
+    The derivatives use ``d(Xa'H^{-1}Xa)/d g_i = -Phi_i`` with ``Phi_i = sum_g v_g v_g'``
+    over the clusters ``g`` of component ``i`` and ``v_g = 1_g' H^{-1} Xa``, and
+    ``d log|H| / d g_i = sum_g 1_g' H^{-1} 1_g``. With ``D_i = L^{-1} Phi_i L^{-T}``:
+    ``dR/dg_i = -R D_i[p, p]`` and ``d log|M| / d g_i = -tr D_i[:p, :p]``.
+    """
+    m = st.sizes[None, :]
+    gb = (s[:, -1] ** 2)[:, None]  # level-1 ratio (the only one with one factor)
+    a = 1.0 / (1.0 + m * gb)  # (B, T)
+    c = gb * a
+    M = st.xtx - np.einsum("bt,btij->bij", c, st.Q)
+    logdet = (st.count * np.log1p(m * gb)).sum(axis=1)
+    two = st.S2 is not None
+    if two:
+        ga = s[:, 0] ** 2
+        T2 = (a[:, None, None, :] @ st.S2)[:, :, 0, :]  # (B, J, q)
+        W = ((a * m)[:, None, :] * st.N2).sum(axis=2)  # (B, J)
+        d = ga[:, None] / (1.0 + ga[:, None] * W)
+        M = M - np.swapaxes(T2 * d[:, :, None], 1, 2) @ T2
+        logdet = logdet + np.log1p(ga[:, None] * W).sum(axis=1)
+    L = _chol(M)
+    p = st.p
+    dg = np.diagonal(L, axis1=1, axis2=2)
+    R = dg[:, p] ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = logdet + (2.0 * np.log(dg[:, :p]).sum(axis=1) if reml else 0.0)
+        nu = st.n - p if reml else st.n
+        f = nu * np.log(R) + h
+    f = np.where(np.isfinite(f), f, np.inf)
+    if not grad:
+        return f, R, h, L
+    # Phi and traces per component, outer first
+    phis, trs = [], []
+    phi_b = np.einsum("bt,btij->bij", a**2, st.Q)
+    tr_b = (st.count * a * m).sum(axis=1)
+    if two:
+        U = ((m * a**2)[:, None, None, :] @ st.S2)[:, :, 0, :]  # (B, J, q)
+        dU = np.swapaxes(U * d[:, :, None], 1, 2) @ T2
+        e2 = d**2 * (((m * a) ** 2)[:, None, :] * st.N2).sum(axis=2)
+        phi_b = phi_b - dU - np.swapaxes(dU, 1, 2) + np.swapaxes(T2 * e2[:, :, None], 1, 2) @ T2
+        tr_b = tr_b - (d * (((m * a) ** 2)[:, None, :] * st.N2).sum(axis=2)).sum(axis=1)
+        inv1 = 1.0 / (1.0 + ga[:, None] * W)
+        phis.append(np.swapaxes(T2 * (inv1**2)[:, :, None], 1, 2) @ T2)
+        trs.append((W * inv1).sum(axis=1))
+    phis.append(phi_b)
+    trs.append(tr_b)
+    bad = ~np.all(np.isfinite(L), axis=(1, 2))
+    Ls = np.where(bad[:, None, None], np.eye(p + 1), L)
+    Li = np.linalg.inv(Ls)
+    k = len(phis)
+    dR = np.empty((s.shape[0], k))
+    dh = np.empty((s.shape[0], k))
+    for i, (ph, tr) in enumerate(zip(phis, trs, strict=True)):
+        D = Li @ ph @ np.swapaxes(Li, 1, 2)
+        dRg = -R * D[:, p, p]
+        dhg = tr - (np.trace(D[:, :p, :p], axis1=1, axis2=2) if reml else 0.0)
+        # chain rule to the relative SD: dg/ds = 2 s
+        dR[:, i] = 2.0 * s[:, i] * dRg
+        dh[:, i] = 2.0 * s[:, i] * dhg
+    dR[bad] = np.nan
+    dh[bad] = np.nan
+    return f, R, h, L, dR, dh
+
+
+def criterion(
+    st: SuffStats, s: np.ndarray, *, reml: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Profiled criterion pieces at relative SDs ``s``.
+
+    Parameters
+    ----------
+    st : SuffStats
+    s : ndarray, shape (B, k)
+        Relative standard deviations ``tau / sigma`` (outer first with two factors).
+    reml : bool, default True
+
+    Returns
+    -------
+    f : ndarray (B,)
+        ``nu log R + log|H| [+ log|X'H^{-1}X|]`` (``-2 log L`` minus constants).
+    R : ndarray (B,)
+        ``r' H^{-1} r`` at the GLS estimate.
+    h : ndarray (B,)
+        ``log|H| [+ log|X'H^{-1}X|]``.
+    """
+    f, R, h, _ = _evaluate(st, s, reml, grad=False)
+    return f, R, h
+
+
+def gradient(st: SuffStats, s: np.ndarray, *, reml: bool = True) -> np.ndarray:
+    """Analytic gradient (B, k) of the profiled criterion ``f`` in ``s``."""
+    _, R, _, _, dR, dh = _evaluate(st, s, reml, grad=True)
+    nu = st.n - st.p if reml else st.n
+    return nu[:, None] * dR / R[:, None] + dh
+
+
+def _solve_all(st: SuffStats, s: np.ndarray, Lrows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Beta (scaled X), ``diag(L M^{-1} L')`` per contrast row, and ``diag(M^{-1})``."""
+    L = _evaluate(st, s, True, grad=False)[3]
+    p = st.p
+    Lf = _finite_chol(L)
+    Lxx = Lf[:, :p, :p]
+    lxy = Lf[:, p, :p]
+    beta = np.linalg.solve(np.swapaxes(Lxx, 1, 2), lxy[..., None])[..., 0]
+    Lt = Lrows[None, :, :] * st.scale[:, None, :]  # contrast on the scaled coefficients
+    Zc = np.linalg.solve(Lxx, np.swapaxes(Lt, 1, 2))  # (B, p, r)
+    cvals = (Zc**2).sum(axis=1)
+    Li = np.linalg.solve(Lxx, np.broadcast_to(np.eye(p), Lxx.shape))
+    mdiag = (Li**2).sum(axis=1)
+    return beta, cvals, mdiag
+
+
+def _finite_chol(L: np.ndarray) -> np.ndarray:
+    """Replace failed (NaN) Cholesky factors by the identity (results are masked later)."""
+    bad = ~np.all(np.isfinite(L), axis=(1, 2))
+    return np.where(bad[:, None, None], np.eye(L.shape[1]), L) if bad.any() else L
+
+
+# ----------------------------------------------------------------------------------
+# optimisation
+# ----------------------------------------------------------------------------------
+def _start(st: SuffStats, reml: bool) -> np.ndarray:
+    k = st.n_levels
+    grid = np.array(_GRID)
+    if k == 1:
+        cand = grid[:, None]
+    else:
+        g1, g2 = np.meshgrid(grid, grid, indexing="ij")
+        cand = np.column_stack([g1.ravel(), g2.ravel()])
+    B = st.n_rep
+    best = np.full(B, np.inf)
+    s0 = np.tile(cand[0], (B, 1))
+    for c in cand:
+        f, _, _ = criterion(st, np.tile(c, (B, 1)), reml=reml)
+        better = f < best
+        best = np.where(better, f, best)
+        s0[better] = c
+    return s0
+
+
+def _hess_of_grad(gfun, s: np.ndarray, step: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """Central-difference Jacobian (B, k, k, ...) of ``gfun(s) -> (B, k, ...)``, symmetrised."""
+    k = s.shape[1]
+    cols = []
+    for i in range(k):
+        xp, xm = s.copy(), s.copy()
+        xp[:, i] += step[:, i]
+        xm[:, i] -= step[:, i]
+        gp, gm = gfun(xp), gfun(xm)
+        h = step[:, i].reshape((-1,) + (1,) * (gp.ndim - 1))
+        cols.append((gp - gm) / (2.0 * h))
+    H = np.stack(cols, axis=2)  # H[:, j, i] = d g_j / d s_i
+    return 0.5 * (H + np.swapaxes(H, 1, 2))
+
+
+def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Damped Newton on the profiled criterion; returns (s, converged).
+
+    The gradient is analytic; the Hessian is a central difference of it. Converged
+    means ``max |df/ds| <= GRAD_TOL`` (or a line search that cannot improve with a
+    gradient below ``1e-5``, the numerical floor).
+    """
+    B, k = s.shape
+    s = s.copy()
+    conv = np.zeros(B, dtype=bool)
+    active = np.arange(B)
+    for _ in range(_MAX_ITER):
+        if active.size == 0:
+            break
+        sub = st.take(active) if active.size < B else st
+        sa = s[active]
+        f0, R, _, _, dR, dh = _evaluate(sub, sa, reml, grad=True)
+        nu = sub.n - sub.p if reml else sub.n
+        g = nu[:, None] * dR / R[:, None] + dh
+        gmax = np.abs(g).max(axis=1)
+        done = gmax <= GRAD_TOL
+        step = _NEWTON_STEP * np.maximum(1.0, np.abs(sa))
+        Hs = _hess_of_grad(lambda x, sub=sub: gradient(sub, x, reml=reml), sa, step)
+        Hs = np.where(np.isfinite(Hs), Hs, 0.0)
+        w, U = np.linalg.eigh(Hs)
+        floor = 1e-8 * np.maximum(1.0, np.abs(w).max(axis=1, keepdims=True))
+        w = np.maximum(np.abs(w), floor)
+        gU = np.einsum("bki,bk->bi", U, np.where(np.isfinite(g), g, 0.0))
+        d = -np.einsum("bki,bi->bk", U, gU / w)
+        # cap the step length (relative SDs live on an O(1) scale)
+        cap = 2.0 * np.maximum(1.0, np.abs(sa).max(axis=1))
+        nrm = np.sqrt((d**2).sum(axis=1))
+        d *= np.minimum(1.0, cap / np.maximum(nrm, 1e-300))[:, None]
+        slope = (g * d).sum(axis=1)
+        t = np.ones(active.size)
+        accepted = done | ~np.isfinite(f0)
+        snew = sa.copy()
+        for _ls in range(40):
+            todo = np.flatnonzero(~accepted)
+            if todo.size == 0:
+                break
+            x = sa[todo] + t[todo, None] * d[todo]
+            sub2 = sub.take(todo) if todo.size < active.size else sub
+            fx = criterion(sub2, x, reml=reml)[0]
+            ok = fx <= f0[todo] + 1e-4 * t[todo] * slope[todo]
+            snew[todo[ok]] = x[ok]
+            accepted[todo[ok]] = True
+            t[todo[~ok]] *= 0.5
+        stuck = ~accepted
+        done |= stuck & (gmax < 1e-5)
+        s[active] = snew
+        conv[active[done]] = True
+        keep = ~done & ~stuck & np.isfinite(f0)
+        active = active[keep]
+    return s, conv
+
+
+def _snap_boundary(st: SuffStats, s: np.ndarray, reml: bool) -> np.ndarray:
+    """Set near-zero relative SDs to exactly zero when the criterion does not rise."""
+    s = np.abs(s)
+    f, _, _ = criterion(st, s, reml=reml)
+    for i in range(s.shape[1]):
+        near = s[:, i] < BOUNDARY_SNAP
+        if not near.any():
+            continue
+        x = s.copy()
+        x[near, i] = 0.0
+        fx, _, _ = criterion(st, x, reml=reml)
+        ok = near & (fx <= f + 1e-9 * np.maximum(1.0, np.abs(f)))
+        s[ok, i] = 0.0
+        f = np.where(ok, fx, f)
+    return s
+
+
+# ----------------------------------------------------------------------------------
+# Satterthwaite
+# ----------------------------------------------------------------------------------
+def _richardson_jac(fun, s: np.ndarray, step: np.ndarray) -> list[np.ndarray]:  # noqa: ANN001
+    """Jacobians in ``s`` of each output of ``fun(s) -> tuple of (B, ...)`` arrays.
+
+    Central differences at steps ``h`` and ``h / 2`` combined by Richardson
+    extrapolation (error O(h^4)). Returns arrays of shape (B, k, ...).
+    """
+    k = s.shape[1]
+    res: list[list[np.ndarray]] = []
+    for h in (step, step / 2.0):
+        cols: list[list[np.ndarray]] = []
+        for i in range(k):
+            xp, xm = s.copy(), s.copy()
+            xp[:, i] += h[:, i]
+            xm[:, i] -= h[:, i]
+            op, om = fun(xp), fun(xm)
+            cols.append(
+                [(a - b) / (2.0 * h[:, i].reshape((-1,) + (1,) * (a.ndim - 1)))
+                 for a, b in zip(op, om, strict=True)]
+            )
+        res.append([np.stack([c[o] for c in cols], axis=1) for o in range(len(cols[0]))])
+    return [(4.0 * b - a) / 3.0 for a, b in zip(res[0], res[1], strict=True)]
+
+
+def batched_fit(
+    st: SuffStats, Lrows: np.ndarray, *, reml: bool = True
+) -> dict[str, np.ndarray]:
+    """Fit every replicate in ``st`` and compute the Satterthwaite df for ``Lrows``.
+
+    Parameters
+    ----------
+    st : SuffStats
+        From :func:`sufficient_stats`.
+    Lrows : ndarray, shape (r, p)
+        Contrast rows (on the original coefficient scale) whose df are wanted.
+    reml : bool, default True
+        REML (lme4's default) or ML.
+
+    Returns
+    -------
+    dict
+        ``beta`` (B, p), ``se`` (B, p), ``var_l`` (B, r) ``Var(L beta)``, ``df`` (B, r),
+        ``sigma2`` (B,), ``tau2`` (B, k), ``theta`` (B, k) relative SDs, ``loglik`` (B,),
+        ``converged`` (B,), ``singular`` (B,).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> g = np.repeat(np.arange(12), 6)
+    >>> X = np.column_stack([np.ones(72), rng.normal(size=72)])
+    >>> Y = (X @ [1.0, 0.5] + rng.normal(size=12)[g] + rng.normal(size=72))[None, :]
+    >>> st = sufficient_stats(X, Y, make_layout(g))
+    >>> out = batched_fit(st, np.eye(2)[[1]])
+    >>> bool(out["converged"][0]), out["beta"].shape
+    (True, (1, 2))
+    """
+    B = st.n_rep
+    k = st.n_levels
+    p = st.p
+    s0 = _start(st, reml)
+    s, conv = _newton(st, s0, reml)
+    s = _snap_boundary(st, s, reml)
+    f, R, h = criterion(st, s, reml=reml)
+    nu = st.n - p if reml else st.n
+    sigma2 = R / nu
+    beta_s, cvals_s, mdiag = _solve_all(st, s, np.asarray(Lrows, dtype=float))
+    beta = (beta_s + st.beta0) * st.scale
+    se = np.sqrt(sigma2[:, None] * mdiag) * st.scale
+    var_l = sigma2[:, None] * cvals_s
+    # undo the column scaling in log|X'H^{-1}X| (X_used = X diag(scale))
+    h_orig = h - (2.0 * np.log(st.scale).sum(axis=1) if reml else 0.0)
+    loglik = -0.5 * (nu * (1.0 + np.log(2.0 * np.pi * R / nu)) + h_orig)
+
+    # Satterthwaite: Hessian of the unprofiled deviance in phi = (s, sigma)
+    step = _DF_STEP * np.maximum(1.0, s)
+
+    Lr = np.asarray(Lrows, dtype=float)
+
+    def fun(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        _, _, _, Lc, dRx, dhx = _evaluate(st, x, reml, grad=True)
+        Lt = Lr[None, :, :] * st.scale[:, None, :]
+        Zc = np.linalg.solve(_finite_chol(Lc)[:, :p, :p], np.swapaxes(Lt, 1, 2))
+        return dRx, dhx, (Zc**2).sum(axis=1)
+
+    jR, jh, gc = _richardson_jac(fun, s, step)
+    # jR[:, i, j] = d(dR/ds_j)/ds_i: symmetric Hessians of R and h; gc: (B, k, r)
+    HR = 0.5 * (jR + np.swapaxes(jR, 1, 2))
+    Hh = 0.5 * (jh + np.swapaxes(jh, 1, 2))
+    gR = _evaluate(st, s, reml, grad=True)[4]
+    sig = np.sqrt(sigma2)
+    Hd = np.empty((B, k + 1, k + 1))
+    Hd[:, :k, :k] = HR / sigma2[:, None, None] + Hh
+    Hd[:, :k, k] = -2.0 * gR / sig[:, None] ** 3
+    Hd[:, k, :k] = Hd[:, :k, k]
+    Hd[:, k, k] = 4.0 * nu / sigma2
+    # gradient of Var(L beta) in phi: (B, k + 1, r)
+    G = np.empty((B, k + 1, cvals_s.shape[1]))
+    G[:, :k, :] = sigma2[:, None, None] * gc
+    G[:, k, :] = 2.0 * sig[:, None] * cvals_s
+    # components at zero are held fixed
+    fixed = np.concatenate([s == 0.0, np.zeros((B, 1), dtype=bool)], axis=1)
+    Hd = np.where(fixed[:, :, None] | fixed[:, None, :], 0.0, Hd)
+    Hd[:, np.arange(k + 1), np.arange(k + 1)] = np.where(
+        fixed, 1.0, Hd[:, np.arange(k + 1), np.arange(k + 1)]
+    )
+    G = np.where(fixed[:, :, None], 0.0, G)
+    finite = np.all(np.isfinite(Hd), axis=(1, 2))
+    Hd[~finite] = np.eye(k + 1)
+    try:
+        HinvG = np.linalg.solve(Hd, G)
+    except np.linalg.LinAlgError:
+        HinvG = np.einsum("bij,bjr->bir", np.linalg.pinv(Hd), G)
+    denom = 2.0 * (G * HinvG).sum(axis=1)  # g' A g with A = 2 H^{-1}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = 2.0 * var_l**2 / denom
+    df = np.where(finite[:, None] & (denom > 0), df, np.nan)
+    ok = np.all(np.isfinite(beta), axis=1) & np.isfinite(loglik)
+    conv = conv & ok
+    tau2 = s**2 * sigma2[:, None]
+    singular = np.any(s < SINGULAR_TOL, axis=1)
+    return {
+        "beta": beta,
+        "se": se,
+        "var_l": var_l,
+        "df": df,
+        "sigma2": sigma2,
+        "tau2": tau2,
+        "theta": s,
+        "loglik": loglik,
+        "converged": conv,
+        "singular": singular,
+        "hess_phi": Hd,
+    }
