@@ -451,3 +451,30 @@ def test_redcap_record_without_sessions_is_excluded_with_reason():
         }
     ]
     assert rep.rows_in == rep.rows_out + rep.n_excluded
+
+
+def test_patient_level_diary_names_not_attended_sessions():
+    data, rep = prepare(scored(), level="patient")
+    # rows 2 (not attended) and 6 (attended, no diary) are excluded from the diary sums
+    reasons = dict(zip(rep.excluded["row"], rep.excluded["reason"], strict=True))
+    assert reasons == {2: "session not attended", 6: "ex_completed and ex_prescribed missing"}
+    np.testing.assert_array_equal(data["completed"], [12, 7, 15])
+    np.testing.assert_array_equal(data["prescribed"], [14, 14, 21])
+    np.testing.assert_allclose(data["adherence"], [12 / 14, 7 / 14, 15 / 21])
+    # alliance still averages every rated session kept: patient 3 without row 6
+    np.testing.assert_allclose(data["alliance"], [50.0, 42.0, 57.0])
+
+
+def test_attendance_column_with_another_name():
+    df = scored().rename(columns={"attended": "came", "scheduled": "booked"})
+    data, rep = prepare(df, adherence="attendance", numerator="came", denominator="booked")
+    assert rep.excluded[["row", "column", "reason"]].to_dict("records") == [
+        {"row": 2, "column": "came", "reason": "session not attended"}
+    ]
+    assert rep.columns["attended"] == "came" and data["attended"].sum() == 8
+
+
+def test_single_name_for_center_is_accepted():
+    data, _ = prepare(scored(), center="age", center_within=(), standardize="alliance")
+    assert "age_c" in data.columns and "autonomy_c" not in data.columns
+    assert "alliance_z" in data.columns and "alliance_cwc" not in data.columns

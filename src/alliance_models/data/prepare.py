@@ -445,9 +445,11 @@ def prepare(
     reasons: list[list[str]] = [[] for _ in range(n)]
     culprits: list[list[str]] = [[] for _ in range(n)]
     labels = df.index.tolist()
+    # which column says whether the session took place (for the "not attended" reason)
+    att_col = wanted["attended"] if adherence == "attendance" else "attended"
     not_attended = np.zeros(n, dtype=bool)
-    if "attended" in df.columns:
-        att = pd.to_numeric(df["attended"].astype(object), errors="coerce").to_numpy(float)
+    if att_col in df.columns:
+        att = pd.to_numeric(df[att_col].astype(object), errors="coerce").to_numpy(float)
         not_attended = att == 0
     alliance_why = _scoring_reasons(scoring, alliance_col)
     autonomy_why = _scoring_reasons(scoring, autonomy_col) if autonomy_col else {}
@@ -461,7 +463,7 @@ def prepare(
     if level == "session":
         flag(
             alliance_missing,
-            lambda i: "attended" if not_attended[i] else alliance_col,
+            lambda i: att_col if not_attended[i] else alliance_col,
             lambda i: (
                 "session not attended"
                 if not_attended[i]
@@ -482,9 +484,9 @@ def prepare(
         nmiss = val[num_name].isna().to_numpy()
         dmiss = val[den_name].isna().to_numpy()
         both = nmiss & dmiss
-        skip = both & not_attended & (level == "session") & alliance_missing
-        # when the session was not attended its diary is blank too: one reason is enough
-        flag(both & ~skip, f"{ncol}, {dcol}", f"{ncol} and {dcol} missing")
+        # a session not attended has a blank diary too: say so rather than "missing"
+        flag(both & not_attended, att_col, "session not attended")
+        flag(both & ~not_attended, f"{ncol}, {dcol}", f"{ncol} and {dcol} missing")
         flag(nmiss & ~dmiss, ncol, f"{ncol} missing")
         flag(dmiss & ~nmiss, dcol, f"{dcol} missing")
         if level == "session":
@@ -526,7 +528,7 @@ def prepare(
             "patient": p_id.to_numpy()[drop],
             "session": s_no[drop].reset_index(drop=True),
             "column": [", ".join(dict.fromkeys(culprits[i])) for i in np.flatnonzero(drop)],
-            "reason": ["; ".join(reasons[i]) for i in np.flatnonzero(drop)],
+            "reason": ["; ".join(dict.fromkeys(reasons[i])) for i in np.flatnonzero(drop)],
         },
         columns=list(EXCLUDED_COLUMNS),
     )
@@ -643,6 +645,9 @@ def _derived(
     cluster: np.ndarray,
     level: str,
 ) -> None:
+    center, center_within, standardize_vars = (
+        (v,) if isinstance(v, str) else tuple(v) for v in (center, center_within, standardize_vars)
+    )
     numeric = [
         c
         for c in out.columns
