@@ -448,7 +448,9 @@ def _run(
                 theta, _ = _lmm.optimize_theta(
                     problem, theta0, reml=reml, method="lbfgs", maxiter=maxiter
                 )
-                theta, gmax = _lmm.newton_polish(problem, theta, reml=reml)
+                theta, gmax = _lmm.newton_polish(
+                    problem, theta, reml=reml, maxiter=min(50, maxiter)
+                )
             except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:
                 attempts.append((method, str(err)))
                 continue
@@ -462,7 +464,7 @@ def _run(
             theta, _ = _lmm.optimize_theta(
                 problem, problem.default_theta(), reml=reml, method=method, maxiter=maxiter
             )
-            theta, gmax = _lmm.newton_polish(problem, theta, reml=reml)
+            theta, gmax = _lmm.newton_polish(problem, theta, reml=reml, maxiter=min(50, maxiter))
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:
             attempts.append((method, str(err)))
             continue
