@@ -64,3 +64,27 @@ def small_example(example_data) -> pd.DataFrame:
     """The prepared example restricted to its first ``SMALL_THERAPISTS`` therapists."""
     keep = pd.unique(example_data["therapist"])[:SMALL_THERAPISTS]
     return example_data[example_data["therapist"].isin(keep)].reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def small_design_data() -> pd.DataFrame:
+    """A small simulated three-level data set (8 therapists x 4 patients x 3 sessions)."""
+    import alliance_models as am
+
+    design = am.Design(therapists=8, patients_per_therapist=4, sessions=3,
+                       effects={"alliance": 0.4, "autonomy": 0.1, "alliance:autonomy": 0.2})
+    return am.simulate(design, seed=21)
+
+
+@pytest.fixture(scope="session")
+def small_bayes_fit(small_design_data):
+    """A deliberately short PyMC fit (2 chains x 150 draws) for report and plot tests.
+
+    Diagnostic thresholds are relaxed to what such a short run can meet; tests of the
+    sampler's quality live with the Bayesian backend, not here.
+    """
+    import alliance_models as am
+
+    return am.fit_bayes("adherence ~ alliance * autonomy + (1 | therapist)", small_design_data,
+                        draws=150, tune=150, chains=2, seed=3, sampler="pymc",
+                        ess_min=20, rhat_max=1.2)

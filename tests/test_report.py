@@ -229,3 +229,25 @@ def test_data_report_section_accounts_for_every_excluded_row(tmp_path, example_p
     assert sum(counts.values()) == rep.n_excluded
     shown = min(rep.n_excluded, report_mod.MAX_TABLE_ROWS)
     assert len(excluded_table) == shown + 1
+
+
+def test_bayes_section_has_diagnostics_and_three_plots(tmp_path, small_bayes_fit):
+    b = small_bayes_fit
+    page = am.report(tmp_path, bayes=b).read_text()
+    section = page.split('<section id="bayes">')[1].split("</section>")[0]
+    for heading in ("Sampling diagnostics", "Posterior summary", "Priors"):
+        assert f"<h3>{heading}</h3>" in section
+    tables = read_tables(section)
+    diag = {row[0]: row[1] for row in tables[0][1:]}
+    assert diag["divergent transitions"] == str(b.n_divergent)
+    assert diag["chains"] == "2" and diag["draws per chain"] == "150"
+    assert float(diag["largest r_hat (want <= 1.01)"]) == pytest.approx(
+        b.to_frame()["r_hat"].max(), abs=1e-4)
+    posterior = tables[1]
+    assert "r_hat" in posterior[0] and "ess_bulk" in posterior[0]
+    assert [row[0] for row in posterior[1:]] == [str(i) for i in b.to_frame().index]
+    pngs = embedded_pngs(section)
+    assert len(pngs) == 3 and all(p.startswith(b"\x89PNG") and len(p) > 5000 for p in pngs)
+    for caption, _ in [(c, k) for k, c in report_mod.BAYES_PLOT_KINDS]:
+        assert f'alt="{caption}"' in section
+    assert external_refs(page) == []

@@ -377,28 +377,53 @@ def _jn_section(jns: list[Any]) -> str:
     return "\n".join(parts)
 
 
+def _sampling_table(bayes: Any, table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Sampler, chains, draws, divergences and the worst r_hat / ESS, when available."""
+    rows: dict[str, object] = {}
+    idata = getattr(bayes, "idata", None)
+    post = getattr(idata, "posterior", None) if idata is not None else None
+    sizes = getattr(post, "sizes", None)
+    if sizes is not None and "chain" in sizes and "draw" in sizes:
+        rows["chains"] = int(sizes["chain"])
+        rows["draws per chain"] = int(sizes["draw"])
+    for attr, label in (("sampler", "sampler"), ("n_divergent", "divergent transitions"),
+                        ("wall_time", "wall time (s)")):
+        value = getattr(bayes, attr, None)
+        if value is not None and not callable(value):
+            rows[label] = value
+    if table is not None:
+        if "r_hat" in table.columns:
+            rows["largest r_hat (want <= 1.01)"] = float(table["r_hat"].max())
+        if "ess_bulk" in table.columns:
+            rows["smallest bulk ESS (want >= 400)"] = float(table["ess_bulk"].min())
+        if "ess_tail" in table.columns:
+            rows["smallest tail ESS (want >= 400)"] = float(table["ess_tail"].min())
+    if not rows:
+        return None
+    return pd.DataFrame({"diagnostic": list(rows), "value": list(rows.values())})
+
+
 def _bayes_section(bayes: Any) -> str:
     parts = []
     df = _frame(bayes)
+    sampling = _sampling_table(bayes, df)
+    if sampling is not None:
+        parts.append("<h3>Sampling diagnostics</h3>" + _table(sampling, index=False))
     if df is not None:
-        parts.append("<h3>Posterior summary and diagnostics</h3>" + _table(df))
-    diag = getattr(bayes, "diagnostics", None)
-    if diag is not None and not callable(diag):
-        parts.append("<h3>Sampler diagnostics</h3>")
-        ddf = _frame(diag) if not isinstance(diag, Mapping) else pd.Series(diag).to_frame("value")
-        parts.append(_table(ddf) if ddf is not None else _pre(diag))
+        parts.append("<h3>Posterior summary</h3>" + _table(df))
     priors = getattr(bayes, "priors", None)
-    if priors is not None and not callable(priors):
-        text = priors.to_string() if isinstance(priors, pd.DataFrame) else str(priors)
-        parts.append("<h3>Priors</h3>" + _pre(text))
+    if isinstance(priors, pd.DataFrame):
+        parts.append("<h3>Priors</h3>" + _table(priors))
+    elif priors is not None and not callable(priors):
+        parts.append("<h3>Priors</h3>" + _pre(priors))
     if hasattr(bayes, "plot"):
         with tempfile.TemporaryDirectory() as tmp:
             for kind, caption in BAYES_PLOT_KINDS:
                 path = Path(tmp) / f"{kind}.png"
 
                 def draw(kind: str = kind, path: Path = path) -> Path:
-                    out = bayes.plot(kind, path)
-                    return Path(out) if isinstance(out, str | os.PathLike) else path
+                    bayes.plot(kind, path)
+                    return path
 
                 parts.append(_try_plot(draw, caption))
     return "\n".join(parts)
