@@ -9,6 +9,7 @@ means and pro-rated scores.
 import doctest
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -277,7 +278,18 @@ def _reference_score(row, inst, prorate, limit_per_sub):
     return total, subs
 
 
-@pytest.mark.parametrize("key", ["wai", "wai-s", "wai-sr", "hccq", "hccq-short", "ears"])
+MIXED = Instrument(
+    "mixed",
+    items=tuple(range(1, 9)),
+    min=0,
+    max=6,
+    reversed=(2, 5, 8),
+    subscales={"a": (1, 2, 3), "b": (4, 5, 6, 7, 8)},
+    method="mean",
+)
+
+
+@pytest.mark.parametrize("key", ["wai", "wai-s", "wai-sr", "hccq", "hccq-short", "ears", MIXED])
 @pytest.mark.parametrize("prorate", [False, True])
 def test_random_data_matches_independent_scorer(key, prorate):
     inst = get_instrument(key)
@@ -289,8 +301,10 @@ def test_random_data_matches_independent_scorer(key, prorate):
         k = (1, 2, inst.n_items)[r % 3]
         x[r, rng.choice(inst.n_items, size=k, replace=False)] = np.nan
     df = pd.DataFrame(x, columns=[f"{inst.stem}_{i}" for i in inst.items])
-    with pytest.warns(MissingDataWarning):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         out, rep = score(df, key, prorate=prorate, max_missing=1, return_report=True)
+    expect_warning = False
     for r in range(n):
         total, subs = _reference_score(dict(zip(inst.items, x[r], strict=True)), inst, prorate, 1)
         got = out.loc[r, f"{inst.default_prefix}_{inst.score_suffix}"]
@@ -298,6 +312,10 @@ def test_random_data_matches_independent_scorer(key, prorate):
         for s, v in subs.items():
             g = out.loc[r, f"{inst.default_prefix}_{s}"]
             assert (math.isnan(v) and math.isnan(g)) or g == pytest.approx(v, rel=1e-12)
+        some_nan = math.isnan(total) or any(math.isnan(v) for v in subs.values())
+        expect_warning |= some_nan and not np.isnan(x[r]).all()
+    # warned exactly when a row with answered items lost a score
+    assert [w.category for w in caught] == ([MissingDataWarning] if expect_warning else [])
     assert rep.n_nan == int(out[list(rep.columns)].isna().sum().sum())
 
 
