@@ -220,3 +220,42 @@ def test_adherence_rises_with_alliance(big):
     assert 0.15 < r < 0.4
     att = _rows(big, "treatment_arm_1")
     assert 0.75 < att["attended"].mean() < 0.9  # about 0.87 at average covariates
+
+
+def test_adherence_variance_components_match_the_documented_icc():
+    # With every covariate effect off, the diary probability is constant within a patient,
+    # so the logit of a patient's pooled completion (8 x 200 trials) is v_t + v_p + const
+    # plus small binomial noise. One-way ANOVA over therapists (m = 20 patients each) then
+    # recovers sd_t^2 = 0.05 (0.8^2 + pi^2/3) / 0.95 = 0.207 (SE about 0.025) and
+    # sd_p^2 = 0.64 (plus about 0.01 binomial noise; SE about 0.015).
+    from scipy.special import logit
+
+    raw = simulate_study(
+        n_therapists=200,
+        patients_per_therapist=20,
+        seed=8,
+        unequal_sizes=False,
+        alliance_effect=0,
+        age_effect=0,
+        autonomy_effect=0,
+        alliance_x_age=0,
+        alliance_x_autonomy=0,
+        prescribed_per_week=200,
+    )
+    ses = _rows(raw, "treatment_arm_1").dropna(subset=["ex_completed"])
+    pooled = ses.groupby("record_id")[["ex_completed", "ex_prescribed"]].sum()
+    ther = _rows(raw, "baseline_arm_1").set_index("record_id")["therapist_id"]
+    y = pd.Series(
+        logit(np.clip(pooled["ex_completed"] / pooled["ex_prescribed"], 1e-3, 1 - 1e-3)),
+        index=pooled.index,
+    )
+    grp = y.groupby(ther.loc[pooled.index].to_numpy())
+    m = grp.size().mean()
+    msb = m * grp.mean().var(ddof=1)
+    msw = (grp.var(ddof=1) * (grp.size() - 1)).sum() / (len(y) - grp.ngroups)
+    sd_t2 = (msb - msw) / m
+    expected_t2 = 0.05 * (0.8**2 + np.pi**2 / 3) / 0.95
+    assert abs(sd_t2 - expected_t2) < 0.1
+    assert abs(msw - 0.65) < 0.06
+    icc = sd_t2 / (sd_t2 + msw + np.pi**2 / 3)
+    assert 0.03 < icc < 0.07
