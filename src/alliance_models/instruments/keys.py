@@ -10,6 +10,25 @@ against secondary implementations, the instrument's ``note`` says so; a user who
 the authors' key can override any built-in with
 ``register_instrument(..., replace=True)`` or score with a modified copy, e.g.
 ``dataclasses.replace(get_instrument("wai-s"), subscales=WAI_S_SUBSCALES_ALT)``.
+
+Sources and how sure the keys are:
+
+============  ===========================================  ===================================
+key           source                                       certainty
+============  ===========================================  ===================================
+wai           Horvath & Greenberg (1989)                   reversed items and subscales from a
+                                                           secondary implementation matching
+                                                           the wording; verify with the manual
+wai-s         Tracey & Kokotovic (1989)                    reversed 4, 10 verified; subscales
+                                                           derived from the 36-item key, one
+                                                           source differs (WAI_S_SUBSCALES_ALT)
+wai-sr        Hatcher & Gillaspy (2006)                    checked in two implementations
+hccq          Williams et al. (1996); SDT website          item 13 reversed, mean score
+hccq-short    SDT website scoring notes                    item selection 1, 2, 4, 7, 10, 14;
+                                                           check against your form
+ears          Newman-Beinart et al. (2017)                 section B, items 2, 3, 5 reversed
+siras         Brewer et al. (2000)                         3 items, sum
+============  ===========================================  ===================================
 """
 
 from __future__ import annotations
