@@ -309,6 +309,15 @@ def test_dag_column_blank_strings_and_empty_fields():
     assert pd.to_numeric(flat["age"]).tolist() == [44, 44, 44, 61, 38]
 
 
+def test_session_column_name_must_not_hide_a_field():
+    raw = build_export(example_records()).rename(columns={"session_date": "session"})
+    with pytest.raises(DataValidationError, match=r"already has a column 'session'.*session="):
+        read_redcap(raw)
+    flat = read_redcap(raw, session="visit")
+    assert flat["visit"].iloc[:4].tolist() == [1, 2, 3, 1]
+    assert flat["session"].iloc[0] == "2024-01-02"
+
+
 def test_is_redcap_export():
     assert is_redcap_export(["record_id", "redcap_repeat_instrument"])
     assert not is_redcap_export(["record_id", "age"])

@@ -87,6 +87,7 @@ def read_redcap(
     *,
     record_id: str | None = None,
     merge_repeats: bool = False,
+    session: str = "session",
 ) -> pd.DataFrame:
     """Read a REDCap flat export as one row per repeat instance (session).
 
@@ -102,6 +103,9 @@ def read_redcap(
         With several repeating instruments: False gives one row per instance of each
         instrument (``redcap_repeat_instrument`` says which); True merges the
         instruments by (record, event, instance) into one row per instance.
+    session : str, default "session"
+        Name of the output column that holds the repeat instance; it must not be the
+        name of a field in the export.
 
     Returns
     -------
@@ -191,6 +195,11 @@ def read_redcap(
             f"where {INSTRUMENT!r} names a repeating instrument; instances must be >= 1"
         )
     has_event = EVENT in raw.columns
+    if session in raw.columns:
+        raise DataValidationError(
+            f"the export already has a column {session!r}; the repeat instance would "
+            "overwrite it - pass session='<another name>' (e.g. 'session_no')"
+        )
     record_level_meta = [c for c in raw.columns if c.startswith("redcap_") and c not in _STRUCTURE]
     fields = [c for c in raw.columns if c != id_col and c not in _STRUCTURE]
 
@@ -242,12 +251,12 @@ def read_redcap(
 
     # ---- repeat part ------------------------------------------------------------
     key = [id_col] + ([EVENT] if has_event else [])
-    rep = rep.assign(session=instance[is_rep].to_numpy(), _form=rep_form.to_numpy())
-    dup = rep.duplicated(subset=[*key, "_form", "session"], keep=False).to_numpy()
+    rep = rep.assign(**{session: instance[is_rep].to_numpy()}, _form=rep_form.to_numpy())
+    dup = rep.duplicated(subset=[*key, "_form", session], keep=False).to_numpy()
     if dup.any():
         first = rep.loc[dup].iloc[0]
         raise DataValidationError(
-            f"record {_fmt(first[id_col])} has instance {_fmt(first['session'])} of "
+            f"record {_fmt(first[id_col])} has instance {_fmt(first[session])} of "
             f"{first['_form']!r} more than once ({format_rows(list(rep.index[dup]))}); "
             "each (record, event, instrument, instance) must be unique"
         )
@@ -255,7 +264,7 @@ def read_redcap(
     if merge_repeats and len(forms) > 1:
         parts = []
         for form in forms:
-            rows = rep.loc[(rep["_form"] == form).to_numpy(), [*key, "session"]]
+            rows = rep.loc[(rep["_form"] == form).to_numpy(), [*key, session]]
             parts.append(rows.join(rep[repeat_fields[form]]))
         seen: dict[str, str] = {}
         for form in forms:
@@ -268,10 +277,10 @@ def read_redcap(
                 seen[c] = form
         merged = parts[0]
         for p in parts[1:]:
-            merged = merged.merge(p, on=[*key, "session"], how="outer", sort=False)
+            merged = merged.merge(p, on=[*key, session], how="outer", sort=False)
         rep_part = merged
     else:
-        cols = [*key] + ([INSTRUMENT] if INSTRUMENT in raw.columns else []) + ["session"]
+        cols = [*key] + ([INSTRUMENT] if INSTRUMENT in raw.columns else []) + [session]
         rep_part = rep[cols + all_rep_fields]
 
     # ---- join record-level fields onto each repeat row ----------------------------
@@ -283,7 +292,7 @@ def read_redcap(
     without = [rid for rid in ids_in_order if rid not in have_rep]
     if without:
         lonely = record_level.loc[without, rec_cols].reset_index()
-        lonely["session"] = np.nan
+        lonely[session] = np.nan
         out = pd.concat([out, lonely], ignore_index=True, sort=False)
     # stable order: records as first seen, then event as first seen, form, instance
     sort_cols = ["_rec"]
@@ -296,11 +305,11 @@ def read_redcap(
         form_order = {f: k for k, f in enumerate(dict.fromkeys(instr.dropna()))}
         out = out.assign(_fo=out[INSTRUMENT].map(form_order))
         sort_cols.append("_fo")
-    out = out.sort_values([*sort_cols, "session"], kind="stable", na_position="first")
+    out = out.sort_values([*sort_cols, session], kind="stable", na_position="first")
     out = out.drop(columns=[c for c in ("_rec", "_ev", "_fo") if c in out.columns])
     out = out.reset_index(drop=True)
 
-    lead = [id_col] + [c for c in (EVENT, INSTRUMENT) if c in out.columns] + ["session"]
+    lead = [id_col] + [c for c in (EVENT, INSTRUMENT) if c in out.columns] + [session]
     tail = [c for c in fields if c in out.columns and c not in lead]
     never = [c for c in fields if c not in out.columns]  # blank everywhere: keep as NaN
     for c in never:
