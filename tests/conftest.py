@@ -88,3 +88,40 @@ def small_bayes_fit(small_design_data):
     return am.fit_bayes("adherence ~ alliance * autonomy + (1 | therapist)", small_design_data,
                         draws=150, tune=150, chains=2, seed=3, sampler="pymc",
                         ess_min=20, rhat_max=1.2)
+
+
+@pytest.fixture(scope="session")
+def small_power_curve():
+    """A two-point power curve with a few replicates (engine chosen by ``method="auto"``)."""
+    import alliance_models as am
+
+    design = am.Design(therapists=10, patients_per_therapist=4, sessions=3,
+                       effects={"alliance": 0.3, "alliance:autonomy": 0.3})
+    return am.power_curve(design, "adherence ~ alliance * autonomy + (1 | therapist/patient)",
+                          test="alliance:autonomy", vary={"therapists": [10, 20]}, n_sims=10,
+                          seed=2, n_jobs=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def full_report(tmp_path_factory, example_prepared, small_example, small_bayes_fit,
+                small_power_curve):
+    """An HTML report with every section: data, DataReport, mixed fit, probing, Bayes, power.
+
+    The mixed model is fitted to the small example subset; returns ``(path, parts)``.
+    """
+    import alliance_models as am
+
+    _, data_report = example_prepared
+    fit = am.fit_mixed("adherence ~ alliance * (age_c + autonomy_c) + (1 | therapist/patient)",
+                       small_example)
+    slopes = {m: am.simple_slopes(fit, focal="alliance", moderator=m, at="meansd")
+              for m in ("age_c", "autonomy_c")}
+    jns = {m: am.johnson_neyman(fit, focal="alliance", moderator=m)
+           for m in ("age_c", "autonomy_c")}
+    out = tmp_path_factory.mktemp("full_report")
+    path = am.report(out, data=small_example, data_report=data_report, fit=fit, slopes=slopes,
+                     jn=jns, bayes=small_bayes_fit, power=small_power_curve,
+                     title="Full report <test>", notes="Notes & caveats")
+    parts = {"fit": fit, "slopes": slopes, "jn": jns, "bayes": small_bayes_fit,
+             "power": small_power_curve, "data_report": data_report}
+    return path, parts

@@ -108,3 +108,17 @@ def test_figure_report_screenshot(figure_report, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     screenshot_is_not_blank(png, min_rows=0.2)
+
+
+def test_full_report_in_chromium(full_report, tmp_path):
+    """The real report (every section, 8 plots) loads every image and renders."""
+    path, _ = full_report
+    n_images = path.read_text().count("<img ")
+    assert n_images == 8
+    status = image_status(path, tmp_path / "profile-dom")
+    assert status == {"total": str(n_images), "loaded": str(n_images), "broken": ""}
+    png = tmp_path / "full.png"
+    proc = chromium(path, tmp_path / "profile-shot", f"--screenshot={png}",
+                    "--window-size=1280,4000")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    screenshot_is_not_blank(png, min_rows=0.5)

@@ -157,6 +157,18 @@ def test_register_instrument_rejects_inconsistent_definitions(registry):
         register_instrument("bad", items=[1, 2], min=1, max=5, subscales={"total": [1]})
     with pytest.raises(DataValidationError, match="items, min and max are required"):
         register_instrument("bad", items=[1, 2])
+    with pytest.raises(DataValidationError, match="max must be a whole number, got 4.5"):
+        register_instrument("bad", items=[1, 2], min=1, max=4.5)
+    with pytest.raises(DataValidationError, match="item numbers must be >= 1, got 0"):
+        register_instrument("bad", items=[0, 1], min=1, max=5)
+    with pytest.raises(DataValidationError, match="must be letters, digits or '_'"):
+        register_instrument("bad", items=[1, 2], min=1, max=5, subscales={"a b": [1]})
+    with pytest.raises(DataValidationError, match="subscale 'a' is empty"):
+        register_instrument("bad", items=[1, 2], min=1, max=5, subscales={"a": []})
+    with pytest.raises(DataValidationError, match="non-empty key"):
+        register_instrument(" ", items=[1, 2], min=1, max=5)
+    with pytest.raises(DataValidationError, match="either an Instrument or its fields"):
+        register_instrument(get_instrument("siras"), items=[1], replace=True)
     assert "bad" not in registry
 
 
@@ -431,6 +443,8 @@ def test_bad_max_missing_values():
         score(df, "wai-sr", prorate=True, max_missing={"bond": 1, "task": 1})
     with pytest.raises(DataValidationError, match=r"names \['mood'\]"):
         score(df, "wai-sr", prorate=True, max_missing={"mood": 1})
+    with pytest.raises(DataValidationError, match="must be a count .* got True"):
+        score(df, "wai-sr", prorate=True, max_missing=True)
     with pytest.raises(DataValidationError, match="must give a 'total' limit"):
         score(_frame("siras", (1, 2, 3), [[1, 2, 3]]), "siras", max_missing={})
 

@@ -251,3 +251,25 @@ def test_bayes_section_has_diagnostics_and_three_plots(tmp_path, small_bayes_fit
     for caption, _ in [(c, k) for k, c in report_mod.BAYES_PLOT_KINDS]:
         assert f'alt="{caption}"' in section
     assert external_refs(page) == []
+
+
+SECTIONS = ("notes", "data", "data-report", "model", "simple-slopes", "johnson-neyman", "bayes",
+            "power")
+
+
+def test_full_report_has_every_section_and_no_external_refs(full_report):
+    path, parts = full_report
+    page = path.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in page, sid
+        assert f'<a href="#{sid}">' in page  # table of contents
+    assert external_refs(page) == []
+    assert "<title>Full report &lt;test&gt;</title>" in page
+    # 2 interaction + 2 JN + 3 Bayesian + 1 power curve plots
+    pngs = embedded_pngs(page)
+    assert len(pngs) == 8
+    assert all(p.startswith(b"\x89PNG") for p in pngs)
+    power = page.split('<section id="power">')[1].split("</section>")[0]
+    assert html_escape(parts["power"].summary()) in power
+    assert 'alt="Power curve"' in power
