@@ -7,6 +7,8 @@ row(s) and the offending value, and say what is allowed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "AllianceModelsError",
     "AllianceModelsWarning",
@@ -62,7 +64,7 @@ class DiagnosticsWarning(AllianceModelsWarning):
     """MCMC diagnostics (r_hat, ESS, divergences, Pareto k) failed their thresholds."""
 
 
-def format_rows(rows: list[object] | tuple[object, ...], limit: int = 5) -> str:
+def format_rows(rows: Sequence[object], limit: int = 5) -> str:
     """Format row labels for an error message, showing at most ``limit`` of them.
 
     Parameters
