@@ -605,3 +605,15 @@ def test_public_names_reexported():
 def test_docstring_examples_run(module):
     res = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted > 0
+
+
+def test_mean_scored_prorating_and_total_only_mapping():
+    # HCCQ-short row with item 14 missing: mean of the five answered items (no scaling)
+    df = _frame("hccq", (1, 2, 4, 7, 10, 14), [[7, 6, 5, 4, 3, np.nan]])
+    out = score(df, "hccq-short", prorate=True, max_missing={"total": 1})
+    assert out["hccq_short_mean"].item() == pytest.approx(25 / 5, rel=1e-12)
+    # SIRAS (sum) with one of three missing: 3 * mean(4, 5) = 13.5
+    siras = _frame("siras", (1, 2, 3), [[4, np.nan, 5]])
+    assert score(siras, "siras", prorate=True)["siras_total"].item() == 13.5
+    with pytest.warns(MissingDataWarning, match=r"Raise max_missing"):
+        score(siras, "siras", prorate=True, max_missing=0)
