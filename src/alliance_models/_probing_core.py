@@ -232,6 +232,7 @@ def jn_solve(
     alpha: float = 0.05,
     *,
     m_ref: float = 0.0,
+    search: tuple[float, float] | None = None,
     tol: float = 1e-12,
     max_iter: int = 200,
 ) -> JNSolution:
@@ -254,6 +255,11 @@ def jn_solve(
         Two-sided significance level.
     m_ref : float
         Moderator value whose df starts the iteration (e.g. the moderator mean).
+    search : (float, float), optional
+        With a callable ``df``, a window (e.g. the observed moderator range) that is
+        also scanned on a grid for sign changes of the significance margin, so that a
+        bound is not missed when the df vary so much that the quadratic at the starting
+        df has the wrong shape. The window is widened by twice its width on each side.
     tol, max_iter : float, int
         Fixed-point tolerance (relative to ``1 + |m|``) and iteration cap.
 
@@ -266,7 +272,7 @@ def jn_solve(
     >>> b = np.array([0.2, 0.5]); V = np.diag([0.01, 0.01])
     >>> sol = jn_solve(b, V, np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.inf)
     >>> sol.region, [round(x, 4) for x in sol.bounds]
-    ('outside', [-0.7964, 0.0203])
+    ('outside', [-0.9373, -0.008])
     """
     b = np.asarray(b, float)
     V = np.asarray(V, float)
@@ -288,40 +294,88 @@ def jn_solve(
         d = float(df)
         return JNSolution(roots, region, tuple(d for _ in roots), tuple(1 for _ in roots), True)
 
-    out_roots, out_df, out_it = [], [], []
+    def h(m: float) -> float:
+        """Significance margin with the df of the contrast at ``m`` (> 0: significant)."""
+        t = t_critical(df_fn(m), alpha)
+        return (e0 + e1 * m) ** 2 - t * t * (v00 + 2.0 * v01 * m + v11 * m * m)
+
+    out_roots, out_it = [], []
     converged = True
-    regions = []
-    for r in roots:
-        cur = r
-        ok = False
-        it = 0
-        reg_here = region
+    for i, r in enumerate(roots):
+        cur, ok, it = r, False, 0
         for it in range(1, max_iter + 1):  # noqa: B007 - used after the loop
-            t = t_critical(df_fn(cur), alpha)
-            reg_here, cand, _ = quad(t)
+            _, cand, _ = quad(t_critical(df_fn(cur), alpha))
             if not cand:
                 break
-            new = min(cand, key=lambda x, cur=cur: abs(x - cur))
+            # follow the same branch of the quadratic (smaller / larger root)
+            new = cand[i] if len(cand) == len(roots) else min(cand, key=lambda x: abs(x - cur))
             if abs(new - cur) <= tol * (1.0 + abs(cur)):
-                cur = new
-                ok = True
+                cur, ok = new, True
                 break
             cur = new
+        if not ok:
+            polished = _bracket_root(h, r)
+            if polished is not None:
+                cur, ok = polished, True
         converged &= ok
-        out_roots.append(cur)
-        out_df.append(float(df_fn(cur)))
+        out_roots.append(float(cur))
         out_it.append(it)
-        regions.append(reg_here)
-    if roots and len(set(regions)) == 1:
-        region = regions[0]
-    order = np.argsort(out_roots)
+    # keep only genuine roots (a runaway branch is dropped), then add any sign change of
+    # the margin in the search window that the branches did not reach
+    keep = [
+        (r, it)
+        for r, it in zip(out_roots, out_it, strict=True)
+        if np.isfinite(r) and abs(h(r)) <= 1e-6 * (e1 * e1 * (1.0 + r * r) + e0 * e0 + 1e-300)
+    ]
+    if search is not None:
+        lo, hi = float(search[0]), float(search[1])
+        width = max(hi - lo, 1e-12)
+        grid = np.linspace(lo - 2 * width, hi + 2 * width, 501)
+        vals = np.array([h(m) for m in grid])
+        from scipy.optimize import brentq
+
+        for k in np.flatnonzero(np.sign(vals[1:]) != np.sign(vals[:-1])):
+            r = float(brentq(h, grid[k], grid[k + 1], xtol=1e-14, rtol=1e-14))
+            if all(abs(r - q) > 1e-8 * (1.0 + abs(r)) for q, _ in keep):
+                keep.append((r, 0))
+    # drop duplicates (two branches that met the same fixed point)
+    uniq: list[tuple[float, int]] = []
+    for r, it in sorted(keep):
+        if not uniq or abs(r - uniq[-1][0]) > 1e-8 * (1.0 + abs(r)):
+            uniq.append((r, it))
+    bounds = tuple(r for r, _ in uniq)
+    # classify from the sign of the margin with the contrast's own df
+    if not bounds:
+        region = "all" if h(m_ref) > 0 else "none"
+    elif len(bounds) == 1:
+        step = 1.0 + abs(bounds[0])
+        region = "above" if h(bounds[0] + step) > 0 else "below"
+    else:
+        region = "inside" if h(0.5 * (bounds[0] + bounds[-1])) > 0 else "outside"
     return JNSolution(
-        tuple(float(out_roots[i]) for i in order),
+        bounds,
         region,
-        tuple(out_df[i] for i in order),
-        tuple(out_it[i] for i in order),
+        tuple(float(df_fn(r)) for r in bounds),
+        tuple(it for _, it in uniq),
         converged,
     )
+
+
+def _bracket_root(h: Callable[[float], float], x0: float) -> float | None:
+    """Find a sign change of ``h`` around ``x0`` by widening steps, then refine (brentq)."""
+    from scipy.optimize import brentq
+
+    step = 1e-6 * (1.0 + abs(x0))
+    f0 = h(x0)
+    if f0 == 0:
+        return x0
+    for _ in range(80):
+        for x in (x0 - step, x0 + step):
+            if np.sign(h(x)) != np.sign(f0):
+                lo, hi = sorted((x0, x))
+                return float(brentq(h, lo, hi, xtol=1e-14, rtol=1e-14))
+        step *= 2.0
+    return None
 
 
 def significant_intervals(

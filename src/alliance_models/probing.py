@@ -522,15 +522,21 @@ class JohnsonNeyman:
 
     def _describe(self) -> str:
         b = [f"{x:.4f}" for x in self.bounds]
-        return {
-            "inside": f"significant for {self.moderator} between {b[0]} and {b[-1]}",
-            "outside": (f"significant for {self.moderator} below {b[0]} and above {b[-1]}"
-                        if len(b) == 2 else "significant outside the bounds"),
-            "above": f"significant for {self.moderator} above {b[0] if b else '?'}",
-            "below": f"significant for {self.moderator} below {b[0] if b else '?'}",
-            "all": f"significant at every value of {self.moderator}",
-            "none": f"not significant at any value of {self.moderator}",
-        }[self.region]
+        mod = self.moderator
+        if self.region == "inside" and len(b) == 2:
+            return f"significant for {mod} between {b[0]} and {b[1]}"
+        if self.region == "outside" and len(b) == 2:
+            return f"significant for {mod} below {b[0]} and above {b[1]}"
+        if self.region == "above" and b:
+            return f"significant for {mod} above {b[-1]}"
+        if self.region == "below" and b:
+            return f"significant for {mod} below {b[0]}"
+        if self.region == "all":
+            return f"significant at every value of {mod}"
+        if self.region == "none":
+            return f"not significant at any value of {mod}"
+        pieces = ", ".join(f"[{s:.4f}, {e:.4f}]" for s, e in self.intervals)
+        return f"significant on {pieces}"
 
     def summary(self) -> str:
         """Text: bounds, region type, observed range and what lies within it."""
@@ -691,7 +697,7 @@ def johnson_neyman(
             return float(fit.contrast_df(a + m * c))
 
         method = "satterthwaite"
-    sol = core.jn_solve(b, V, a, c, df_arg, alpha, m_ref=m_ref)
+    sol = core.jn_solve(b, V, a, c, df_arg, alpha, m_ref=m_ref, search=(lo, hi))
     intervals = core.significant_intervals(sol.region, sol.bounds)
     rows = _freq_rows(fit, W, alpha)
     curve = pd.DataFrame(
