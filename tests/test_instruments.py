@@ -94,6 +94,19 @@ def test_every_builtin_cites_a_source_and_list_instruments():
     assert "verify" in get_instrument("wai").note  # uncertainty is flagged
 
 
+def test_instrument_is_hashable_picklable_and_read_only():
+    import copy
+    import pickle
+
+    wai = get_instrument("wai")
+    assert pickle.loads(pickle.dumps(wai)) == wai
+    assert copy.deepcopy(wai) == wai and hash(wai) == hash(copy.copy(wai))
+    with pytest.raises(TypeError):
+        wai.subscales["task"] = (1,)  # type: ignore[index]
+    _, rep = score(_frame("siras", (1, 2, 3), [[1, 2, 3]]), "siras", return_report=True)
+    assert pickle.loads(pickle.dumps(rep)).summary() == rep.summary()
+
+
 def test_instrument_to_frame_and_summary():
     tab = get_instrument("wai-sr").to_frame()
     assert tab["item"].tolist() == list(range(1, 13))

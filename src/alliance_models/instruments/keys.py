@@ -167,6 +167,25 @@ class Instrument:
         object.__setattr__(self, "name", self.name or key.upper())
         object.__setattr__(self, "stem", self.stem or key.split("-")[0].replace(" ", "_"))
 
+    def __reduce__(self) -> tuple[type[Instrument], tuple[object, ...]]:
+        # the read-only subscale mapping cannot be pickled as is (joblib workers, deepcopy)
+        return (
+            type(self),
+            (
+                self.key,
+                self.items,
+                self.min,
+                self.max,
+                self.reversed,
+                dict(self.subscales),
+                self.method,
+                self.citation,
+                self.note,
+                self.name,
+                self.stem,
+            ),
+        )
+
     @property
     def n_items(self) -> int:
         """Number of items."""

@@ -11,7 +11,6 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -594,7 +593,7 @@ def score(
         name=inst.name,
         columns=tuple(names.values()),
         prorate=bool(prorate),
-        limits=MappingProxyType(dict(limits)),
+        limits=dict(limits),
         table=table,
     )
     _warn_partial(report, inst)
