@@ -309,6 +309,24 @@ def test_dag_column_blank_strings_and_empty_fields():
     assert pd.to_numeric(flat["age"]).tolist() == [44, 44, 44, 61, 38]
 
 
+def test_export_without_any_repeating_rows_gives_one_row_per_record():
+    raw = pd.DataFrame(
+        {
+            "record_id": [1, 2, 2],
+            "redcap_event_name": ["baseline", "baseline", "follow_up"],
+            "redcap_repeat_instrument": [None, None, None],
+            "redcap_repeat_instance": [None, None, None],
+            "age": [30, 40, None],
+            "pain": [None, None, 3],
+        }
+    )
+    flat = read_redcap(raw)
+    assert flat["record_id"].tolist() == [1, 2] and flat["session"].isna().all()
+    assert flat["age"].tolist() == [30, 40]
+    np.testing.assert_array_equal(flat["pain"], [np.nan, 3.0])
+    assert flat.attrs["redcap"]["records_without_repeats"] == [1, 2]
+
+
 def test_session_column_name_must_not_hide_a_field():
     raw = build_export(example_records()).rename(columns={"session_date": "session"})
     with pytest.raises(DataValidationError, match=r"already has a column 'session'.*session="):
