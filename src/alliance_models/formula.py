@@ -45,9 +45,26 @@ def _split_top(s: str, sep: str) -> list[str]:
     return parts
 
 
+_DOTTED = re.compile(r"(?<![\w.])([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+)(?![\w.]*\s*\()")
+_MODULES = {"np", "numpy", "math", "scipy"}
+
+
 def _variables(expr: str) -> list[str]:
     """Column names referenced by a formula expression (not function names)."""
     code = expr.replace("||", "|")
+    # R-style dotted column names (``wai.total``) are names, not attribute access;
+    # ``np.log`` and other module paths are left alone
+    dotted: dict[str, str] = {}
+
+    def _sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name.split(".")[0] in _MODULES:
+            return name
+        key = f"__dotted{len(dotted)}__"
+        dotted[key] = name
+        return key
+
+    code = _DOTTED.sub(_sub, code)
     # formula operators that are not Python syntax: turn them into something parseable
     code = re.sub(r"(?<![\w)])\.", " ", code)
     try:
@@ -71,8 +88,9 @@ def _variables(expr: str) -> list[str]:
             funcs.add(id(v))
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and id(node) not in funcs and node.id not in _KNOWN_FUNCS:
-            if node.id not in names:
-                names.append(node.id)
+            name = dotted.get(node.id, node.id)
+            if name not in names:
+                names.append(name)
     return names
 
 

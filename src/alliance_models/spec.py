@@ -129,7 +129,7 @@ class ModelSpec:
                 hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
                 raise ModelSpecError(
                     f"formula {self.formula!r} names column {v!r}, which is not in the data"
-                    f"{hint} Available columns: {', '.join(cols)}"
+                    f"{hint}{' ' if hint else '. '}Available columns: {', '.join(cols)}"
                 )
 
     def build(self, data: pd.DataFrame, *, extra: tuple[str, ...] = ()) -> ModelFrame:
@@ -182,6 +182,20 @@ class ModelSpec:
         if len(df) == 0:
             raise ModelSpecError("no complete rows remain for the model columns")
 
+        resp = self.response
+        if resp in df.columns and not (
+            pd.api.types.is_numeric_dtype(df[resp]) or pd.api.types.is_bool_dtype(df[resp])
+        ):
+            bad = df.index[pd.to_numeric(df[resp], errors="coerce").isna()]
+            where = (
+                f"{format_rows(list(bad))} hold non-numeric values such as "
+                f"{df.loc[bad[0], resp]!r}"
+                if len(bad)
+                else f"it has dtype {df[resp].dtype}"
+            )
+            raise ModelSpecError(
+                f"response column {resp!r} must be numeric (a score or proportion); {where}"
+            )
         formula = Formula(self.fixed_formula)
         mm = formula.get_model_matrix(df, na_action="raise")
         y_df, x_df = mm.lhs, mm.rhs
@@ -189,6 +203,13 @@ class ModelSpec:
             raise ModelSpecError(
                 f"response {self.response!r} must give one column, got {y_df.shape[1]}"
             )
+        for term, sl in x_df.model_spec.term_slices.items():
+            if sl.stop - sl.start == 0:
+                raise ModelSpecError(
+                    f"term {str(term)!r} gives no columns: its variable takes a single value "
+                    "in the complete rows, so a constant predictor or moderator cannot be "
+                    "estimated; check the column or drop the term"
+                )
         x_names = tuple(str(c) for c in x_df.columns)
         X = np.asarray(x_df, dtype=float)
         y = np.asarray(y_df, dtype=float).ravel()
