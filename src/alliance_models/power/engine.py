@@ -457,6 +457,8 @@ def _fingerprint(job: _Job, entropy: int) -> str:
     payload = {
         "design": job.design.to_dict(), "formula": job.formula, "test": job.test,
         "method": job.method, "alpha": job.alpha, "seed": str(entropy),
+        "fitter": None if job.fitter is None else
+        f"{getattr(job.fitter, '__module__', '')}.{getattr(job.fitter, '__qualname__', '')}",
         "fit_kwargs": {k: repr(v) for k, v in sorted(job.fit_kwargs.items())},
         "bayes": [job.bayes_rule, job.threshold, job.rope],
     }
@@ -468,7 +470,8 @@ def _read_checkpoint(path: Path, fp: str) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=[*REPLICATE_COLUMNS, "fingerprint"])
     df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(
-        path, keep_default_na=False, na_values=[""])
+        path, dtype={"error": str, "fingerprint": str}, keep_default_na=False,
+        na_values={c: [""] for c in REPLICATE_COLUMNS if c not in ("error", "rep")})
     if len(df) and set(df["fingerprint"].astype(str)) != {fp}:
         raise DesignError(
             f"checkpoint {str(path)!r} belongs to a different run (design, formula, test, "

@@ -1,0 +1,366 @@
+import importlib.util
+import math
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from statsmodels.stats.proportion import proportion_confint
+
+import alliance_models as am
+from alliance_models.errors import AllianceModelsWarning, DesignError, ModelSpecError
+from alliance_models.power import analytic
+from alliance_models.power.engine import wilson_interval
+from alliance_models.power.simulate import age_moments
+
+HAS_FAST = importlib.util.find_spec("alliance_models.power.fast") is not None
+
+# independent observations: one patient per therapist, one session, no clustering
+INDEP = am.Design(therapists=60, patients_per_therapist=1, sessions=1, icc_therapist=0.0,
+                  icc_patient=0.0, moderators={}, effects={"alliance": 0.3})
+OLS = {"method": "ols", "fit_kwargs": {"hc": None}, "n_jobs": 1, "progress": False}
+
+CALLS: list[int] = []
+
+
+def counting_ols(formula, data, **kwargs):
+    """A custom fitting function that records how often it ran."""
+    CALLS.append(1)
+    return am.fit_ols(formula, data, hc=None)
+
+
+def ctrl_c_on_fifth(formula, data, **kwargs):
+    """Behaves like a user pressing Ctrl-C during the fifth fit."""
+    CALLS.append(1)
+    if len(CALLS) == 5:
+        raise KeyboardInterrupt
+    return am.fit_ols(formula, data, hc=None)
+
+
+def mc_tol(p, n, k=3.0):
+    return k * math.sqrt(p * (1 - p) / n)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (80, 100), (100, 100), (17, 403)])
+def test_wilson_interval_matches_statsmodels(k, n):
+    lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
+    assert wilson_interval(k, n) == pytest.approx((lo, hi), abs=1e-10)
+
+
+def test_power_result_fields_summary_and_frame():
+    res = am.power(INDEP, "adherence ~ alliance", test="alliance", n_sims=30, seed=1, **OLS)
+    assert res.method == "ols" and res.n_sims == res.n_completed == 30
+    k = int(res.replicates["reject"].sum())
+    assert res.power == k / 30 and res.ci == wilson_interval(k, 30)
+    assert list(res.replicates["rep"]) == list(range(30))
+    assert res.replicates["df"].eq(58).all()  # n - p for OLS
+    frame = res.to_frame()
+    assert frame.loc[0, "power"] == res.power and frame.loc[0, "n_completed"] == 30
+    text = res.summary()
+    assert "power for 'alliance'" in text and "engine: ols" in text and "coverage" in text
+    assert not res.interrupted and res.seed == 1
+
+
+def test_type_one_error_equals_alpha_ols():
+    d = INDEP.replace(therapists=80, effects={"alliance": 0.0})
+    res = am.power(d, "adherence ~ alliance", test="alliance", n_sims=400, seed=11, **OLS)
+    assert res.truth == 0.0 and math.isnan(res.type_s_rate)
+    assert abs(res.power - 0.05) < mc_tol(0.05, 400)
+
+
+def test_bias_rmse_coverage_against_their_definitions():
+    res = am.power(INDEP, "adherence ~ alliance", test="alliance", n_sims=200, seed=3, **OLS)
+    r = res.replicates
+    assert res.truth == pytest.approx(0.3, abs=1e-12) and res.truth_exact
+    assert res.bias == pytest.approx(np.mean(r["estimate"] - 0.3))
+    assert res.rmse == pytest.approx(math.sqrt(np.mean((r["estimate"] - 0.3) ** 2)))
+    cover = np.mean((r["ci_low"] <= 0.3) & (0.3 <= r["ci_high"]))
+    assert res.coverage == pytest.approx(cover)
+    # the statistics themselves behave: unbiased, nominal coverage, SE ~ empirical SD
+    assert abs(res.bias) < 4 * res.empirical_sd / math.sqrt(200)
+    assert abs(res.coverage - 0.95) < mc_tol(0.95, 200, 3.5)
+    assert res.mean_se == pytest.approx(res.empirical_sd, rel=0.2)
+
+
+def test_truth_maps_standardised_effects_to_the_analysis_scale():
+    d = am.Design(therapists=30, patients_per_therapist=2, sessions=2,
+                  moderators={"age": "patient"},
+                  effects={"alliance": 0.25, "age": -0.1, "alliance:age": 0.08})
+    mu, sd = age_moments(d)
+    want = {"alliance:age": 0.08 / sd, "age": -0.1 / sd, "alliance": 0.25 - 0.08 * mu / sd}
+    for test, value in want.items():
+        res = am.power(d, "adherence ~ alliance * age", test=test, n_sims=2, seed=1, **OLS)
+        assert res.truth == pytest.approx(value, rel=1e-9) and res.truth_exact
+    # a formula that omits a simulated term gets a projection, flagged as such
+    res = am.power(d, "adherence ~ alliance", test="alliance", n_sims=2, seed=1, **OLS)
+    assert not res.truth_exact and "(projection)" in res.summary()
+    # between/within split of alliance: both parts carry the alliance effect exactly
+    d2 = d.replace(moderators={}, effects={"alliance": 0.25})
+    res = am.power(d2, "adherence ~ alliance_pm + alliance_pmc", test="alliance_pmc", n_sims=2,
+                   seed=1, **OLS)
+    assert res.truth == pytest.approx(0.25) and res.truth_exact
+
+
+def test_binomial_design_with_linear_model_has_no_truth():
+    d = INDEP.replace(family="binomial")
+    res = am.power(d, "adherence ~ alliance", test="alliance", n_sims=5, seed=1, **OLS)
+    assert math.isnan(res.truth) and math.isnan(res.bias) and math.isnan(res.coverage)
+    assert 0 <= res.power <= 1
+
+
+def test_results_do_not_depend_on_n_jobs_or_batch_size():
+    kw = {**OLS, "n_sims": 24, "seed": 9}
+    one = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5, **kw)
+    kw["n_jobs"] = 2
+    two = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5, **kw)
+    pd.testing.assert_frame_equal(one.replicates, two.replicates)
+    kw["n_jobs"] = 1
+    other = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=7, **kw)
+    pd.testing.assert_frame_equal(one.replicates, other.replicates)
+    # a different seed gives different replicates
+    kw["seed"] = 10
+    diff = am.power(INDEP, "adherence ~ alliance", test="alliance", **kw)
+    assert not np.allclose(one.replicates["estimate"], diff.replicates["estimate"])
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_checkpoint_resume_does_not_repeat_work(tmp_path, suffix):
+    ck = tmp_path / f"run{suffix}"
+    kw = {"n_sims": 40, "seed": 5, "batch_size": 10, "method": counting_ols, "n_jobs": 1,
+          "progress": False}
+    full = am.power(INDEP, "adherence ~ alliance", test="alliance", **kw)
+    with pytest.warns(AllianceModelsWarning, match=r"interrupted after 20 of 40 replicates.*"
+                                                   r"rerun to resume"):
+        part = am.power(INDEP, "adherence ~ alliance", test="alliance", checkpoint=ck,
+                        _max_batches=2, **kw)
+    assert part.interrupted and part.n_completed == 20
+    saved = pd.read_parquet(ck) if suffix == ".parquet" else pd.read_csv(ck)
+    assert len(saved) == 20 and saved["fingerprint"].nunique() == 1
+    CALLS.clear()
+    resumed = am.power(INDEP, "adherence ~ alliance", test="alliance", checkpoint=ck, **kw)
+    assert len(CALLS) == 20  # only the missing replicates ran
+    assert not resumed.interrupted and resumed.n_completed == 40
+    pd.testing.assert_frame_equal(resumed.replicates, full.replicates, check_exact=False,
+                                  rtol=1e-12)
+    assert resumed.power == full.power
+    # a finished checkpoint: nothing left to do
+    CALLS.clear()
+    again = am.power(INDEP, "adherence ~ alliance", test="alliance", checkpoint=ck, **kw)
+    assert len(CALLS) == 0 and again.power == full.power
+    # a different run refuses the file
+    with pytest.raises(DesignError, match="belongs to a different run"):
+        am.power(INDEP, "adherence ~ alliance", test="alliance", checkpoint=ck,
+                 **{**kw, "seed": 6})
+
+
+def test_ctrl_c_returns_partial_result_with_honest_ci():
+    CALLS.clear()
+    with pytest.warns(AllianceModelsWarning, match="interrupted after 4 of 30 replicates"):
+        res = am.power(INDEP, "adherence ~ alliance", test="alliance", n_sims=30, seed=2,
+                       batch_size=2, method=ctrl_c_on_fifth, n_jobs=1, progress=False)
+    assert res.interrupted and res.n_completed == 4 and res.n_sims == 30
+    k = int(res.replicates["reject"].sum())
+    assert res.ci == wilson_interval(k, 4)
+    assert "INTERRUPTED" in res.summary()
+
+
+def test_progress_bar_when_asked(capsys):
+    am.power(INDEP, "adherence ~ alliance", test="alliance", n_sims=4, seed=1, batch_size=1,
+             method="ols", n_jobs=1, progress=True)
+    assert "power alliance" in capsys.readouterr().err
+
+
+def test_input_errors():
+    with pytest.raises(ModelSpecError, match=r"test 'alliance:age' is not a coefficient.*"
+                                             r"coefficients: Intercept, alliance"):
+        am.power(INDEP, "adherence ~ alliance", test="alliance:age", n_sims=2, **OLS)
+    with pytest.raises(ModelSpecError, match="method 'lme4' is unknown"):
+        am.power(INDEP, "adherence ~ alliance", test="alliance", method="lme4")
+    with pytest.raises(ModelSpecError, match="backend 'ray' is unknown"):
+        am.power(INDEP, "adherence ~ alliance", test="alliance", n_sims=4, batch_size=1,
+                 method="ols", n_jobs=2, backend="ray", seed=1)
+    with pytest.raises(DesignError, match="checkpoint needs a fixed seed"):
+        am.power(INDEP, "adherence ~ alliance", test="alliance", checkpoint="x.csv", **OLS)
+    with pytest.raises(DesignError, match="must end in .parquet or .csv"):
+        am.power(INDEP, "adherence ~ alliance", test="alliance", checkpoint="x.json", seed=1,
+                 **OLS)
+    with pytest.raises(ModelSpecError, match="n_sims must be a positive integer"):
+        am.power(INDEP, "adherence ~ alliance", test="alliance", n_sims=0)
+    with pytest.raises(ModelSpecError, match="method='fast' needs"):
+        am.power(INDEP, "adherence ~ alliance", test="alliance", method="fast")
+
+
+def test_auto_picks_ols_without_random_terms():
+    res = am.power(INDEP, "adherence ~ alliance", test="alliance", n_sims=3, seed=1,
+                   method="auto", n_jobs=1, progress=False)
+    assert res.method == "ols"
+
+
+def test_cluster_randomised_power_agrees_with_analytic_mixed():
+    # balanced two-level cluster-randomised trial analysed by REML (fit_mixed); noncentral-t
+    # power from power.analytic; 120 replicates keep this fast, tolerance 3 MC SE
+    d = am.Design(therapists=12, patients_per_therapist=5, sessions=1, randomisation="therapist",
+                  icc_therapist=0.2, icc_patient=0.0, moderators={}, effects={"arm": 0.9})
+    want = analytic.design_power(d)
+    res = am.power(d, "adherence ~ arm + (1 | therapist)", test="arm", n_sims=120, seed=21,
+                   method="mixed", n_jobs=1, progress=False)
+    assert res.method == "mixed"
+    assert abs(res.power - want) < mc_tol(want, 120)
+    assert res.replicates["df"].median() == pytest.approx(10, abs=0.5)  # J - 2
+
+
+@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+def test_cluster_randomised_power_agrees_with_analytic_fast():
+    d = am.Design(therapists=16, patients_per_therapist=6, sessions=1, randomisation="therapist",
+                  icc_therapist=0.15, icc_patient=0.0, moderators={}, effects={"arm": 0.7})
+    want = analytic.design_power(d)
+    res = am.power(d, "adherence ~ arm + (1 | therapist)", test="arm", n_sims=600, seed=22,
+                   n_jobs=1, progress=False)
+    assert res.method == "fast"
+    assert abs(res.power - want) < mc_tol(want, 600)
+
+
+@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+def test_type_one_error_clustered_fast():
+    d = am.Design(therapists=20, patients_per_therapist=6, sessions=4, icc_therapist=0.1,
+                  effects={"alliance": 0.25, "alliance:autonomy": 0.0})
+    res = am.power(d, "adherence ~ alliance * autonomy + (1 | therapist/patient)",
+                   test="alliance:autonomy", n_sims=600, seed=23, n_jobs=1, progress=False)
+    assert res.method == "fast"
+    assert abs(res.power - 0.05) < mc_tol(0.05, 600)
+
+
+@pytest.mark.slow
+def test_cluster_randomised_power_agrees_with_analytic_mixed_slow():
+    d = am.Design(therapists=16, patients_per_therapist=6, sessions=2, randomisation="therapist",
+                  icc_therapist=0.15, icc_patient=0.1, moderators={}, effects={"arm": 0.7})
+    want = analytic.design_power(d)
+    res = am.power(d, "adherence ~ arm + (1 | therapist/patient)", test="arm", n_sims=1000,
+                   seed=24, method="mixed", progress=False)
+    assert abs(res.power - want) < mc_tol(want, 1000)
+
+
+@pytest.mark.slow
+def test_type_one_error_clustered_mixed_slow():
+    d = am.Design(therapists=20, patients_per_therapist=6, sessions=4, icc_therapist=0.1,
+                  effects={"alliance": 0.25, "alliance:autonomy": 0.0})
+    res = am.power(d, "adherence ~ alliance * autonomy + (1 | therapist/patient)",
+                   test="alliance:autonomy", n_sims=1000, seed=25, method="mixed",
+                   progress=False)
+    assert abs(res.power - 0.05) < mc_tol(0.05, 1000)
+
+
+def test_power_curve_table_and_plot():
+    pc = am.power_curve(INDEP, "adherence ~ alliance", test="alliance",
+                        vary={"therapists": [20, 90]}, n_sims=60, seed=4, **OLS)
+    df = pc.to_frame()
+    assert df["therapists"].tolist() == [20, 90] and list(df.columns[:2]) == ["therapists",
+                                                                              "test"]
+    assert pc.results[1].power > pc.results[0].power
+    assert [r.design.therapists for r in pc.results] == [20, 90]
+    assert "over therapists" in pc.summary()
+    ax = pc.plot()
+    xs = ax.lines[0].get_xdata()
+    assert list(xs) == [20, 90] and ax.get_ylabel() == "power"
+    with pytest.raises(DesignError, match="cannot vary 'clinics'"):
+        am.power_curve(INDEP, "adherence ~ alliance", test="alliance", vary={"clinics": [1]})
+
+
+def test_sample_size_bisection():
+    # slope test with x ~ (0, 1), residual SD 1: n of about ((1.96 + 0.84) / 0.4)^2 = 49
+    d = INDEP.replace(effects={"alliance": 0.4})
+    ss = am.sample_size(d, "adherence ~ alliance", test="alliance", target=0.8,
+                        vary="therapists", lo=10, hi=130, n_sims=80, seed=8, **OLS)
+    ev = ss.evaluations
+    assert len(ev) <= math.ceil(math.log2(120)) + 2  # not a grid
+    assert ss.value is not None and 30 <= ss.value <= 80
+    assert ss.power >= 0.8 and ss.power == ev.loc[ev["therapists"] == ss.value, "power"].item()
+    below = ev[ev["therapists"] < ss.value]
+    assert (below["power"] < 0.8).all()  # every smaller value tried fell short
+    assert 30 <= ss.smooth_value <= 80 and ss.smooth_ci[0] < ss.smooth_value < ss.smooth_ci[1]
+    assert "smallest therapists reaching power 0.8" in ss.summary()
+
+
+def test_sample_size_target_not_reached_warns():
+    with pytest.warns(AllianceModelsWarning, match="not reached at therapists=12"):
+        ss = am.sample_size(INDEP.replace(effects={"alliance": 0.05}), "adherence ~ alliance",
+                            test="alliance", vary="therapists", lo=6, hi=12, n_sims=20, seed=1,
+                            **OLS)
+    assert ss.value is None and "not reached" in ss.summary()
+
+
+def test_run_power_file_single_and_curve(tmp_path):
+    body = textwrap.dedent("""
+        [design]
+        therapists = 40
+        patients_per_therapist = 1
+        sessions = 1
+        icc_therapist = 0.0
+        icc_patient = 0.0
+        moderators = {}
+        effects = { alliance = 0.3 }
+
+        [analysis]
+        formula = "adherence ~ alliance"
+        test = "alliance"
+        n_sims = 12
+        method = "ols"
+        seed = 3
+        n_jobs = 1
+        progress = false
+        fit_kwargs = { hc = "HC3" }
+    """)
+    f = tmp_path / "design.toml"
+    f.write_text(body)
+    res = am.power.engine.run_power_file(f)
+    assert isinstance(res, am.PowerResult) and res.n_completed == 12
+    assert res.design.effects == {"alliance": 0.3}
+    f.write_text(body + '\n[curve]\nvary = { therapists = [20, 40] }\n')
+    out = tmp_path / "curve.png"
+    curve = am.power.engine.run_power_file(f, out=out)
+    assert isinstance(curve, am.PowerCurve) and out.stat().st_size > 1000
+    assert curve.values == (20, 40)
+
+
+def test_run_power_file_errors(tmp_path):
+    from alliance_models.power.engine import run_power_file
+
+    f = tmp_path / "bad.toml"
+    f.write_text("[design]\ntherapists = 10\n")
+    with pytest.raises(DesignError, match=r"has no \[analysis\] table"):
+        run_power_file(f)
+    f.write_text("[design]\nclinics = 3\n[analysis]\nformula='y ~ x'\ntest='x'\n")
+    with pytest.raises(DesignError, match="unknown key.*allowed keys: therapists"):
+        run_power_file(f)
+    f.write_text("[design]\n[analysis]\nformula='y ~ x'\ntest='x'\nsims=3\n")
+    with pytest.raises(DesignError, match=r"unknown keys \['sims'\]"):
+        run_power_file(f)
+    with pytest.raises(DesignError, match="does not exist"):
+        run_power_file(tmp_path / "missing.toml")
+
+
+def test_example_design_file_is_realistic():
+    import tomllib
+    from pathlib import Path
+
+    from alliance_models.power.engine import _design_from_toml
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "design.toml"
+    doc = tomllib.loads(path.read_text())
+    d = _design_from_toml(doc["design"])
+    assert (d.n_therapists, d.patients_per_therapist, d.sessions) == (40, 10, 8)
+    assert d.effects["alliance:autonomy"] > 0
+    assert doc["analysis"]["test"] == "alliance:autonomy"
+    assert "therapists" in doc["curve"]["vary"]
+
+
+@pytest.mark.slow
+def test_bayes_assurance_tiny():
+    d = am.Design(therapists=8, patients_per_therapist=4, sessions=2, moderators={},
+                  effects={"alliance": 0.6})
+    res = am.power(d, "adherence ~ alliance + (1 | therapist)", test="alliance", n_sims=2,
+                   seed=1, method="bayes", n_jobs=1, progress=False,
+                   bayes_kwargs={"draws": 200, "tune": 200, "chains": 2})
+    assert res.method == "bayes" and res.n_completed == 2
+    assert res.assurance_rule.startswith("95% interval excludes")
+    assert np.isinf(res.replicates["df"]).all()
