@@ -22,7 +22,9 @@ _KNOWN_FUNCS = {"C", "I", "np", "log", "exp", "sqrt", "center", "scale", "standa
 
 def _split_top(s: str, sep: str) -> list[str]:
     """Split ``s`` on ``sep`` where it is not inside parentheses."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     i = 0
     while i < len(s):
         ch = s[i]

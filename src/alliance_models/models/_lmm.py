@@ -547,8 +547,9 @@ def newton_polish(
 
         H = numeric_hessian(gsub, theta[idx])
         w, v = np.linalg.eigh(H)
-        if w.min() <= 1e-10 * max(1.0, abs(w).max()):
-            w = np.clip(np.abs(w), 1e-6 * max(1.0, abs(w).max()), None)
+        wmax = max(1.0, float(np.abs(w).max()))
+        if w.min() <= 1e-10 * wmax:
+            w = np.clip(np.abs(w), 1e-6 * wmax, None)
         step = -(v / w) @ (v.T @ g[idx])
         improved = False
         t = 1.0

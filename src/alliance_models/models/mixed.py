@@ -552,6 +552,7 @@ def fit_mixed(
         raise ModelSpecError(f"formula must be a string or ModelSpec, got {type(formula)!r}")
     if ddf not in DDF_METHODS:
         raise ModelSpecError(f"ddf={ddf!r} is not available; choose one of {DDF_METHODS}")
+    chain: tuple[str, ...]
     if optimizer is None:
         chain = OPTIMIZERS
     else:
