@@ -64,6 +64,7 @@ table.am td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.am th { background: #eef3f7; }
 details summary { cursor: pointer; color: #2a6f97; margin: .4em 0; }
 table.am tbody tr:nth-child(even) { background: #fafbfc; }
+div.scroll { max-width: 100%; overflow-x: auto; }
 figure { margin: 1em 0; }
 figure img { max-width: 100%; border: 1px solid #e1e4e8; }
 figcaption { font-size: .85em; color: #57606a; }
@@ -168,7 +169,7 @@ def _table(df: pd.DataFrame, *, index: bool = True, max_rows: int = MAX_TABLE_RO
         df = df.iloc[:max_rows]
     cols = [str(c) for c in df.columns]
     head = ([esc(str(df.index.name or ""))] if index else []) + [esc(c) for c in cols]
-    lines = ['<table class="am">', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head)
+    lines = ['<div class="scroll"><table class="am">', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head)
              + "</tr></thead>", "<tbody>"]
     for label, row in zip(df.index, df.itertuples(index=False, name=None), strict=True):
         cells = [f"<th>{esc(_fmt(label))}</th>"] if index else []
@@ -176,7 +177,7 @@ def _table(df: pd.DataFrame, *, index: bool = True, max_rows: int = MAX_TABLE_RO
             cls = ' class="num"' if _is_num(v) else ""
             cells.append(f"<td{cls}>{esc(_fmt(v))}</td>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
-    lines.append("</tbody></table>")
+    lines.append("</tbody></table></div>")
     return "\n".join(lines) + extra
 
 
