@@ -214,10 +214,10 @@ def test_cluster_randomised_power_agrees_with_analytic_fast():
     d = am.Design(therapists=16, patients_per_therapist=6, sessions=1, randomisation="therapist",
                   icc_therapist=0.15, icc_patient=0.0, moderators={}, effects={"arm": 0.7})
     want = analytic.design_power(d)
-    res = am.power(d, "adherence ~ arm + (1 | therapist)", test="arm", n_sims=600, seed=22,
+    res = am.power(d, "adherence ~ arm + (1 | therapist)", test="arm", n_sims=1500, seed=22,
                    n_jobs=1, progress=False)
     assert res.method == "fast"
-    assert abs(res.power - want) < mc_tol(want, 600)
+    assert abs(res.power - want) < mc_tol(want, 1500)
 
 
 @pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
@@ -225,9 +225,36 @@ def test_type_one_error_clustered_fast():
     d = am.Design(therapists=20, patients_per_therapist=6, sessions=4, icc_therapist=0.1,
                   effects={"alliance": 0.25, "alliance:autonomy": 0.0})
     res = am.power(d, "adherence ~ alliance * autonomy + (1 | therapist/patient)",
-                   test="alliance:autonomy", n_sims=600, seed=23, n_jobs=1, progress=False)
+                   test="alliance:autonomy", n_sims=1500, seed=23, n_jobs=1, progress=False)
     assert res.method == "fast"
-    assert abs(res.power - 0.05) < mc_tol(0.05, 600)
+    assert abs(res.power - 0.05) < mc_tol(0.05, 1500)
+    assert res.truth == 0.0 and res.coverage == pytest.approx(0.95, abs=mc_tol(0.95, 1500))
+
+
+@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+@pytest.mark.parametrize(
+    ("changes", "formula", "test"),
+    [
+        # shared layout with dropout: stacked arrays and a mask
+        ({"dropout": 0.4}, "adherence ~ alliance * autonomy + (1 | therapist/patient)",
+         "alliance:autonomy"),
+        # random caseloads and session counts: one layout per replicate
+        ({"patients_per_therapist": ("poisson", 4), "sessions": ("negbin", 4, 3)},
+         "adherence ~ alliance * autonomy + (1 | therapist/patient)", "alliance"),
+        # a formulaic term (C(arm)): the data-frame route into the batched engine
+        ({"randomisation": "patient", "effects": {"arm": 0.4}},
+         "adherence ~ C(arm) + alliance + (1 | therapist)", "C(arm)[T.1]"),
+    ],
+)
+def test_fast_engine_replicates_equal_fit_mixed(changes, formula, test):
+    d = am.Design(therapists=10, patients_per_therapist=4, sessions=4, icc_therapist=0.15,
+                  effects={"alliance": 0.3, "alliance:autonomy": 0.1}).replace(**changes)
+    kw = {"test": test, "n_sims": 4, "seed": 31, "n_jobs": 1, "progress": False}
+    fast = am.power(d, formula, method="fast", **kw).replicates
+    mixed = am.power(d, formula, method="mixed", **kw).replicates
+    np.testing.assert_allclose(fast["estimate"], mixed["estimate"], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(fast["se"], mixed["se"], rtol=1e-3)
+    np.testing.assert_allclose(fast["df"], mixed["df"], rtol=1e-2)
 
 
 @pytest.mark.slow

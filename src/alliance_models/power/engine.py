@@ -282,9 +282,7 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
             else:
                 frame = spec.build(to_frame(sa, job.design))
                 Xr, y = frame.X, frame.y
-                g = [t.group for t in spec.random]
-                outer = frame.groups[g[0]]
-                inner = frame.groups[g[1]] if len(g) > 1 else None
+                outer, inner = fast.frame_codes(frame)
             bf = fast.fit_batch(Xr, y[None, :], outer, inner, mask=None,
                                 contrast=job.test_index, reml=True)
         except _FAIL_EXC as err:
