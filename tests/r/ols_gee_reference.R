@@ -73,5 +73,13 @@ for (cs in c("independence", "exchangeable")) {
               data = sim, family = binomial, corstr = cs)
   add_gee(paste0("sim_", cs), m)
 }
+# binary outcome (no trials) and a gaussian outcome, exchangeable within patient
+sim$any_missed <- as.integer(sim$attended < sim$scheduled)
+add_gee("sim_binary_exchangeable",
+        geeglm(any_missed ~ alliance, id = patient, data = sim, family = binomial,
+               corstr = "exchangeable"))
+add_gee("sim_gaussian_exchangeable",
+        geeglm(attended ~ alliance * age, id = patient, data = sim, family = gaussian,
+               corstr = "exchangeable"))
 write.csv(do.call(rbind, gee_rows), file.path(out, "gee_reference.csv"), row.names = FALSE)
 cat("wrote reference CSVs\n")

@@ -7,11 +7,18 @@ so :meth:`GEEFit.contrast_df` is infinite; estimates are log-odds, with odds rat
 :meth:`GEEFit.summary` and :meth:`GEEFit.to_frame`.
 
 Binomial data with ``trials``: the response is the number of successes (``attended``) or
-a proportion; each row enters as the proportion ``successes / trials`` with case weight
-``trials`` (statsmodels' GEE ``weights``), which gives the binomial likelihood equations
-under the independence structure. Note that statsmodels applies these weights on one
-side of the working covariance, which for the exchangeable structure with trials that
-vary within a cluster differs slightly from R geepack's ``cbind(s, n - s)`` convention.
+a proportion; each row enters as the proportion ``y = successes / trials`` with variance
+``phi * mu (1 - mu) / trials``, i.e. the working covariance of a cluster is
+``phi A^1/2 R(rho) A^1/2`` with ``A = diag(mu (1 - mu) / trials)``, as in R geepack's
+``geeglm(cbind(s, n - s) ~ ...)``. statsmodels' own ``weights=`` route is not used: it
+weights one side of the estimating equation only, and its exchangeable moment estimator
+indexes the weights by cluster number (wrong when trials vary). The exchangeable ``rho``
+is the moment estimator ``sum_i sum_{j<k} r_ij r_ik / (phi * n_pairs)`` with Pearson
+residuals ``r`` and ``phi = sum r^2 / N`` (no degrees-of-freedom corrections, like
+geepack). With equal trials within clusters this reproduces geepack to about 1e-7;
+with trials that vary within clusters the estimating equations are geepack's but its
+estimate of ``rho`` differs (its estimator for that case is not documented), so results
+differ in the third digit.
 """
 
 from __future__ import annotations
@@ -33,6 +40,57 @@ from ..errors import (
 )
 from ..formula import parse_formula
 from ..spec import MIN_CLUSTERS, ModelFrame, ModelSpec
+
+
+def _working_structure(kind: str, trials: np.ndarray) -> Any:
+    """Exchangeable or independence working correlation with per-row binomial trials.
+
+    The variance of row ``j`` is ``v(mu_j) / n_j`` (``n_j = 1`` without trials), so the
+    working covariance is ``A^1/2 R A^1/2`` with ``A = diag(v(mu) / n)``; ``rho`` is the
+    unweighted-by-df moment estimator on Pearson residuals (as R geepack).
+    """
+    from statsmodels.genmod.cov_struct import Exchangeable, Independence
+
+    base = Exchangeable if kind == "exchangeable" else Independence
+
+    class _Trials(base):  # type: ignore[valid-type, misc]
+        def __init__(self, n: np.ndarray) -> None:
+            super().__init__()
+            self._trials = np.asarray(n, float)
+
+        def initialize(self, model: Any) -> None:
+            super().initialize(model)
+            self._n_li = model.cluster_list(self._trials)
+
+        def update(self, params: np.ndarray) -> None:
+            if base is Independence:
+                return
+            m = self.model
+            ssr = pairs = nobs = npairs = 0.0
+            for i in range(m.num_group):
+                mu, _ = m.cached_means[i]
+                r = (m.endog_li[i] - mu) / np.sqrt(m.family.variance(mu) / self._n_li[i])
+                ssr += float(r @ r)
+                nobs += r.size
+                pairs += 0.5 * (float(r.sum()) ** 2 - float(r @ r))
+                npairs += 0.5 * r.size * (r.size - 1)
+            if npairs == 0 or ssr == 0:
+                self.dep_params = 0.0
+                return
+            phi = ssr / nobs
+            # keep the working correlation positive definite for the largest cluster
+            kmax = max(len(e) for e in m.endog_li)
+            rho = pairs / (phi * npairs)
+            self.dep_params = float(np.clip(rho, -1.0 / max(kmax - 1, 1) + 1e-6, 1 - 1e-6))
+
+        def covariance_matrix_solve(
+            self, expval: np.ndarray, index: int, stdev: np.ndarray, rhs: Any
+        ) -> Any:
+            return super().covariance_matrix_solve(
+                expval, index, stdev / np.sqrt(self._n_li[index]), rhs
+            )
+
+    return _Trials(trials)
 
 __all__ = ["GEEFit", "fit_gee"]
 
@@ -245,8 +303,8 @@ def fit_gee(
     cov_struct : {"exchangeable", "independence"}, default "exchangeable"
         Working correlation within clusters.
     robust : bool, default True
-        Robust (sandwich) covariance; ``False`` gives the model-based one (not available
-        with ``trials``, where the case weights need the sandwich).
+        Robust (sandwich) covariance; ``False`` gives the model-based one (binomial:
+        dispersion fixed at 1).
     alpha : float, default 0.05
         Level of reported CIs.
     maxiter : int, default 100
@@ -312,11 +370,6 @@ def fit_gee(
         groups = "patient"
     if family == "gaussian" and trials is not None:
         raise ModelSpecError("trials= is for family='binomial'; a gaussian GEE has no trials")
-    if trials is not None and not robust:
-        raise ModelSpecError(
-            "robust=False is not available with trials=: the trials enter as case weights, "
-            "for which only the robust (sandwich) covariance is valid"
-        )
     fixed_spec = parse_formula(spec.fixed_formula)
     extra = tuple(c for c in (groups, trials) if c is not None)
     if not isinstance(data, pd.DataFrame):
@@ -367,9 +420,9 @@ def fit_gee(
             FewClustersWarning,
             stacklevel=2,
         )
-    cs = sm.cov_struct.Exchangeable() if cov_struct == "exchangeable" else (
-        sm.cov_struct.Independence())
-    model = sm.GEE(frame.y, frame.X, groups=codes, family=fam, cov_struct=cs, weights=weights)
+    n_trials = weights if weights is not None else np.ones(frame.n_obs)
+    cs = _working_structure(cov_struct, n_trials)
+    model = sm.GEE(frame.y, frame.X, groups=codes, family=fam, cov_struct=cs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = model.fit(maxiter=maxiter, cov_type="robust" if robust else "naive")
