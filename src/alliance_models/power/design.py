@@ -358,14 +358,14 @@ class Design:
                     "dropout per arm must be (control, treatment) and needs randomisation; "
                     f"got dropout={tuple(d)!r} with randomisation={self.randomisation!r}"
                 )
-            d = (float(d[0]), float(d[1]))
-            vals = list(d)
+            pair = (float(d[0]), float(d[1]))
+            drops = [pair[0], pair[1]]
+            set_(self, "dropout", pair)
         else:
-            d = float(d)
-            vals = [d]
-        if any(not 0 <= v < 1 for v in vals):
+            drops = [float(d)]
+            set_(self, "dropout", drops[0])
+        if any(not 0 <= v < 1 for v in drops):
             raise DesignError(f"dropout proportions must be in [0, 1), got {self.dropout!r}")
-        set_(self, "dropout", d)
         tm = self.dropout_timing
         if not (tm == "uniform" or (isinstance(tm, int) and not isinstance(tm, bool)
                                     and tm >= 1)):

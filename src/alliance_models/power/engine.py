@@ -276,6 +276,7 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
                 assert groups is not None
                 keep = sa.observed
                 Xr = design_matrix(sa.columns, job.x_names, rows=keep)
+                assert Xr is not None  # checked by `plain`
                 y = sa.columns[spec.response][keep]
                 outer = getattr(sa, codes[groups[0]])[keep]
                 inner = getattr(sa, codes[groups[1]])[keep] if groups[1] else None
@@ -550,9 +551,9 @@ def _execute(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequen
         try:
             yield from gen
         finally:
-            close = getattr(gen, "close", None)
-            if close is not None:
-                close()
+            stop = getattr(gen, "close", None)
+            if stop is not None:
+                stop()
 
 
 # --- the public engine ---------------------------------------------------------------
@@ -733,7 +734,7 @@ def power(
         fitter=method if callable(method) else None,
     )
     bs = batch_size or _default_batch_size(resolved, n_sims)
-    fp = _fingerprint(job, int(entropy) if entropy is not None else 0)
+    fp = _fingerprint(job, entropy if isinstance(entropy, int) else 0)
     ck_path = Path(checkpoint) if checkpoint is not None else None
     if ck_path is not None and ck_path.suffix not in (".parquet", ".csv"):
         raise DesignError(f"checkpoint {str(ck_path)!r} must end in .parquet or .csv")

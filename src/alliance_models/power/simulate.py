@@ -230,8 +230,8 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
     fixed = np.zeros(n)
     for term, beta in design.effects.items():
         prod = np.ones(n)
-        for v in term.split(":"):
-            prod = prod * z[v]
+        for var in term.split(":"):
+            prod = prod * z[var]
         fixed += beta * prod
     u = r.standard_normal(T)[therapist] * math.sqrt(design.icc_therapist)
     v = r.standard_normal(P)[patient] * math.sqrt(design.icc_patient)
