@@ -258,3 +258,18 @@ def test_bad_bootstrap_argument(data):
 def test_hc_covariance_rejects_unknown_kind():
     with pytest.raises(ModelSpecError, match="HC7"):
         hc_covariance(np.eye(3), np.ones(3), "HC7")
+
+
+@pytest.mark.parametrize("formula,model", [
+    ("y ~ x * w", 1),
+    ("y ~ x * w + z", 1),  # a covariate
+    ("y ~ x * w + x * z", 2),
+    ("y ~ x * w * z", 3),
+    ("y ~ x + w + z", None),
+    ("y ~ x * w + w * z + x * z", None),
+    ("y ~ x + w + x:w:z", None),
+])
+def test_process_model_number(data, formula, model):
+    fit = am.fit_ols(formula, data)
+    assert fit.process_model == model
+    assert (f"PROCESS model {model}" in fit.summary()) == (model is not None)

@@ -317,7 +317,7 @@ def test_jn_strongly_varying_df_changes_the_region_shape():
     brute = _brute_bounds(*args, _varying_df)
     assert len(brute) == len(jn.bounds) == 2
     np.testing.assert_allclose(jn.bounds, brute, rtol=1e-6, atol=1e-9)
-    assert jn.region == "inside"
+    assert jn.region == "inside" and jn.converged
     ref = core.jn_solve(fit.b, fit.V, np.array([0, 1.0, 0, 0]), np.array([0, 0, 0, 1.0]),
                         _varying_df(np.array([0, 1, 0, 0.0])))
     assert ref.region == "outside"
@@ -551,3 +551,36 @@ def test_invalid_other_arguments(data):
         am.simple_slopes(object(), focal="x", moderator="w")
     with pytest.raises(ModelSpecError, match="n_points must be an integer >= 2"):
         am.conditional_effects(fit, focal="x", moderator="w", n_points=1)
+
+
+def test_categorical_moderator_by_design_column(data):
+    d = data.assign(arm=np.where(data.z > 0.5, "b", "a"))
+    fit = am.fit_ols("y ~ x * C(arm)", d, hc=None)
+    ss = am.simple_slopes(fit, focal="x", moderator="C(arm)[T.b]")
+    p = fit.params
+    assert list(ss.table["C(arm)[T.b]_value"]) == [0.0, 1.0]
+    np.testing.assert_allclose(ss.table["estimate"],
+                               [p["x"], p["x"] + p["x:C(arm)[T.b]"]], rtol=1e-12)
+    with pytest.raises(ModelSpecError, match=r"moderator 'arm' is not a variable.*C\(arm\)"):
+        am.simple_slopes(fit, focal="x", moderator="arm")
+
+
+def test_simple_slopes_on_mixed_fit_use_satterthwaite_df_per_value():
+    rng = np.random.default_rng(8)
+    pid = np.repeat(np.arange(14), 5)
+    w = np.repeat(rng.normal(0, 1, 14), 5)
+    x = rng.normal(size=pid.size)
+    y = 0.3 * x + 0.4 * x * w + np.repeat(rng.normal(0, 0.8, 14), 5) + rng.normal(size=pid.size)
+    d = pd.DataFrame({"patient": pid.astype(str), "x": x, "w": w, "y": y})
+    fit = am.fit_mixed("y ~ x * w + (1 | patient)", d)
+    ss = am.simple_slopes(fit, focal="x", moderator="w", at=[-1.0, 0.0, 2.0])
+    b = fit.params.to_numpy()
+    V = fit.cov_params().to_numpy()
+    for k, m in enumerate([-1.0, 0.0, 2.0]):
+        L = np.array([0.0, 1.0, 0.0, m])
+        row = ss.table.iloc[k]
+        assert row["estimate"] == pytest.approx(L @ b, rel=1e-10)
+        assert row["se"] == pytest.approx(np.sqrt(L @ V @ L), rel=1e-10)
+        assert row["df"] == pytest.approx(fit.contrast_df(L), rel=1e-10)
+        assert row["p"] == pytest.approx(2 * stats.t.sf(abs(row["t"]), fit.contrast_df(L)))
+    assert ss.table["df"].nunique() > 1  # the df really vary with the moderator value

@@ -213,7 +213,9 @@ class JNSolution:
     iterations : tuple of int
         Fixed-point iterations per bound (1 when df does not depend on ``m``).
     converged : bool
-        Whether every fixed-point iteration converged.
+        Whether every reported bound solves the equation with its own df: each
+        fixed-point branch converged, or (with a ``search`` window) the bounds were
+        confirmed by scanning the window.
     """
 
     bounds: tuple[float, ...]
@@ -344,6 +346,11 @@ def jn_solve(
         if not uniq or abs(r - uniq[-1][0]) > 1e-8 * (1.0 + abs(r)):
             uniq.append((r, it))
     bounds = tuple(r for r, _ in uniq)
+    # every reported bound must solve the df-dependent equation; a branch that ran away
+    # (no root on that side) is not a failure once the window scan confirms the bounds
+    converged = bool(search is not None or converged) and all(
+        abs(h(r)) <= 1e-6 * (e1 * e1 * (1.0 + r * r) + e0 * e0 + 1e-300) for r in bounds
+    )
     # classify from the sign of the margin with the contrast's own df
     if not bounds:
         region = "all" if h(m_ref) > 0 else "none"

@@ -58,7 +58,7 @@ def hc_covariance(X: np.ndarray, resid: np.ndarray, kind: str | None) -> np.ndar
     >>> X = np.column_stack([np.ones(4), [0.0, 1.0, 2.0, 3.0]])
     >>> e = np.array([0.1, -0.2, 0.2, -0.1])
     >>> np.round(hc_covariance(X, e, "HC0"), 4).tolist()
-    [[0.0091, -0.0042], [-0.0042, 0.0025]]
+    [[0.0121, -0.0039], [-0.0039, 0.0026]]
     """
     X = np.asarray(X, float)
     e = np.asarray(resid, float)
@@ -173,6 +173,32 @@ class OLSFit:
         """Residual degrees of freedom ``n - p``."""
         return float(self.frame.n_obs - self.frame.X.shape[1])
 
+    @property
+    def process_model(self) -> int | None:
+        """Hayes' PROCESS model number the fixed part matches (1, 2 or 3), else ``None``.
+
+        Model 1: one two-way product ``x:w``; model 2: two products sharing one variable
+        (``x:w + x:z``); model 3: ``x:w:z`` with all its two-way products. Other main
+        effects (covariates) are allowed.
+        """
+        terms = [frozenset(split_term(n)) for n in self.frame.x_names if n != "Intercept"]
+        mains = {next(iter(t)) for t in terms if len(t) == 1}
+        two = [t for t in terms if len(t) == 2]
+        three = [t for t in terms if len(t) == 3]
+        if any(len(t) > 3 for t in terms) or any(not t <= mains for t in two + three):
+            return None
+        if not three:
+            if len(two) == 1:
+                return 1
+            if len(two) == 2 and len(two[0] & two[1]) == 1:
+                return 2
+            return None
+        if len(three) == 1 and len(two) == 3:
+            t3 = three[0]
+            if all(t <= t3 for t in two):
+                return 3
+        return None
+
     def cov_params(self) -> pd.DataFrame:
         """Coefficient covariance (HC type ``hc``, or classical when ``hc`` is None)."""
         return self.vcov.copy()
@@ -228,8 +254,10 @@ class OLSFit:
 
     def summary(self) -> str:
         """PROCESS-style text: model fit, coefficient table, R² change of interactions."""
+        pm = self.process_model
         lines = [
-            f"OLS moderation model: {self.spec.formula}",
+            f"OLS moderation model: {self.spec.formula}"
+            + (f" (PROCESS model {pm})" if pm else ""),
             f"n = {self.n_obs} (excluded for missing values: {self.frame.n_dropped})",
             f"Standard errors: {self.hc or 'classical (homoscedastic)'}; "
             f"t tests on df = {self.df_resid:g}",
