@@ -862,29 +862,36 @@ class PowerCurve:
         return head + "\n".join(lines) + f"\n  elapsed {self.elapsed:.1f} s"
 
     def plot(self, ax: Any = None, *, target: float | None = 0.8) -> Any:
-        """Draw power against the varied quantity with Wilson intervals.
+        """Draw power against the varied quantity with its 95% Wilson band.
+
+        Uses :func:`alliance_models.plots.plot_power_curve`.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Where to draw.
+        target : float or None, default 0.8
+            Reference line.
 
         Returns
         -------
         matplotlib Axes
         """
-        import matplotlib.pyplot as plt
+        from ..plots import plot_power_curve
 
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5.5, 3.8))
-        x = np.asarray(self.values, dtype=float)
-        y = np.array([r.power for r in self.results])
-        lo = np.array([r.ci[0] for r in self.results])
-        hi = np.array([r.ci[1] for r in self.results])
-        ax.fill_between(x, lo, hi, alpha=0.25, color="C0", label="95% Wilson CI")
-        ax.plot(x, y, "o-", color="C0", label="power")
-        if target is not None:
-            ax.axhline(target, ls="--", color="0.4", lw=1, label=f"target {target:g}")
-        ax.set_xlabel(self.vary.replace("_", " "))
-        ax.set_ylabel("power" if self.results[0].method != "bayes" else "assurance")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{self.results[0].test} ({self.results[0].n_sims} sims per point)")
-        ax.legend(loc="lower right", fontsize="small")
+        r0 = self.results[0]
+        ax = plot_power_curve(
+            np.asarray(self.values, dtype=float),
+            [r.power for r in self.results],
+            [r.ci[0] for r in self.results],
+            [r.ci[1] for r in self.results],
+            ax=ax,
+            target=target,
+            xlabel=self.vary.replace("_", " "),
+            title=f"{r0.test}: {r0.n_sims} simulated trials per point ({r0.method} engine)",
+        )
+        if r0.method == "bayes":
+            ax.set_ylabel("assurance")
         return ax
 
 
@@ -1258,8 +1265,7 @@ def run_power_file(path: str | os.PathLike[str], *,
             import matplotlib.pyplot as plt
 
             ax = curve.plot()
-            ax.figure.tight_layout()
-            ax.figure.savefig(out, dpi=120)
+            ax.figure.savefig(out, dpi=120, bbox_inches="tight")
             plt.close(ax.figure)
         return curve
     return power(design, formula, test=test, **ana)
