@@ -47,7 +47,9 @@ def split_term(name: str) -> tuple[str, ...]:
     >>> split_term("C(arm)[T.1]:alliance")
     ('C(arm)[T.1]', 'alliance')
     """
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in name:
         if ch in "([{":
             depth += 1
@@ -282,7 +284,13 @@ def jn_solve(
     c = np.asarray(c, float)
     e0, e1 = float(a @ b), float(c @ b)
     v00, v01, v11 = float(a @ V @ a), float(a @ V @ c), float(c @ V @ c)
-    df_fn: Callable[[float], float] = df if callable(df) else (lambda _m, d=float(df): d)
+    if callable(df):
+        df_fn: Callable[[float], float] = df
+    else:
+        const_df = float(df)
+
+        def df_fn(_m: float) -> float:
+            return const_df
 
     def quad(t: float) -> tuple[str, tuple[float, ...], float]:
         A, B, C = jn_quadratic(e0, e1, v00, v01, v11, t)
