@@ -226,3 +226,118 @@ def test_fit_trials_needs_gee(single_level_csv):
                        "--trials", "scheduled")
     assert code == 2
     assert "--trials is used with --method gee or --bayes only" in err
+
+
+# --------------------------------------------------------------------------- demo and power
+
+
+def run_entry(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the installed entry point in a subprocess (warnings shown, not raised)."""
+    exe = ENTRY if ENTRY.exists() else Path(shutil.which("alliance-models") or "")
+    return subprocess.run([str(exe), *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=900, check=False)
+
+
+def check_demo_output(proc: subprocess.CompletedProcess, out: Path, bayes: bool) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stdout = proc.stdout
+    # the DataReport summary, the moderation table and the probing tables go to stdout
+    assert "Data preparation report" in stdout and "rows in " in stdout
+    assert "Moderation model (REML, Satterthwaite df)" in stdout
+    assert "alliance:autonomy_c" in stdout and "alliance:age_c" in stdout
+    for mod in ("age_c", "autonomy_c"):
+        assert f"Simple slopes of alliance at {mod}" in stdout
+        assert f"Johnson-Neyman: alliance by {mod}" in stdout
+    assert "Power to detect alliance:autonomy" in stdout
+    assert ("Bayesian moderation model" in stdout) is bayes
+    # progress goes to stderr, with elapsed times
+    assert re.search(r"\[\s*\d+\.\ds\] fitting the three-level mixed model", proc.stderr)
+    page = (out / "index.html").read_text()
+    sections = ["data", "data-report", "model", "simple-slopes", "johnson-neyman", "power"]
+    for sid in sections + (["bayes"] if bayes else []):
+        assert f'<section id="{sid}">' in page
+    assert ('<section id="bayes">' in page) is bayes
+    assert f"Report written to {out / 'index.html'}" in stdout
+
+
+def test_demo_quick_without_bayes(tmp_path):
+    out = tmp_path / "rep"
+    proc = run_entry("demo", "--quick", "--no-bayes", "--out", str(out), cwd=tmp_path)
+    check_demo_output(proc, out, bayes=False)
+    assert "quick run: models use the first 12 therapists" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_quick_with_bayes(tmp_path):
+    out = tmp_path / "rep"
+    proc = run_entry("demo", "--quick", "--out", str(out), cwd=tmp_path)
+    check_demo_output(proc, out, bayes=True)
+
+
+@pytest.mark.slow
+def test_demo_default_settings(tmp_path):
+    """What `make demo` runs: the whole example, 4 x 1000 draws, 4 x 200 power replicates."""
+    proc = run_entry("demo", cwd=tmp_path)
+    check_demo_output(proc, tmp_path / "alliance_report", bayes=True)
+    assert "DiagnosticsWarning" not in proc.stderr
+
+
+POWER_TOML = """
+[design]
+therapists = 12
+patients_per_therapist = 5
+sessions = 3
+[design.effects]
+alliance = 0.3
+"alliance:autonomy" = 0.2
+
+[analysis]
+formula = "adherence ~ alliance * autonomy + (1 | therapist/patient)"
+test = "alliance:autonomy"
+n_sims = 12
+seed = 4
+n_jobs = 1
+"""
+
+
+def test_power_single_point_matches_the_api(tmp_path):
+    import alliance_models as am
+
+    toml = tmp_path / "design.toml"
+    toml.write_text(POWER_TOML)
+    code, out, err = run("power", str(toml))
+    assert code == 0, err
+    design = am.Design(therapists=12, patients_per_therapist=5, sessions=3,
+                       effects={"alliance": 0.3, "alliance:autonomy": 0.2})
+    res = am.power(design, "adherence ~ alliance * autonomy + (1 | therapist/patient)",
+                   test="alliance:autonomy", n_sims=12, seed=4, n_jobs=1, progress=False)
+    # same seed, same replicates: the printed summary is the API call's (bar the run time)
+    expected = [ln for ln in res.summary().splitlines() if "elapsed" not in ln]
+    printed = [ln for ln in out.splitlines() if "elapsed" not in ln]
+    assert printed[3:] == expected
+    assert f"power: {res.power:.3f}" in out
+    assert not (tmp_path / "design.png").exists()  # no [curve], no plot
+
+
+def test_power_curve_writes_the_plot(tmp_path):
+    toml = tmp_path / "design.toml"
+    toml.write_text(POWER_TOML + '\n[curve]\nvary = { therapists = [8, 16] }\n')
+    plot = tmp_path / "plots" / "curve.png"
+    code, out, err = run("power", str(toml), "--plot", str(plot))
+    assert code == 0, err
+    assert f"Power curve written to {plot}" in out
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_power_bad_design_is_one_line(tmp_path):
+    toml = tmp_path / "design.toml"
+    toml.write_text(POWER_TOML.replace("sessions = 3", "sessions = -2"))
+    code, _, err = run("power", str(toml))
+    assert_one_line_error(code, err, r"DesignError: sessions must be a positive integer")
+
+
+def test_power_invalid_toml_is_one_line(tmp_path):
+    toml = tmp_path / "design.toml"
+    toml.write_text("[design\ntherapists = 3")
+    code, _, err = run("power", str(toml))
+    assert_one_line_error(code, err, r"DesignError: .*not valid TOML")

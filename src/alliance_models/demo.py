@@ -42,6 +42,8 @@ class DemoSettings:
         Replicates per point of the power curve.
     therapists : tuple of int
         Numbers of therapists on the power curve.
+    max_therapists : int or None
+        Analyse only the first this many therapists of the example (quick runs).
     """
 
     # 4 chains x 1000 draws is what the package's own diagnostics need on the example
@@ -53,6 +55,7 @@ class DemoSettings:
     # the batched REML engine runs 4 x 200 replicates in about 15 s
     n_sims: int = 200
     therapists: tuple[int, ...] = (20, 40, 60, 80)
+    max_therapists: int | None = None
 
     @classmethod
     def quick(cls) -> DemoSettings:
@@ -63,7 +66,8 @@ class DemoSettings:
         >>> DemoSettings.quick().n_sims < DemoSettings().n_sims
         True
         """
-        return cls(draws=150, tune=150, chains=2, n_sims=20, therapists=(20, 60))
+        return cls(draws=150, tune=150, chains=2, n_sims=20, therapists=(20, 60),
+                   max_therapists=12)
 
 
 def run_demo(
@@ -105,6 +109,8 @@ def run_demo(
     >>> from alliance_models.demo import run_demo
     >>> path = run_demo("alliance_report", quick=True, bayes=False)  # doctest: +SKIP
     """
+    import pandas as pd
+
     import alliance_models as am
 
     from .report import report
@@ -127,6 +133,10 @@ def run_demo(
         data, data_report = am.prepare(scored, scoring=[wai, hccq])
     con.heading("Data preparation report")
     con.print(data_report.summary())
+    if cfg.max_therapists is not None:
+        keep = pd.unique(data["therapist"])[: cfg.max_therapists]
+        data = data[data["therapist"].isin(keep)].reset_index(drop=True)
+        con.print(f"(quick run: models use the first {len(keep)} therapists, {len(data)} sessions)")
 
     # 2. the mixed moderation model
     with con.timed("fitting the three-level mixed model (REML)"):
@@ -198,6 +208,13 @@ def run_demo(
             notes=(
                 "Shipped example data (simulated, REDCap-style export). Model: "
                 f"{DEMO_FORMULA}. Moderators are grand-mean centred."
+                + (
+                    f" Quick run: the models use the first {cfg.max_therapists} therapists "
+                    f"only, MCMC {cfg.chains} x {cfg.draws} draws, {cfg.n_sims} power "
+                    "replicates per design (too few for conclusions)."
+                    if quick and settings is None
+                    else ""
+                )
             ),
         )
     return path
