@@ -76,6 +76,8 @@ __all__ = [
 
 #: lme4's ``isSingular`` tolerance on the relative standard deviations ``s``.
 SINGULAR_TOL = 1e-4
+#: A replicate whose scaled X'X has eigenvalue ratio below this is rank deficient.
+RANK_TOL = 1e-10
 #: Relative SDs below this are tried at exactly zero after the Newton iterations.
 BOUNDARY_SNAP = 1e-5
 #: Start grid of relative SDs (zero is excluded: it is a stationary point in ``s``).
@@ -222,6 +224,7 @@ class SuffStats:
     scale: np.ndarray  # (B, p) column scale factors: X_used = X * scale
     beta0: np.ndarray  # (B, p) OLS coefficients (scaled X) removed from y
     p: int
+    full_rank: np.ndarray  # (B,) bool: the observed rows of X have full column rank
 
     @property
     def n_rep(self) -> int:
@@ -239,7 +242,7 @@ class SuffStats:
             self.xtx[idx], self.sizes, self.Q[idx], self.count[idx],
             None if self.S2 is None else self.S2[idx],
             None if self.N2 is None else self.N2[idx],
-            self.n[idx], self.scale[idx], self.beta0[idx], self.p,
+            self.n[idx], self.scale[idx], self.beta0[idx], self.p, self.full_rank[idx],
         )
 
 
@@ -310,6 +313,7 @@ def sufficient_stats(
     Q = np.empty((B, T, q, q))
     scale = np.empty((B, p))
     beta0 = np.empty((B, p))
+    full = np.empty(B, dtype=bool)
     S2 = np.empty((B, J, T, q)) if two else None
     N2 = (
         _segment_sum(onehot.astype(float), layout.outer_starts, axis=1)  # type: ignore[arg-type]
@@ -332,7 +336,10 @@ def sufficient_stats(
         # OLS residualisation of y (keeps the cross-products well conditioned)
         xs = np.broadcast_to(xs, (hi - lo, n, p))
         xty = np.einsum("bni,bn->bi", xs, yb)
-        b0 = _solve_sym(np.swapaxes(xs, 1, 2) @ xs, xty)
+        xtx_x = np.swapaxes(xs, 1, 2) @ xs
+        ev = np.linalg.eigvalsh(xtx_x)
+        full[lo:hi] = ev[:, 0] > RANK_TOL * ev[:, -1]
+        b0 = _solve_sym(xtx_x, xty)
         xs_b = xs
         r = yb - np.einsum("bni,bi->bn", xs_b, b0)
         if mb is not None:
@@ -350,26 +357,41 @@ def sufficient_stats(
                 )
         scale[lo:hi] = sc
         beta0[lo:hi] = b0
-    return SuffStats(xtx, sizes.astype(float), Q, count, S2, N2, nobs, scale, beta0, p)
+    return SuffStats(xtx, sizes.astype(float), Q, count, S2, N2, nobs, scale, beta0, p, full)
 
 
 # ----------------------------------------------------------------------------------
 # the criterion at given relative SDs
 # ----------------------------------------------------------------------------------
 def _chol(A: np.ndarray) -> np.ndarray:
-    """Batched Cholesky; matrices that are not positive definite give NaN factors."""
+    """Batched Cholesky; matrices that are not (numerically) positive definite give NaN.
+
+    The fast path factors the whole batch at once; only when LAPACK rejects some matrix
+    are the matrices screened (eigenvalues relative to the largest) and, if needed,
+    factored one by one (a rank-deficient replicate, which is then reported as not
+    converged).
+    """
     try:
         return np.linalg.cholesky(A)
     except np.linalg.LinAlgError:
-        A = A.copy()
-        ok = np.all(np.isfinite(A), axis=(1, 2))
-        w = np.full(A.shape[0], -1.0)
-        w[ok] = np.linalg.eigvalsh(A[ok])[:, 0]
-        bad = ~(w > 0)
-        A[bad] = np.eye(A.shape[1])
+        pass
+    A = A.copy()
+    ok = np.all(np.isfinite(A), axis=(1, 2))
+    w = np.zeros((A.shape[0], A.shape[1]))
+    w[ok] = np.linalg.eigvalsh(A[ok])
+    bad = ~ok | ~(w[:, 0] > 1e-12 * np.abs(w[:, -1]))
+    A[bad] = np.eye(A.shape[1])
+    try:
         L = np.linalg.cholesky(A)
-        L[bad] = np.nan
-        return L
+    except np.linalg.LinAlgError:
+        L = np.empty_like(A)
+        for i in range(A.shape[0]):
+            try:
+                L[i] = np.linalg.cholesky(A[i])
+            except np.linalg.LinAlgError:
+                bad[i] = True
+    L[bad] = np.nan
+    return L
 
 
 def _evaluate(
@@ -569,9 +591,15 @@ def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.nd
         nrm = np.sqrt((d**2).sum(axis=1))
         d *= np.minimum(1.0, cap / np.maximum(nrm, 1e-300))[:, None]
         slope = (g * d).sum(axis=1)
+        # a negligible Newton step means convergence (the gradient is at its noise floor)
+        done |= np.abs(d).max(axis=1) <= 1e-10 * np.maximum(1.0, np.abs(sa).max(axis=1))
         t = np.ones(active.size)
         accepted = done | ~np.isfinite(f0)
         snew = sa.copy()
+        # predicted decrease below the rounding level of f: take the full Newton step
+        tiny = ~accepted & (-slope < 1e-13 * np.maximum(1.0, np.abs(f0)))
+        snew[tiny] = sa[tiny] + d[tiny]
+        accepted |= tiny
         for _ls in range(40):
             todo = np.flatnonzero(~accepted)
             if todo.size == 0:
@@ -727,8 +755,11 @@ def batched_fit(
     with np.errstate(divide="ignore", invalid="ignore"):
         df = 2.0 * var_l**2 / denom
     df = np.where(finite[:, None] & (denom > 0), df, np.nan)
-    ok = np.all(np.isfinite(beta), axis=1) & np.isfinite(loglik)
+    ok = np.all(np.isfinite(beta), axis=1) & np.isfinite(loglik) & st.full_rank
     conv = conv & ok
+    # rank-deficient replicates (lme4 would drop columns): no estimates, not converged
+    for arr in (beta, se, var_l, df):
+        arr[~st.full_rank] = np.nan
     tau2 = s**2 * sigma2[:, None]
     singular = np.any(s < SINGULAR_TOL, axis=1)
     return {

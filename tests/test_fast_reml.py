@@ -1,0 +1,567 @@
+"""Tests of the batched REML engine (models/_reml_batched.py, power/fast.py).
+
+References, each independent of the engine:
+
+* ``dense_fit`` below: the exact REML/ML likelihood with ``V`` built as a dense matrix,
+  optimised with scipy in the *variance* parametrisation ``(sigma2, tau2...)``, with
+  analytic gradient and observed Hessian (``-tr(P V_i P V_j) + 2 y'P V_i P V_j P y``)
+  and the Satterthwaite df from that Hessian (a different parametrisation than the
+  engine's ``(theta, sigma)``: lmerTest's df is invariant at an interior optimum; a
+  component at zero is held fixed in both);
+* lme4 1.1-31 + lmerTest 3.1-3 values in ``tests/r/fast_reml_reference.csv`` (written by
+  ``tests/r/fast_reml_reference.R``);
+* statsmodels MixedLM (looser tolerance: it stops earlier);
+* ``models/_lmm.py``, the dense lme4-style core behind ``fit_mixed``; and ``fit_mixed``
+  itself once it is importable.
+
+Tolerances (from the issue): fixed effects rtol 1e-6 (absolute floor 1e-6 x SE for
+coefficients near zero), SE rtol 1e-4, df rtol 1e-3; log-likelihood to 1e-6 absolute.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import optimize, stats
+
+from alliance_models import parse_formula
+from alliance_models.errors import DataValidationError, ModelSpecError, SingularFitWarning
+from alliance_models.models import _lmm
+from alliance_models.models import _reml_batched as core
+from alliance_models.power.fast import (
+    BatchFit,
+    chunk_size,
+    fit_batch,
+    frame_codes,
+    qualifies,
+)
+
+R_DIR = Path(__file__).parent / "r"
+
+BETA_RTOL, SE_RTOL, DF_RTOL = 1e-6, 1e-4, 1e-3
+
+
+# ----------------------------------------------------------------------------------
+# the dense reference
+# ----------------------------------------------------------------------------------
+def dense_fit(y, X, groups, *, reml=True, contrasts=None):
+    """Exact REML/ML fit with dense V; returns a dict like the engine's (one replicate)."""
+    n, p = X.shape
+    Gs = [(g[:, None] == g[None, :]).astype(float) for g in groups]
+    k = len(Gs)
+    Vs = [np.eye(n), *Gs]  # dV / d phi_i for phi = (sigma2, tau2_1, ...)
+
+    def parts(phi):
+        V = sum(ph * Vi for ph, Vi in zip(phi, Vs, strict=True))
+        Vinv = np.linalg.inv(V)
+        XVX = X.T @ Vinv @ X
+        C = np.linalg.inv(XVX)
+        P = Vinv - Vinv @ X @ C @ X.T @ Vinv
+        return V, Vinv, XVX, C, P
+
+    def dev(phi):
+        try:
+            V, Vinv, XVX, C, P = parts(phi)
+        except np.linalg.LinAlgError:
+            return np.inf
+        s1, ld = np.linalg.slogdet(V)
+        if s1 <= 0:
+            return np.inf
+        out = ld + y @ P @ y
+        if reml:
+            out += np.linalg.slogdet(XVX)[1]
+        return out
+
+    def grad(phi):
+        V, Vinv, XVX, C, P = parts(phi)
+        A = P if reml else Vinv
+        Py = P @ y
+        return np.array([np.trace(A @ Vi) - Py @ Vi @ Py for Vi in Vs])
+
+    def hess(phi):
+        V, Vinv, XVX, C, P = parts(phi)
+        A = P if reml else Vinv
+        Py = P @ y
+        H = np.empty((k + 1, k + 1))
+        for i in range(k + 1):
+            for j in range(k + 1):
+                H[i, j] = -np.trace(A @ Vs[i] @ A @ Vs[j]) + 2 * Py @ Vs[i] @ P @ Vs[j] @ Py
+        return H
+
+    v0 = float(np.var(y))
+    best = None
+    for start in ([v0 / 2] + [v0 / 4] * k, [v0 * 0.9] + [v0 / 50] * k):
+        res = optimize.minimize(
+            dev, np.array(start), jac=grad, method="L-BFGS-B",
+            bounds=[(1e-8 * v0, None)] + [(0.0, None)] * k,
+            options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000},
+        )
+        if best is None or res.fun < best.fun:
+            best = res
+    phi = best.x.copy()
+    # Newton polish on the free parameters (a component at 0 with gradient >= 0 stays)
+    for _ in range(50):
+        g = grad(phi)
+        free = np.r_[True, ~((phi[1:] <= 0) & (g[1:] >= 0))]
+        if np.abs(g[free]).max() < 1e-10:
+            break
+        H = hess(phi)[np.ix_(free, free)]
+        step = np.linalg.solve(H, g[free])
+        new = phi.copy()
+        new[free] -= step
+        new[1:] = np.maximum(new[1:], 0.0)
+        t = 1.0
+        while dev(new) > dev(phi) + 1e-12 and t > 1e-8:
+            t /= 2
+            new = phi.copy()
+            new[free] -= t * step
+            new[1:] = np.maximum(new[1:], 0.0)
+        phi = new
+    V, Vinv, XVX, C, P = parts(phi)
+    beta = C @ X.T @ Vinv @ y
+    free = np.r_[True, phi[1:] > 0]
+    H = hess(phi)[np.ix_(free, free)]
+    acov = 2 * np.linalg.inv(H)
+    L = np.eye(p) if contrasts is None else np.atleast_2d(contrasts)
+    dfs = []
+    for ell in L:
+        v = ell @ C @ ell
+        gv = np.array([ell @ C @ X.T @ Vinv @ Vi @ Vinv @ X @ C @ ell for Vi in Vs])[free]
+        dfs.append(2 * v**2 / (gv @ acov @ gv))
+    const = (n - p if reml else n) * np.log(2 * np.pi)
+    return {
+        "beta": beta,
+        "se": np.sqrt(np.diag(C)),
+        "df": np.array(dfs),
+        "sigma2": phi[0],
+        "tau2": phi[1:],
+        "loglik": -0.5 * (dev(phi) + const),
+        "var_l": np.array([ell @ C @ ell for ell in L]),
+    }
+
+
+def assert_beta_close(b, ref, se):
+    np.testing.assert_array_less(np.abs(b - ref), BETA_RTOL * np.maximum(np.abs(ref), se) + 1e-14)
+
+
+def assert_matches(fit, b, ref, *, df_index=None):
+    assert_beta_close(fit.beta[b], ref["beta"], ref["se"])
+    np.testing.assert_allclose(fit.se[b], ref["se"], rtol=SE_RTOL)
+    df = fit.df[b] if df_index is None else fit.df[b]
+    np.testing.assert_allclose(df, ref["df"] if df_index is None else ref["df"][0], rtol=DF_RTOL)
+    np.testing.assert_allclose(fit.loglik[b], ref["loglik"], atol=1e-6)
+    np.testing.assert_allclose(fit.sigma2[b], ref["sigma2"], rtol=1e-4)
+    np.testing.assert_allclose(fit.tau2[b], ref["tau2"], rtol=1e-4, atol=1e-6 * ref["sigma2"])
+
+
+# ----------------------------------------------------------------------------------
+# random designs
+# ----------------------------------------------------------------------------------
+def make_design(rng, n_outer, inner_per, sizes, two_levels=True):
+    """Codes and a design with an obs-level, an inner-level and an interaction column."""
+    outer, inner = [], []
+    k = 0
+    for j in range(n_outer):
+        for _ in range(inner_per[j]):
+            m = sizes[k]
+            outer += [j] * m
+            inner += [k] * m
+            k += 1
+    outer, inner = np.array(outer), np.array(inner)
+    n = outer.size
+    x1 = rng.normal(size=n) + rng.normal(size=n_outer)[outer] * 0.5
+    x2 = rng.normal(50, 10, size=k)[inner]
+    X = np.column_stack([np.ones(n), x1, x2, x1 * x2 / 50])
+    return X, outer, inner if two_levels else None
+
+
+def simulate_y(rng, X, outer, inner, beta, sd_outer, sd_inner, B):
+    n = X.shape[0]
+    Y = X @ beta + rng.normal(size=(B, n))
+    Y += sd_outer * rng.normal(size=(B, outer.max() + 1))[:, outer]
+    if inner is not None:
+        Y += sd_inner * rng.normal(size=(B, inner.max() + 1))[:, inner]
+    return Y
+
+
+@st.composite
+def designs(draw):
+    two = draw(st.booleans())
+    n_outer = draw(st.integers(5, 8))
+    inner_per = draw(st.lists(st.integers(1, 3), min_size=n_outer, max_size=n_outer))
+    if two:
+        inner_per[0] = max(inner_per[0], 2)
+    else:
+        inner_per = [1] * n_outer
+    k = sum(inner_per)
+    lo = 2 if two else 3
+    sizes = draw(st.lists(st.integers(lo, 6 if two else 10), min_size=k, max_size=k))
+    sd_outer = draw(st.sampled_from([0.0, 0.3, 1.0]))
+    sd_inner = draw(st.sampled_from([0.0, 0.5, 1.5]))
+    effect = draw(st.sampled_from([0.0, 0.2, 1.0]))
+    dropout = draw(st.sampled_from([0.0, 0.25]))
+    seed = draw(st.integers(0, 2**31))
+    return two, n_outer, inner_per, sizes, sd_outer, sd_inner, effect, dropout, seed
+
+
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(designs())
+def test_agrees_with_dense_reference_over_random_designs(case):
+    two, n_outer, inner_per, sizes, sd_outer, sd_inner, effect, dropout, seed = case
+    rng = np.random.default_rng(seed)
+    X, outer, inner = make_design(rng, n_outer, inner_per, sizes, two)
+    B = 2
+    beta = np.array([1.0, effect, 0.01, effect / 2])
+    Y = simulate_y(rng, X, outer, inner, beta, sd_outer, sd_inner, B)
+    mask = rng.random(Y.shape) > dropout if dropout else None
+    if mask is not None:
+        mask[:, :2] = True  # keep every design column estimable
+    fit = fit_batch(X, Y, outer, inner, mask=mask)
+    assert fit.converged.all()
+    for b in range(B):
+        keep = np.ones(X.shape[0], bool) if mask is None else mask[b]
+        groups = [outer[keep]] + ([inner[keep]] if two else [])
+        ref = dense_fit(Y[b, keep], X[keep], groups)
+        assert_matches(fit, b, ref)
+
+
+def test_boundary_component_is_exactly_zero_and_held_fixed():
+    # no therapist variance at all, many replicates: several fits sit on the boundary
+    rng = np.random.default_rng(11)
+    X, outer, inner = make_design(rng, 6, [2] * 6, [4] * 12)
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.3, 0.0, 0.1]), 0.0, 0.8, 12)
+    fit = fit_batch(X, Y, outer, inner, contrast=3)
+    at_zero = np.flatnonzero(fit.tau2[:, 0] == 0.0)
+    assert at_zero.size >= 2
+    assert fit.singular[at_zero].all()
+    for b in at_zero[:3]:
+        ref = dense_fit(Y[b], X, [outer, inner], contrasts=np.eye(4)[3])
+        assert ref["tau2"][0] == 0.0
+        np.testing.assert_allclose(fit.df[b], ref["df"][0], rtol=DF_RTOL)
+        assert_beta_close(fit.beta[b], ref["beta"], ref["se"])
+        np.testing.assert_allclose(fit.se[b], ref["se"], rtol=SE_RTOL)
+
+
+def test_ml_and_contrast_vector_against_dense_reference():
+    rng = np.random.default_rng(5)
+    X, outer, inner = make_design(rng, 7, [3] * 7, list(rng.integers(2, 6, size=21)))
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.5, 0.02, 0.3]), 0.5, 0.7, 3)
+    L = np.array([0.0, 1.0, 0.0, 2.0])
+    for reml in (True, False):
+        fit = fit_batch(X, Y, outer, inner, contrast=L, reml=reml)
+        for b in range(3):
+            ref = dense_fit(Y[b], X, [outer, inner], reml=reml, contrasts=L)
+            assert_beta_close(fit.beta[b], ref["beta"], ref["se"])
+            np.testing.assert_allclose(fit.estimate[b], L @ ref["beta"], rtol=1e-6)
+            np.testing.assert_allclose(fit.estimate_se[b], np.sqrt(ref["var_l"][0]), rtol=1e-4)
+            np.testing.assert_allclose(fit.df[b], ref["df"][0], rtol=DF_RTOL)
+            np.testing.assert_allclose(fit.loglik[b], ref["loglik"], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------
+# lme4 / lmerTest, statsmodels, the fit_mixed core
+# ----------------------------------------------------------------------------------
+def _r_design(d, setname):
+    x = d[d["set"] == setname]
+    al, ag, au = (x[c].to_numpy(float) for c in ("alliance", "age", "autonomy"))
+    one = np.ones(len(x))
+    if setname == "onefactor":
+        X, inner = np.column_stack([one, al, au, al * au]), None
+    else:
+        X = np.column_stack([one, al, ag, au, al * ag, al * au])
+        inner = pd.factorize(x["patient"])[0]
+    return X, x["y"].to_numpy(float), pd.factorize(x["therapist"])[0], inner
+
+
+@pytest.mark.parametrize("setname", ["nested", "boundary", "onefactor"])
+def test_matches_lme4_lmertest(setname):
+    d = pd.read_csv(R_DIR / "fast_reml_data.csv")
+    ref = pd.read_csv(R_DIR / "fast_reml_reference.csv")
+    ref = ref[ref["set"] == setname].set_index("term")
+    X, y, outer, inner = _r_design(d, setname)
+    p = X.shape[1]
+    fit = fit_batch(X, y, outer, inner)
+    est = ref["estimate"].astype(float).to_numpy()[:p]
+    se = ref["se"].astype(float).to_numpy()[:p]
+    df = ref["df"].astype(float).to_numpy()[:p]
+    # lme4's bobyqa stops at ~1e-7 relative in theta: fixed effects to 1e-5 of their SE
+    np.testing.assert_array_less(np.abs(fit.beta[0] - est), 1e-5 * se)
+    np.testing.assert_allclose(fit.se[0], se, rtol=SE_RTOL)
+    np.testing.assert_allclose(fit.df[0], df, rtol=DF_RTOL)
+    # our optimum is at least as good as lme4's and equal to 1e-8
+    ll = float(ref.loc["logLik", "estimate"])
+    assert fit.loglik[0] >= ll - 1e-8
+    assert fit.loglik[0] - ll < 1e-6
+    np.testing.assert_allclose(fit.sigma2[0], float(ref.loc["var:Residual", "estimate"]),
+                               rtol=1e-5)
+    tau_ref = float(ref.loc["var:therapist", "estimate"])
+    np.testing.assert_allclose(fit.tau2[0, 0], tau_ref, rtol=1e-5, atol=1e-10)
+    assert bool(fit.singular[0]) == bool(float(ref.loc["isSingular", "estimate"]))
+    ml = fit_batch(X, y, outer, inner, reml=False)
+    np.testing.assert_allclose(ml.loglik[0], float(ref.loc["logLik_ML", "estimate"]), atol=1e-6)
+
+
+def test_against_statsmodels_mixedlm():
+    import statsmodels.formula.api as smf
+
+    d = pd.read_csv(R_DIR / "fast_reml_data.csv")
+    d = d[d["set"] == "nested"].reset_index(drop=True)
+    X, y, outer, inner = _r_design(d, "nested")
+    fit = fit_batch(X, y, outer, inner)
+    md = smf.mixedlm("y ~ alliance * (age + autonomy)", d, groups="therapist",
+                     re_formula="1", vc_formula={"patient": "0 + C(patient)"})
+    res = md.fit(reml=True, method="lbfgs")
+    np.testing.assert_allclose(fit.beta[0], res.fe_params.to_numpy(), rtol=1e-4, atol=1e-6)
+    # (statsmodels' bse_fe come from the joint information of fixed effects and variance
+    # parameters, not lme4's sigma^2 (X'V^-1 X)^-1, so SEs are compared with lme4 only)
+    np.testing.assert_allclose(fit.loglik[0], res.llf, atol=1e-4)
+    np.testing.assert_allclose(fit.sigma2[0], res.scale, rtol=1e-3)
+    np.testing.assert_allclose(fit.tau2[0], [res.cov_re.iloc[0, 0], res.vcomp[0]], rtol=1e-2)
+
+
+def _lmm_fit(y, X, groups, L):
+    blocks = [_lmm.RandomBlock(np.ones((len(y), 1)), g, int(g.max()) + 1) for g in groups]
+    prob = _lmm.LMMProblem(y, X, blocks)
+    theta = _lmm.optimize_theta(prob, prob.default_theta(), reml=True)[0]
+    out = _lmm.newton_polish(prob, theta, reml=True)
+    theta = out[0] if isinstance(out, tuple) else out
+    setup = _lmm.satterthwaite_setup(prob, theta, reml=True)
+    ev = prob.evaluate(theta)
+    return ev.beta, np.sqrt(np.diag(setup.vcov)), _lmm.satterthwaite_df(setup, L), theta
+
+
+def test_replicate_by_replicate_against_fit_mixed_core_with_dropout():
+    # the dense lme4-formulation core that fit_mixed uses (models/_lmm.py)
+    rng = np.random.default_rng(2026)
+    X, outer, inner = make_design(rng, 10, [3] * 10, list(rng.integers(2, 7, size=30)))
+    Y = simulate_y(rng, X, outer, inner, np.array([0.5, 0.2, 0.01, 0.15]), 0.4, 0.6, 6)
+    mask = rng.random(Y.shape) > 0.2
+    mask[:, 0] = True
+    L = np.eye(4)[3]
+    fit = fit_batch(X, Y, outer, inner, mask=mask, contrast=3)
+    for b in range(Y.shape[0]):
+        k = mask[b]
+        beta, se, df, theta = _lmm_fit(Y[b, k], X[k], [outer[k], inner[k]], L)
+        assert_beta_close(fit.beta[b], beta, se)
+        np.testing.assert_allclose(fit.se[b], se, rtol=SE_RTOL)
+        np.testing.assert_allclose(fit.df[b], df, rtol=DF_RTOL)
+        np.testing.assert_allclose(fit.theta[b], theta, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("alliance_models.models.mixed") is None,
+    reason="fit_mixed (models/mixed.py) has not landed yet",
+)
+def test_replicate_by_replicate_against_fit_mixed():
+    import alliance_models as am
+
+    rng = np.random.default_rng(77)
+    X, outer, inner = make_design(rng, 8, [3] * 8, list(rng.integers(3, 7, size=24)))
+    Y = simulate_y(rng, X, outer, inner, np.array([0.5, 0.2, 0.01, 0.15]), 0.5, 0.6, 4)
+    Y[1] = simulate_y(rng, X, outer, inner, np.array([0.5, 0.2, 0.01, 0.15]), 0.0, 0.6, 1)[0]
+    fit = fit_batch(X, Y, outer, inner, contrast=3)
+    for b in range(Y.shape[0]):
+        data = pd.DataFrame({"y": Y[b], "x1": X[:, 1], "x2": X[:, 2],
+                             "therapist": outer.astype(str), "patient": inner.astype(str)})
+        data["x12"] = X[:, 3]
+        formula = "y ~ x1 + x2 + x12 + (1 | therapist/patient)"
+        if fit.singular[b]:
+            with pytest.warns(SingularFitWarning):
+                mf = am.fit_mixed(formula, data)
+        else:
+            mf = am.fit_mixed(formula, data)
+        params = mf.params.to_numpy()
+        se = np.sqrt(np.diag(mf.cov_params().to_numpy()))
+        assert_beta_close(fit.beta[b], params, se)
+        np.testing.assert_allclose(fit.se[b], se, rtol=SE_RTOL)
+        np.testing.assert_allclose(fit.df[b], mf.contrast_df(np.eye(4)[3]), rtol=DF_RTOL)
+
+
+# ----------------------------------------------------------------------------------
+# structure, invariances, memory
+# ----------------------------------------------------------------------------------
+def test_invariant_to_row_order_shared_vs_per_replicate_X_and_chunking():
+    rng = np.random.default_rng(3)
+    X, outer, inner = make_design(rng, 8, [2] * 8, [5] * 16)
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.3, 0.0, 0.2]), 0.5, 0.5, 9)
+    mask = rng.random(Y.shape) > 0.15
+    base = fit_batch(X, Y, outer, inner, mask=mask)
+    # per-replicate X and tiny memory budget (one replicate per chunk)
+    Xb = np.broadcast_to(X, (9, *X.shape)).copy()
+    small = fit_batch(Xb, Y, outer, inner, mask=mask, memory=1)
+    np.testing.assert_allclose(small.beta, base.beta, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(small.df, base.df, rtol=1e-8)
+    # rows shuffled and cluster labels permuted
+    perm = rng.permutation(X.shape[0])
+    relabel_o = rng.permutation(outer.max() + 1)
+    relabel_i = rng.permutation(inner.max() + 1)
+    shuf = fit_batch(X[perm], Y[:, perm], relabel_o[outer[perm]], relabel_i[inner[perm]],
+                     mask=mask[:, perm])
+    np.testing.assert_allclose(shuf.beta, base.beta, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(shuf.se, base.se, rtol=1e-8)
+    np.testing.assert_allclose(shuf.df, base.df, rtol=1e-6)
+    # a masked row is the same as a deleted row
+    k = mask[4]
+    one = fit_batch(X[k], Y[4, k], outer[k], inner[k])
+    np.testing.assert_allclose(one.beta[0], base.beta[4], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(one.df[0], base.df[4], rtol=1e-6)
+
+
+def test_scale_equivariance():
+    rng = np.random.default_rng(8)
+    X, outer, inner = make_design(rng, 6, [3] * 6, [4] * 18)
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.3, 0.0, 0.2]), 0.5, 0.5, 2)
+    a = fit_batch(X, Y, outer, inner)
+    b = fit_batch(X, 1000.0 * Y + 5e4, outer, inner)
+    np.testing.assert_allclose(b.beta[:, 1:], 1000 * a.beta[:, 1:], rtol=1e-7)
+    np.testing.assert_allclose(b.se, 1000 * a.se, rtol=1e-7)
+    np.testing.assert_allclose(b.df, a.df, rtol=1e-6)
+    np.testing.assert_allclose(b.theta, a.theta, rtol=1e-6)
+
+
+def test_peak_memory_does_not_grow_with_replicates():
+    rng = np.random.default_rng(4)
+    X, outer, inner = make_design(rng, 10, [4] * 10, [6] * 40)
+    budget = 2 * 2**20
+    Y_small = simulate_y(rng, X, outer, inner, np.array([1.0, 0.3, 0.0, 0.2]), 0.4, 0.6, 100)
+    Y_big = np.concatenate([Y_small] * 8)
+
+    def peak(Y):
+        tracemalloc.start()
+        fit_batch(X, Y, outer, inner, contrast=1, memory=budget)
+        _, pk = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return pk
+
+    per_rep_chunk = chunk_size(X.shape[0], 4, 40, 10, 6, memory=budget)
+    assert per_rep_chunk < 100  # both runs are chunked
+    small, big = peak(Y_small), peak(Y_big)
+    outputs = 8 * 100 * 4 * 8 * 4  # the (B, p) result arrays of the extra replicates
+    assert big < 1.3 * small + outputs
+    assert big < 4 * budget
+
+
+def test_qualifies_and_frame_codes():
+    q = [
+        ("y ~ x + (1 | t)", True),
+        ("y ~ x + (1 | t/p)", True),
+        ("y ~ x + (1 | t) + (1 | t:p)", True),
+        ("y ~ x + (1 | p:t) + (1 | t)", True),
+        ("y ~ x + (1 | t) + (1 | p)", False),
+        ("y ~ x + (1 + x | t)", False),
+        ("y ~ x + (0 + x | t)", False),
+        ("y ~ x + (1 | a/b/c)", False),
+        ("y ~ x", False),
+    ]
+    for f, want in q:
+        assert qualifies(parse_formula(f)) is want, f
+    d = pd.DataFrame({
+        "y": np.arange(12.0), "x": np.r_[0:12] % 5,
+        "t": np.repeat(list("abcdef"), 2), "p": [f"p{i}" for i in range(12)],
+    })
+    fr = parse_formula("y ~ x + (1 | t) + (1 | t:p)").build(d)
+    outer, inner = frame_codes(fr)
+    assert outer.tolist() == np.repeat(np.arange(6), 2).tolist()
+    assert len(np.unique(inner)) == 12
+    fr1 = parse_formula("y ~ x + (1 + x | t)").build(d)
+    with pytest.raises(ModelSpecError, match="does not qualify"):
+        frame_codes(fr1)
+
+
+def test_batchfit_frame_summary_and_p_values():
+    rng = np.random.default_rng(9)
+    X, outer, inner = make_design(rng, 6, [2] * 6, [5] * 12)
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.3, 0.0, 0.2]), 0.4, 0.5, 5)
+    fit = fit_batch(X, Y, outer, inner, contrast=1, names=["b0", "b1", "b2", "b3"],
+                    components=("therapist", "patient"))
+    assert isinstance(fit, BatchFit)
+    fr = fit.to_frame()
+    assert fr.shape[0] == 5
+    assert {"beta[b1]", "se[b3]", "df", "tau2[therapist]", "tau2[patient]"} <= set(fr.columns)
+    np.testing.assert_allclose(fr["beta[b1]"], fit.beta[:, 1])
+    p = fit.p_values()
+    t = fit.beta[:, 1] / fit.se[:, 1]
+    np.testing.assert_allclose(p, 2 * stats.t.sf(np.abs(t), fit.df))
+    s = fit.summary()
+    assert "5 replicates" in s and "b3" in s and "converged: 5/5" in s
+    allc = fit_batch(X, Y, outer, inner)
+    assert allc.df.shape == (5, 4)
+    assert "df[x2]" in allc.to_frame().columns
+
+
+def test_error_messages():
+    rng = np.random.default_rng(1)
+    X, outer, inner = make_design(rng, 5, [2] * 5, [3] * 10)
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.3, 0.0, 0.2]), 0.4, 0.5, 2)
+    bad_inner = inner.copy()
+    bad_inner[outer == 1] = 0  # inner code 0 now under therapists 0 and 1
+    msg = r"inner code 0 appears under outer codes \[0, 1\]"
+    with pytest.raises(DataValidationError, match=msg):
+        fit_batch(X, Y, outer, bad_inner)
+    Yn = Y.copy()
+    Yn[1, 7] = np.nan
+    with pytest.raises(DataValidationError, match=r"Y has non-finite values .*\(1, 7\)"):
+        fit_batch(X, Yn, outer, inner)
+    mask = np.ones(Y.shape, bool)
+    mask[1, 7] = False
+    fit_batch(X, Yn, outer, inner, mask=mask)  # a masked NaN is fine
+    with pytest.raises(DataValidationError, match="mask must be a boolean array"):
+        fit_batch(X, Y, outer, inner, mask=mask.astype(int))
+    with pytest.raises(DataValidationError, match="X has 29 rows but Y has 30"):
+        fit_batch(X[:-1], Y, outer, inner)
+    with pytest.raises(DataValidationError, match="outer has 29 codes"):
+        fit_batch(X, Y, outer[:-1], None)
+    with pytest.raises(DataValidationError, match="outer must hold integer cluster codes"):
+        fit_batch(X, Y, outer + 0.5, inner)
+    with pytest.raises(ModelSpecError, match=r"contrast index 4 is out of range .*0\.\.3"):
+        fit_batch(X, Y, outer, inner, contrast=4)
+    with pytest.raises(ModelSpecError, match="vector of length 4"):
+        fit_batch(X, Y, outer, inner, contrast=np.ones(3))
+    few = np.zeros(Y.shape, bool)
+    few[0] = True
+    few[1, :4] = True
+    with pytest.raises(ModelSpecError, match="replicates row 1 have 4 observations"):
+        fit_batch(X, Y, outer, inner, mask=few)
+
+
+def test_rank_deficient_replicate_is_flagged_not_raised():
+    rng = np.random.default_rng(12)
+    X, outer, inner = make_design(rng, 6, [2] * 6, [4] * 12)
+    Xb = np.broadcast_to(X, (3, *X.shape)).copy()
+    Xb[1, :, 3] = Xb[1, :, 1]  # duplicate column in replicate 1 only
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.3, 0.0, 0.2]), 0.4, 0.5, 3)
+    fit = fit_batch(Xb, Y, outer, inner, contrast=1)
+    assert fit.converged.tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("two", [True, False])
+def test_core_gradient_matches_finite_differences(reml, two):
+    rng = np.random.default_rng(21)
+    X, outer, inner = make_design(rng, 7, [3] * 7, list(rng.integers(2, 6, size=21)), two)
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.5, 0.02, 0.3]), 0.5, 0.7, 4)
+    mask = rng.random(Y.shape) > 0.2
+    mask[:, 0] = True
+    stats_ = core.sufficient_stats(X, Y, core.make_layout(outer, inner), mask)
+    k = 2 if two else 1
+    s = rng.uniform(0.1, 1.5, size=(4, k))
+    g = core.gradient(stats_, s, reml=reml)
+    h = 1e-6
+    for i in range(k):
+        e = np.zeros(k)
+        e[i] = h
+        fp = core.criterion(stats_, s + e, reml=reml)[0]
+        fm = core.criterion(stats_, s - e, reml=reml)[0]
+        np.testing.assert_allclose(g[:, i], (fp - fm) / (2 * h), rtol=1e-5, atol=1e-5)
+    # the criterion is even in each relative SD, so its gradient vanishes at zero
+    s0 = s.copy()
+    s0[:, 0] = 0.0
+    assert np.all(core.gradient(stats_, s0, reml=reml)[:, 0] == 0.0)
