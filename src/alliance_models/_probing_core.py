@@ -25,6 +25,10 @@ from .errors import ModelSpecError
 __all__ = [
     "JNSolution",
     "affine_weights",
+    "bayes_jn",
+    "clip_intervals",
+    "fmt_num",
+    "prob_direction",
     "effect_weights",
     "hdi",
     "jn_quadratic",
@@ -35,6 +39,26 @@ __all__ = [
 ]
 
 REGIONS = ("inside", "outside", "above", "below", "all", "none")
+
+
+def fmt_num(v: float) -> str:
+    """Format a table number: 4 decimals, scientific for tiny values, whole df as integers.
+
+    Examples
+    --------
+    >>> [fmt_num(x) for x in (0.12345, 0.0000123, 92.0, 1e-17, float("inf"))]
+    ['0.1235', '1.230e-05', '92', '0', 'inf']
+    """
+    v = float(v)
+    if not np.isfinite(v):
+        return str(v)
+    if abs(v) < 1e-12:
+        return "0"
+    if v.is_integer() and abs(v) < 1e9:
+        return f"{v:.0f}"
+    if abs(v) >= 1e-3:
+        return f"{v:.4f}"
+    return f"{v:.3e}"
 
 
 def split_term(name: str) -> tuple[str, ...]:

@@ -39,7 +39,7 @@ __all__ = [
 
 AtSpec = Literal["meansd", "percentiles"] | Sequence[float] | float | np.ndarray
 
-_FMT = {"float_format": lambda v: f"{v:.4f}"}
+_FMT = {"float_format": core.fmt_num}
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from .._probing_core import fmt_num
 from ..errors import (
     ConvergenceWarning,
     DataValidationError,
@@ -216,7 +217,7 @@ class GEEFit:
             f"standard errors: {'robust (sandwich)' if self.robust else 'model-based'}; "
             f"Wald z tests, {100 * (1 - self.alpha):g}% CI",
             "",
-            self.to_frame().to_string(float_format=lambda v: f"{v:.4f}"),
+            self.to_frame().to_string(float_format=fmt_num),
         ]
         return "\n".join(lines)
 
