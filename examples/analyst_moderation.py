@@ -44,13 +44,21 @@ def main(quick: bool = False, outdir: Path = Path("analyst_output")) -> None:
     # WAI-SR (12 items, 1-5): total and goal / task / bond subscales.
     # HCCQ short form (6 items, 1-7): mean score = perceived autonomy support.
     # A value outside an item's range stops here with the column, rows and value.
-    scored = am.score(raw, "wai-sr", items="wai_{i}")
-    scored = am.score(scored, "hccq-short", items="hccq_{i}")
+    # prorate=True: a score with at most one missing item per subscale is the mean of
+    # the answered items (scaled up); with more missing it stays missing, and a warning
+    # says how many. The scoring reports carry the reason for each missing score.
+    scored, wai_report = am.score(raw, "wai-sr", items="wai_{i}", prorate=True,
+                                  return_report=True)
+    scored, hccq_report = am.score(scored, "hccq-short", items="hccq_{i}", prorate=True,
+                                   return_report=True)
 
     # --- 3. Validate, compute adherence, centre ----------------------------------------
-    # The DataReport lists every excluded row and why; nothing is dropped silently.
-    data, report = am.prepare(scored)
+    # Adherence = completed / prescribed home-exercise sessions (diary); the counts are
+    # kept for binomial models. The DataReport lists every excluded row and why.
+    data, report = am.prepare(scored, scoring=[wai_report, hccq_report])
     print(report.summary())
+    if quick:  # CI only: analyse the first 12 therapists to keep the run short
+        data = data[data["therapist"].isin(data["therapist"].unique()[:12])]
 
     # --- 4. The moderation model -------------------------------------------------------
     # REML fit with Satterthwaite degrees of freedom (as lmerTest in R).

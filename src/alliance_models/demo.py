@@ -177,7 +177,7 @@ def run_demo(
             therapists=cfg.therapists[0],
             patients_per_therapist=10,
             sessions=8,
-            effects={"alliance": 0.25, "autonomy": 0.1, "alliance:autonomy": 0.1},
+            effects={"alliance": 0.25, "autonomy": 0.1, "alliance:autonomy": 0.05},
         )
         with con.timed(
             f"power curve: {len(cfg.therapists)} designs x {cfg.n_sims} simulated trials"
@@ -190,7 +190,7 @@ def run_demo(
                 n_sims=cfg.n_sims,
                 seed=seed,
             )
-        con.heading(f"Power to detect {POWER_TEST} (standardised effect 0.1)")
+        con.heading(f"Power to detect {POWER_TEST} (standardised effect 0.05)")
         con.print(curve.summary())
 
     # 6. the report
