@@ -110,6 +110,32 @@ def test_simple_slopes_ols_match_hand_computation(data, hc):
     assert ss.method == "t"
 
 
+def test_against_r_rockchalk_and_emmeans(data):
+    # tests/r/probing_reference.R: rockchalk::testSlopes (simple slopes, JN roots) and
+    # emmeans::emtrends (three-way grid); classical covariance; rtol 1e-6
+    ref = pd.read_csv(R_DIR / "probing_reference.csv")
+    m1 = am.fit_ols("y ~ x * w", data, hc=None)
+    r = ref[ref.what == "m1_slope"]
+    ss = am.simple_slopes(m1, focal="x", moderator="w", at=list(r["w"]))
+    np.testing.assert_allclose(ss.table["estimate"], r["estimate"], rtol=1e-6)
+    np.testing.assert_allclose(ss.table["se"], r["se"], rtol=1e-6)
+    np.testing.assert_allclose(ss.table["df"], r["df"])
+    jn = am.johnson_neyman(m1, focal="x", moderator="w")
+    roots = [float(ref.loc[ref.what == k, "w"].iloc[0]) for k in ("m1_jn_lo", "m1_jn_hi")]
+    np.testing.assert_allclose(jn.bounds, roots, rtol=1e-6)
+    assert jn.region == "outside"  # rockchalk: "values of w OUTSIDE this interval"
+    m3 = am.fit_ols("y ~ x * w * z", data, hc=None)
+    r3 = ref[ref.what == "m3_slope"]
+    ss3 = am.simple_slopes(m3, focal="x", moderator="w", at=[2.0, 3.0, 4.5], moderator2="z",
+                           at2=[-0.2, 0.8])
+    merged = ss3.table.merge(r3, left_on=["w_value", "z_value"], right_on=["w", "z"],
+                             suffixes=("", "_r"))
+    assert len(merged) == 6
+    np.testing.assert_allclose(merged["estimate"], merged["estimate_r"], rtol=1e-6)
+    np.testing.assert_allclose(merged["se"], merged["se_r"], rtol=1e-6)
+    np.testing.assert_allclose(merged["df"], merged["df_r"])
+
+
 def test_johnson_neyman_ols_matches_quadratic_formula(data):
     fit = am.fit_ols("y ~ x * w", data, hc=None)
     X = np.column_stack([np.ones(len(data)), data.x, data.w, data.x * data.w])
