@@ -610,3 +610,34 @@ def test_simple_slopes_on_mixed_fit_use_satterthwaite_df_per_value():
         assert row["df"] == pytest.approx(fit.contrast_df(L), rel=1e-10)
         assert row["p"] == pytest.approx(2 * stats.t.sf(abs(row["t"]), fit.contrast_df(L)))
     assert ss.table["df"].nunique() > 1  # the df really vary with the moderator value
+
+
+@pytest.mark.slow
+def test_probing_a_real_bayesian_fit():
+    rng = np.random.default_rng(30)
+    pid = np.repeat(np.arange(20), 5)
+    w = np.repeat(rng.normal(0, 1, 20), 5)
+    x = rng.normal(size=pid.size)
+    y = 0.3 * x + 0.5 * x * w + np.repeat(rng.normal(0, 0.5, 20), 5) + rng.normal(size=pid.size)
+    d = pd.DataFrame({"patient": pid.astype(str), "x": x, "w": w, "y": y})
+    import warnings
+
+    with warnings.catch_warnings():  # short chains may fail the ESS threshold
+        warnings.simplefilter("ignore", am.DiagnosticsWarning)
+        bfit = am.fit_bayes("y ~ x * w + (1 | patient)", d, draws=300, tune=300, chains=2,
+                            seed=1, sampler="pymc")
+    draws = bfit.fixed_draws
+    ss = am.simple_slopes(bfit, focal="x", moderator="w", at=[-1.0, 1.0])
+    eff = draws["x"].to_numpy() + 1.0 * draws["x:w"].to_numpy()
+    assert ss.method == "bayes"
+    assert ss.table["estimate"].iloc[1] == pytest.approx(np.median(eff))
+    assert (ss.table["hdi_lower"].iloc[1], ss.table["hdi_upper"].iloc[1]) == pytest.approx(
+        _hdi_brute(eff, 0.95))
+    jn = am.johnson_neyman(bfit, focal="x", moderator="w")
+    assert jn.method == "bayes" and jn.region in ("inside", "above", "below", "outside",
+                                                   "all", "none")
+    # frequentist and Bayesian slopes agree roughly (weak priors, 100 rows)
+    mfit = am.fit_mixed("y ~ x * w + (1 | patient)", d)
+    fs = am.simple_slopes(mfit, focal="x", moderator="w", at=[-1.0, 1.0])
+    assert abs(fs.table["estimate"].iloc[1] - ss.table["estimate"].iloc[1]) < 0.5 * fs.table[
+        "se"].iloc[1]
