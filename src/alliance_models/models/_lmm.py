@@ -312,10 +312,11 @@ class LMMProblem:
         """``Z'W^{-1}Z``, ``B = Z'W^{-1}X``, ``r = Z'W^{-1}(y - X beta)`` and ``M^{-1}``."""
         lams = self.lambdas(ev.theta)
         ztzl = self._times_lambda(self.ZtZ, lams)  # Z'Z Lambda  (q x q)
-        tmp = sla.cho_solve((ev.chol_a, True), ztzl.T)  # A^{-1} Lambda' Z'Z
-        zwz = self.ZtZ - ztzl @ tmp
-        ztxl = ev.zl_t_zx  # Lambda' Z'X
-        B = self.ZtX - ztzl @ sla.cho_solve((ev.chol_a, True), ztxl)
+        # W^{-1} = I - Z Lambda A^{-1} Lambda' Z' with A = L L': one triangular solve
+        T = sla.solve_triangular(ev.chol_a, ztzl.T, lower=True)  # L^{-1} Lambda' Z'Z
+        zwz = self.ZtZ - T.T @ T
+        rzx = sla.solve_triangular(ev.chol_a, ev.zl_t_zx, lower=True)  # L^{-1} Lambda' Z'X
+        B = self.ZtX - T.T @ rzx
         resid = self.y - self.X @ ev.beta - self.Zs @ self._lambda_vec(ev.u, lams)
         r = np.asarray(self.Zs.T @ resid).ravel()
         minv = np.linalg.inv(ev.M)
