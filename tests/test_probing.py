@@ -641,3 +641,17 @@ def test_probing_a_real_bayesian_fit():
     fs = am.simple_slopes(mfit, focal="x", moderator="w", at=[-1.0, 1.0])
     assert abs(fs.table["estimate"].iloc[1] - ss.table["estimate"].iloc[1]) < 0.5 * fs.table[
         "se"].iloc[1]
+
+
+def test_centred_ols_fit_reports_raw_scale(data):
+    fit = am.fit_ols("y ~ x * w", data, center=True)
+    ss = am.simple_slopes(fit, focal="x", moderator="w")
+    np.testing.assert_allclose(ss.table["w_uncentred"],
+                               ss.table["w_value"] + data.w.mean(), rtol=1e-12)
+    np.testing.assert_allclose(ss.table["w_uncentred"].iloc[1], data.w.mean(), rtol=1e-12)
+    raw = am.johnson_neyman(am.fit_ols("y ~ x * w", data), focal="x", moderator="w")
+    jn = am.johnson_neyman(fit, focal="x", moderator="w")
+    # the same bounds once the mean is added back
+    np.testing.assert_allclose(np.array(jn.bounds) + jn.centred_mean, raw.bounds, rtol=1e-8)
+    assert "was mean-centred before fitting" in jn.summary()
+    assert raw.centred_mean is None

@@ -401,6 +401,10 @@ def simple_slopes(
     if moderator2 is not None:
         labels[moderator2] = [g[3] for g in grid]
         labels[f"{moderator2}_value"] = [g[2] for g in grid]
+    centering = getattr(fit, "centering", None) or {}
+    for mname in mods:
+        if mname in centering:  # fit_ols(center=...): also show the raw-scale value
+            labels[f"{mname}_uncentred"] = labels[f"{mname}_value"] + centering[mname]
     draws = _draws(fit)
     n_boot = 0
     if draws is not None:
@@ -493,6 +497,9 @@ class JohnsonNeyman:
         upper, significant`` (for plotting).
     held : dict
         Values at which other interacting variables were held.
+    centred_mean : float or None
+        The mean removed from the moderator by ``fit_ols(center=...)`` (bounds and
+        ranges are on the centred scale), else ``None``.
     """
 
     focal: str
@@ -509,6 +516,7 @@ class JohnsonNeyman:
     method: str
     curve: pd.DataFrame = field(repr=False)
     held: dict[str, float] = field(default_factory=dict)
+    centred_mean: float | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """One row per bound: value, df, whether it lies in the observed range."""
@@ -558,6 +566,11 @@ class JohnsonNeyman:
             lines.append(f"Within the observed range the effect is significant on {pieces}")
         else:
             lines.append("Within the observed range the effect is significant nowhere")
+        if self.centred_mean is not None:
+            lines.append(
+                f"{self.moderator} was mean-centred before fitting: add "
+                f"{self.centred_mean:.4g} to the values above for the raw scale"
+            )
         if not self.converged:
             lines.append("WARNING: the df fixed-point iteration did not converge")
         note = _held_note(self.held, None)
@@ -648,6 +661,8 @@ def johnson_neyman(
             "there is nothing to probe"
         )
     lo, hi = float(obs.min()), float(obs.max())
+    cm = (getattr(fit, "centering", None) or {}).get(moderator)
+    cmean = float(cm) if cm is not None else None
     a, c = core.affine_weights(x_names, [focal], moderator, held)
     pad = 0.1 * (hi - lo)
     grid = np.linspace(lo - pad, hi + pad, int(n_grid))
@@ -680,6 +695,7 @@ def johnson_neyman(
             method="bayes",
             curve=curve,
             held=held,
+            centred_mean=cmean,
         )
 
     b = np.asarray(fit.params[x_names], float)
@@ -724,6 +740,7 @@ def johnson_neyman(
         method=method,
         curve=curve,
         held=held,
+        centred_mean=cmean,
     )
 
 
