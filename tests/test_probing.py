@@ -655,3 +655,18 @@ def test_centred_ols_fit_reports_raw_scale(data):
     np.testing.assert_allclose(np.array(jn.bounds) + jn.centred_mean, raw.bounds, rtol=1e-8)
     assert "was mean-centred before fitting" in jn.summary()
     assert raw.centred_mean is None
+
+
+def test_conditional_effects_integer_and_c_encoded_columns(data):
+    rng = np.random.default_rng(12)
+    d = data.assign(age=rng.integers(20, 80, len(data)),  # int column, held at its mean
+                    arm=rng.integers(0, 2, len(data)))    # int column used as C(arm)
+    fit = am.fit_ols("y ~ x * w + age + C(arm)", d, hc=None)
+    ce = am.conditional_effects(fit, focal="x", moderator="w", at=[3.0], n_points=2)
+    assert ce.held["age"] == pytest.approx(d.age.mean())  # not truncated to an int
+    assert ce.held["arm"] == d.arm.mode().iloc[0]
+    p = fit.params
+    x0 = ce.table["x"].iloc[0]
+    expected = (p["Intercept"] + p["x"] * x0 + p["w"] * 3 + p["x:w"] * 3 * x0
+                + p["age"] * d.age.mean() + p["C(arm)[T.1]"] * (ce.held["arm"] == 1))
+    assert ce.table["estimate"].iloc[0] == pytest.approx(expected, rel=1e-10)

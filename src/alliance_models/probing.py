@@ -13,6 +13,7 @@ conditional effect computed draw by draw.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -837,7 +838,8 @@ def conditional_effects(
         ``"response"`` applies the fit's inverse link (e.g. probabilities for a
         binomial GEE); identical for identity links.
     at_values_other : dict, optional
-        Values for other predictors (default: mean, or most frequent level).
+        Values for other predictors (default: the mean; the most frequent level for
+        non-numeric columns and columns encoded with ``C()``).
 
     Returns
     -------
@@ -880,15 +882,23 @@ def conditional_effects(
     needed = [v for v in data.columns if v in set(required)]
     given = dict(at_values_other or {})
     held: dict[str, Any] = {}
+    categorical: set[str] = set()
+    for v in needed:
+        encoded = any(
+            re.search(rf"C\(\s*{re.escape(v)}\s*[,)]", f) for f in x_names
+        )
+        if (encoded or not pd.api.types.is_numeric_dtype(data[v])
+                or pd.api.types.is_bool_dtype(data[v])):
+            categorical.add(v)
     for v in needed:
         if v in (focal, moderator):
             continue
         if v in given:
             held[v] = given[v]
-        elif pd.api.types.is_numeric_dtype(data[v]) and not pd.api.types.is_bool_dtype(data[v]):
-            held[v] = float(data[v].mean())
-        else:
+        elif v in categorical:
             held[v] = data[v].mode(dropna=True).iloc[0]
+        else:
+            held[v] = float(data[v].mean())
     unknown = set(given) - set(held)
     if unknown:
         raise ModelSpecError(
@@ -902,7 +912,8 @@ def conditional_effects(
     grid = pd.DataFrame(rows)
     newdata = grid[[focal, moderator]].copy()
     for k, v in held.items():
-        newdata[k] = pd.Series([v] * len(newdata), dtype=data[k].dtype, index=newdata.index)
+        dtype = data[k].dtype if k in categorical else float
+        newdata[k] = pd.Series([v] * len(newdata), dtype=dtype, index=newdata.index)
     X0 = frame.fixed_design(newdata)
     draws = _draws(fit)
     out = pd.DataFrame(
