@@ -228,6 +228,8 @@ def test_option_errors(sim):
         am.fit_gee("attended ~ alliance", sim, trials="scheduled", cov_struct="ar1")
     with pytest.raises(ModelSpecError, match="trials= is for family='binomial'"):
         am.fit_gee("attended ~ alliance", sim, family="gaussian", trials="scheduled")
+    with pytest.raises(ModelSpecError, match="data must be a pandas DataFrame, got dict"):
+        am.fit_gee("attended ~ alliance", {"attended": [1]}, trials="scheduled")
     with pytest.raises(ModelSpecError, match="needs a cluster column"):
         am.fit_gee("attended ~ alliance", sim.drop(columns="patient"), trials="scheduled")
 

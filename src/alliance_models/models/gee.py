@@ -347,6 +347,8 @@ def fit_gee(
         )
     if not 0 < alpha < 1:
         raise ModelSpecError(f"alpha must lie in (0, 1), got {alpha!r}")
+    if not isinstance(data, pd.DataFrame):
+        raise ModelSpecError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     spec = parse_formula(formula)
     if spec.random:
         if len(spec.random) > 1 or spec.random[0].slopes or len(spec.random[0].factors) > 1:
@@ -373,8 +375,6 @@ def fit_gee(
         raise ModelSpecError("trials= is for family='binomial'; a gaussian GEE has no trials")
     fixed_spec = parse_formula(spec.fixed_formula)
     extra = tuple(c for c in (groups, trials) if c is not None)
-    if not isinstance(data, pd.DataFrame):
-        raise ModelSpecError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     spec.check_columns(data)
     frame = fixed_spec.build(data, extra=extra)
     y = frame.y
