@@ -41,6 +41,8 @@ CASES = {
     "nested": "y ~ x * m + (1 | therapist/patient)",
     "unbalanced": "y ~ x * m + (1 + x | g)",
     "penicillin": "diameter ~ 1 + (1 | plate) + (1 | sample)",
+    # singular in lme4 too (intercept-slope correlation -1): checks the boundary handling
+    "nested_slope": "y ~ x * m + (1 + x | therapist) + (1 | therapist:patient)",
 }
 
 
@@ -54,6 +56,9 @@ def _info(name: str) -> dict[str, str]:
 
 
 def _fit(name: str, reml: bool = True) -> am.MixedFit:
+    if _info(name)["singular"] == "TRUE":
+        with pytest.warns(SingularFitWarning, match="singular fit"):
+            return am.fit_mixed(CASES[name], _read(name, "data"), reml=reml)
     return am.fit_mixed(CASES[name], _read(name, "data"), reml=reml)
 
 
@@ -127,7 +132,7 @@ def test_ml_fixed_effects_match_lme4(fits, name):
     np.testing.assert_allclose(ours["df"], ref["df"], rtol=RTOL_DF)
 
 
-@pytest.mark.parametrize("name", ["sleepstudy", "nested", "unbalanced"])
+@pytest.mark.parametrize("name", ["sleepstudy", "nested", "unbalanced", "nested_slope"])
 def test_contrast_df_matches_lmertest_contest(fits, name):
     fit = fits[(name, True)]
     ref = _read(name, "contrast").iloc[0]
@@ -377,6 +382,23 @@ def test_non_positive_definite_hessian_warns(monkeypatch):
     monkeypatch.setattr(_lmm, "satterthwaite_setup", flat)
     with pytest.warns(ConvergenceWarning, match="not positive definite.*simplify"):
         am.fit_mixed(CASES["penicillin"], _read("penicillin", "data"))
+
+
+def test_statsmodels_warnings_do_not_leak_in_a_fresh_process():
+    """statsmodels' first import adds 'always' filters; they must not beat ours."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, pandas as pd, alliance_models as am\n"
+        "warnings.simplefilter('error')\n"
+        f"d = pd.read_csv({str(R_DIR / 'nested_data.csv')!r})\n"
+        "d['y'] = d['y'] * 0.001\n"  # statsmodels flags this as 'on the boundary'
+        f"fit = am.fit_mixed({CASES['nested']!r}, d)\n"
+        "assert not fit.singular\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 def test_statsmodels_warnings_do_not_leak():

@@ -144,3 +144,8 @@ y <- y - ave(y, therapist) + mean(y)
 singular <- data.frame(therapist = therapist, patient = patient, x = round(x, 8),
                        y = round(y, 8))
 write_ref("singular", y ~ x + (1 | therapist/patient), singular)
+
+# 7. random slope at the outer level plus nested intercepts (MixedLM: exog_re + variance
+#    component), on the nested data set
+write_ref("nested_slope", y ~ x * m + (1 + x | therapist) + (1 | therapist:patient), nested,
+          contrast = c(0, 1, 0, -1))

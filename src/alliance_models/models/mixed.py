@@ -443,6 +443,10 @@ def _run(
         for method in chain:
             try:
                 with warnings.catch_warnings():
+                    # statsmodels' first import prepends "always" filters for its
+                    # ConvergenceWarning: import it before ours so "ignore" wins
+                    import statsmodels.regression.mixed_linear_model  # noqa: F401
+
                     warnings.simplefilter("ignore")
                     res, covs, scale = _fit_statsmodels(frame, layout, reml, method, maxiter)
                 theta0 = problem.theta_from_cov(covs, scale)
