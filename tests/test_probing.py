@@ -575,6 +575,8 @@ def test_invalid_other_arguments(data):
         am.simple_slopes(fit, focal="x", moderator="w", moderator2="z", at2="x")
     with pytest.raises(ModelSpecError, match="probing needs a fitted model"):
         am.simple_slopes(object(), focal="x", moderator="w")
+    with pytest.raises(ModelSpecError, match="n_grid must be an integer >= 10, got 3"):
+        am.johnson_neyman(fit, focal="x", moderator="w", n_grid=3)
     with pytest.raises(ModelSpecError, match="n_points must be an integer >= 2"):
         am.conditional_effects(fit, focal="x", moderator="w", n_points=1)
 

@@ -654,6 +654,8 @@ def johnson_neyman(
     _check_alpha(alpha)
     x_names = list(fit.frame.x_names)
     _check_terms(x_names, focal, [moderator])
+    if not isinstance(n_grid, int | np.integer) or n_grid < 10:
+        raise ModelSpecError(f"n_grid must be an integer >= 10, got {n_grid!r}")
     held = _held(fit, focal, [moderator], at_values_other)
     obs = _factor_column(fit.frame, moderator)
     if np.ptp(obs) == 0:
