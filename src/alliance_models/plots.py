@@ -224,7 +224,7 @@ def plot_power_curve(
     >>> import matplotlib; matplotlib.use("Agg")
     >>> ax = plot_power_curve([10, 20, 30], [0.3, 0.6, 0.85], [0.25, 0.55, 0.8],
     ...                       [0.35, 0.65, 0.9])
-    >>> ax.get_ylim()
+    >>> tuple(float(v) for v in ax.get_ylim())
     (0.0, 1.0)
     """
     xs = np.asarray(x, float)

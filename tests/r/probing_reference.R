@@ -5,6 +5,7 @@
 # r-cran-rockchalk and r-cran-emmeans. Uses tests/r/ols_data.csv (from ols_gee_reference.R).
 # Output (committed): tests/r/probing_reference.csv
 suppressPackageStartupMessages({library(rockchalk); library(emmeans)})
+pdf(NULL)  # plotSlopes draws; keep Rplots.pdf out of the repository
 out <- "tests/r"
 fmt <- function(x) trimws(formatC(as.numeric(x), digits = 17, format = "g"))
 d <- read.csv(file.path(out, "ols_data.csv"))
