@@ -278,6 +278,12 @@ def test_protocol_and_result_api(fits):
     ):
         assert part in text
     assert fit.n_groups == {"therapist": 12, "therapist:patient": 72}
+    sizes = fit.group_sizes
+    assert (sizes["therapist"] == 30).all() and (sizes["therapist:patient"] == 5).all()
+    assert "therapist 30-30 (median 30)" in text
+    unb = fits[("unbalanced", True)].group_sizes["g"]
+    raw = _read("unbalanced", "data").g.value_counts()
+    assert unb.sort_index().tolist() == raw.sort_index().tolist()
     assert fit.converged and fit.grad_max < mixed.CONVERGED_GRAD
     assert fit.optimizer == "lbfgs"
     with pytest.raises(ModelSpecError, match="4 finite weights"):

@@ -211,6 +211,18 @@ class MixedFit:
         )
 
     # -- results ---------------------------------------------------------------------
+    @property
+    def group_sizes(self) -> dict[str, pd.Series]:
+        """Observations per level of each grouping expression (``n`` per group)."""
+        return {
+            g: pd.Series(
+                np.bincount(codes, minlength=len(self.frame.group_labels[g])),
+                index=self.frame.group_labels[g],
+                name="n_obs",
+            )
+            for g, codes in self.frame.groups.items()
+        }
+
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
         """Confidence intervals ``estimate +/- t_{df, 1-alpha/2} * se`` per fixed effect.
 
@@ -284,6 +296,11 @@ class MixedFit:
             f"Formula: {self.spec.formula}",
             f"Observations: {self.n_obs} ({self.n_dropped} dropped for missing values); "
             f"groups: {groups}",
+            "Observations per group: "
+            + "; ".join(
+                f"{g} {int(v.min())}-{int(v.max())} (median {v.median():g})"
+                for g, v in self.group_sizes.items()
+            ),
             f"Optimizer: {self.optimizer} ({'converged' if self.converged else 'NOT converged'}"
             f", max |gradient| {self.grad_max:.1e}){'; singular fit' if self.singular else ''}",
             "",
