@@ -26,6 +26,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ __all__ = ["report"]
 
 #: Bayesian plots drawn with ``bfit.plot(kind, path)`` (issue 4), in page order.
 BAYES_PLOT_KINDS: tuple[tuple[str, str], ...] = (
-    ("trace", "Trace / rank plot"),
+    ("trace", "Trace plot (chains and marginal densities)"),
     ("forest", "Forest plot of the fixed effects"),
     ("ppc", "Posterior predictive check"),
 )
@@ -169,8 +170,9 @@ def _table(df: pd.DataFrame, *, index: bool = True, max_rows: int = MAX_TABLE_RO
         df = df.iloc[:max_rows]
     cols = [str(c) for c in df.columns]
     head = ([esc(str(df.index.name or ""))] if index else []) + [esc(c) for c in cols]
-    lines = ['<div class="scroll"><table class="am">', "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head)
-             + "</tr></thead>", "<tbody>"]
+    header = "".join(f"<th>{h}</th>" for h in head)
+    lines = ['<div class="scroll"><table class="am">', f"<thead><tr>{header}</tr></thead>",
+             "<tbody>"]
     for label, row in zip(df.index, df.itertuples(index=False, name=None), strict=True):
         cells = [f"<th>{esc(_fmt(label))}</th>"] if index else []
         for v in row:
@@ -358,9 +360,8 @@ def _slopes_section(slopes: list[Any], fit: Any) -> str:
         if df is not None:
             parts.append(_table(df, index=False))
         if fit is not None and getattr(s, "focal", None) and getattr(s, "moderator", None):
-            parts.append(
-                _try_plot(lambda s=s: _interaction_plot(fit, s), f"Interaction plot: {label}")
-            )
+            draw = partial(_interaction_plot, fit, s)
+            parts.append(_try_plot(draw, f"Interaction plot: {label}"))
     return "\n".join(parts)
 
 
@@ -374,7 +375,7 @@ def _jn_section(jns: list[Any]) -> str:
             parts.append(_pre(text))
         elif (df := _frame(j)) is not None:
             parts.append(_table(df, index=False))
-        parts.append(_try_plot(lambda j=j: _jn_plot(j), f"Johnson-Neyman plot: {label}"))
+        parts.append(_try_plot(partial(_jn_plot, j), f"Johnson-Neyman plot: {label}"))
     return "\n".join(parts)
 
 
