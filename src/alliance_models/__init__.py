@@ -66,6 +66,7 @@ _LAZY: dict[str, str] = {
     "ConditionalEffects": "alliance_models.probing",
     "plot_interaction": "alliance_models.plots",
     "plot_johnson_neyman": "alliance_models.plots",
+    "plot_power_curve": "alliance_models.plots",
     # power
     "Design": "alliance_models.power.design",
     "simulate": "alliance_models.power.simulate",
