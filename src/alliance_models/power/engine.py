@@ -789,7 +789,8 @@ def power(
         interrupted=interrupted, seed=entropy if isinstance(entropy, int) else None,
         replicates=reps_df,
         assurance_rule=(
-            (f"{1 - alpha:.0%} interval excludes [-{rope:g}, {rope:g}]" if rule == "interval"
+            (f"{1 - alpha:.0%} interval excludes "
+             + (f"[-{rope:g}, {rope:g}]" if rope else "0") if rule == "interval"
              else f"probability of direction >= {threshold:g}") if resolved == "bayes"
             else None),
         **summ,
@@ -987,9 +988,11 @@ class SampleSizeResult:
     power, ci : float, (float, float)
         Power at ``value`` with its 95% Wilson CI.
     smooth_value, smooth_ci : float, (float, float)
-        The value where a logistic fit of power on log(size) over all evaluations
-        crosses the target, with a 95% delta-method interval (NaN when the fit is not
-        possible).
+        The value where a logistic fit of power on log(size), over the evaluations
+        within a factor of 2 of ``value``, crosses the target, with a 95% delta-method
+        interval (its variance multiplied by the number of evaluations used, a
+        conservative allowance for the correlation that common random numbers induce;
+        lack of fit is ignored). NaN when the fit is not possible.
     evaluations : DataFrame
         Every evaluation in order: value, power, CI, replicates.
     results : tuple of PowerResult
@@ -1052,7 +1055,10 @@ def _logistic_crossing(x: np.ndarray, k: np.ndarray, n: np.ndarray,
     if not np.all(np.isfinite(beta)) or b <= 0:
         return math.nan, nan2
     try:
-        cov = np.linalg.inv(info)
+        # evaluations share their random numbers, so they are positively correlated;
+        # scaling the independent-binomial covariance by the number of evaluations is
+        # the conservative bound (as if all of them carried one evaluation's information)
+        cov = np.linalg.inv(info) * len(x)
     except np.linalg.LinAlgError:
         return math.nan, nan2
     lt = float(special.logit(target))
@@ -1166,7 +1172,12 @@ def sample_size(
     })
     k = np.array([int(cache[v].replicates["reject"].sum()) for v in order], float)
     nn = ev["n_completed"].to_numpy(float)
-    sv, sci = _logistic_crossing(ev[vary].to_numpy(float), k, nn, target)
+    xs = ev[vary].to_numpy(float)
+    # a two-parameter curve fits only locally: use evaluations within a factor of 2 of
+    # the bisection answer (all of them when the target was not reached)
+    near = (xs >= found / 2) & (xs <= found * 2) if found is not None else np.ones(len(xs),
+                                                                                  bool)
+    sv, sci = _logistic_crossing(xs[near], k[near], nn[near], target)
     res_found = cache[found] if found is not None else None
     return SampleSizeResult(
         vary=vary, target=target, value=found,
