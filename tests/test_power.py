@@ -442,3 +442,16 @@ def test_am_power_is_callable_after_the_subpackage_was_imported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["2", "1.1"]
+
+
+def test_gee_method_uses_the_design_family():
+    d = am.Design(therapists=12, patients_per_therapist=4, sessions=3, moderators={},
+                  effects={"alliance": 0.3})
+    res = am.power(d, "adherence ~ alliance + (1 | therapist)", test="alliance", n_sims=6,
+                   seed=1, method="gee", n_jobs=1, progress=False)
+    assert res.method == "gee" and res.truth == pytest.approx(0.3) and res.failure_rate == 0
+    assert np.isinf(res.replicates["df"]).all()  # z tests
+    b = am.power(d.replace(family="binomial"), "completed ~ alliance + (1 | patient)",
+                 test="alliance", n_sims=4, seed=1, method="gee", n_jobs=1, progress=False)
+    assert b.failure_rate == 0 and math.isnan(b.truth)
+    assert "not defined for this family and method" in b.summary()

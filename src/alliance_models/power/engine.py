@@ -406,7 +406,9 @@ class PowerResult:
         if self.assurance_rule:
             lines.append(f"  rule: {self.assurance_rule}")
         lines += [
-            f"  truth {_fmt(self.truth, 4)}{'' if self.truth_exact else ' (projection)'}; "
+            f"  truth {_fmt(self.truth, 4)}"
+            f"{'' if self.truth_exact or math.isnan(self.truth) else ' (projection)'}"
+            f"{' (not defined for this family and method)' if math.isnan(self.truth) else ''}; "
             f"bias {_fmt(self.bias, 4)}; RMSE {_fmt(self.rmse, 4)}; "
             f"coverage {_fmt(self.coverage)}; type-S {_fmt(self.type_s_rate)}",
             f"  mean SE {_fmt(self.mean_se, 4)} vs empirical SD {_fmt(self.empirical_sd, 4)}",
@@ -711,8 +713,11 @@ def power(
     kwargs = dict(fit_kwargs or {})
     if resolved == "bayes":
         kwargs.update(bayes_kwargs or {})
-        if design.family == "binomial":
-            kwargs.setdefault("family", "binomial")
+    if resolved in ("bayes", "gee"):
+        # the design's family, unless the caller chose otherwise (fit_gee defaults to
+        # binomial)
+        kwargs.setdefault("family", design.family)
+        if kwargs["family"] == "binomial":
             kwargs.setdefault("trials", design.count_columns[1])
     if seed is None:
         if checkpoint is not None:
