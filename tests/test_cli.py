@@ -265,6 +265,39 @@ def test_demo_quick_without_bayes(tmp_path):
     proc = run_entry("demo", "--quick", "--no-bayes", "--out", str(out), cwd=tmp_path)
     check_demo_output(proc, out, bayes=False)
     assert "quick run: models use the first 12 therapists" in proc.stdout
+    # package warnings are shown as single lines, without the source line under them
+    warn = [ln for ln in proc.stderr.splitlines() if "MissingDataWarning" in ln]
+    assert warn and all(ln.startswith("alliance-models: warning: MissingDataWarning: WAI-SR")
+                        for ln in warn)
+    assert "warnings.warn" not in proc.stderr and "am.score(" not in proc.stderr
+
+
+def test_quiet_suppresses_progress(single_level_csv):
+    path, _ = single_level_csv
+    code, out, err = run("fit", str(path), "--method", "ols", "--formula",
+                         "adherence ~ alliance * age", "--quiet")
+    assert code == 0
+    assert err == ""
+    assert "Estimate" in out or "estimate" in out
+
+
+def test_fit_bayes_in_a_subprocess(tmp_path, single_level_csv):
+    path, data = single_level_csv
+    proc = run_entry("fit", str(path), "--formula", "adherence ~ alliance * age + (1 | therapist)",
+                     "--bayes", "--draws", "150", "--tune", "150", "--chains", "2",
+                     "--focal", "alliance", "--moderator", "age",
+                     "--report", str(tmp_path / "rep"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Bayesian model" in proc.stdout
+    assert "posterior simple slopes of alliance at age" in proc.stdout
+    # short chains: any diagnostics warning is one line on stderr, not a traceback
+    assert "Traceback" not in proc.stderr
+    for line in proc.stderr.splitlines():
+        if "DiagnosticsWarning" in line:
+            assert line.startswith("alliance-models: warning: DiagnosticsWarning: ")
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert '<section id="bayes">' in page and '<section id="model">' in page
+    assert page.count("<h3>Simple slopes: effect of alliance by age</h3>") == 2
 
 
 @pytest.mark.slow
