@@ -590,16 +590,45 @@ def _start(st: SuffStats, reml: bool) -> np.ndarray:
     return s0
 
 
-def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Damped Newton on the profiled criterion; returns (s, converged).
+def _fd_hessian(sub: SuffStats, sa: np.ndarray, g: np.ndarray, reml: bool) -> np.ndarray:
+    """Forward differences of the analytic gradient (k extra evaluations), symmetrised."""
+    k = sa.shape[1]
+    step = _NEWTON_STEP * np.maximum(1.0, np.abs(sa))
+    cols = []
+    for i in range(k):
+        x = sa.copy()
+        x[:, i] += step[:, i]
+        cols.append((gradient(sub, x, reml=reml) - g) / step[:, i, None])
+    H = np.stack(cols, axis=2)
+    H = 0.5 * (H + np.swapaxes(H, 1, 2))
+    return np.where(np.isfinite(H), H, 0.0)
 
-    The gradient is analytic; the Hessian is a central difference of it. Converged
-    means ``max |df/ds| <= GRAD_TOL`` (or a line search that cannot improve with a
-    gradient below ``1e-5``, the numerical floor).
+
+def _make_pd(H: np.ndarray) -> np.ndarray:
+    """Replace the eigenvalues of symmetric (B, k, k) matrices by their absolute values."""
+    w, U = np.linalg.eigh(H)
+    floor = 1e-8 * np.maximum(1.0, np.abs(w).max(axis=1, keepdims=True))
+    w = np.maximum(np.abs(w), floor)
+    return (U * w[:, None, :]) @ np.swapaxes(U, 1, 2)
+
+
+def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Quasi-Newton minimisation of the profiled criterion; returns (s, converged).
+
+    The gradient is analytic. The Hessian starts as a forward difference of the
+    gradient (made positive definite) and is then kept up to date by BFGS updates; a
+    replicate whose update fails the curvature condition gets a fresh difference
+    Hessian. Steps are capped and backtracked (Armijo). Converged means
+    ``max |df/ds| <= GRAD_TOL``, or a negligible step / a line search that cannot
+    improve while the gradient is below ``1e-5`` (the numerical floor).
     """
     B, k = s.shape
     s = s.copy()
     conv = np.zeros(B, dtype=bool)
+    Hq = np.zeros((B, k, k))
+    need_fd = np.ones(B, dtype=bool)
+    s_prev = np.zeros_like(s)
+    g_prev = np.zeros_like(s)
     active = np.arange(B)
     for _ in range(_MAX_ITER):
         if active.size == 0:
@@ -611,33 +640,48 @@ def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.nd
         g = nu[:, None] * dR / R[:, None] + dh
         gmax = np.abs(g).max(axis=1)
         done = gmax <= GRAD_TOL
-        # forward differences of the analytic gradient (k extra evaluations); the
-        # Hessian only steers the step, the convergence test uses the exact gradient
-        step = _NEWTON_STEP * np.maximum(1.0, np.abs(sa))
-        cols = []
-        for i in range(k):
-            x = sa.copy()
-            x[:, i] += step[:, i]
-            cols.append((gradient(sub, x, reml=reml) - g) / step[:, i, None])
-        Hs = np.stack(cols, axis=2)
-        Hs = 0.5 * (Hs + np.swapaxes(Hs, 1, 2))
-        Hs = np.where(np.isfinite(Hs), Hs, 0.0)
-        w, U = np.linalg.eigh(Hs)
-        floor = 1e-8 * np.maximum(1.0, np.abs(w).max(axis=1, keepdims=True))
-        w = np.maximum(np.abs(w), floor)
-        gU = np.einsum("bki,bk->bi", U, np.where(np.isfinite(g), g, 0.0))
-        d = -np.einsum("bki,bi->bk", U, gU / w)
+        # BFGS update from the previous step
+        upd = ~need_fd[active]
+        if upd.any():
+            yv = g - g_prev[active]
+            sv = sa - s_prev[active]
+            Hs_old = Hq[active]
+            hs = (Hs_old @ sv[..., None])[..., 0]
+            ys = (yv * sv).sum(axis=1)
+            shs = (sv * hs).sum(axis=1)
+            good = upd & (ys > 1e-10 * np.sqrt((yv**2).sum(1) * (sv**2).sum(1))) & (shs > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                Hn = (Hs_old + yv[:, :, None] * yv[:, None, :] / ys[:, None, None]
+                      - hs[:, :, None] * hs[:, None, :] / shs[:, None, None])
+            Hq[active[good]] = Hn[good]
+            need_fd[active[upd & ~good]] = True
+        fd = need_fd[active] & ~done
+        if fd.any():
+            idx = np.flatnonzero(fd)
+            sub_fd = sub.take(idx) if idx.size < active.size else sub
+            Hq[active[idx]] = _make_pd(_fd_hessian(sub_fd, sa[idx], g[idx], reml))
+            need_fd[active[idx]] = False
+        Hs = Hq[active]
+        gf = np.where(np.isfinite(g), g, 0.0)
+        with np.errstate(invalid="ignore"):
+            d = -np.linalg.solve(np.where(np.isfinite(Hs), Hs, 0.0)
+                                 + np.where(done, 1.0, 0.0)[:, None, None] * np.eye(k),
+                                 gf[..., None])[..., 0]
+        d = np.where(np.isfinite(d), d, 0.0)
         # cap the step length (relative SDs live on an O(1) scale)
         cap = 2.0 * np.maximum(1.0, np.abs(sa).max(axis=1))
         nrm = np.sqrt((d**2).sum(axis=1))
         d *= np.minimum(1.0, cap / np.maximum(nrm, 1e-300))[:, None]
         slope = (g * d).sum(axis=1)
-        # a negligible Newton step means convergence (the gradient is at its noise floor)
+        # an uphill direction (stale BFGS matrix): refresh the Hessian and retry
+        uphill = ~done & ~(slope < 0)
+        need_fd[active[uphill]] = True
+        # a negligible step means convergence (the gradient is at its noise floor)
         done |= np.abs(d).max(axis=1) <= 1e-10 * np.maximum(1.0, np.abs(sa).max(axis=1))
         t = np.ones(active.size)
-        accepted = done | ~np.isfinite(f0)
+        accepted = done | ~np.isfinite(f0) | uphill
         snew = sa.copy()
-        # predicted decrease below the rounding level of f: take the full Newton step
+        # predicted decrease below the rounding level of f: take the full step
         tiny = ~accepted & (-slope < 1e-13 * np.maximum(1.0, np.abs(f0)))
         snew[tiny] = sa[tiny] + d[tiny]
         accepted |= tiny
@@ -654,9 +698,14 @@ def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.nd
             t[todo[~ok]] *= 0.5
         stuck = ~accepted
         done |= stuck & (gmax < 1e-5)
+        # a failed line search with a stale BFGS matrix gets one more try with a fresh one
+        retry = stuck & ~done & ~need_fd[active]
+        need_fd[active[retry]] = True
+        s_prev[active] = sa
+        g_prev[active] = g
         s[active] = snew
         conv[active[done]] = True
-        keep = ~done & ~stuck & np.isfinite(f0)
+        keep = ~done & (~stuck | retry) & np.isfinite(f0)
         active = active[keep]
     return s, conv
 

@@ -1,0 +1,225 @@
+"""Replicates per second on design R1: batched REML vs a statsmodels loop vs MCPower.
+
+Design R1 (issue 6): 30 therapists x 8 patients x 6 sessions (1,440 rows), random
+intercepts for therapist and patient, ``adherence ~ alliance * (age + autonomy)``,
+testing ``alliance:autonomy``. Everything is measured in this one run on this machine:
+
+* fast engine: simulate B replicates (vectorised numpy simulator below, seeded) and fit
+  them with :func:`alliance_models.power.fast.fit_batch` (REML, Satterthwaite df for the
+  tested term), end to end; also the fit alone, and with the package's own simulator
+  (``power.simulate.batch_arrays``) when it is importable;
+* statsmodels MixedLM: a loop over replicates (data frame + ``MixedLM`` with a patient
+  variance component, REML; Wald z only, it has no small-sample df);
+* MCPower (``pip install mcpower``), if importable: ``find_power`` on the same design
+  (its own simulator; Satterthwaite df for nested groupings per its documentation).
+
+Timings are repeated and the median is printed; the ratios use the medians.
+Run: ``.venv/bin/python benchmarks/power_speed.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+T, P, S = 30, 8, 6
+N = T * P * S
+THER = np.repeat(np.arange(T), P * S)
+PAT = np.repeat(np.arange(T * P), S)
+NAMES = ("Intercept", "alliance", "age", "autonomy", "alliance:age", "alliance:autonomy")
+TEST = 5
+# standardised alliance/autonomy, age in years (centred at 50 for the simulator only)
+BETA = np.array([0.0, 0.25, 0.0, 0.10, 0.05 / 14, 0.10])
+SD_THER, SD_PAT = np.sqrt(0.05), np.sqrt(0.30)  # ICCs 0.05 / 0.30 with residual SD ~ 0.8
+
+
+def simulate_r1(rng: np.random.Generator, B: int) -> tuple[np.ndarray, np.ndarray]:
+    """B replicates of R1 as arrays: X (B, N, 6) and Y (B, N)."""
+    al = (0.45 * rng.standard_normal((B, T))[:, THER]
+          + 0.7 * rng.standard_normal((B, T * P))[:, PAT]
+          + 0.55 * rng.standard_normal((B, N)))
+    age = np.clip(rng.normal(50.0, 14.0, (B, T * P)), 18, 85)[:, PAT]
+    au = rng.standard_normal((B, T * P))[:, PAT]
+    X = np.empty((B, N, 6))
+    X[..., 0] = 1.0
+    X[..., 1] = al
+    X[..., 2] = age
+    X[..., 3] = au
+    X[..., 4] = al * (age - 50.0)
+    X[..., 5] = al * au
+    Y = X @ BETA
+    Y += SD_THER * rng.standard_normal((B, T))[:, THER]
+    Y += SD_PAT * rng.standard_normal((B, T * P))[:, PAT]
+    Y += np.sqrt(0.65) * rng.standard_normal((B, N))
+    X[..., 4] = al * age  # the analysis uses raw age, as the formula does
+    return X, Y
+
+
+def timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_fast(B: int, repeats: int) -> tuple[float, float]:
+    from alliance_models.power.fast import fit_batch
+
+    rng = np.random.default_rng(1)
+
+    def run() -> None:
+        X, Y = simulate_r1(rng, B)
+        fit = fit_batch(X, Y, THER, PAT, contrast=TEST)
+        assert fit.converged.mean() > 0.99
+
+    X, Y = simulate_r1(np.random.default_rng(2), B)
+
+    def fit_only() -> None:
+        fit_batch(X, Y, THER, PAT, contrast=TEST)
+
+    run()  # warm-up
+    return B / statistics.median(timed(run, repeats)), B / statistics.median(
+        timed(fit_only, repeats))
+
+
+def bench_package_simulator(B: int, repeats: int) -> float | None:
+    try:
+        from alliance_models._utils import spawn_seeds
+        from alliance_models.power.design import Design
+        from alliance_models.power.fast import fit_batch
+        from alliance_models.power.simulate import batch_arrays
+    except ImportError as err:
+        print(f"  package simulator: not importable ({err})")
+        return None
+    counter = iter(range(10**6))
+    try:
+        design = Design(therapists=T, patients_per_therapist=P, sessions=S,
+                        moderators={"age": "patient", "autonomy": "patient"},
+                        effects={"alliance": 0.25, "autonomy": 0.1, "alliance:autonomy": 0.1})
+    except Exception as err:  # noqa: BLE001 - report any failure of the other module
+        print(f"  package simulator: Design failed ({type(err).__name__}: {err})")
+        return None
+
+    def run() -> None:
+        seeds = spawn_seeds(next(counter), B)
+        X, Y, outer, inner, mask, _ = batch_arrays(design, "adherence", NAMES, seeds)
+        fit_batch(X, Y, outer, inner, mask=None if mask.all() else mask, contrast=TEST)
+
+    try:
+        run()
+    except Exception as err:  # noqa: BLE001 - report any failure of the other module
+        print(f"  package simulator: failed ({type(err).__name__}: {err})")
+        return None
+    return B / statistics.median(timed(run, repeats))
+
+
+def bench_statsmodels(B: int, repeats: int) -> float:
+    import pandas as pd
+    import statsmodels.formula.api as smf
+
+    rng = np.random.default_rng(3)
+    X, Y = simulate_r1(rng, B)
+    frames = [
+        pd.DataFrame({"adherence": Y[b], "alliance": X[b, :, 1], "age": X[b, :, 2],
+                      "autonomy": X[b, :, 3], "therapist": THER, "patient": PAT})
+        for b in range(B)
+    ]
+
+    def run() -> None:
+        for d in frames:
+            md = smf.mixedlm("adherence ~ alliance * (age + autonomy)", d, groups="therapist",
+                             re_formula="1", vc_formula={"patient": "0 + C(patient)"})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                md.fit(reml=True, method="lbfgs")
+
+    return B / statistics.median(timed(run, repeats))
+
+
+def bench_mcpower(B: int, repeats: int) -> float | None:
+    try:
+        import mcpower
+    except ImportError:
+        print("  MCPower: not installed (pip install mcpower)")
+        return None
+    try:
+        from mcpower import _engine
+
+        _engine.set_n_threads(2)
+    except Exception as err:  # noqa: BLE001
+        print(f"  MCPower: could not pin threads ({err}); using its default")
+    try:
+        m = mcpower.MCPower(
+            "adherence ~ alliance + age + autonomy + alliance:age + alliance:autonomy"
+            " + (1|therapist/patient)", family="lme")
+        m.set_cluster("therapist", ICC=0.05, n_clusters=T)
+        m.set_cluster("therapist:patient", ICC=0.30, n_per_parent=P)
+        m.set_effects("alliance=0.25, age=0.0, autonomy=0.1, alliance:age=0.05, "
+                      "alliance:autonomy=0.1")
+        m.set_simulations(B)
+        seeds = iter(range(1, 10**6))
+
+        def run() -> None:
+            m.set_seed(next(seeds))
+            m.find_power(N, target_test="alliance:autonomy", verbose=False,
+                         progress_callback=False)
+
+        run()
+        print(f"  MCPower {mcpower.__version__}: power at R1 = "
+              f"{_mc_power(m, N):.3f} (its own simulator)")
+        return B / statistics.median(timed(run, repeats))
+    except Exception as err:  # noqa: BLE001 - report the API failure, do not crash
+        print(f"  MCPower: failed ({type(err).__name__}: {err})")
+        return None
+
+
+def _mc_power(m, n: int) -> float:  # noqa: ANN001
+    r = m.find_power(n, target_test="alliance:autonomy", verbose=False, progress_callback=False)
+    return float(r["power_uncorrected"][0][0])
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    reps = 3 if quick else 5
+    B_fast = 500 if quick else 2000
+    B_sm = 5 if quick else 20
+    B_mc = 500 if quick else 2000
+    import alliance_models
+
+    print(f"R1: {T} therapists x {P} patients x {S} sessions = {N} rows; "
+          "adherence ~ alliance * (age + autonomy) + (1 | therapist/patient); "
+          "test alliance:autonomy")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, "
+          f"alliance_models {alliance_models.__version__}, cores {os.cpu_count()}, "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+    print(f"medians of {reps} timings")
+
+    fast_e2e, fast_fit = bench_fast(B_fast, reps)
+    print(f"  fast engine, simulate + fit + df ({B_fast} replicates): {fast_e2e:9.1f} rep/s")
+    print(f"  fast engine, fit + df only        ({B_fast} replicates): {fast_fit:9.1f} rep/s")
+    pkg = bench_package_simulator(500 if quick else 1000, reps)
+    if pkg is not None:
+        print(f"  fast engine with am's batch_arrays simulator:        {pkg:9.1f} rep/s")
+    sm = bench_statsmodels(B_sm, max(1, reps // 2) if not quick else 1)
+    print(f"  statsmodels MixedLM loop ({B_sm} replicates, no df):      {sm:9.2f} rep/s")
+    mc = bench_mcpower(B_mc, reps)
+    if mc is not None:
+        print(f"  MCPower find_power ({B_mc} replicates):               {mc:9.1f} rep/s")
+    print("ratios")
+    print(f"  fast (end to end) / statsmodels loop: {fast_e2e / sm:8.1f}x   (goal >= 100x)")
+    if mc is not None:
+        print(f"  fast (end to end) / MCPower:          {fast_e2e / mc:8.2f}x   (goal >= 1x)")
+    else:
+        print("  fast / MCPower: MCPower unavailable")
+
+
+if __name__ == "__main__":
+    main()
