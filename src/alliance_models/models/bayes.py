@@ -262,6 +262,16 @@ def _build_params(
             pr = parse_prior(tk, spec, kind=old.kind, shifted=old.d != 0.0)
             params[i] = _Param(old.key, old.kind, old.c, old.d, pr.to_standardised(old.c, old.d),
                                "user", old.meaning)
+    by_key = {p.key: p for p in params}
+    for t in terms:
+        if t.correlated:
+            fams = {by_key[_sd_key(t, c)].prior_std.dist for c in t.coef_names}
+            if len(fams) > 1:
+                raise ModelSpecError(
+                    f"the SD priors of the correlated term for {t.group!r} must share one "
+                    f"family (they feed one LKJ covariance); got {', '.join(sorted(fams))}. "
+                    f"Set them together with the key 'sd_{t.name}'"
+                )
     return params
 
 
@@ -290,15 +300,15 @@ def _check_counts(values: np.ndarray, index: pd.Index, column: str, what: str) -
         rows = list(index[bad_int])
         raise DataValidationError(
             f"column {column!r} ({what}) must hold whole-number counts; "
-            f"{format_rows(rows)} have {values[bad_int][0]!r}"
-            + (" (first shown)" if bad_int.sum() > 1 else "")
+            f"{format_rows(rows)}: {float(values[bad_int][0]):g}"
+            + (" (the first)" if len(rows) > 1 else "")
         )
     neg = values < 0
     if neg.any():
         rows = list(index[neg])
         raise DataValidationError(
-            f"column {column!r} ({what}) must be >= 0; {format_rows(rows)} have "
-            f"{values[neg][0]:g}" + (" (first shown)" if neg.sum() > 1 else "")
+            f"column {column!r} ({what}) must be >= 0; {format_rows(rows)}: "
+            f"{float(values[neg][0]):g}" + (" (the first)" if len(rows) > 1 else "")
         )
     return np.round(values).astype(np.int64)
 
@@ -306,10 +316,6 @@ def _check_counts(values: np.ndarray, index: pd.Index, column: str, what: str) -
 # ----------------------------------------------------------------------------------------
 # the PyMC model
 # ----------------------------------------------------------------------------------------
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_]", "_", name)
 
 
 def _rv(pm: Any, name: str, prior: Prior, **kw: Any) -> Any:
@@ -356,20 +362,25 @@ def _build_model(
                          dims="term")
         eta = pt.dot(pt.as_tensor(Xs), b_std)
         for t in terms:
-            sd_std = _stacked(pm, pt, f"sd_std_{t.name}",
-                              [by_key[_sd_key(t, c)].prior_std for c in t.coef_names],
-                              f"{t.name}_coef")
-            pm.Deterministic(f"sd_{t.name}", sd_std * pt.as_tensor(scaling.y_sd / t.z_sd),
-                             dims=f"{t.name}_coef")
+            sd_priors = [by_key[_sd_key(t, c)].prior_std for c in t.coef_names]
             z = pm.Normal(f"z_{t.name}", 0.0, 1.0, dims=(t.name, f"{t.name}_coef"))
             if t.correlated:
+                # LKJCholeskyCov: sd_dist is one vector distribution (same family per term)
                 eta_lkj = by_key[f"lkj_{t.name}"].prior_std.params["eta"]
-                L = pm.LKJCorr(f"chol_corr_{t.name}", n=len(t.coef_names), eta=eta_lkj)
-                pm.Deterministic(f"corr_{t.name}", pt.dot(L, L.T),
+                arrays = {k: np.array([p.params[k] for p in sd_priors])
+                          for k in sd_priors[0].params}
+                sd_dist = getattr(pm, sd_priors[0].dist).dist(**arrays, shape=len(sd_priors))
+                chol, corr, sd_std = pm.LKJCholeskyCov(
+                    f"chol_cov_{t.name}", n=len(t.coef_names), eta=eta_lkj, sd_dist=sd_dist,
+                    compute_corr=True, store_in_trace=False)
+                pm.Deterministic(f"corr_{t.name}", corr,
                                  dims=(f"{t.name}_coef", f"{t.name}_coef_bis"))
-                u = pt.dot(z, L.T) * sd_std
+                u = pt.dot(z, chol.T)
             else:
+                sd_std = _stacked(pm, pt, f"sd_std_{t.name}", sd_priors, f"{t.name}_coef")
                 u = z * sd_std
+            pm.Deterministic(f"sd_{t.name}", sd_std * pt.as_tensor(scaling.y_sd / t.z_sd),
+                             dims=f"{t.name}_coef")
             eta = eta + (u[t.codes] * pt.as_tensor(t.Z)).sum(axis=1)
         if family == "gaussian":
             sigma_std = _rv(pm, "sigma_std", by_key["sigma"].prior_std)
@@ -810,19 +821,26 @@ def fit_bayes(
     # PyMC's NUTS runs its chains one after the other (cores=1: no fork warning on 3.12,
     # and no oversubscription of small machines); nutpie runs chains in threads.
     kwargs: dict[str, Any] = {"cores": 1} if used == "pymc" else {}
-    with model:
+    # a diverging trajectory can overflow inside NUTS; PyMC counts it as a divergence,
+    # which the diagnostics below report, so numpy's own overflow warnings add nothing
+    with model, np.errstate(over="ignore", invalid="ignore"):
         idata = pm.sample(
             int(draws), tune=int(tune), chains=int(chains), random_seed=s_sample,
             nuts_sampler=used, progressbar=progressbar, quiet=not progressbar,
             target_accept=float(target_accept), compute_convergence_checks=False, **kwargs,
         )
         pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
-        pm.sample_posterior_predictive(idata, extend_inferencedata=True,
-                                       random_seed=s_ppc, progressbar=False)
-        if prior_predictive:
-            prior = pm.sample_prior_predictive(draws=int(draws), random_seed=s_prior)
-            idata["prior"] = prior["prior"]
-            idata["prior_predictive"] = prior["prior_predictive"]
+        with warnings.catch_warnings():
+            # PyTensor's numba backend has no compiled beta-binomial RNG and says it falls
+            # back to object mode (slower, same draws); nothing for the user to act on.
+            warnings.filterwarnings("ignore", message=".*Numba will use object mode",
+                                    category=UserWarning)
+            pm.sample_posterior_predictive(idata, extend_inferencedata=True,
+                                           random_seed=s_ppc, progressbar=False)
+            if prior_predictive:
+                prior = pm.sample_prior_predictive(draws=int(draws), random_seed=s_prior)
+                idata["prior"] = prior["prior"]
+                idata["prior_predictive"] = prior["prior_predictive"]
     wall = time.perf_counter() - t0
 
     n_div = int(idata.sample_stats["diverging"].sum()) if "diverging" in (

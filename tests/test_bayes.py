@@ -1,0 +1,592 @@
+"""Tests of the Bayesian backend (models/bayes.py, models/_priors.py).
+
+Fits are session-scoped with few draws (PyMC NUTS, 2 chains), so the default run samples
+a handful of small models; ``@pytest.mark.slow`` runs the full checks (calibration over
+40 replicates, agreement with REML on 3,200 rows, nutpie).
+
+Independent references used here: scipy.stats log densities recomputed from the posterior
+draws (the model is the one documented), statsmodels-free REML via ``fit_mixed``, numpy
+closed forms for the standardisation, prior moments in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import alliance_models as am
+from alliance_models.errors import DataValidationError, DiagnosticsWarning, ModelSpecError
+from alliance_models.models._priors import Prior, default_prior, parse_prior
+from alliance_models.models.bayes import BayesFit, _diagnose, make_scaling
+from alliance_models.models.results import FixedEffectsFit
+from bayes_fixtures import TRUE_GAUSSIAN, TRUE_LOGIT, simulate_moderation
+
+# PyTensor compiles LKJ scans through its C backend and warns once per process that pip's
+# numpy ships no BLAS it can link to: an installation notice, not a model problem.
+pytestmark = pytest.mark.filterwarnings("ignore:PyTensor could not link to a BLAS:UserWarning")
+
+FORMULA = "adherence ~ alliance * (age + autonomy) + (1 | therapist/patient)"
+ADDITIVE = "adherence ~ alliance + age + autonomy + (1 | therapist/patient)"
+# loose thresholds for the short fixtures (the diagnostics test uses the defaults)
+FAST = {"draws": 300, "tune": 300, "chains": 2, "sampler": "pymc", "rhat_max": 1.05,
+        "ess_min": 50}
+
+
+def _fit(*args, **kwargs) -> BayesFit:
+    """Fit with the DiagnosticsWarning raised as an error (fixtures must sample well)."""
+    opts = {**FAST, **kwargs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DiagnosticsWarning)
+        return am.fit_bayes(*args, **opts)
+
+
+@pytest.fixture(scope="module")
+def gdata() -> pd.DataFrame:
+    return simulate_moderation(therapists=20, patients=6, sessions=5, seed=11)
+
+
+@pytest.fixture(scope="module")
+def gfit(gdata) -> BayesFit:
+    return _fit(FORMULA, gdata, seed=1, prior_predictive=True)
+
+
+@pytest.fixture(scope="module")
+def gfit_additive(gdata) -> BayesFit:
+    return _fit(ADDITIVE, gdata, seed=2)
+
+
+@pytest.fixture(scope="module")
+def bdata() -> pd.DataFrame:
+    return simulate_moderation(therapists=20, patients=6, sessions=4, family="binomial",
+                               seed=5)
+
+
+@pytest.fixture(scope="module")
+def bfit_binom(bdata) -> BayesFit:
+    return _fit("attended ~ alliance * autonomy + (1 | therapist/patient)", bdata,
+                family="binomial", trials="scheduled", seed=3)
+
+
+@pytest.fixture(scope="module")
+def bfit_bb() -> BayesFit:
+    # no patient effects: the model has therapist intercepts only, so patient variation
+    # would otherwise be absorbed as extra overdispersion (lower kappa)
+    df = simulate_moderation(therapists=20, patients=6, sessions=4, family="beta_binomial",
+                             kappa=6.0, sd_patient=0.0, seed=6)
+    return _fit("attended ~ alliance * autonomy + (1 | therapist)", df,
+                family="beta_binomial", trials="scheduled", seed=4)
+
+
+@pytest.fixture(scope="module")
+def slope_fit() -> BayesFit:
+    df = simulate_moderation(therapists=25, patients=4, sessions=5, seed=21)
+    # add a therapist-specific alliance slope with known SD 0.25
+    th = pd.factorize(df["therapist"], sort=True)[0]
+    df["adherence"] += np.random.default_rng(0).normal(0, 0.25, th.max() + 1)[th] * df[
+        "alliance"]
+    return _fit("adherence ~ alliance * autonomy + (1 + alliance | therapist)", df, seed=8)
+
+
+# ------------------------------------------------------------------ the fit interface
+def test_interface_shapes_and_names(gfit, gdata):
+    assert isinstance(gfit, FixedEffectsFit)
+    names = list(gfit.frame.x_names)
+    assert names == ["Intercept", "alliance", "age", "autonomy", "alliance:age",
+                     "alliance:autonomy"]
+    draws = gfit.fixed_draws
+    assert draws.shape == (2 * 300, 6) and list(draws.columns) == names
+    assert list(gfit.params.index) == names
+    np.testing.assert_allclose(gfit.params.to_numpy(), draws.to_numpy().mean(axis=0))
+    cov = gfit.cov_params()
+    np.testing.assert_allclose(cov.to_numpy(), np.cov(draws.to_numpy(), rowvar=False),
+                               rtol=1e-12)
+    assert gfit.contrast_df(np.eye(6)[:1]) == math.inf
+    groups = set(gfit.idata.children)
+    assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data",
+            "sample_stats", "prior", "prior_predictive"} <= groups
+    np.testing.assert_array_equal(gfit.idata.observed_data["adherence"].values,
+                                  gdata["adherence"].to_numpy())
+
+
+def test_summary_columns_and_text(gfit):
+    tab = gfit.to_frame()
+    for col in ("mean", "sd", "hdi95_lb", "hdi95_ub", "r_hat", "ess_bulk", "ess_tail",
+                "mcse_mean"):
+        assert col in tab.columns
+    assert list(tab.index[:6]) == list(gfit.frame.x_names)
+    assert {"sigma", "sd_therapist", "sd_therapist:patient"} <= set(tab.index)
+    np.testing.assert_allclose(tab.loc[list(gfit.frame.x_names), "mean"],
+                               gfit.params.to_numpy(), rtol=1e-10)
+    # HDI contains the mean; SD matches the draws (ddof 0 or 1 within 1e-2 relative)
+    assert (tab["hdi95_lb"] < tab["mean"]).all() and (tab["mean"] < tab["hdi95_ub"]).all()
+    np.testing.assert_allclose(tab.loc["alliance", "sd"], gfit.fixed_draws["alliance"].std(),
+                               rtol=1e-2)
+    text = gfit.summary()
+    assert "alliance:autonomy" in text and "r_hat" in text and "sampler: pymc" in text
+    assert "Priors" in text
+
+
+# ------------------------------------------------------------------ standardisation
+def test_scaling_round_trip_closed_form():
+    rng = np.random.default_rng(3)
+    X = np.column_stack([np.ones(50), rng.normal(5, 2, 50), rng.normal(-1, 0.3, 50)])
+    X = np.column_stack([X, X[:, 1] * X[:, 2]])
+    y = rng.normal(10, 4, 50)
+    s = make_scaling(X, y, ("Intercept", "a", "b", "a:b"), gaussian=True)
+    b_std = rng.normal(size=(7, 4))
+    beta = s.to_data(b_std)
+    # the linear predictor is the same on both scales: X beta = m_y + s_y Xs b_std
+    np.testing.assert_allclose(X @ beta.T, s.y_mean + s.y_sd * s.standardise_X(X) @ b_std.T,
+                               rtol=1e-10, atol=1e-10)
+    # without an intercept nothing is centred
+    s0 = make_scaling(X[:, 1:], y, ("a", "b", "a:b"), gaussian=False)
+    assert np.all(s0.x_mean == 0) and s0.y_mean == 0 and s0.y_sd == 1
+
+
+def test_posterior_beta_is_back_transform_of_sampled(gfit):
+    post = gfit.idata.posterior
+    b_std = post["beta_std"].transpose("chain", "draw", "term").values.reshape(-1, 6)
+    np.testing.assert_allclose(gfit.fixed_draws.to_numpy(), gfit.scaling.to_data(b_std),
+                               rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------ the likelihood is as documented
+def _re_data_scale(fit: BayesFit, name: str, k: int) -> np.ndarray:
+    """Random intercepts on the data scale for flat draw ``k`` (intercept-only terms)."""
+    post = fit.idata.posterior
+    z = post[f"z_{name}"].stack(s=("chain", "draw")).values[:, 0, k]
+    sd = post[f"sd_{name}"].stack(s=("chain", "draw")).values[0, k]
+    return z * sd
+
+
+def test_gaussian_loglik_matches_scipy(gfit):
+    fr, post = gfit.frame, gfit.idata.posterior
+    ll = gfit.idata.log_likelihood["adherence"].stack(s=("chain", "draw")).values
+    beta = gfit.fixed_draws.to_numpy()
+    sigma = post["sigma"].stack(s=("chain", "draw")).values
+    for k in (0, 137, 599):
+        mu = fr.X @ beta[k]
+        for g in ("therapist", "therapist:patient"):
+            mu = mu + _re_data_scale(gfit, g, k)[fr.groups[g]]
+        np.testing.assert_allclose(ll[:, k], stats.norm.logpdf(fr.y, mu, sigma[k]),
+                                   rtol=1e-8, atol=1e-10)
+
+
+def test_binomial_loglik_matches_scipy(bfit_binom, bdata):
+    fr = bfit_binom.frame
+    ll = bfit_binom.idata.log_likelihood["attended"].stack(s=("chain", "draw")).values
+    beta = bfit_binom.fixed_draws.to_numpy()
+    n = bdata["scheduled"].to_numpy()
+    for k in (3, 400):
+        eta = fr.X @ beta[k]
+        for g in ("therapist", "therapist:patient"):
+            eta = eta + _re_data_scale(bfit_binom, g, k)[fr.groups[g]]
+        np.testing.assert_allclose(ll[:, k], stats.binom.logpmf(fr.y, n, 1 / (1 + np.exp(-eta))),
+                                   rtol=1e-8, atol=1e-10)
+
+
+def test_beta_binomial_loglik_matches_scipy(bfit_bb):
+    fr = bfit_bb.frame
+    ll = bfit_bb.idata.log_likelihood["attended"].stack(s=("chain", "draw")).values
+    kappa = bfit_bb.idata.posterior["kappa"].stack(s=("chain", "draw")).values
+    beta = bfit_bb.fixed_draws.to_numpy()
+    n = fr.data["scheduled"].to_numpy()
+    for k in (0, 250):
+        eta = fr.X @ beta[k] + _re_data_scale(bfit_bb, "therapist", k)[fr.groups["therapist"]]
+        p = 1 / (1 + np.exp(-eta))
+        np.testing.assert_allclose(
+            ll[:, k], stats.betabinom.logpmf(fr.y, n, p * kappa[k], (1 - p) * kappa[k]),
+            rtol=1e-7, atol=1e-9)
+
+
+def test_correlated_slopes_loglik_matches_numpy(slope_fit):
+    """u_g = chol(D R D) z_g with D the SDs (standardised units), R the LKJ correlation."""
+    fit, fr = slope_fit, slope_fit.frame
+    post = fit.idata.posterior.to_dataset().stack(s=("chain", "draw"))
+    ll = fit.idata.log_likelihood["adherence"].stack(s=("chain", "draw")).values
+    sy = fit.scaling.y_sd
+    zcol = fr.Z["(1 + alliance | therapist)"]
+    z_sd = np.array([1.0, zcol[:, 1].std()])
+    for k in (5, 420):
+        sd_std = post["sd_therapist"].values[:, k] * z_sd / sy
+        R = post["corr_therapist"].values[:, :, k]
+        L = np.linalg.cholesky(np.outer(sd_std, sd_std) * R)
+        z = post["z_therapist"].values[:, :, k]  # (G, 2)
+        u_std = z @ L.T  # per group, standardised outcome units per scaled Z column
+        u = sy * u_std / z_sd  # data scale per unscaled Z column
+        mu = fr.X @ fit.fixed_draws.to_numpy()[k] + (u[fr.groups["therapist"]] * zcol).sum(1)
+        sigma = post["sigma"].values[k]
+        np.testing.assert_allclose(ll[:, k], stats.norm.logpdf(fr.y, mu, sigma), rtol=1e-8)
+    tab = fit.to_frame()
+    assert {"sd_therapist[(Intercept)]", "sd_therapist[alliance]",
+            "corr_therapist[alliance, (Intercept)]"} <= set(tab.index)
+    # the simulated slope SD 0.25 lies in the 95% HDI
+    lo, hi = tab.loc["sd_therapist[alliance]", ["hdi95_lb", "hdi95_ub"]]
+    assert lo < 0.25 < hi
+
+
+# ------------------------------------------------------------------ recovery
+def test_gaussian_recovers_truth(gfit):
+    tab = gfit.to_frame()
+    for name, true in TRUE_GAUSSIAN.items():
+        lo, hi = tab.loc[name, ["hdi95_lb", "hdi95_ub"]]
+        # 6 intervals at 95%: all should cover for this seed; a miss by more than
+        # one further posterior SD would mean a bias, not bad luck
+        sd = tab.loc[name, "sd"]
+        assert lo - sd < true < hi + sd, (name, lo, hi, true)
+
+
+@pytest.mark.parametrize("which", ["bfit_binom", "bfit_bb"])
+def test_binomial_families_recover_signs(which, request):
+    fit = request.getfixturevalue(which)
+    tab = fit.to_frame()
+    for name, true in TRUE_LOGIT.items():
+        lo, hi = tab.loc[name, ["hdi95_lb", "hdi95_ub"]]
+        assert np.sign(tab.loc[name, "mean"]) == np.sign(true), name
+        assert lo > 0 or hi < 0, f"{name}: 95% HDI [{lo:.3f}, {hi:.3f}] contains 0"
+    if which == "bfit_bb":
+        lo, hi = tab.loc["kappa", ["hdi95_lb", "hdi95_ub"]]
+        assert lo < 6.0 < hi  # the simulated concentration
+
+
+def test_agrees_with_reml(gfit, gdata):
+    """Posterior means within 2 posterior SD of fit_mixed's REML estimates (600 rows)."""
+    mfit = am.fit_mixed(FORMULA, gdata)
+    diff = (gfit.params - mfit.params[gfit.params.index]).abs()
+    sd = gfit.fixed_draws.std()
+    assert (diff < 2 * sd).all(), pd.DataFrame({"diff": diff, "2sd": 2 * sd})
+    # and the posterior SDs are close to the REML standard errors (within 35%)
+    se = np.sqrt(np.diag(mfit.cov_params().loc[sd.index, sd.index]))
+    np.testing.assert_allclose(sd.to_numpy(), se, rtol=0.35)
+
+
+def _coverage(n_rep: int, seed: int, **sim) -> tuple[int, int]:
+    hits = total = 0
+    for i, ss in enumerate(np.random.SeedSequence(seed).spawn(n_rep)):
+        df = simulate_moderation(seed=int(ss.generate_state(1)[0]), **sim)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DiagnosticsWarning)
+            fit = am.fit_bayes(FORMULA, df, draws=300, tune=300, chains=2, sampler="pymc",
+                               seed=i)
+        q = fit.fixed_draws.quantile([0.05, 0.95])
+        for name, true in TRUE_GAUSSIAN.items():
+            hits += int(q.loc[0.05, name] < true < q.loc[0.95, name])
+            total += 1
+    return hits, total
+
+
+def test_calibration_small():
+    """Central 90% intervals cover the truth: 4 replicates x 6 effects (cheap version).
+
+    With 24 intervals the binomial Monte Carlo SD of the coverage is about 0.06; the
+    assertion allows 3 SD below 0.9 (intervals within a replicate are correlated, which
+    only widens the spread a little).
+    """
+    hits, total = _coverage(4, 2024, therapists=10, patients=4, sessions=4)
+    se = math.sqrt(0.9 * 0.1 / total)
+    assert hits / total > 0.9 - 3 * se, (hits, total)
+
+
+@pytest.mark.slow
+def test_calibration_full():
+    """40 replicates x 6 effects: coverage within 3 binomial MC SE (0.058) of 0.90."""
+    hits, total = _coverage(40, 7, therapists=15, patients=5, sessions=4)
+    se = math.sqrt(0.9 * 0.1 / total)
+    assert abs(hits / total - 0.9) < 3 * se, (hits, total)
+
+
+@pytest.mark.slow
+def test_agrees_with_reml_large():
+    """3,200 rows (40 x 10 x 8), 4 chains x 1000 draws with nutpie: within 2 SD of REML."""
+    df = simulate_moderation(therapists=40, patients=10, sessions=8, seed=99)
+    fit = am.fit_bayes(FORMULA, df, seed=5, sampler="nutpie")
+    mfit = am.fit_mixed(FORMULA, df)
+    diff = (fit.params - mfit.params[fit.params.index]).abs()
+    assert (diff < 2 * fit.fixed_draws.std()).all()
+    assert fit.sampler == "nutpie"
+
+
+# ------------------------------------------------------------------ priors
+def test_default_priors_table(gfit):
+    pri = gfit.priors
+    assert list(pri.index) == ["Intercept", "alliance", "age", "autonomy", "alliance:age",
+                               "alliance:autonomy", "sigma", "sd_therapist",
+                               "sd_therapist:patient"]
+    assert (pri["source"] == "default").all()
+    assert pri.loc["alliance", "prior_standardised"] == "Normal(mu=0, sigma=1)"
+    sy = gfit.frame.y.std()
+    sx = gfit.frame.X[:, 1].std()
+    assert pri.loc["alliance", "prior_data_scale"] == f"Normal(mu=0, sigma={sy / sx:.4g})"
+    assert pri.loc["Intercept", "prior_data_scale"] == (
+        f"Normal(mu={gfit.frame.y.mean():.4g}, sigma={sy:.4g})")
+    assert pri.loc["sd_therapist", "prior_data_scale"] == f"HalfNormal(sigma={sy:.4g})"
+
+
+def test_prior_override_reaches_model_and_table(gdata):
+    priors = {"alliance:autonomy": ("Normal", {"mu": 0.5, "sigma": 0.02}),
+              "sd_therapist": ("HalfNormal", {"sigma": 0.2}),
+              "Intercept": ("Normal", {"mu": 1.0, "sigma": 0.1})}
+    fit = _fit("adherence ~ alliance * autonomy + (1 | therapist)", gdata, priors=priors,
+               seed=3, draws=150, tune=150, prior_predictive=True, rhat_max=1.5, ess_min=20)
+    pri = fit.priors
+    assert pri.loc["alliance:autonomy", "source"] == "user"
+    assert pri.loc["alliance:autonomy", "prior_data_scale"] == "Normal(mu=0.5, sigma=0.02)"
+    sx = fit.frame.X[:, 3].std()
+    sy = fit.frame.y.std()
+    assert pri.loc["alliance:autonomy", "prior_standardised"] == str(
+        Prior("Normal", {"mu": 0.5 * sx / sy, "sigma": 0.02 * sx / sy}))
+    assert pri.loc["autonomy", "source"] == "default"
+    # prior draws (300 of them) have the stated data-scale moments
+    prior = fit.idata.prior.to_dataset().stack(s=("chain", "draw"))
+    ax = prior["beta"].sel(term="alliance:autonomy").values
+    n = ax.size
+    assert abs(ax.mean() - 0.5) < 4 * 0.02 / math.sqrt(n)
+    assert abs(ax.std() / 0.02 - 1) < 4 / math.sqrt(2 * n)
+    sdt = prior["sd_therapist"].values.ravel()
+    hn_mean = 0.2 * math.sqrt(2 / math.pi)
+    assert abs(sdt.mean() - hn_mean) < 4 * 0.2 * math.sqrt(1 - 2 / math.pi) / math.sqrt(n)
+    # the Intercept prior is for the outcome at the predictor means
+    b = prior["beta"].transpose("s", "term").values
+    at_means = b @ fit.frame.X.mean(axis=0)
+    assert abs(at_means.mean() - 1.0) < 4 * 0.1 / math.sqrt(n)
+    # the posterior combines the tight prior with the likelihood: normal approximation
+    # (precision-weighted mean of the prior and the REML estimate) within 3 posterior SD
+    mfit = am.fit_mixed("adherence ~ alliance * autonomy + (1 | therapist)", gdata)
+    est = mfit.params["alliance:autonomy"]
+    se = math.sqrt(mfit.cov_params().loc["alliance:autonomy", "alliance:autonomy"])
+    w_prior, w_lik = 1 / 0.02**2, 1 / se**2
+    expected = (w_prior * 0.5 + w_lik * est) / (w_prior + w_lik)
+    post_sd = fit.fixed_draws["alliance:autonomy"].std()
+    assert abs(fit.params["alliance:autonomy"] - expected) < 3 * post_sd
+    assert post_sd < 0.02 and abs(expected - 0.5) < abs(est - 0.5)
+
+
+def test_prior_module_conversions():
+    p = Prior("Exponential", {"lam": 2.0})
+    assert p.to_standardised(4.0).params == {"lam": 8.0}
+    assert p.to_standardised(4.0).to_data(4.0) == p
+    q = Prior("StudentT", {"nu": 3.0, "mu": 1.0, "sigma": 2.0})
+    assert q.to_standardised(2.0, 1.0).params == {"nu": 3.0, "mu": 0.0, "sigma": 1.0}
+    assert str(default_prior("Intercept", "binomial")) == "Normal(mu=0, sigma=2.5)"
+    with pytest.raises(ModelSpecError, match="'sigma' is positive.*got Normal"):
+        parse_prior("sigma", ("Normal", {"mu": 0, "sigma": 1}), kind="sigma", shifted=False)
+    with pytest.raises(ModelSpecError, match="Intercept prior must be a location family"):
+        parse_prior("Intercept", ("HalfNormal", {"sigma": 1}), kind="Intercept", shifted=True)
+    with pytest.raises(ModelSpecError, match="takes parameters mu, sigma; missing sigma"):
+        parse_prior("age", ("Normal", {"mu": 0}), kind="slope", shifted=False)
+    with pytest.raises(ModelSpecError, match="parameter sigma must be > 0, got -1"):
+        parse_prior("age", ("Normal", {"mu": 0, "sigma": -1}), kind="slope", shifted=False)
+    with pytest.raises(ModelSpecError, match="must be a pair"):
+        parse_prior("age", "Normal(0, 1)", kind="slope", shifted=False)
+
+
+# ------------------------------------------------------------------ diagnostics
+def test_diagnostics_warning_with_bad_settings():
+    df = simulate_moderation(therapists=12, patients=3, sessions=3, seed=4)
+    with pytest.warns(DiagnosticsWarning) as rec:
+        am.fit_bayes("adherence ~ alliance + (1 | therapist)", df, draws=30, tune=10,
+                     chains=2, sampler="pymc", seed=1, target_accept=0.5)
+    msg = str(rec[0].message)
+    assert "ess_bulk < 400" in msg and "Try:" in msg and "more draws" in msg
+    # every reported parameter is named with its value
+    assert "sd_therapist (" in msg or "r_hat > 1.01" in msg
+
+
+def test_diagnose_text_unit():
+    tab = pd.DataFrame({"r_hat": [1.0, 1.2], "ess_bulk": [900.0, 50.0]},
+                       index=["alliance", "sd_therapist"])
+    msg = _diagnose(tab, n_div=3, n_draws=400, rhat_max=1.01, ess_min=400)
+    assert "r_hat > 1.01 for 1 parameter(s): sd_therapist (1.200)" in msg
+    assert "ess_bulk < 400 for 1 parameter(s): sd_therapist (50)" in msg
+    assert "3 divergent transition(s)" in msg and "target_accept" in msg
+    assert "reparametrise" in msg and "tune=2000" in msg
+    assert _diagnose(tab.iloc[:1], 0, 400, 1.01, 400) is None
+
+
+# ------------------------------------------------------------------ bad input
+def test_unknown_prior_term_lists_terms(gdata):
+    with pytest.raises(ModelSpecError, match=r"'alliance:autonomie'.*terms that take a prior: "
+                       r"Intercept, alliance, .*alliance:autonomy, sigma, sd_therapist"):
+        am.fit_bayes(FORMULA, gdata, priors={"alliance:autonomie": ("Normal", {"mu": 0,
+                                                                             "sigma": 1})})
+
+
+def test_binomial_without_trials(bdata):
+    with pytest.raises(ModelSpecError, match="family='binomial' needs trials="):
+        am.fit_bayes("attended ~ alliance + (1 | therapist)", bdata, family="binomial")
+
+
+def test_successes_above_trials_names_rows(bdata):
+    bad = bdata.copy()
+    bad.loc[[4, 9], "attended"] = 11  # scheduled is 10
+    with pytest.raises(DataValidationError,
+                       match=r"'attended' exceeds trials column 'scheduled' in rows 4, 9 "
+                             r"\(first: 11 successes of 10\)"):
+        am.fit_bayes("attended ~ alliance + (1 | therapist)", bad, family="binomial",
+                     trials="scheduled")
+
+
+def test_non_integer_counts(bdata):
+    bad = bdata.copy()
+    bad["attended"] = bad["attended"].astype(float)
+    bad.loc[7, "attended"] = 2.5
+    with pytest.raises(DataValidationError, match=r"'attended' \(successes\) must hold "
+                       r"whole-number counts; row 7: 2.5"):
+        am.fit_bayes("attended ~ alliance + (1 | therapist)", bad, family="binomial",
+                     trials="scheduled")
+    bad = bdata.copy()
+    bad["scheduled"] = bad["scheduled"].astype(float)
+    bad.loc[[1, 2, 3, 5, 8, 13], "scheduled"] = -1.0
+    with pytest.raises(DataValidationError, match=r"'scheduled' \(trials\) must be >= 0; "
+                       r"rows 1, 2, 3, 5, 8 \(and 1 more\): -1 \(the first\)"):
+        am.fit_bayes("attended ~ alliance + (1 | therapist)", bad, family="beta_binomial",
+                     trials="scheduled")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"family": "poisson"}, "family must be one of gaussian, binomial, beta_binomial"),
+        ({"sampler": "stan"}, "sampler must be one of auto, pymc, nutpie, got 'stan'"),
+        ({"draws": 0}, "draws must be an integer >= 1, got 0"),
+        ({"chains": 1.5}, "chains must be an integer >= 1"),
+        ({"target_accept": 1.0}, r"target_accept must be in \[0.5, 1\)"),
+        ({"trials": "scheduled"}, "trials= is only used by the binomial families"),
+        ({"priors": {"sigma": ("Normal", {"mu": 0, "sigma": 1})}}, "'sigma' is positive"),
+        ({"priors": {"age": ("Gumbel", {"mu": 0, "beta": 1})}},
+         "names distribution 'Gumbel'; supported: Cauchy, Exponential"),
+    ],
+)
+def test_bad_arguments(gdata, kwargs, match):
+    data = gdata.assign(scheduled=10)
+    with pytest.raises(ModelSpecError, match=match):
+        am.fit_bayes(FORMULA, data, **kwargs)
+
+
+def test_correlated_sd_priors_must_share_family(gdata):
+    with pytest.raises(ModelSpecError, match="must share one family.*HalfNormal, Exponential"
+                       "|must share one family.*Gamma, HalfNormal"):
+        am.fit_bayes("adherence ~ alliance + (1 + alliance | therapist)", gdata,
+                     priors={"sd_therapist[alliance]": ("Gamma", {"alpha": 2, "beta": 1})})
+
+
+# ------------------------------------------------------------------ comparison
+def test_compare_loo(gfit, gfit_additive):
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always", DiagnosticsWarning)
+        res = am.compare({"moderated": gfit, "additive": gfit_additive}, pareto_k_max=0.7)
+    # a warning exactly when some observation has Pareto k > 0.7, naming how many
+    n_high = {k: int((np.asarray(v.pareto_k) > 0.7).sum()) for k, v in res.loo.items()}
+    assert res.n_high_k == n_high
+    assert len(rec) == int(any(n_high.values()))
+    for name, n in n_high.items():
+        if n:
+            assert f"{name}: {n} of 600 observations" in str(rec[0].message)
+    tab = res.to_frame()
+    assert set(tab.index) == {"moderated", "additive"}
+    for col in ("elpd", "p", "elpd_diff", "weight", "se", "dse"):
+        assert col in tab.columns
+    assert tab["elpd"].iloc[0] >= tab["elpd"].iloc[1] and res.best == tab.index[0]
+    # elpd_loo + p_loo equals the log pointwise predictive density, computed here
+    for name, fit in (("moderated", gfit), ("additive", gfit_additive)):
+        ll = fit.idata.log_likelihood["adherence"].stack(s=("chain", "draw")).values
+        lppd = float(np.sum(np.log(np.mean(np.exp(ll), axis=1))))
+        np.testing.assert_allclose(tab.loc[name, "elpd"] + tab.loc[name, "p"], lppd,
+                                   rtol=1e-8)
+        # p_loo is of the order of the number of parameters (6 or 4 + 141 random effects,
+        # shrunk): positive and well below the number of observations
+        assert 0 < tab.loc[name, "p"] < 200
+    assert "best: " in res.summary()
+
+
+def test_compare_pareto_k_warning(gfit, gfit_additive):
+    with pytest.warns(DiagnosticsWarning, match=r"Pareto k > 0 .*moderated: \d+ of 600 obs"):
+        res = am.compare({"moderated": gfit, "additive": gfit_additive}, pareto_k_max=0.0)
+    k = np.asarray(res.loo["moderated"].pareto_k)
+    assert res.n_high_k["moderated"] == int((k > 0).sum()) > 0
+
+
+def test_compare_bad_input(gfit, bfit_binom):
+    with pytest.raises(ModelSpecError, match="at least two"):
+        am.compare({"one": gfit})
+    with pytest.raises(ModelSpecError, match="'b' is a str, not a BayesFit"):
+        am.compare({"a": gfit, "b": "x"})
+    with pytest.raises(ModelSpecError, match="different rows or outcomes"):
+        am.compare({"a": gfit, "b": bfit_binom})
+
+
+# ------------------------------------------------------------------ plots
+@pytest.mark.parametrize("kind", ["trace", "rank", "forest", "ppc", "prior_ppc", "posterior"])
+def test_plots_write_png(gfit, kind, tmp_path):
+    path = tmp_path / f"{kind}.png"
+    pc = gfit.plot(kind, path)
+    assert path.stat().st_size > 5000
+    with open(path, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert pc is not None
+
+
+def test_plot_errors(gfit_additive):
+    with pytest.raises(ModelSpecError, match="prior_predictive=True"):
+        gfit_additive.plot("prior_ppc")
+    with pytest.raises(ModelSpecError, match="plot kind 'pairs' is not known"):
+        gfit_additive.plot("pairs")
+
+
+# ------------------------------------------------------------------ probing on the posterior
+def test_probing_end_to_end(gfit):
+    draws = gfit.fixed_draws
+    ss = am.simple_slopes(gfit, focal="alliance", moderator="autonomy", at=[-1.0, 0.0, 1.0])
+    tab = ss.to_frame()
+    # independent: the conditional slope draws are b_alliance + m * b_alliance:autonomy
+    # (age held at its mean, through alliance:age)
+    age_mean = gfit.frame.data["age"].mean()
+    for m, row in zip([-1.0, 0.0, 1.0], tab.itertuples(), strict=True):
+        eff = (draws["alliance"] + m * draws["alliance:autonomy"]
+               + age_mean * draws["alliance:age"])
+        np.testing.assert_allclose(row.estimate, np.median(eff), rtol=1e-8)
+        np.testing.assert_allclose(row.pd, max((eff > 0).mean(), (eff < 0).mean()),
+                                   atol=1e-12)
+    jn = am.johnson_neyman(gfit, focal="alliance", moderator="autonomy")
+    assert jn is not None and "autonomy" in jn.summary()
+    ce = am.conditional_effects(gfit, focal="alliance", moderator="autonomy")
+    assert len(ce.to_frame()) > 0
+
+
+# ------------------------------------------------------------------ samplers
+def test_seed_reproducibility():
+    df = simulate_moderation(therapists=8, patients=3, sessions=3, seed=8)
+    kw = {"draws": 100, "tune": 100, "rhat_max": 1.5, "ess_min": 10}
+    f = "adherence ~ alliance + (1 | therapist)"
+    a = _fit(f, df, seed=3, **kw)
+    b = _fit(f, df, seed=np.random.SeedSequence(3), **kw)
+    np.testing.assert_array_equal(a.fixed_draws.to_numpy(), b.fixed_draws.to_numpy())
+    np.testing.assert_array_equal(a.idata.posterior_predictive["adherence"].values,
+                                  b.idata.posterior_predictive["adherence"].values)
+    c = _fit(f, df, seed=4, **kw)
+    assert not np.array_equal(a.fixed_draws.to_numpy(), c.fixed_draws.to_numpy())
+
+
+def test_nutpie_sampler(gdata):
+    fit = _fit("adherence ~ alliance * autonomy + (1 | therapist)", gdata, sampler="nutpie",
+               seed=3, draws=300, tune=300)
+    assert fit.sampler == "nutpie" and "sampler: nutpie" in fit.summary()
+    assert fit.idata.posterior.sizes["chain"] == 2
+    # the same model as with PyMC NUTS: fixed effects agree with REML within
+    # 3 posterior SD (few draws)
+    mfit = am.fit_mixed("adherence ~ alliance * autonomy + (1 | therapist)", gdata)
+    diff = (fit.params - mfit.params[fit.params.index]).abs()
+    assert (diff < 3 * fit.fixed_draws.std()).all()
+
+
+def test_auto_sampler_rule():
+    from alliance_models.models import bayes
+
+    assert bayes._resolve_sampler("auto", bayes._AUTO_NUTPIE_MIN_OBS) == "nutpie"
+    assert bayes._resolve_sampler("auto", bayes._AUTO_NUTPIE_MIN_OBS - 1) == "pymc"
+    assert bayes._resolve_sampler("pymc", 10**6) == "pymc"
