@@ -190,6 +190,7 @@ def test_core_deviance_matches_dense_marginal_likelihood():
     Zs = np.column_stack([np.ones(n), rng.normal(size=n)])
     y = rng.normal(size=n)
     prob = _lmm.LMMProblem(y, X, [_lmm.RandomBlock(Zs, g, 6)])
+    assert len(prob.components) == 6  # one independent block of A per group
     theta, sigma = np.array([0.7, 0.2, 0.4]), 1.3
     lam = prob.lambdas(theta)[0]
     G = sigma**2 * lam @ lam.T

@@ -32,6 +32,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.optimize as sopt
 import scipy.sparse as sp
+from scipy.sparse import csgraph
 
 __all__ = [
     "GRAD_TOL",
@@ -146,23 +147,44 @@ class LMMProblem:
         self.X = np.asarray(X, dtype=float)
         self.blocks = list(blocks)
         self.n, self.p = self.X.shape
-        self.offsets: list[int] = []
+        # natural layout: term-major, then group, then coefficient
+        offsets: list[int] = []
         off = 0
         for b in self.blocks:
-            self.offsets.append(off)
+            offsets.append(off)
             off += b.n_groups * b.q
         self.q = off
-        # sparse Z: term-major, then group, then coefficient
         rows, cols, vals = [], [], []
-        for b, o in zip(self.blocks, self.offsets, strict=True):
+        for b, o in zip(self.blocks, offsets, strict=True):
             for c in range(b.q):
                 rows.append(np.arange(self.n))
                 cols.append(o + b.codes * b.q + c)
                 vals.append(b.Z[:, c])
-        self.Zs = sp.csc_matrix(
+        z_nat = sp.csc_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
             shape=(self.n, self.q),
         )
+        # Columns linked through shared rows form independent blocks of
+        # A = Lambda' Z'Z Lambda + I (e.g. one block per therapist for nested factors, one
+        # per group for a single factor): order the columns block by block so every
+        # Cholesky factor and triangular solve works on the blocks only.
+        n_comp, label = csgraph.connected_components(
+            sp.csr_matrix(abs(z_nat.T) @ abs(z_nat)), directed=False
+        )
+        perm = np.argsort(label, kind="stable")
+        pos = np.empty(self.q, dtype=np.int64)
+        pos[perm] = np.arange(self.q)
+        bounds = np.flatnonzero(np.diff(label[perm])) + 1
+        edges = np.concatenate([[0], bounds, [self.q]])
+        self.components = [
+            slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)
+        ]
+        #: positions (in the block ordering) of term k's columns, shape (n_groups, q_k)
+        self.cols = [
+            pos[o + np.arange(b.n_groups * b.q)].reshape(b.n_groups, b.q)
+            for b, o in zip(self.blocks, offsets, strict=True)
+        ]
+        self.Zs = z_nat[:, perm].tocsc()
         self.ZtZ = np.asarray((self.Zs.T @ self.Zs).toarray())
         self.ZtX = np.asarray(self.Zs.T @ self.X)
         self.Zty = np.asarray(self.Zs.T @ self.y).ravel()
@@ -212,26 +234,41 @@ class LMMProblem:
         """Return ``A @ Lambda`` for a matrix ``A`` with ``q`` columns (uses the blocks)."""
         out = np.empty_like(A)
         m = A.shape[0]
-        for b, o, lam in zip(self.blocks, self.offsets, lams, strict=True):
-            w = b.n_groups * b.q
-            blk = A[:, o : o + w].reshape(m, b.n_groups, b.q)
-            out[:, o : o + w] = (blk @ lam).reshape(m, w)
+        for idx, lam in zip(self.cols, lams, strict=True):
+            flat = idx.ravel()
+            out[:, flat] = (A[:, flat].reshape(m, *idx.shape) @ lam).reshape(m, -1)
         return out
 
     def _lambda_t_vec(self, v: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
         """``Lambda' v`` for a vector of length ``q``."""
         out = np.empty_like(v)
-        for b, o, lam in zip(self.blocks, self.offsets, lams, strict=True):
-            w = b.n_groups * b.q
-            out[o : o + w] = (v[o : o + w].reshape(b.n_groups, b.q) @ lam).ravel()
+        for idx, lam in zip(self.cols, lams, strict=True):
+            out[idx] = v[idx] @ lam
         return out
 
     def _lambda_vec(self, v: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
         """``Lambda v`` for a vector of length ``q``."""
         out = np.empty_like(v)
-        for b, o, lam in zip(self.blocks, self.offsets, lams, strict=True):
-            w = b.n_groups * b.q
-            out[o : o + w] = (v[o : o + w].reshape(b.n_groups, b.q) @ lam.T).ravel()
+        for idx, lam in zip(self.cols, lams, strict=True):
+            out[idx] = v[idx] @ lam.T
+        return out
+
+    def term_values(self, v: np.ndarray, k: int) -> np.ndarray:
+        """Entries of a length-``q`` vector belonging to term ``k``, shape (n_groups, q_k)."""
+        return np.asarray(v)[self.cols[k]]
+
+    def _chol_blocks(self, a: np.ndarray) -> np.ndarray:
+        """Lower Cholesky factor of the block-diagonal ``a``, block by block."""
+        chol = np.zeros_like(a)
+        for s in self.components:
+            chol[s, s] = sla.cholesky(a[s, s], lower=True)
+        return chol
+
+    def _solve_l(self, chol: np.ndarray, B: np.ndarray, *, trans: bool = False) -> np.ndarray:
+        """``L^{-1} B`` (or ``L^{-T} B``) for the block-diagonal factor ``L``."""
+        out = np.empty_like(B)
+        for s in self.components:
+            out[s] = sla.solve_triangular(chol[s, s], B[s], lower=True, trans=1 if trans else 0)
         return out
 
     # -- the penalised least-squares solve -----------------------------------------
@@ -249,17 +286,17 @@ class LMMProblem:
         a = self._times_lambda(ztzl.T, lams)  # Lambda' Z'Z Lambda (symmetric)
         a = (a + a.T) / 2
         a[np.diag_indices_from(a)] += 1.0
-        chol = sla.cholesky(a, lower=True)
+        chol = self._chol_blocks(a)
         zl_t_zx = self._times_lambda(self.ZtX.T, lams).T  # Lambda' Z'X
         zl_t_zy = self._lambda_t_vec(self.Zty, lams)
-        rzx = sla.solve_triangular(chol, zl_t_zx, lower=True)
-        cu = sla.solve_triangular(chol, zl_t_zy, lower=True)
+        rzx = self._solve_l(chol, zl_t_zx)
+        cu = self._solve_l(chol, zl_t_zy)
         M = self.XtX - rzx.T @ rzx
         M = (M + M.T) / 2
         rx = np.linalg.cholesky(M)
         rhs = self.Xty - rzx.T @ cu
         beta = sla.cho_solve((rx, True), rhs)
-        u = sla.solve_triangular(chol.T, cu - rzx @ beta, lower=False)
+        u = self._solve_l(chol, cu - rzx @ beta, trans=True)
         resid = self.y - self.X @ beta - self.Zs @ self._lambda_vec(u, lams)
         r2 = float(resid @ resid + u @ u)
         return Evaluation(
@@ -308,41 +345,42 @@ class LMMProblem:
         return ev.r2 / (self.n - self.p if reml else self.n)
 
     # -- analytic derivatives -------------------------------------------------------
-    def _pieces(self, ev: Evaluation) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``Z'W^{-1}Z``, ``B = Z'W^{-1}X``, ``r = Z'W^{-1}(y - X beta)`` and ``M^{-1}``."""
+    def _theta_derivs(
+        self, ev: Evaluation, reml: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-theta derivatives of the log-determinant part, of ``r2`` and of ``M``.
+
+        With ``W = I + Z Lambda Lambda' Z'`` and ``dW_i = Z D_i Z'``,
+        ``D_i = dLambda_i Lambda' + Lambda dLambda_i'``:
+        ``d(log|W| [+ log|X'W^{-1}X|]) = tr(Q D_i)`` with ``Q = Z'PZ`` (REML) or
+        ``Z'W^{-1}Z`` (ML), ``d r2 = -r' D_i r`` with ``r = Z'W^{-1}(y - X beta)``, and
+        ``dM = -B' D_i B`` with ``B = Z'W^{-1}X``. Only the per-group diagonal blocks of
+        ``Q`` enter, so ``Q`` is never formed.
+        """
         lams = self.lambdas(ev.theta)
-        ztzl = self._times_lambda(self.ZtZ, lams)  # Z'Z Lambda  (q x q)
-        # W^{-1} = I - Z Lambda A^{-1} Lambda' Z' with A = L L': one triangular solve
-        T = sla.solve_triangular(ev.chol_a, ztzl.T, lower=True)  # L^{-1} Lambda' Z'Z
-        zwz = self.ZtZ - T.T @ T
-        rzx = sla.solve_triangular(ev.chol_a, ev.zl_t_zx, lower=True)  # L^{-1} Lambda' Z'X
+        chol = ev.chol_a
+        ztzl = self._times_lambda(self.ZtZ, lams)  # Z'Z Lambda
+        # W^{-1} = I - Z Lambda A^{-1} Lambda' Z' with A = L L'
+        T = self._solve_l(chol, ztzl.T)  # L^{-1} Lambda' Z'Z (block diagonal)
+        rzx = self._solve_l(chol, ev.zl_t_zx)  # L^{-1} Lambda' Z'X
         B = self.ZtX - T.T @ rzx
         resid = self.y - self.X @ ev.beta - self.Zs @ self._lambda_vec(ev.u, lams)
         r = np.asarray(self.Zs.T @ resid).ravel()
         minv = np.linalg.inv(ev.M)
-        return (zwz + zwz.T) / 2, B, r, minv
-
-    def _theta_derivs(
-        self, ev: Evaluation, reml: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-theta ``d log-determinant part``, ``d r2`` and ``dM`` (p x p) derivatives."""
-        zwz, B, r, minv = self._pieces(ev)
-        Q = zwz - B @ minv @ B.T if reml else zwz
-        lams = self.lambdas(ev.theta)
-        QL = self._times_lambda(Q, lams)
         LtB = self._times_lambda(B.T, lams).T  # Lambda' B  (q x p)
         dlog = np.empty(self.n_theta)
         dr2 = np.empty(self.n_theta)
         dM = np.empty((self.n_theta, self.p, self.p))
-        for b, o, s, lam in zip(self.blocks, self.offsets, self.theta_slices, lams, strict=True):
-            w = b.n_groups * b.q
-            blk = QL[o : o + w, o : o + w].reshape(b.n_groups, b.q, b.n_groups, b.q)
-            S = np.einsum("jajb->ab", blk)  # sum over groups of diagonal blocks
-            R = r[o : o + w].reshape(b.n_groups, b.q)
-            T = R @ lam
-            RT = R.T @ T
-            Bk = B[o : o + w].reshape(b.n_groups, b.q, self.p)
-            Ck = LtB[o : o + w].reshape(b.n_groups, b.q, self.p)
+        for b, idx, s, lam in zip(self.blocks, self.cols, self.theta_slices, lams, strict=True):
+            Tk = T[:, idx]  # (q, G, q_k)
+            qblk = self.ZtZ[idx[:, :, None], idx[:, None, :]] - np.einsum("igc,igd->gcd", Tk, Tk)
+            Bk = B[idx]  # (G, q_k, p)
+            if reml:
+                qblk = qblk - Bk @ minv @ Bk.transpose(0, 2, 1)
+            S = (qblk @ lam).sum(axis=0)  # sum over groups of (Q Lambda) diagonal blocks
+            R = r[idx]
+            RT = R.T @ (R @ lam)
+            Ck = LtB[idx]
             for i, (rr, cc) in enumerate(b.theta_index):
                 dlog[s.start + i] = 2.0 * S[rr, cc]
                 dr2[s.start + i] = -2.0 * RT[rr, cc]

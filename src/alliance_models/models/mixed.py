@@ -681,15 +681,12 @@ def _assemble(
     # variance components, BLUPs
     lams = problem.lambdas(theta)
     covs = [sigma2 * lam @ lam.T for lam in lams]
-    b = np.empty_like(ev.u)
     random_effects: dict[str, pd.DataFrame] = {}
     vc_rows = []
-    for t, blk, off, lam, cov in zip(
-        spec.random, problem.blocks, problem.offsets, lams, covs, strict=True
+    for k, (t, blk, lam, cov) in enumerate(
+        zip(spec.random, problem.blocks, lams, covs, strict=True)
     ):
-        w = blk.n_groups * blk.q
-        bk = ev.u[off : off + w].reshape(blk.n_groups, blk.q) @ lam.T
-        b[off : off + w] = bk.ravel()
+        bk = problem.term_values(ev.u, k) @ lam.T
         random_effects[str(t)] = pd.DataFrame(
             bk, index=frame.group_labels[t.group], columns=list(t.coef_names)
         )
