@@ -455,3 +455,19 @@ def test_gee_method_uses_the_design_family():
                  test="alliance", n_sims=4, seed=1, method="gee", n_jobs=1, progress=False)
     assert b.failure_rate == 0 and math.isnan(b.truth)
     assert "not defined for this family and method" in b.summary()
+
+
+def test_power_curve_checkpoints_per_value(tmp_path):
+    ck = tmp_path / "curve.csv"
+    kw = {"test": "alliance", "vary": {"therapists": [20, 30]}, "n_sims": 6, "seed": 4,
+          "checkpoint": ck, "method": counting_ols, "n_jobs": 1, "progress": False}
+    pc = am.power_curve(INDEP, "adherence ~ alliance", **kw)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["curve-therapists=20.csv", "curve-therapists=30.csv"]
+    CALLS.clear()
+    again = am.power_curve(INDEP, "adherence ~ alliance", **kw)
+    assert CALLS == []  # everything came from the checkpoints
+    pd.testing.assert_frame_equal(again.to_frame().drop(columns="elapsed"),
+                                  pc.to_frame().drop(columns="elapsed"))
+    with pytest.raises(DesignError, match="belongs to a different run"):
+        am.power_curve(INDEP, "adherence ~ alliance", **{**kw, "seed": 5})

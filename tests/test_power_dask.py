@@ -54,3 +54,15 @@ def test_dask_run_writes_checkpoint(client, tmp_path):
     res = am.power(DESIGN, "adherence ~ alliance", backend=client, checkpoint=ck, **KW)
     saved = pd.read_parquet(ck).sort_values("rep").reset_index(drop=True)
     pd.testing.assert_series_equal(saved["estimate"], res.replicates["estimate"])
+
+
+def test_dask_fast_engine_equals_local(client):
+    d = am.Design(therapists=10, patients_per_therapist=4, sessions=3, dropout=0.2,
+                  effects={"alliance": 0.3, "alliance:autonomy": 0.1})
+    kw = {"test": "alliance:autonomy", "n_sims": 30, "seed": 3, "batch_size": 10,
+          "progress": False}
+    formula = "adherence ~ alliance * autonomy + (1 | therapist/patient)"
+    local = am.power(d, formula, n_jobs=1, **kw)
+    remote = am.power(d, formula, backend=client, **kw)
+    assert local.method == remote.method == "fast"
+    pd.testing.assert_frame_equal(local.replicates, remote.replicates)
