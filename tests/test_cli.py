@@ -374,3 +374,20 @@ def test_power_invalid_toml_is_one_line(tmp_path):
     toml.write_text("[design\ntherapists = 3")
     code, _, err = run("power", str(toml))
     assert_one_line_error(code, err, r"DesignError: .*not valid TOML")
+
+
+def test_fit_gee_binomial_attendance(tmp_path):
+    import alliance_models as am
+
+    design = am.Design(therapists=10, patients_per_therapist=6, sessions=4, family="binomial",
+                       counts="attendance", trials=3,
+                       effects={"alliance": 0.4, "alliance:age": 0.2})
+    data = am.simulate(design, seed=5)
+    path = tmp_path / "attendance.csv"
+    data.to_csv(path, index=False)
+    formula = "attended ~ alliance * age + (1 | patient)"
+    code, out, err = run("fit", str(path), "--method", "gee", "--trials", "scheduled",
+                         "--formula", formula)
+    assert code == 0, err
+    fit = am.fit_gee(formula, pd.read_csv(path), trials="scheduled")
+    assert fit.summary() in out

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import re
-import sys
 from html import escape as html_escape
 from html.parser import HTMLParser
 
@@ -20,7 +20,7 @@ CSS_URL = re.compile(r"url\(\s*['\"]?\s*(?:https?:)?//", re.IGNORECASE)
 IMG_SRC = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
-report_mod = sys.modules[am.report.__module__]
+report_mod = importlib.import_module("alliance_models.report")
 
 
 def external_refs(page: str) -> list[str]:

@@ -210,8 +210,11 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
 
     fitters = {"mixed": am.fit_mixed, "ols": am.fit_ols, "gee": am.fit_gee}
     kwargs: dict[str, Any] = {}
-    if args.trials and args.method == "gee":
-        kwargs["trials"] = args.trials
+    if args.method == "gee":
+        if args.trials:
+            kwargs["trials"] = args.trials
+        if args.family:
+            kwargs["family"] = args.family
     with console.timed(f"fitting the {args.method} model"):
         fit = fitters[args.method](args.formula, data, **kwargs)
     console.heading(f"{args.method} model: {args.formula}")
@@ -457,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="moderator to probe (repeat for several)")
     p.add_argument("--bayes", action="store_true", help="also fit the model in PyMC")
     p.add_argument("--family", choices=("gaussian", "binomial", "beta_binomial"),
-                   help="outcome family of the Bayesian fit (default gaussian)")
+                   help="outcome family: gee takes binomial (default) or gaussian; --bayes "
+                   "takes gaussian (default), binomial or beta_binomial")
     p.add_argument("--draws", type=int, default=1000, help="MCMC draws per chain")
     p.add_argument("--tune", type=int, default=None, help="MCMC tuning steps per chain")
     p.add_argument("--chains", type=int, default=4, help="MCMC chains (default 4)")
