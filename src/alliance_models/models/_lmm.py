@@ -45,6 +45,7 @@ __all__ = [
     "nakagawa_r2",
     "newton_polish",
     "optimize_theta",
+    "snap_to_boundary",
     "satterthwaite_df",
     "satterthwaite_setup",
 ]
@@ -576,7 +577,7 @@ def newton_polish(
         free = _free_mask(problem, theta, g)
         gmax = float(np.abs(g[free]).max()) if free.any() else 0.0
         if gmax < GRAD_TOL:
-            return theta, gmax
+            break
         idx = np.flatnonzero(free)
 
         def gsub(t: np.ndarray, idx: np.ndarray = idx, base: np.ndarray = theta) -> np.ndarray:
@@ -607,8 +608,29 @@ def newton_polish(
             theta = cand
             break
         theta, f0 = cand, fc
+    theta = snap_to_boundary(problem, theta, reml=reml)
     g = projected_gradient(problem, theta, reml=reml)
     return theta, float(np.abs(g).max()) if g.size else 0.0
+
+
+def snap_to_boundary(
+    problem: LMMProblem, theta: np.ndarray, *, reml: bool, tol: float = 1e-5
+) -> np.ndarray:
+    """Set bounded entries below ``tol`` to exactly zero when the deviance does not rise.
+
+    An optimiser approaching a zero variance from inside can stop a hair above it; the
+    estimate on the boundary is then the better (and reproducible) answer.
+    """
+    theta = np.array(theta, dtype=float)
+    f0 = problem.deviance(theta, reml=reml)
+    near = np.isfinite(problem.lower) & (theta > problem.lower) & (theta < tol)
+    for i in np.flatnonzero(near):
+        cand = theta.copy()
+        cand[i] = 0.0
+        fc = problem.deviance(cand, reml=reml)
+        if fc <= f0:
+            theta, f0 = cand, fc
+    return theta
 
 
 # -- inference ------------------------------------------------------------------------
