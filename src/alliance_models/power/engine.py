@@ -52,7 +52,7 @@ from ..errors import (
 from ..formula import parse_formula
 from ..spec import ModelSpec
 from .design import Design
-from .simulate import design_matrix, simulate_arrays, to_frame
+from .simulate import batch_arrays, design_matrix, simulate_arrays, to_frame
 
 __all__ = [
     "PowerCurve",
@@ -241,16 +241,19 @@ def _groups_for(spec: ModelSpec) -> tuple[str, str | None] | None:
 
 def _run_fast_batch(job: _Job, reps: Sequence[int],
                     seeds: Sequence[np.random.SeedSequence]) -> list[dict[str, Any]]:
-    """Fit a batch with the batched REML engine (arrays, no data frames)."""
+    """Fit a batch with the batched REML engine.
+
+    With a shared layout (fixed caseloads and sessions) and a formula whose columns are
+    plain products of simulated columns, the whole batch is stacked by
+    :func:`~alliance_models.power.simulate.batch_arrays` (dropout as a mask) and fitted in
+    one call. Otherwise, or if that call fails, replicates are fitted one by one, from
+    arrays when possible and from a data frame (formulaic terms such as ``C(arm)``)
+    otherwise; a replicate that cannot be fitted is recorded as failed.
+    """
     from . import fast
 
     spec = parse_formula(job.formula)
     groups = _groups_for(spec)
-    sims = [simulate_arrays(job.design, s) for s in seeds]
-    codes = {"therapist": "therapist", "patient": "patient"}
-    Xs = [design_matrix(sa.columns, job.x_names) for sa in sims]
-    plain = groups is not None and all(X is not None for X in Xs) and (
-        spec.response in sims[0].columns)
     out: list[dict[str, Any]] = []
 
     def records(bf: Any, idx: Sequence[int]) -> None:
@@ -259,29 +262,37 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
                 rep, float(bf.beta[b, job.test_index]), float(bf.se[b, job.test_index]),
                 float(bf.df[b]), job.alpha, bool(bf.converged[b]), bool(bf.singular[b])))
 
-    if plain and job.design.has_fixed_structure:
-        assert groups is not None
-        X = np.stack(Xs)  # type: ignore[arg-type]
-        Y = np.stack([sa.columns[spec.response] for sa in sims])
-        mask = np.stack([sa.observed for sa in sims])
-        outer = getattr(sims[0], codes[groups[0]])
-        inner = getattr(sims[0], codes[groups[1]]) if groups[1] else None
-        bf = fast.fit_batch(X, Y, outer, inner, mask=None if mask.all() else mask,
-                            contrast=job.test_index, reml=True)
-        records(bf, reps)
-        return out
-    for rep, sa in zip(reps, sims, strict=True):
+    codes: dict[str, np.ndarray]
+    if groups is not None and job.design.has_fixed_structure:
         try:
-            if plain:
-                assert groups is not None
-                keep = sa.observed
-                Xr = design_matrix(sa.columns, job.x_names, rows=keep)
-                assert Xr is not None  # checked by `plain`
+            X, Y, ther, pat, mask, sims = batch_arrays(job.design, spec.response,
+                                                       job.x_names, list(seeds))
+            codes = {"therapist": ther, "patient": pat}
+            bf = fast.fit_batch(X, Y, codes[groups[0]],
+                                codes[groups[1]] if groups[1] else None,
+                                mask=None if mask.all() else mask,
+                                contrast=job.test_index, reml=True)
+        except _FAIL_EXC:
+            pass  # fit replicate by replicate below, recording failures one at a time
+        else:
+            records(bf, reps)
+            return out
+    for rep, ss in zip(reps, seeds, strict=True):
+        try:
+            sa = simulate_arrays(job.design, ss)
+            keep = sa.observed
+            Xr = design_matrix(sa.columns, job.x_names, rows=keep)
+            if groups is not None and Xr is not None and spec.response in sa.columns:
                 y = sa.columns[spec.response][keep]
-                outer = getattr(sa, codes[groups[0]])[keep]
-                inner = getattr(sa, codes[groups[1]])[keep] if groups[1] else None
+                codes = {"therapist": sa.therapist[keep], "patient": sa.patient[keep]}
+                outer = codes[groups[0]]
+                inner = codes[groups[1]] if groups[1] else None
             else:
-                frame = spec.build(to_frame(sa, job.design))
+                with warnings.catch_warnings():
+                    # few-cluster notes would repeat once per replicate; the main process
+                    # has already shown them for the first replicate
+                    warnings.simplefilter("ignore")
+                    frame = spec.build(to_frame(sa, job.design))
                 Xr, y = frame.X, frame.y
                 outer, inner = fast.frame_codes(frame)
             bf = fast.fit_batch(Xr, y[None, :], outer, inner, mask=None,
