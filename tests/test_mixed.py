@@ -144,6 +144,27 @@ def test_contrast_df_matches_lmertest_contest(fits, name):
     assert res["t"] == pytest.approx(ref["t"], rel=RTOL_SE)
 
 
+def test_separate_terms_equal_double_bar_and_match_lme4():
+    """``(1 | S) + (0 + Days | S)`` is lme4's expansion of ``(Days || S)``."""
+    d = _read("sleepstudy_uncorr", "data")
+    fit = am.fit_mixed("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", d)
+    ref = _read("sleepstudy_uncorr", "fixef")
+    np.testing.assert_allclose(fit.fixed["estimate"], ref["estimate"], rtol=RTOL_FE)
+    np.testing.assert_allclose(fit.fixed["se"], ref["se"], rtol=RTOL_SE)
+    np.testing.assert_allclose(fit.fixed["df"], ref["df"], rtol=RTOL_DF)
+    vc = _read("sleepstudy_uncorr", "varcomp")["vcov"].to_numpy()
+    np.testing.assert_allclose(fit.varcomp["vcov"], vc, rtol=RTOL_VC)
+    assert fit.sm_result is None  # two terms on one factor: fitted by the numpy core only
+
+
+def test_row_order_does_not_matter(fits):
+    d = _read("nested", "data").sample(frac=1.0, random_state=3)
+    fit = am.fit_mixed(CASES["nested"], d)
+    ref = fits[("nested", True)]
+    np.testing.assert_allclose(fit.fixed.to_numpy(), ref.fixed.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fit.theta, ref.theta, rtol=1e-6)
+
+
 def test_nested_icc_from_variance_components(fits):
     fit = fits[("nested", True)]
     vc = _read("nested", "varcomp").set_index("grp")["vcov"]

@@ -473,8 +473,8 @@ def _run(
                 theta, gmax = _lmm.newton_polish(
                     problem, theta, reml=reml, maxiter=min(50, maxiter)
                 )
-            except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:
-                attempts.append((method, str(err)))
+            except Exception as err:  # statsmodels only provides the start: fall back
+                attempts.append((method, f"{type(err).__name__}: {err}"))
                 continue
             dev = problem.deviance(theta, reml=reml)
             if best is None or dev < best[0]:
