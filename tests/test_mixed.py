@@ -500,6 +500,16 @@ def test_binomial_requests_point_to_gee_or_bayes(small, formula, kwargs, column)
         am.fit_mixed(formula, d, **kwargs)
 
 
+def test_non_finite_values_and_constant_response(small):
+    f = "adherence ~ alliance + (1 | therapist)"
+    d = small.copy()
+    d.loc[[4, 9], "alliance"] = np.inf
+    with pytest.raises(ModelSpecError, match=r"'alliance' has non-finite values \(rows 4, 9"):
+        am.fit_mixed(f, d)
+    with pytest.raises(ModelSpecError, match=r"response 'adherence' is constant \(3 in all 80"):
+        am.fit_mixed(f, small.assign(adherence=3.0))
+
+
 def test_other_bad_options(small):
     f = "adherence ~ alliance + (1 | therapist)"
     with pytest.raises(ModelSpecError, match="has no random-effects term.*fit_ols"):

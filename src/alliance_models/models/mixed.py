@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import ConvergenceWarning, ModelSpecError, SingularFitWarning
+from ..errors import ConvergenceWarning, ModelSpecError, SingularFitWarning, format_rows
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec, RandomTerm
 from . import _lmm
@@ -374,6 +374,28 @@ def _check_rank(frame: ModelFrame) -> None:
     )
 
 
+def _check_finite(frame: ModelFrame) -> None:
+    """Infinite values and a constant response cannot be fitted; say where they are."""
+    cols = {frame.spec.response: frame.y[:, None]} | {
+        name: frame.X[:, [j]] for j, name in enumerate(frame.x_names)
+    }
+    cols |= {f"random-effect column of {k}": z for k, z in frame.Z.items()}
+    for name, arr in cols.items():
+        bad = ~np.isfinite(arr).all(axis=1)
+        if bad.any():
+            rows = list(frame.data.index[bad])
+            raise ModelSpecError(
+                f"{name!r} has non-finite values ({format_rows(rows)}: "
+                f"{arr[bad][0].tolist()}); only finite numbers can be fitted: recode "
+                "or remove them"
+            )
+    if np.ptp(frame.y) == 0:
+        raise ModelSpecError(
+            f"response {frame.spec.response!r} is constant ({frame.y[0]:g} in all "
+            f"{frame.n_obs} rows); there is nothing to model"
+        )
+
+
 def _check_binomial(spec: ModelSpec, family: str) -> None:
     hint = (
         "fit_mixed fits a Gaussian linear mixed model; for a binomial outcome "
@@ -593,6 +615,7 @@ def fit_mixed(
             "add one, or use am.fit_ols for a single-level model"
         )
     frame = spec.build(data)
+    _check_finite(frame)
     yvals = np.unique(frame.y)
     if yvals.size <= 2 and set(yvals.tolist()) <= {0.0, 1.0}:
         _check_binomial(spec, "binomial (0/1 response)")
