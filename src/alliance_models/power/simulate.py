@@ -31,7 +31,16 @@ from .._utils import RNGLike
 from ..errors import ModelSpecError
 from .design import Design
 
-__all__ = ["SimArrays", "batch_arrays", "design_matrix", "simulate", "simulate_arrays"]
+__all__ = [
+    "SimArrays",
+    "age_moments",
+    "batch_arrays",
+    "design_matrix",
+    "latent_scale",
+    "simulate",
+    "simulate_arrays",
+    "to_frame",
+]
 
 # independent streams per component, so that changing one part of a design (e.g. the
 # number of therapists) leaves the other draws of a replicate as similar as possible
