@@ -165,6 +165,29 @@ def test_row_order_does_not_matter(fits):
     np.testing.assert_allclose(fit.theta, ref.theta, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", list(CASES))
+def test_blups_match_lme4_ranef(fits, name):
+    fit = fits[(name, True)]
+    ref = _read(name, "ranef")
+    ref["key"] = [
+        f"{_norm_group(g)}|{t}|{':'.join(sorted(str(v).split(':')))}"
+        for g, t, v in zip(ref.grpvar, ref.term, ref.grp, strict=True)
+    ]
+    ref = ref.set_index("key")["condval"]
+    ours = {}
+    for term in fit.spec.random:
+        re = fit.random_effects[str(term)]
+        for lab, row in re.iterrows():
+            for coef, val in row.items():
+                ours[
+                    f"{_norm_group(term.group)}|{coef}|{':'.join(sorted(str(lab).split(':')))}"
+                ] = val
+    ours = pd.Series(ours)
+    assert sorted(ours.index) == sorted(ref.index)
+    scale = np.abs(ref.to_numpy()).max()
+    np.testing.assert_allclose(ours[ref.index], ref, rtol=RTOL_VC, atol=RTOL_VC * scale)
+
+
 def test_nested_icc_from_variance_components(fits):
     fit = fits[("nested", True)]
     vc = _read("nested", "varcomp").set_index("grp")["vcov"]

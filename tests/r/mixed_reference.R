@@ -13,6 +13,7 @@
 #                      R / lme4 / lmerTest versions
 #   <name>_contrast.csv  lmerTest::contest for a non-trivial contrast (where given)
 #   <name>_ml_fixef.csv  fixed effects of the ML fit (REML = FALSE)
+#   <name>_ranef.csv   conditional modes (BLUPs) of the REML fit
 suppressPackageStartupMessages({
   library(lme4)
   library(lmerTest)
@@ -66,6 +67,10 @@ write_ref <- function(name, formula, data, contrast = NULL) {
   vc_ml$var1[is.na(vc_ml$var1)] <- ""
   vc_ml$var2[is.na(vc_ml$var2)] <- ""
   write.csv(vc_ml, file.path(out_dir, paste0(name, "_ml_varcomp.csv")), row.names = FALSE)
+  re <- as.data.frame(ranef(fit))
+  re <- data.frame(grpvar = re$grpvar, term = re$term, grp = as.character(re$grp),
+                   condval = re$condval)
+  write.csv(re, file.path(out_dir, paste0(name, "_ranef.csv")), row.names = FALSE)
   r2 <- nakagawa(fit)
   info <- data.frame(
     key = c("loglik_reml", "loglik_ml", "sigma", "n", "singular", "r2_marginal",
