@@ -391,3 +391,63 @@ def test_fit_gee_binomial_attendance(tmp_path):
     assert code == 0, err
     fit = am.fit_gee(formula, pd.read_csv(path), trials="scheduled")
     assert fit.summary() in out
+
+
+def test_score_two_instruments_in_one_call(tmp_path):
+    src = wai_csv(tmp_path)
+    df = pd.read_csv(src)
+    for i in (1, 2, 4, 7, 10, 14):
+        df[f"hccq_{i}"] = (np.arange(len(df)) % 7) + 1
+    df.to_csv(src, index=False)
+    out = tmp_path / "scored.csv"
+    code, stdout, err = run("score", str(src), "--instrument", "wai-sr", "--items", "wai_{i}",
+                            "--instrument", "hccq-short", "--items", "hccq_{i}",
+                            "--out", str(out))
+    assert code == 0, err
+    scored = pd.read_csv(out)
+    np.testing.assert_allclose(scored["hccq_short_mean"], (np.arange(len(df)) % 7) + 1)
+    assert "wai_sr_total" in scored.columns
+
+
+def test_score_needs_one_items_per_instrument(tmp_path):
+    code, _, err = run("score", str(wai_csv(tmp_path)), "--instrument", "wai-sr",
+                       "--instrument", "hccq-short", "--items", "wai_{i}")
+    assert code == 2
+    assert "give one --items per --instrument (got 2 instrument(s) and 1 --items)" in err
+
+
+def test_fit_score_needs_prepare(single_level_csv):
+    path, _ = single_level_csv
+    code, _, err = run("fit", str(path), "--formula", "adherence ~ alliance",
+                       "--score", "wai-sr=wai_{i}")
+    assert code == 2
+    assert "--score needs --prepare" in err
+
+
+def test_fit_score_pair_syntax(single_level_csv):
+    path, _ = single_level_csv
+    code, _, err = run("fit", str(path), "--formula", "adherence ~ alliance", "--prepare",
+                       "--score", "wai-sr")
+    assert code == 2
+    assert "write INSTRUMENT=PATTERN" in err
+
+
+def test_fit_raw_export_in_one_command(tmp_path):
+    """Raw REDCap export -> score -> prepare -> mixed fit, as the --help walk-through says."""
+    import alliance_models as am
+
+    formula = "adherence ~ alliance * age_c + (1 | therapist/patient)"
+    proc = run_entry("fit", str(am.datasets.example_path()), "--score", "wai-sr=wai_{i}",
+                     "--score", "hccq-short=hccq_{i}", "--prorate", "--prepare",
+                     "--formula", formula, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the same steps through the API give the same model table
+    raw = am.read_data(am.datasets.example_path())
+    with pytest.warns(am.MissingDataWarning):
+        s1, r1 = am.score(raw, "wai-sr", items="wai_{i}", prorate=True, return_report=True)
+    s2, r2 = am.score(s1, "hccq-short", items="hccq_{i}", prorate=True, return_report=True)
+    data, rep = am.prepare(s2, scoring=[r1, r2])
+    assert rep.summary() in proc.stdout
+    fit = am.fit_mixed(formula, data)
+    fixed = fit.summary().split("Fixed effects:")[1].split("\n\n")[0]
+    assert fixed in proc.stdout

@@ -142,34 +142,53 @@ def _read(path: str, console: Console) -> Any:
         return am.read_data(p)
 
 
-def _cmd_score(args: argparse.Namespace, console: Console) -> int:
+def _score_kwargs(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"return_report": True}
+    if args.prorate:
+        kwargs["prorate"] = True
+        if args.max_missing is not None:
+            mm = args.max_missing
+            kwargs["max_missing"] = int(mm) if float(mm).is_integer() and mm >= 1 else mm
+    elif args.max_missing is not None:
+        raise SystemExit(_usage_error(command, "--max-missing is used with --prorate only"))
+    return kwargs
+
+
+def _score_all(
+    df: Any, pairs: list[tuple[str, str]], kwargs: dict[str, Any], console: Console
+) -> tuple[Any, list[Any]]:
+    """Score each (instrument, item pattern) in turn; print each ScoringReport."""
     import alliance_models as am
 
+    reports = []
+    for instrument, items in pairs:
+        with console.timed(f"scoring {instrument} from {items}"):
+            df, rep = am.score(df, instrument, items=items, **kwargs)
+        reports.append(rep)
+        console.heading(f"{instrument}: {len(df)} rows scored")
+        console.print(rep.summary())
+        new = list(rep.columns)
+        desc = df[new].describe().T
+        desc.insert(0, "missing", df[new].isna().sum())
+        console.print()
+        console.print(desc.to_string(float_format=lambda x: f"{x:.3f}"))
+    return df, reports
+
+
+def _cmd_score(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in {".csv", ".txt", "", ".xlsx", ".parquet"}:
         raise SystemExit(
             _usage_error("score", f"--out {out.name}: use a .csv, .xlsx or .parquet file")
         )
+    if len(args.instrument) != len(args.items):
+        raise SystemExit(_usage_error(
+            "score", f"give one --items per --instrument (got {len(args.instrument)} "
+            f"instrument(s) and {len(args.items)} --items)"))
+    kwargs = _score_kwargs(args, "score")
     df = _read(args.data, console)
-    kwargs: dict[str, Any] = {"items": args.items, "return_report": True}
-    if args.prorate:
-        kwargs["prorate"] = True
-        if args.max_missing is not None:
-            kwargs["max_missing"] = (
-                int(args.max_missing) if float(args.max_missing).is_integer() and
-                args.max_missing >= 1 else args.max_missing
-            )
-    elif args.max_missing is not None:
-        raise SystemExit(_usage_error("score", "--max-missing is used with --prorate only"))
-    with console.timed(f"scoring {args.instrument}"):
-        scored, scoring_report = am.score(df, args.instrument, **kwargs)
-    new = list(scoring_report.columns)
-    console.heading(f"{args.instrument}: {len(scored)} rows scored")
-    console.print(scoring_report.summary())
-    console.print()
-    desc = scored[new].describe().T
-    desc.insert(0, "missing", scored[new].isna().sum())
-    console.print(desc.to_string(float_format=lambda x: f"{x:.3f}"))
+    scored, _ = _score_all(df, list(zip(args.instrument, args.items, strict=True)), kwargs,
+                           console)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         suffix = out.suffix.lower()
@@ -182,6 +201,17 @@ def _cmd_score(args: argparse.Namespace, console: Console) -> int:
         console.print()
         console.print(f"Scored data written to {out}")
     return 0
+
+
+def _score_pairs(values: list[str] | None) -> list[tuple[str, str]]:
+    pairs = []
+    for v in values or []:
+        instrument, sep, items = v.partition("=")
+        if not sep or not instrument.strip() or not items.strip():
+            raise SystemExit(_usage_error(
+                "fit", f"--score {v!r}: write INSTRUMENT=PATTERN, e.g. --score 'wai-sr=wai_{{i}}'"))
+        pairs.append((instrument.strip(), items.strip()))
+    return pairs
 
 
 def _moderators(args: argparse.Namespace) -> list[str]:
@@ -200,11 +230,19 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
         )
     if args.trials and args.method != "gee" and not args.bayes:
         raise SystemExit(_usage_error("fit", "--trials is used with --method gee or --bayes only"))
+    pairs = _score_pairs(args.score)
+    if pairs and not args.prepare:
+        raise SystemExit(_usage_error("fit", "--score needs --prepare (scores feed am.prepare)"))
+    score_kwargs = _score_kwargs(args, "fit")
     data = _read(args.data, console)
     data_report = None
+    scoring: list[Any] = []
+    if pairs:
+        data, scoring = _score_all(data, pairs, score_kwargs, console)
     if args.prepare:
         with console.timed("validating and preparing the data"):
-            data, data_report = am.prepare(data, adherence=args.adherence)
+            data, data_report = am.prepare(data, adherence=args.adherence,
+                                           scoring=scoring or None)
         console.heading("Data preparation")
         console.print(data_report.summary())
 
@@ -330,12 +368,14 @@ worked example:
 
   DATA is one row per session with the canonical columns (therapist, patient, session,
   alliance, age, autonomy, adherence, ...) as am.prepare() writes them in Python; or a
-  scored export with --prepare, which validates, computes adherence and centres
-  (age_c, autonomy_c) first and prints the DataReport. From a raw REDCap export:
-    alliance-models score export.csv --instrument wai-sr --items 'wai_{i}' --out s1.csv
-    alliance-models score s1.csv --instrument hccq-short --items 'hccq_{i}' --out s2.csv
-    alliance-models fit s2.csv --prepare --adherence attendance \\
-        --formula 'adherence ~ alliance * age_c + (1 | therapist/patient)'
+  questionnaire export with --score and --prepare, which score the items, validate,
+  compute adherence and centre (age_c, autonomy_c), printing the DataReport. From a raw
+  REDCap export (repeating session forms, baseline HCCQ):
+    alliance-models fit export.csv --score 'wai-sr=wai_{i}' --score 'hccq-short=hccq_{i}' \\
+        --prorate --prepare --formula 'adherence ~ alliance * age_c + (1 | therapist/patient)'
+  (adherence = completed / prescribed home exercises; with --adherence attendance the
+  session outcome is attended 0/1: use --method gee --trials scheduled or --bayes
+  --family binomial --trials scheduled)
 
   --method ols fits a single-level PROCESS-style model (robust HC3 SEs);
   --method gee --trials scheduled fits attended/scheduled as binomial with logit link.
@@ -350,8 +390,8 @@ worked example:
   ('{i}' stands for the item number) and prints how many rows were scored, pro-rated
   or left missing and why. Other instruments: wai, wai-s, hccq, hccq-short, ears,
   siras. Item values outside the instrument's range are reported with their rows.
-  alliance-models score export.csv --instrument hccq-short --items 'hccq_{i}' \\
-      --prorate --max-missing 1 --out scored.xlsx
+  alliance-models score export.csv --instrument wai-sr --items 'wai_{i}' \\
+      --instrument hccq-short --items 'hccq_{i}' --prorate --max-missing 1 --out scored.xlsx
 """
 
 _POWER_EPILOG = """\
@@ -385,6 +425,14 @@ worked example:
 
 def _usage_error(command: str, message: str) -> str:
     return f"{PROG} {command}: error: {message}"
+
+
+def _add_prorate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prorate", action="store_true",
+                   help="pro-rate scores with a few missing items (mean of answered items)")
+    p.add_argument("--max-missing", type=float, default=None, metavar="N",
+                   help="with --prorate: missing items allowed per subscale, a count (1, 2, "
+                   "...) or a fraction below 1 (default 1 item)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -450,6 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frequentist backend (default: %(default)s)")
     p.add_argument("--trials", metavar="COLUMN",
                    help="denominator column of a binomial outcome (gee / bayes)")
+    p.add_argument("--score", metavar="INSTRUMENT=PATTERN", action="append",
+                   help="score a questionnaire first, e.g. 'wai-sr=wai_{i}' (repeatable; "
+                   "needs --prepare)")
+    _add_prorate(p)
     p.add_argument("--prepare", action="store_true",
                    help="validate, reshape and centre the data with am.prepare() first")
     p.add_argument("--adherence", default="diary", metavar="KIND",
@@ -475,14 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a questionnaire in a data file.",
     )
     p.add_argument("data", metavar="DATA", help="CSV, Excel, SPSS .sav, Stata .dta or REDCap")
-    p.add_argument("--instrument", required=True, help="e.g. wai-sr, wai-s, hccq-short, ears")
-    p.add_argument("--items", required=True, metavar="PATTERN",
+    p.add_argument("--instrument", required=True, action="append",
+                   help="e.g. wai-sr, wai-s, hccq-short, ears (repeat with --items for more)")
+    p.add_argument("--items", required=True, metavar="PATTERN", action="append",
                    help="item column pattern with {i} for the item number, e.g. 'wai_{i}'")
-    p.add_argument("--prorate", action="store_true",
-                   help="pro-rate scores with a few missing items (mean of answered items)")
-    p.add_argument("--max-missing", type=float, default=None, metavar="N",
-                   help="with --prorate: missing items allowed per subscale, a count (1, 2, "
-                   "...) or a fraction below 1 (default 1 item)")
+    _add_prorate(p)
     p.add_argument("--out", metavar="FILE",
                    help="write the scored data (.csv, .xlsx or .parquet)")
     p.set_defaults(func=_cmd_score)
