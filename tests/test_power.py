@@ -94,6 +94,13 @@ def test_truth_maps_standardised_effects_to_the_analysis_scale():
     # a formula that omits a simulated term gets a projection, flagged as such
     res = am.power(d, "adherence ~ alliance", test="alliance", n_sims=2, seed=1, **OLS)
     assert not res.truth_exact and "(projection)" in res.summary()
+    # treatment x moderator with arm coded 0/1
+    d3 = am.Design(therapists=12, patients_per_therapist=4, sessions=2, randomisation="patient",
+                   moderators={"age": "patient"}, effects={"arm": 0.3, "arm:age": 0.1})
+    res = am.power(d3, "adherence ~ arm * age", test="arm:age", n_sims=2, seed=1, **OLS)
+    assert res.truth == pytest.approx(0.1 / sd, rel=1e-9) and res.truth_exact
+    res = am.power(d3, "adherence ~ arm * age", test="arm", n_sims=2, seed=1, **OLS)
+    assert res.truth == pytest.approx(0.3 - 0.1 * mu / sd, rel=1e-9)
     # between/within split of alliance: both parts carry the alliance effect exactly
     d2 = d.replace(moderators={}, effects={"alliance": 0.25})
     res = am.power(d2, "adherence ~ alliance_pm + alliance_pmc", test="alliance_pmc", n_sims=2,

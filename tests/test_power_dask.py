@@ -66,3 +66,12 @@ def test_dask_fast_engine_equals_local(client):
     remote = am.power(d, formula, backend=client, **kw)
     assert local.method == remote.method == "fast"
     pd.testing.assert_frame_equal(local.replicates, remote.replicates)
+
+
+def test_dask_interrupted_run_returns_partial_result(client):
+    with pytest.warns(am.AllianceModelsWarning, match="interrupted after 5 of 24 replicates"):
+        res = am.power(DESIGN, "adherence ~ alliance", backend=client, _max_batches=1, **KW)
+    assert res.interrupted and res.n_completed == 5
+    # the cluster is still usable afterwards
+    again = am.power(DESIGN, "adherence ~ alliance", backend=client, **KW)
+    assert again.n_completed == 24

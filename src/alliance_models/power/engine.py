@@ -351,7 +351,7 @@ class PowerResult:
     type_s_rate : float
         Among rejecting replicates, the share whose estimate has the wrong sign.
     nonconvergence_rate, singular_rate, failure_rate : float
-        Shares of completed replicates.
+        Shares of completed replicates (a failed fit also counts as not converged).
     elapsed : float
         Seconds of wall time.
     interrupted : bool
@@ -668,7 +668,10 @@ def power(
     n_jobs : int, default -1
         Local worker processes (loky); -1 uses every core.
     backend : "loky", "dask" or distributed.Client
-        ``"dask"`` uses the current Dask client (or starts a local cluster).
+        ``"dask"`` uses the current Dask client, or starts a process-based
+        ``LocalCluster`` for this run (in a script, do that under
+        ``if __name__ == "__main__":``, or the Nanny fails to start). Batches are
+        submitted as tasks and gathered as they finish.
     seed : int, SeedSequence or None
         Root seed; replicate i uses the i-th ``SeedSequence.spawn`` child.
     checkpoint : path, optional
