@@ -100,7 +100,8 @@ class Evaluation:
     beta : ndarray, shape (p,)
         Fixed effects (GLS estimate given theta).
     u : ndarray, shape (q,)
-        Spherical random effects; ``b = Lambda u``.
+        Spherical random effects (``b = Lambda u``), in the problem's block order; use
+        :meth:`LMMProblem.term_values` to read one term's values.
     r2 : float
         Penalised residual sum of squares ``||y - X beta - Z Lambda u||^2 + ||u||^2``.
     logdet_l : float
@@ -118,12 +119,29 @@ class Evaluation:
     logdet_l: float
     logdet_rx: float
     M: np.ndarray
-    chol_a: np.ndarray = field(repr=False)
-    zl_t_zx: np.ndarray = field(repr=False)
+    #: per block-size class: (Lambda stack, Cholesky stack, L^{-1} Lambda' Z'X stack)
+    parts: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...] = field(repr=False, default=())
+
+
+@dataclass(frozen=True)
+class _SizeClass:
+    """Independent diagonal blocks of ``A`` that share one size ``m`` (stacked)."""
+
+    index: np.ndarray  # (n_blocks, m) positions in the block order
+    ztz: np.ndarray  # (n_blocks, m, m)
+    ztx: np.ndarray  # (n_blocks, m, p)
+    zty: np.ndarray  # (n_blocks, m)
 
 
 class LMMProblem:
     """Cross-products of one LMM, ready for repeated evaluation at different ``theta``.
+
+    Random-effect columns that share rows form independent diagonal blocks of
+    ``A = Lambda' Z'Z Lambda + I`` (one block per therapist for ``(1 | therapist/patient)``,
+    one per group for a single factor, a single block for crossed factors). Blocks of
+    equal size are stacked, so every Cholesky factor and solve is a batched operation on
+    small matrices; the cost grows with the number and cube of the block sizes, not with
+    the cube of the number of random effects.
 
     Parameters
     ----------
@@ -165,41 +183,74 @@ class LMMProblem:
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
             shape=(self.n, self.q),
         )
-        # Columns linked through shared rows form independent blocks of
-        # A = Lambda' Z'Z Lambda + I (e.g. one block per therapist for nested factors, one
-        # per group for a single factor): order the columns block by block so every
-        # Cholesky factor and triangular solve works on the blocks only.
-        n_comp, label = csgraph.connected_components(
-            sp.csr_matrix(abs(z_nat.T) @ abs(z_nat)), directed=False
-        )
+        # group blocks: every group's q_k columns stay together; columns linked through
+        # shared rows (or a group's coefficients) belong to one block of A
+        link = sp.csr_matrix(abs(z_nat.T) @ abs(z_nat))
+        for b, o in zip(self.blocks, offsets, strict=True):
+            first = o + np.arange(b.n_groups) * b.q
+            for c in range(1, b.q):
+                link = link + sp.csr_matrix(
+                    (np.ones(b.n_groups), (first, first + c)), shape=(self.q, self.q)
+                )
+        _, label = csgraph.connected_components(link, directed=False)
         perm = np.argsort(label, kind="stable")
         pos = np.empty(self.q, dtype=np.int64)
         pos[perm] = np.arange(self.q)
         bounds = np.flatnonzero(np.diff(label[perm])) + 1
-        edges = np.concatenate([[0], bounds, [self.q]])
-        self.components = [
-            slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)
-        ]
-        #: positions (in the block ordering) of term k's columns, shape (n_groups, q_k)
+        starts = np.concatenate([[0], bounds]).astype(np.int64)
+        sizes = np.diff(np.concatenate([starts, [self.q]]))
+        self.components = [slice(int(a), int(a + m)) for a, m in zip(starts, sizes, strict=True)]
+        #: positions (in the block order) of term k's columns, shape (n_groups, q_k)
         self.cols = [
             pos[o + np.arange(b.n_groups * b.q)].reshape(b.n_groups, b.q)
             for b, o in zip(self.blocks, offsets, strict=True)
         ]
         self.Zs = z_nat[:, perm].tocsc()
-        self.ZtZ = np.asarray((self.Zs.T @ self.Zs).toarray())
+        ztz = (self.Zs.T @ self.Zs).tocsr()
         self.ZtX = np.asarray(self.Zs.T @ self.X)
         self.Zty = np.asarray(self.Zs.T @ self.y).ravel()
         self.XtX = self.X.T @ self.X
         self.Xty = self.X.T @ self.y
+        # stack blocks of equal size
+        comp_of = np.repeat(np.arange(len(starts)), sizes)
+        self.classes: list[_SizeClass] = []
+        cls_of_comp = np.empty(len(starts), dtype=np.int64)
+        row_of_comp = np.empty(len(starts), dtype=np.int64)
+        for ci, m in enumerate(np.unique(sizes)):
+            which = np.flatnonzero(sizes == m)
+            cls_of_comp[which] = ci
+            row_of_comp[which] = np.arange(which.size)
+            index = starts[which][:, None] + np.arange(m)[None, :]
+            ri = np.broadcast_to(index[:, :, None], (which.size, m, m)).ravel()
+            cj = np.broadcast_to(index[:, None, :], (which.size, m, m)).ravel()
+            self.classes.append(
+                _SizeClass(
+                    index=index,
+                    ztz=np.asarray(ztz[ri, cj]).reshape(which.size, m, m),
+                    ztx=self.ZtX[index],
+                    zty=self.Zty[index],
+                )
+            )
+        # where each term's group blocks sit: (class, row in class, local positions)
+        self._where: list[list[tuple[int, np.ndarray, np.ndarray]]] = []
+        for idx in self.cols:
+            comp = comp_of[idx[:, 0]]
+            local = idx - starts[comp][:, None]
+            entries = []
+            for ci in range(len(self.classes)):
+                sel = np.flatnonzero(cls_of_comp[comp] == ci)
+                if sel.size:
+                    entries.append((ci, row_of_comp[comp[sel]], local[sel]))
+            self._where.append(entries)
         # theta layout
         self.theta_slices: list[slice] = []
         lower: list[float] = []
         start = 0
         for b in self.blocks:
-            idx = b.theta_index
-            self.theta_slices.append(slice(start, start + len(idx)))
-            lower.extend(0.0 if r == c else -np.inf for r, c in idx)
-            start += len(idx)
+            tidx = b.theta_index
+            self.theta_slices.append(slice(start, start + len(tidx)))
+            lower.extend(0.0 if r == c else -np.inf for r, c in tidx)
+            start += len(tidx)
         self.n_theta = start
         self.lower = np.array(lower)
 
@@ -231,45 +282,16 @@ class LMMProblem:
             theta[s] = [lam[r, c] for r, c in b.theta_index]
         return theta
 
-    def _times_lambda(self, A: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
-        """Return ``A @ Lambda`` for a matrix ``A`` with ``q`` columns (uses the blocks)."""
-        out = np.empty_like(A)
-        m = A.shape[0]
-        for idx, lam in zip(self.cols, lams, strict=True):
-            flat = idx.ravel()
-            out[:, flat] = (A[:, flat].reshape(m, *idx.shape) @ lam).reshape(m, -1)
-        return out
-
-    def _lambda_t_vec(self, v: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
-        """``Lambda' v`` for a vector of length ``q``."""
-        out = np.empty_like(v)
-        for idx, lam in zip(self.cols, lams, strict=True):
-            out[idx] = v[idx] @ lam
-        return out
-
-    def _lambda_vec(self, v: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
-        """``Lambda v`` for a vector of length ``q``."""
-        out = np.empty_like(v)
-        for idx, lam in zip(self.cols, lams, strict=True):
-            out[idx] = v[idx] @ lam.T
-        return out
-
     def term_values(self, v: np.ndarray, k: int) -> np.ndarray:
         """Entries of a length-``q`` vector belonging to term ``k``, shape (n_groups, q_k)."""
         return np.asarray(v)[self.cols[k]]
 
-    def _chol_blocks(self, a: np.ndarray) -> np.ndarray:
-        """Lower Cholesky factor of the block-diagonal ``a``, block by block."""
-        chol = np.zeros_like(a)
-        for s in self.components:
-            chol[s, s] = sla.cholesky(a[s, s], lower=True)
-        return chol
-
-    def _solve_l(self, chol: np.ndarray, B: np.ndarray, *, trans: bool = False) -> np.ndarray:
-        """``L^{-1} B`` (or ``L^{-T} B``) for the block-diagonal factor ``L``."""
-        out = np.empty_like(B)
-        for s in self.components:
-            out[s] = sla.solve_triangular(chol[s, s], B[s], lower=True, trans=1 if trans else 0)
+    def _lambda_stacks(self, lams: list[np.ndarray]) -> list[np.ndarray]:
+        """``Lambda`` restricted to every block, stacked per size class."""
+        out = [np.zeros_like(c.ztz) for c in self.classes]
+        for lam, entries in zip(lams, self._where, strict=True):
+            for ci, rows, local in entries:
+                out[ci][rows[:, None, None], local[:, :, None], local[:, None, :]] = lam
         return out
 
     # -- the penalised least-squares solve -----------------------------------------
@@ -282,34 +304,45 @@ class LMMProblem:
             When ``X' W^{-1} X`` is not positive definite (rank-deficient ``X``).
         """
         theta = np.asarray(theta, dtype=float)
-        lams = self.lambdas(theta)
-        ztzl = self._times_lambda(self.ZtZ, lams)  # Z'Z Lambda
-        a = self._times_lambda(ztzl.T, lams)  # Lambda' Z'Z Lambda (symmetric)
-        a = (a + a.T) / 2
-        a[np.diag_indices_from(a)] += 1.0
-        chol = self._chol_blocks(a)
-        zl_t_zx = self._times_lambda(self.ZtX.T, lams).T  # Lambda' Z'X
-        zl_t_zy = self._lambda_t_vec(self.Zty, lams)
-        rzx = self._solve_l(chol, zl_t_zx)
-        cu = self._solve_l(chol, zl_t_zy)
-        M = self.XtX - rzx.T @ rzx
+        lam_st = self._lambda_stacks(self.lambdas(theta))
+        M = self.XtX.copy()
+        rhs = self.Xty.copy()
+        logdet_l = 0.0
+        parts, cus = [], []
+        for c, lam in zip(self.classes, lam_st, strict=True):
+            lt = lam.transpose(0, 2, 1)
+            a = lt @ c.ztz @ lam
+            a = (a + a.transpose(0, 2, 1)) / 2
+            a += np.eye(a.shape[1])
+            chol = np.linalg.cholesky(a)
+            logdet_l += 2.0 * float(np.log(np.diagonal(chol, axis1=1, axis2=2)).sum())
+            rzx = np.linalg.solve(chol, lt @ c.ztx)  # (nb, m, p)
+            cu = np.linalg.solve(chol, (lt @ c.zty[:, :, None]))[:, :, 0]
+            M -= np.einsum("bmp,bmq->pq", rzx, rzx)
+            rhs -= np.einsum("bmp,bm->p", rzx, cu)
+            parts.append((lam, chol, rzx))
+            cus.append(cu)
         M = (M + M.T) / 2
         rx = np.linalg.cholesky(M)
-        rhs = self.Xty - rzx.T @ cu
         beta = sla.cho_solve((rx, True), rhs)
-        u = self._solve_l(chol, cu - rzx @ beta, trans=True)
-        resid = self.y - self.X @ beta - self.Zs @ self._lambda_vec(u, lams)
+        u = np.empty(self.q)
+        b = np.empty(self.q)
+        for c, (lam, chol, rzx), cu in zip(self.classes, parts, cus, strict=True):
+            w = cu - rzx @ beta
+            uc = np.linalg.solve(chol.transpose(0, 2, 1), w[:, :, None])[:, :, 0]
+            u[c.index] = uc
+            b[c.index] = (lam @ uc[:, :, None])[:, :, 0]
+        resid = self.y - self.X @ beta - self.Zs @ b
         r2 = float(resid @ resid + u @ u)
         return Evaluation(
             theta=theta,
             beta=beta,
             u=u,
             r2=r2,
-            logdet_l=2.0 * float(np.log(np.diag(chol)).sum()),
+            logdet_l=logdet_l,
             logdet_rx=2.0 * float(np.log(np.diag(rx)).sum()),
             M=M,
-            chol_a=chol,
-            zl_t_zx=zl_t_zx,
+            parts=tuple(parts),
         )
 
     def deviance(self, theta: np.ndarray, *, reml: bool = True) -> float:
@@ -355,34 +388,47 @@ class LMMProblem:
         ``D_i = dLambda_i Lambda' + Lambda dLambda_i'``:
         ``d(log|W| [+ log|X'W^{-1}X|]) = tr(Q D_i)`` with ``Q = Z'PZ`` (REML) or
         ``Z'W^{-1}Z`` (ML), ``d r2 = -r' D_i r`` with ``r = Z'W^{-1}(y - X beta)``, and
-        ``dM = -B' D_i B`` with ``B = Z'W^{-1}X``. Only the per-group diagonal blocks of
-        ``Q`` enter, so ``Q`` is never formed.
+        ``dM = -B' D_i B`` with ``B = Z'W^{-1}X``. ``Q`` is block diagonal like ``A``
+        apart from the low-rank REML term, and only its per-group diagonal blocks enter.
         """
         lams = self.lambdas(ev.theta)
-        chol = ev.chol_a
-        ztzl = self._times_lambda(self.ZtZ, lams)  # Z'Z Lambda
-        # W^{-1} = I - Z Lambda A^{-1} Lambda' Z' with A = L L'
-        T = self._solve_l(chol, ztzl.T)  # L^{-1} Lambda' Z'Z (block diagonal)
-        rzx = self._solve_l(chol, ev.zl_t_zx)  # L^{-1} Lambda' Z'X
-        B = self.ZtX - T.T @ rzx
-        resid = self.y - self.X @ ev.beta - self.Zs @ self._lambda_vec(ev.u, lams)
-        r = np.asarray(self.Zs.T @ resid).ravel()
         minv = np.linalg.inv(ev.M)
-        LtB = self._times_lambda(B.T, lams).T  # Lambda' B  (q x p)
+        # residual r = Z'W^{-1}(y - X beta) = Z'(y - X beta - Z b)
+        b = np.empty(self.q)
+        for c, (lam, _, _) in zip(self.classes, ev.parts, strict=True):
+            b[c.index] = (lam @ ev.u[c.index][:, :, None])[:, :, 0]
+        r = np.asarray(self.Zs.T @ (self.y - self.X @ ev.beta - self.Zs @ b)).ravel()
+        qs, bs, rs = [], [], []
+        for c, (lam, chol, rzx) in zip(self.classes, ev.parts, strict=True):
+            # W^{-1} = I - Z Lambda A^{-1} Lambda' Z' with A = L L'
+            T = np.linalg.solve(chol, lam.transpose(0, 2, 1) @ c.ztz)
+            Bc = c.ztx - T.transpose(0, 2, 1) @ rzx
+            Qc = c.ztz - T.transpose(0, 2, 1) @ T
+            if reml:
+                Qc = Qc - Bc @ minv @ Bc.transpose(0, 2, 1)
+            qs.append(Qc)
+            bs.append(Bc)
+            rs.append(r[c.index])
         dlog = np.empty(self.n_theta)
         dr2 = np.empty(self.n_theta)
         dM = np.empty((self.n_theta, self.p, self.p))
-        for b, idx, s, lam in zip(self.blocks, self.cols, self.theta_slices, lams, strict=True):
-            Tk = T[:, idx]  # (q, G, q_k)
-            qblk = self.ZtZ[idx[:, :, None], idx[:, None, :]] - np.einsum("igc,igd->gcd", Tk, Tk)
-            Bk = B[idx]  # (G, q_k, p)
-            if reml:
-                qblk = qblk - Bk @ minv @ Bk.transpose(0, 2, 1)
-            S = (qblk @ lam).sum(axis=0)  # sum over groups of (Q Lambda) diagonal blocks
-            R = r[idx]
-            RT = R.T @ (R @ lam)
-            Ck = LtB[idx]
-            for i, (rr, cc) in enumerate(b.theta_index):
+        for blk, s, lam, entries in zip(
+            self.blocks, self.theta_slices, lams, self._where, strict=True
+        ):
+            S = np.zeros((blk.q, blk.q))
+            RT = np.zeros((blk.q, blk.q))
+            Bk_all, Ck_all = [], []
+            for ci, rows, local in entries:
+                qblk = qs[ci][rows[:, None, None], local[:, :, None], local[:, None, :]]
+                S += (qblk @ lam).sum(axis=0)
+                R = rs[ci][rows[:, None], local]
+                RT += R.T @ (R @ lam)
+                Bk = bs[ci][rows[:, None], local]  # (G, q_k, p)
+                Bk_all.append(Bk)
+                Ck_all.append(lam.T @ Bk)  # rows of Lambda' B
+            Bk = np.concatenate(Bk_all)
+            Ck = np.concatenate(Ck_all)
+            for i, (rr, cc) in enumerate(blk.theta_index):
                 dlog[s.start + i] = 2.0 * S[rr, cc]
                 dr2[s.start + i] = -2.0 * RT[rr, cc]
                 E = Bk[:, rr, :].T @ Ck[:, cc, :]
