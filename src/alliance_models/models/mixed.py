@@ -13,7 +13,8 @@ encodes the data (:meth:`ModelSpec.build`) and fits by REML (or ML):
    gradient: bounded L-BFGS-B then Newton steps until ``max |gradient| < 1e-8``. A fit
    counts as converged when the projected gradient is below ``1e-6``. Crossed or
    otherwise non-nested factors, ``||`` terms and slopes at inner levels are fitted by
-   the core alone (dense algebra in the number of random effects).
+   the core alone. The core works block by block (one block of random effects per
+   therapist for nested factors); crossed factors form one dense block.
 3. Optimisers are tried in turn (``lbfgs -> bfgs -> powell -> nm``) until one converges;
    :attr:`MixedFit.optimizer` records which.
 
@@ -103,6 +104,22 @@ class MixedFit:
         The statsmodels fit used as the start (``None`` for core-only structures).
     messages : tuple of str
         The diagnostics warned about during the fit.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import alliance_models as am
+    >>> rng = np.random.default_rng(0)
+    >>> g = np.repeat(np.arange(10), 8)
+    >>> df = pd.DataFrame({"therapist": g, "alliance": rng.normal(size=80)})
+    >>> df["adherence"] = 0.3 * df.alliance + rng.normal(size=10)[g] + rng.normal(size=80)
+    >>> fit = am.fit_mixed("adherence ~ alliance + (1 | therapist)", df)
+    >>> fit.to_frame().columns.tolist()
+    ['estimate', 'se', 'df', 't', 'p', 'ci_lower', 'ci_upper']
+    >>> fit.varcomp.group.tolist()
+    ['therapist', 'Residual']
+    >>> bool(fit.converged), fit.singular
+    (True, False)
     """
 
     spec: ModelSpec
@@ -245,7 +262,9 @@ class MixedFit:
         """Return the fixed-effects table (``estimate, se, df, t, p, ci_lower, ci_upper``)."""
         return self.fixed.copy()
 
-    def predict(self, newdata: pd.DataFrame | None = None, *, include_random: bool = False):
+    def predict(
+        self, newdata: pd.DataFrame | None = None, *, include_random: bool = False
+    ) -> pd.Series:
         """Predictions ``X beta`` (plus ``Z b`` with ``include_random=True``).
 
         Levels not seen in the fit get random effects of zero.
@@ -261,6 +280,11 @@ class MixedFit:
         -------
         Series
             Indexed like ``newdata``.
+
+        Examples
+        --------
+        >>> new = pd.DataFrame({"alliance": [4.0, 6.0], "therapist": ["T01", "T99"]})
+        >>> fit.predict(new, include_random=True)  # doctest: +SKIP
         """
         data = self.frame.data if newdata is None else newdata
         X = self.frame.fixed_design(data)
