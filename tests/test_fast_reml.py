@@ -211,16 +211,13 @@ def designs(draw):
     return two, n_outer, inner_per, sizes, sd_outer, sd_inner, effect, dropout, seed
 
 
-@settings(max_examples=20, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(designs())
-def test_agrees_with_dense_reference_over_random_designs(case):
+def _check_dense(case, y_scale=1.0):
     two, n_outer, inner_per, sizes, sd_outer, sd_inner, effect, dropout, seed = case
     rng = np.random.default_rng(seed)
     X, outer, inner = make_design(rng, n_outer, inner_per, sizes, two)
     B = 2
     beta = np.array([1.0, effect, 0.01, effect / 2])
-    Y = simulate_y(rng, X, outer, inner, beta, sd_outer, sd_inner, B)
+    Y = y_scale * simulate_y(rng, X, outer, inner, beta, sd_outer, sd_inner, B)
     mask = rng.random(Y.shape) > dropout if dropout else None
     if mask is not None:
         mask[:, :2] = True  # keep every design column estimable
@@ -231,6 +228,20 @@ def test_agrees_with_dense_reference_over_random_designs(case):
         groups = [outer[keep]] + ([inner[keep]] if two else [])
         ref = dense_fit(Y[b, keep], X[keep], groups)
         assert_matches(fit, b, ref)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(designs(), st.sampled_from([1.0, 1e-3, 1e3]))
+def test_agrees_with_dense_reference_over_random_designs(case, y_scale):
+    _check_dense(case, y_scale)
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(designs(), st.sampled_from([1.0, 1e-3, 1e3]))
+def test_agrees_with_dense_reference_many_designs(case, y_scale):
+    _check_dense(case, y_scale)
 
 
 def test_boundary_component_is_exactly_zero_and_held_fixed():
@@ -356,33 +367,85 @@ def test_replicate_by_replicate_against_fit_mixed_core_with_dropout():
         np.testing.assert_allclose(fit.theta[b], theta, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(
+def _fit_mixed_replicate(y, X, outer, inner, expect_singular):
+    """fit_mixed on one replicate (columns x1, x2, x12 of ``make_design``)."""
+    import warnings
+
+    import alliance_models as am
+
+    data = pd.DataFrame({"y": y, "x1": X[:, 1], "x2": X[:, 2], "x12": X[:, 3],
+                         "therapist": [f"t{c}" for c in outer]})
+    formula = "y ~ x1 + x2 + x12 + (1 | therapist)"
+    if inner is not None:
+        data["patient"] = [f"p{c}" for c in inner]
+        formula = "y ~ x1 + x2 + x12 + (1 | therapist/patient)"
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        mf = am.fit_mixed(formula, data)
+    singular_warned = any(issubclass(w.category, SingularFitWarning) for w in rec)
+    # the same scale-free rule (lme4's isSingular, theta < 1e-4) on both sides
+    assert singular_warned == bool(expect_singular)
+    return mf
+
+
+def _check_against_fit_mixed(fit, b, mf):
+    params = mf.params.to_numpy()
+    se = np.sqrt(np.diag(mf.cov_params().to_numpy()))
+    assert_beta_close(fit.beta[b], params, se)
+    np.testing.assert_allclose(fit.se[b], se, rtol=SE_RTOL)
+    np.testing.assert_allclose(fit.df[b], mf.contrast_df(np.eye(4)[3]), rtol=DF_RTOL)
+
+
+needs_fit_mixed = pytest.mark.skipif(
     importlib.util.find_spec("alliance_models.models.mixed") is None,
     reason="fit_mixed (models/mixed.py) has not landed yet",
 )
-def test_replicate_by_replicate_against_fit_mixed():
-    import alliance_models as am
 
+
+@needs_fit_mixed
+def test_replicate_by_replicate_against_fit_mixed():
     rng = np.random.default_rng(77)
     X, outer, inner = make_design(rng, 8, [3] * 8, list(rng.integers(3, 7, size=24)))
     Y = simulate_y(rng, X, outer, inner, np.array([0.5, 0.2, 0.01, 0.15]), 0.5, 0.6, 4)
     Y[1] = simulate_y(rng, X, outer, inner, np.array([0.5, 0.2, 0.01, 0.15]), 0.0, 0.6, 1)[0]
     fit = fit_batch(X, Y, outer, inner, contrast=3)
+    assert fit.singular.any() and not fit.singular.all()  # both kinds are exercised
     for b in range(Y.shape[0]):
-        data = pd.DataFrame({"y": Y[b], "x1": X[:, 1], "x2": X[:, 2],
-                             "therapist": outer.astype(str), "patient": inner.astype(str)})
-        data["x12"] = X[:, 3]
-        formula = "y ~ x1 + x2 + x12 + (1 | therapist/patient)"
-        if fit.singular[b]:
-            with pytest.warns(SingularFitWarning):
-                mf = am.fit_mixed(formula, data)
-        else:
-            mf = am.fit_mixed(formula, data)
-        params = mf.params.to_numpy()
-        se = np.sqrt(np.diag(mf.cov_params().to_numpy()))
-        assert_beta_close(fit.beta[b], params, se)
-        np.testing.assert_allclose(fit.se[b], se, rtol=SE_RTOL)
-        np.testing.assert_allclose(fit.df[b], mf.contrast_df(np.eye(4)[3]), rtol=DF_RTOL)
+        mf = _fit_mixed_replicate(Y[b], X, outer, inner, fit.singular[b])
+        _check_against_fit_mixed(fit, b, mf)
+
+
+def _check_fit_mixed(case):
+    two, n_outer, inner_per, sizes, sd_outer, sd_inner, effect, dropout, seed = case
+    rng = np.random.default_rng(seed)
+    X, outer, inner = make_design(rng, n_outer, inner_per, sizes, two)
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, effect, 0.01, effect / 2]),
+                   sd_outer, sd_inner, 2)
+    mask = rng.random(Y.shape) > dropout if dropout else None
+    if mask is not None:
+        mask[:, :2] = True
+    fit = fit_batch(X, Y, outer, inner, mask=mask, contrast=3)
+    for b in range(2):
+        k = np.ones(X.shape[0], bool) if mask is None else mask[b]
+        mf = _fit_mixed_replicate(Y[b, k], X[k], outer[k], None if inner is None else inner[k],
+                                  fit.singular[b])
+        _check_against_fit_mixed(fit, b, mf)
+
+
+@needs_fit_mixed
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(designs())
+def test_agrees_with_fit_mixed_over_random_designs(case):
+    _check_fit_mixed(case)
+
+
+@needs_fit_mixed
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(designs())
+def test_agrees_with_fit_mixed_many_designs(case):
+    _check_fit_mixed(case)
 
 
 # ----------------------------------------------------------------------------------
