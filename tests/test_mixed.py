@@ -496,16 +496,25 @@ def test_non_convergence_warns_with_advice():
     assert "NOT converged" in fit.summary()
 
 
-def test_non_positive_definite_hessian_warns(monkeypatch):
-    real = _lmm.satterthwaite_setup
-
-    def flat(*args, **kwargs):
-        s = real(*args, **kwargs)
-        return _lmm.SatterthwaiteSetup(s.vcov, s.jac, s.acov, -1e-3)
-
-    monkeypatch.setattr(_lmm, "satterthwaite_setup", flat)
-    with pytest.warns(ConvergenceWarning, match="not positive definite.*simplify"):
-        am.fit_mixed(CASES["penicillin"], _read("penicillin", "data"))
+def test_non_positive_definite_hessian_warns():
+    """A random 'slope' on a column equal to the intercept is not identifiable: only the
+    variance of the sum is, so the Hessian in theta has a zero eigenvalue."""
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(15), 6)
+    d = pd.DataFrame({"g": g, "x": rng.normal(size=90), "one": 1.0})
+    d["y"] = 0.5 * d.x + rng.normal(0, 1, 15)[g] + rng.normal(size=90)
+    with pytest.warns(ConvergenceWarning, match="not positive definite.*simplify the random"):
+        fit = am.fit_mixed("y ~ x + (1 + one | g)", d)
+    assert not fit.singular and fit.converged
+    # the identifiable part is right: the total intercept variance equals (1 | g)'s
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        simple = am.fit_mixed("y ~ x + (1 | g)", d)
+    lam = np.array([[fit.theta[0], 0.0], [fit.theta[1], fit.theta[2]]])
+    total = fit.sigma**2 * np.ones(2) @ lam @ lam.T @ np.ones(2)
+    ref = simple.varcomp.set_index("group").loc["g", "vcov"]
+    assert total == pytest.approx(ref, rel=1e-5)
+    np.testing.assert_allclose(fit.fixed["estimate"], simple.fixed["estimate"], rtol=1e-6)
 
 
 def test_statsmodels_warnings_do_not_leak_in_a_fresh_process():
