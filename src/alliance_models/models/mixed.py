@@ -574,8 +574,12 @@ def fit_mixed(
     reml : bool, default True
         REML; use ``False`` (ML) to compare models with different fixed effects.
     optimizer : str or sequence of str, optional
-        Any of ``"lbfgs", "bfgs", "powell", "nm"``, tried in the order given; the
-        default tries all four until one converges.
+        Any of ``"lbfgs", "bfgs", "powell", "nm"``, tried in the order given until one
+        converges (default: all four). Each is used for the statsmodels MixedLM start
+        when statsmodels can express the model, otherwise for the numpy core from
+        lme4's start; either way the estimate is then polished on the exact criterion
+        (L-BFGS-B and Newton steps) and :attr:`MixedFit.optimizer` names the one that
+        led to convergence.
     maxiter : int, default 1000
         Iterations per optimiser.
     ddf : {"satterthwaite", "residual", "none"}
