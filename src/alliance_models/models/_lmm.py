@@ -1,4 +1,4 @@
-"""Plain-numpy core of the linear mixed model (lme4's formulation, dense algebra).
+"""Plain-numpy core of the linear mixed model (lme4's formulation, blockwise dense algebra).
 
 The model is ``y = X beta + Z b + e`` with ``b = Lambda(theta) u``, ``u ~ N(0, sigma^2 I)``
 and ``e ~ N(0, sigma^2 I)``. ``Lambda`` is block diagonal: every random term ``k`` has a
