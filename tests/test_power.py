@@ -478,3 +478,13 @@ def test_power_curve_checkpoints_per_value(tmp_path):
                                   pc.to_frame().drop(columns="elapsed"))
     with pytest.raises(DesignError, match="belongs to a different run"):
         am.power_curve(INDEP, "adherence ~ alliance", **{**kw, "seed": 5})
+
+
+def test_sample_size_checks_the_search_range_first():
+    d = am.Design(therapists=10, patients_per_therapist=4, randomisation="patient",
+                  effects={"arm": 0.3})
+    with pytest.raises(DesignError, match="at least 2 patients"):
+        am.sample_size(d, "adherence ~ arm", test="arm", vary="patients_per_therapist", lo=1,
+                       hi=20, n_sims=5, seed=1, **OLS)
+    with pytest.raises(DesignError, match="need integers 1 <= lo <= hi"):
+        am.sample_size(d, "adherence ~ arm", test="arm", vary="therapists", lo=20, hi=10)

@@ -1150,6 +1150,8 @@ def sample_size(
                           f"hi={hi!r}, step={step!r}")
     if (hi - lo) % step:
         hi = lo + ((hi - lo) // step + 1) * step
+    for v in (lo, hi):  # both ends must be valid designs before any simulation runs
+        design.replace(**{vary: v})
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % 2**63)  # type: ignore[operator]
     cache: dict[int, PowerResult] = {}
