@@ -108,3 +108,23 @@ def test_bad_inputs():
                                        icc_therapist=0.6, icc_patient=0.5)
     with pytest.raises(DesignError, match="alpha must be in"):
         analytic.noncentral_t_power(1.0, 10, alpha=1.5)
+
+
+# R 4.2.2, stats::power.t.test on therapist means (strict = TRUE: both tails):
+#   sd <- sqrt(it + ip / n + (1 - it - ip) / (n * m))
+#   power.t.test(n = J / 2, delta = d, sd = sd, sig.level = 0.05, type = "two.sample",
+#                alternative = "two.sided", strict = TRUE)$power
+R_POWER_T_TEST = [
+    # d, J, n, m, icc_therapist, icc_patient, R power
+    (0.5, 20, 10, 1, 0.05, 0.0, 0.792911758611374),
+    (0.4, 24, 8, 1, 0.10, 0.0, 0.528858124030337),
+    (0.6, 16, 6, 3, 0.15, 0.2, 0.664014909636282),
+    (0.3, 60, 12, 2, 0.08, 0.3, 0.884668034675549),
+]
+
+
+@pytest.mark.parametrize(("d", "j", "n", "m", "it", "ip", "want"), R_POWER_T_TEST)
+def test_cluster_randomised_power_matches_r_power_t_test(d, j, n, m, it, ip, want):
+    got = analytic.cluster_randomised_power(d, therapists=j, patients_per_therapist=n,
+                                            sessions=m, icc_therapist=it, icc_patient=ip)
+    assert got == pytest.approx(want, rel=1e-7)
