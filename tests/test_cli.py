@@ -238,7 +238,8 @@ def run_entry(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=900, check=False)
 
 
-def check_demo_output(proc: subprocess.CompletedProcess, out: Path, bayes: bool) -> None:
+def check_demo_output(proc: subprocess.CompletedProcess, out: Path, bayes: bool,
+                      cwd: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     stdout = proc.stdout
     # the DataReport summary, the moderation table and the probing tables go to stdout
@@ -257,13 +258,16 @@ def check_demo_output(proc: subprocess.CompletedProcess, out: Path, bayes: bool)
     for sid in sections + (["bayes"] if bayes else []):
         assert f'<section id="{sid}">' in page
     assert ('<section id="bayes">' in page) is bayes
-    assert f"Report written to {out / 'index.html'}" in stdout
+    # the path printed is the report's (relative to the working directory when given so)
+    written = re.search(r"^Report written to (.+)$", stdout, re.MULTILINE)
+    assert written
+    assert (cwd / written.group(1)).resolve() == (out / "index.html").resolve()
 
 
 def test_demo_quick_without_bayes(tmp_path):
     out = tmp_path / "rep"
     proc = run_entry("demo", "--quick", "--no-bayes", "--out", str(out), cwd=tmp_path)
-    check_demo_output(proc, out, bayes=False)
+    check_demo_output(proc, out, bayes=False, cwd=tmp_path)
     assert "quick run: models use the first 12 therapists" in proc.stdout
     # package warnings are shown as single lines, without the source line under them
     warn = [ln for ln in proc.stderr.splitlines() if "MissingDataWarning" in ln]
@@ -304,14 +308,14 @@ def test_fit_bayes_in_a_subprocess(tmp_path, single_level_csv):
 def test_demo_quick_with_bayes(tmp_path):
     out = tmp_path / "rep"
     proc = run_entry("demo", "--quick", "--out", str(out), cwd=tmp_path)
-    check_demo_output(proc, out, bayes=True)
+    check_demo_output(proc, out, bayes=True, cwd=tmp_path)
 
 
 @pytest.mark.slow
 def test_demo_default_settings(tmp_path):
     """What `make demo` runs: the whole example, 4 x 1000 draws, 4 x 200 power replicates."""
     proc = run_entry("demo", cwd=tmp_path)
-    check_demo_output(proc, tmp_path / "alliance_report", bayes=True)
+    check_demo_output(proc, tmp_path / "alliance_report", bayes=True, cwd=tmp_path)
     assert "DiagnosticsWarning" not in proc.stderr
 
 
