@@ -115,7 +115,10 @@ def test_binomial_design_with_linear_model_has_no_truth():
     assert 0 <= res.power <= 1
 
 
-def test_results_do_not_depend_on_n_jobs_or_batch_size():
+def test_results_do_not_depend_on_n_jobs_or_batch_size(monkeypatch):
+    from alliance_models.power import engine
+
+    monkeypatch.setattr(engine, "_POOL_MIN_SECONDS", 0.0)  # use the worker pool here
     kw = {**OLS, "n_sims": 24, "seed": 9}
     one = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5, **kw)
     kw["n_jobs"] = 2

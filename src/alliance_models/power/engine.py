@@ -71,6 +71,9 @@ REPLICATE_COLUMNS = (
     "converged", "singular", "failed", "error",
 )
 _FAIL_EXC = (np.linalg.LinAlgError, ArithmeticError, AllianceModelsError, ValueError)
+#: a local run starts worker processes only when the work left after the first batch
+#: looks longer than this (seconds); loky start-up costs a few seconds
+_POOL_MIN_SECONDS = 4.0
 
 
 # --- small numeric helpers -----------------------------------------------------------
@@ -551,15 +554,24 @@ def _execute(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequen
             f"backend {backend!r} is unknown; allowed: 'loky', 'dask' or a distributed.Client"
         )
     n_workers = (os.cpu_count() or 1) if n_jobs == -1 else max(1, int(n_jobs))
-    if n_workers == 1 or len(batches) == 1:
+    if n_workers == 1 or len(batches) <= 1:
         for reps, seeds in batches:
+            yield _run_batch(job, reps, seeds)
+        return
+    # run the first batch here and start worker processes only when the rest of the run
+    # is long enough to repay their start-up; results are the same either way
+    t0 = time.perf_counter()
+    yield _run_batch(job, *batches[0])
+    rest = batches[1:]
+    if (time.perf_counter() - t0) * len(rest) < _POOL_MIN_SECONDS:
+        for reps, seeds in rest:
             yield _run_batch(job, reps, seeds)
         return
     from joblib import Parallel, delayed, parallel_config
 
     with parallel_config(backend="loky", inner_max_num_threads=1):
         gen = Parallel(n_jobs=n_workers, return_as="generator_unordered")(
-            delayed(_run_batch)(job, reps, seeds) for reps, seeds in batches
+            delayed(_run_batch)(job, reps, seeds) for reps, seeds in rest
         )
         try:
             yield from gen
