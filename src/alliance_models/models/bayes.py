@@ -262,10 +262,10 @@ def _build_params(
             pr = parse_prior(tk, spec, kind=old.kind, shifted=old.d != 0.0)
             params[i] = _Param(old.key, old.kind, old.c, old.d, pr.to_standardised(old.c, old.d),
                                "user", old.meaning)
-    by_key = {p.key: p for p in params}
+    param_of = {p.key: p for p in params}
     for t in terms:
         if t.correlated:
-            fams = {by_key[_sd_key(t, c)].prior_std.dist for c in t.coef_names}
+            fams = {param_of[_sd_key(t, c)].prior_std.dist for c in t.coef_names}
             if len(fams) > 1:
                 raise ModelSpecError(
                     f"the SD priors of the correlated term for {t.group!r} must share one "
