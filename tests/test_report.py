@@ -253,7 +253,7 @@ def test_bayes_section_has_diagnostics_and_three_plots(tmp_path, small_bayes_fit
     assert external_refs(page) == []
 
 
-SECTIONS = ("notes", "data", "data-report", "model", "simple-slopes", "johnson-neyman", "bayes",
+SECTIONS = ("notes", "key-results", "data", "data-report", "model", "simple-slopes", "johnson-neyman", "bayes",
             "power")
 
 
@@ -273,3 +273,36 @@ def test_full_report_has_every_section_and_no_external_refs(full_report):
     power = page.split('<section id="power">')[1].split("</section>")[0]
     assert html_escape(parts["power"].summary()) in power
     assert 'alt="Power curve"' in power
+
+
+def test_key_results_summarise_interactions_and_regions(full_report):
+    path, parts = full_report
+    page = path.read_text()
+    section = page.split('<section id="key-results">')[1].split("</section>")[0]
+    (table,) = read_tables(section)
+    header, rows = table[0], {r[0]: dict(zip(table[0], r, strict=True)) for r in table[1:]}
+    assert header[:5] == ["interaction term", "estimate", "95% CI lower", "95% CI upper", "p"]
+    freq = parts["fit"].to_frame()
+    inter = [t for t in freq.index if ":" in t]
+    assert sorted(rows) == sorted(inter)
+    for term in inter:
+        assert rows[term]["estimate"] == report_mod._fmt(float(freq.loc[term, "estimate"]))
+        assert rows[term]["p"] == report_mod._fmt(float(freq.loc[term, "p"]))
+    # one sentence per Johnson-Neyman result, with the region inside the observed range
+    for mod, j in parts["jn"].items():
+        lo, hi = j.observed_range
+        assert f"for {mod} in " in section
+        assert f"(observed {mod}: {report_mod._fmt(float(lo))} to" in section
+
+
+def test_key_results_with_a_bayesian_fit(tmp_path, small_bayes_fit):
+    b = small_bayes_fit
+    page = am.report(tmp_path, bayes=b).read_text()
+    section = page.split('<section id="key-results">')[1].split("</section>")[0]
+    (table,) = read_tables(section)
+    assert table[0] == ["interaction term", "posterior mean", "95% HDI lower", "95% HDI upper",
+                        "P(effect > 0)"]
+    assert [r[0] for r in table[1:]] == ["alliance:autonomy"]
+    # P(effect > 0) is the share of posterior draws above zero
+    expected = float((b.fixed_draws["alliance:autonomy"] > 0).mean())
+    assert table[1][4] == report_mod._fmt(expected)

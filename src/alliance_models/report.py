@@ -276,6 +276,62 @@ def _try_plot(fn: Callable[[], Any], what: str) -> str:
 # --------------------------------------------------------------------------- sections
 
 
+def _interaction_rows(fit: Any) -> pd.DataFrame | None:
+    """Rows of ``fit.to_frame()`` for product terms (names containing ``:``)."""
+    df = _frame(fit)
+    if df is None or not len(df):
+        return None
+    rows = df[[":" in str(i) for i in df.index]]
+    return rows if len(rows) else None
+
+
+def _key_results(fit: Any, jns: list[Any], bayes: Any) -> str:
+    """Summarise the interaction terms and the Johnson-Neyman regions in a few lines."""
+    parts = []
+    freq = _interaction_rows(fit) if fit is not None else None
+    post = _interaction_rows(bayes) if bayes is not None else None
+    table = pd.DataFrame(index=pd.Index(
+        list(freq.index) if freq is not None else list(post.index) if post is not None else [],
+        name="interaction term"))
+    if freq is not None:
+        for col, label in (("estimate", "estimate"), ("ci_lower", "95% CI lower"),
+                           ("ci_upper", "95% CI upper"), ("p", "p")):
+            if col in freq.columns:
+                table[label] = freq[col]
+    if post is not None:
+        draws = getattr(bayes, "fixed_draws", None)
+        for col, label in (("mean", "posterior mean"), ("hdi95_lb", "95% HDI lower"),
+                           ("hdi95_ub", "95% HDI upper")):
+            if col in post.columns:
+                table[label] = post[col].reindex(table.index)
+        if isinstance(draws, pd.DataFrame):
+            pos = [float((draws[t] > 0).mean()) if t in draws.columns else np.nan
+                   for t in table.index]
+            table["P(effect > 0)"] = pos
+    if len(table) and table.shape[1]:
+        parts.append(_table(table))
+    sentences = []
+    for j in jns:
+        focal, mod = getattr(j, "focal", None), getattr(j, "moderator", None)
+        inside = getattr(j, "intervals_in_range", None)
+        rng = getattr(j, "observed_range", None)
+        if not (focal and mod) or inside is None or rng is None:
+            continue
+        where = (", ".join(f"[{_fmt(float(a))}, {_fmt(float(b))}]" for a, b in inside)
+                 if inside else "nowhere")
+        alpha = float(getattr(j, "alpha", 0.05))
+        claim = (f"its {100 * (1 - alpha):g}% HDI excludes zero"
+                 if getattr(j, "method", "") == "bayes" else f"p < {alpha:g}")
+        sentences.append(
+            f"Effect of {focal}: {claim} for {mod} in {where} "
+            f"(observed {mod}: {_fmt(float(rng[0]))} to {_fmt(float(rng[1]))})."
+        )
+    if sentences:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in sentences)
+                     + "</ul>")
+    return "\n".join(parts)
+
+
 def _data_section(data: pd.DataFrame) -> str:
     parts = []
     counts: dict[str, float] = {"rows (sessions)": len(data)}
@@ -523,6 +579,10 @@ def report(
     page = _Page(title=title)
     if notes:
         page.add("notes", "Notes", _note(notes))
+    jn_list = _as_list(jn)
+    key = _key_results(fit, jn_list, bayes)
+    if key:
+        page.add("key-results", "Key results", key)
     if data is not None:
         page.add("data", "Data summary", _data_section(data))
     if data_report is not None:
@@ -533,7 +593,6 @@ def report(
     if slope_list:
         page.add("simple-slopes", "Simple slopes and interaction plots",
                  _slopes_section(slope_list, fit))
-    jn_list = _as_list(jn)
     if jn_list:
         page.add("johnson-neyman", "Johnson-Neyman regions of significance",
                  _jn_section(jn_list))
