@@ -253,8 +253,8 @@ def test_bayes_section_has_diagnostics_and_three_plots(tmp_path, small_bayes_fit
     assert external_refs(page) == []
 
 
-SECTIONS = ("notes", "key-results", "data", "data-report", "model", "simple-slopes", "johnson-neyman", "bayes",
-            "power")
+SECTIONS = ("notes", "key-results", "data", "data-report", "model", "simple-slopes",
+            "johnson-neyman", "bayes", "power")
 
 
 def test_full_report_has_every_section_and_no_external_refs(full_report):
