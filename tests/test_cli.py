@@ -455,3 +455,25 @@ def test_fit_raw_export_in_one_command(tmp_path):
     fit = am.fit_mixed(formula, data)
     fixed = fit.summary().split("Fixed effects:")[1].split("\n\n")[0]
     assert fixed in proc.stdout
+
+
+def test_fit_probes_at_given_values(single_level_csv):
+    import alliance_models as am
+
+    path, data = single_level_csv
+    code, out, err = run("fit", str(path), "--method", "ols", "--formula",
+                         "adherence ~ alliance * age", "--focal", "alliance",
+                         "--moderator", "age", "--at", "30,50,70", "-q")
+    assert code == 0, err
+    assert "simple slopes of alliance at age (30, 50, 70)" in out
+    fit = am.fit_ols("adherence ~ alliance * age", data)
+    assert am.simple_slopes(fit, focal="alliance", moderator="age",
+                            at=[30.0, 50.0, 70.0]).summary() in out
+
+
+def test_fit_bad_at_is_a_usage_error(single_level_csv):
+    path, _ = single_level_csv
+    code, _, err = run("fit", str(path), "--formula", "adherence ~ alliance * age",
+                       "--focal", "alliance", "--moderator", "age", "--at", "low,high")
+    assert code == 2
+    assert "--at 'low,high': use meansd, percentiles or numbers" in err

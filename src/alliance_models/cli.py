@@ -214,6 +214,17 @@ def _score_pairs(values: list[str] | None) -> list[tuple[str, str]]:
     return pairs
 
 
+def _parse_at(text: str) -> str | list[float]:
+    if text in ("meansd", "percentiles"):
+        return text
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(_usage_error(
+            "fit", f"--at {text!r}: use meansd, percentiles or numbers such as 30,50,70"
+        )) from None
+
+
 def _moderators(args: argparse.Namespace) -> list[str]:
     return list(args.moderator or [])
 
@@ -230,6 +241,7 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
         )
     if args.trials and args.method != "gee" and not args.bayes:
         raise SystemExit(_usage_error("fit", "--trials is used with --method gee or --bayes only"))
+    at = _parse_at(args.at)
     pairs = _score_pairs(args.score)
     if pairs and not args.prepare:
         raise SystemExit(_usage_error("fit", "--score needs --prepare (scores feed am.prepare)"))
@@ -258,7 +270,7 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
     console.heading(f"{args.method} model: {args.formula}")
     console.print(fit.summary())
 
-    slopes, jns = _probe(fit, args.focal, mods, console)
+    slopes, jns = _probe(fit, args.focal, mods, console, at=at)
 
     bfit = None
     if args.bayes:
@@ -274,7 +286,7 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
         console.heading("Bayesian model")
         console.print(bfit.summary())
         if args.focal:
-            bslopes, _ = _probe(bfit, args.focal, mods, console, label="posterior ")
+            bslopes, _ = _probe(bfit, args.focal, mods, console, label="posterior ", at=at)
             slopes += bslopes
 
     if args.report:
@@ -296,7 +308,8 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
 
 
 def _probe(
-    fit: Any, focal: str | None, moderators: list[str], console: Console, label: str = ""
+    fit: Any, focal: str | None, moderators: list[str], console: Console, label: str = "",
+    at: str | list[float] = "meansd",
 ) -> tuple[list[Any], list[Any]]:
     import alliance_models as am
 
@@ -305,8 +318,12 @@ def _probe(
     if not focal:
         return slopes, jns
     for mod in moderators:
-        s = am.simple_slopes(fit, focal=focal, moderator=mod, at="meansd")
-        console.heading(f"{label}simple slopes of {focal} at {mod} (mean +/- 1 SD)")
+        s = am.simple_slopes(fit, focal=focal, moderator=mod, at=at)
+        if isinstance(at, str):
+            shown = {"meansd": "mean +/- 1 SD", "percentiles": "percentiles"}[at]
+        else:
+            shown = ", ".join(f"{v:g}" for v in at)
+        console.heading(f"{label}simple slopes of {focal} at {mod} ({shown})")
         console.print(s.summary())
         slopes.append(s)
         j = am.johnson_neyman(fit, focal=focal, moderator=mod)
@@ -510,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--focal", metavar="TERM", help="focal predictor to probe, e.g. alliance")
     p.add_argument("--moderator", metavar="TERM", action="append",
                    help="moderator to probe (repeat for several)")
+    p.add_argument("--at", default="meansd", metavar="VALUES",
+                   help="moderator values for simple slopes: meansd (default), percentiles "
+                   "or a comma-separated list such as -10,0,10")
     p.add_argument("--bayes", action="store_true", help="also fit the model in PyMC")
     p.add_argument("--family", choices=("gaussian", "binomial", "beta_binomial"),
                    help="outcome family: gee takes binomial (default) or gaussian; --bayes "
