@@ -491,3 +491,66 @@ def test_sample_size_checks_the_search_range_first():
                        hi=20, n_sims=5, seed=1, **OLS)
     with pytest.raises(DesignError, match="need integers 1 <= lo <= hi"):
         am.sample_size(d, "adherence ~ arm", test="arm", vary="therapists", lo=20, hi=10)
+
+
+def flaky_ols(formula, data, **kwargs):
+    """Fails (singular matrix) on every third call."""
+    CALLS.append(1)
+    if len(CALLS) % 3 == 0:
+        raise np.linalg.LinAlgError("Singular matrix")
+    return am.fit_ols(formula, data, hc=None)
+
+
+def test_failed_fits_are_recorded_not_raised():
+    CALLS.clear()
+    res = am.power(INDEP, "adherence ~ alliance", test="alliance", n_sims=9, seed=1,
+                   method=flaky_ols, n_jobs=1, progress=False)
+    r = res.replicates
+    assert res.n_completed == 9 and res.failure_rate == pytest.approx(3 / 9)
+    assert r["failed"].sum() == 3 and (r.loc[r["failed"], "error"] ==
+                                       "LinAlgError: Singular matrix").all()
+    assert not r.loc[r["failed"], "reject"].any()  # failures count as non-rejections
+    assert res.power == r["reject"].sum() / 9
+    assert res.nonconvergence_rate == pytest.approx(3 / 9)
+    # diagnosands use the successful fits only
+    ok = r[~r["failed"]]
+    assert res.bias == pytest.approx((ok["estimate"] - res.truth).mean())
+
+
+class _FakeBayesFit:
+    def __init__(self, draws):
+        self.fixed_draws = pd.DataFrame({"alliance": draws})
+        self.converged = True
+
+
+@pytest.mark.parametrize(
+    ("rule", "rope", "threshold", "shift", "want"),
+    [
+        ("interval", 0.0, 0.975, 3.0, True),  # interval well above 0
+        ("interval", 0.0, 0.975, 1.0, False),  # interval covers 0
+        ("interval", 2.5, 0.975, 3.0, False),  # clears 0 but not the ROPE [-2.5, 2.5]
+        ("pd", 0.0, 0.80, 1.0, True),  # P(direction) about 0.84
+        ("pd", 0.0, 0.90, 1.0, False),
+    ],
+)
+def test_bayes_assurance_rules(rule, rope, threshold, shift, want):
+    from scipy import stats
+
+    from alliance_models.power.engine import _bayes_record, _Job
+
+    draws = stats.norm.ppf((np.arange(4000) + 0.5) / 4000) + shift  # N(shift, 1) quantiles
+    job = _Job(design=INDEP, formula="adherence ~ alliance", test="alliance", test_index=1,
+               x_names=("Intercept", "alliance"), method="bayes", alpha=0.05,
+               bayes_rule=rule, threshold=threshold, rope=rope)
+    rec = _bayes_record(job, 0, _FakeBayesFit(draws), True)
+    assert rec["reject"] is want
+    assert rec["ci_low"] == pytest.approx(shift - 1.96, abs=5e-3)  # 4000-point grid
+    assert rec["p_value"] == pytest.approx(2 * stats.norm.sf(shift), abs=1e-3)
+
+
+def test_attendance_counts_are_simulated():
+    d = am.Design(therapists=6, patients_per_therapist=3, sessions=4, family="binomial",
+                  counts="attendance")
+    df = am.simulate(d, 3)
+    assert {"attended", "scheduled"} <= set(df.columns) and "completed" not in df
+    assert (df["scheduled"] == 1).all() and set(df["attended"].unique()) <= {0, 1}
