@@ -80,6 +80,8 @@ SINGULAR_TOL = 1e-4
 RANK_TOL = 1e-10
 #: Relative SDs below this are tried at exactly zero after the Newton iterations.
 BOUNDARY_SNAP = 1e-5
+#: Faces whose grid value is within this (deviance units) of the optimum are searched.
+FACE_MARGIN = 3.0
 #: Start grid of relative SDs (zero is excluded: it is a stationary point in ``s``).
 _GRID = (0.1, 0.3, 0.8, 2.0)
 _MAX_ITER = 60
@@ -571,23 +573,48 @@ def _finite_chol(L: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------
 # optimisation
 # ----------------------------------------------------------------------------------
-def _start(st: SuffStats, reml: bool) -> np.ndarray:
+def _faces_of(k: int) -> list[tuple[int, ...]]:
+    """Boundary faces: tuples of the components held at zero."""
+    return [(0,)] if k == 1 else [(0,), (1,), (0, 1)]
+
+
+def _start(
+    st: SuffStats, reml: bool
+) -> tuple[np.ndarray, dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]]]:
+    """Best interior grid point per replicate, and the best grid point on every face.
+
+    Returns ``s0`` (B, k) and ``{face: (f (B,), s (B, k))}``.
+    """
     k = st.n_levels
+    B = st.n_rep
     grid = np.array(_GRID)
+
+    def best_of(cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        best = np.full(B, np.inf)
+        arg = np.tile(cands[0], (B, 1))
+        for c in cands:
+            f = criterion(st, np.tile(c, (B, 1)), reml=reml)[0]
+            better = f < best
+            best = np.where(better, f, best)
+            arg[better] = c
+        return best, arg
+
     if k == 1:
-        cand = grid[:, None]
+        interior = grid[:, None]
     else:
         g1, g2 = np.meshgrid(grid, grid, indexing="ij")
-        cand = np.column_stack([g1.ravel(), g2.ravel()])
-    B = st.n_rep
-    best = np.full(B, np.inf)
-    s0 = np.tile(cand[0], (B, 1))
-    for c in cand:
-        f, _, _ = criterion(st, np.tile(c, (B, 1)), reml=reml)
-        better = f < best
-        best = np.where(better, f, best)
-        s0[better] = c
-    return s0
+        interior = np.column_stack([g1.ravel(), g2.ravel()])
+    _, s0 = best_of(interior)
+    faces = {}
+    for zero in _faces_of(k):
+        free = [i for i in range(k) if i not in zero]
+        if free:
+            cands = np.zeros((grid.size, k))
+            cands[:, free[0]] = grid
+        else:
+            cands = np.zeros((1, k))
+        faces[zero] = best_of(cands)
+    return s0, faces
 
 
 def _fd_hessian(sub: SuffStats, sa: np.ndarray, g: np.ndarray, reml: bool) -> np.ndarray:
@@ -710,6 +737,61 @@ def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.nd
     return s, conv
 
 
+def _faces(
+    st: SuffStats,
+    s: np.ndarray,
+    conv: np.ndarray,
+    face_grid: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]],
+    reml: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Compare the Newton solution with the best solutions on the boundary faces.
+
+    The restricted likelihood of random-intercept models can have a second local
+    optimum on a face where one variance is zero (e.g. therapist variance zero versus
+    patient variance zero in a small design). A face is searched -- Newton from its best
+    start-grid point; a zero relative SD stays zero because the criterion is even in
+    it -- when the Newton solution itself lies on a boundary and the face's grid value
+    is within ``FACE_MARGIN`` of it, or when the face's grid value already beats the
+    Newton solution. The better solution is kept. A face solution that is not a minimum
+    across the face (the criterion falls when the zero component grows) is refined by a
+    further Newton run from just inside the face.
+    """
+    B, k = s.shape
+    f_main = criterion(st, s, reml=reml)[0]
+    best_s, best_f, best_c = s.copy(), f_main.copy(), conv.copy()
+    on_boundary = np.any(s == 0.0, axis=1)
+    for zero, (fg, start) in face_grid.items():
+        cand = np.flatnonzero(
+            (on_boundary & (fg < f_main + FACE_MARGIN)) | (fg < f_main)
+        )
+        if cand.size == 0:
+            continue
+        sub = st.take(cand)
+        if len(zero) < k:
+            sf, cf = _newton(sub, start[cand], reml)
+        else:
+            sf, cf = start[cand], np.ones(cand.size, dtype=bool)
+        ff = criterion(sub, sf, reml=reml)[0]
+        take = ff < best_f[cand] - 1e-10 * np.maximum(1.0, np.abs(ff))
+        idx = cand[take]
+        best_s[idx], best_f[idx], best_c[idx] = sf[take], ff[take], cf[take]
+    # a face solution must be a minimum across the face too
+    moved = np.flatnonzero(np.any(best_s != s, axis=1))
+    if moved.size:
+        sub = st.take(moved)
+        sm = best_s[moved]
+        x = np.where(sm == 0.0, 1e-2, sm)
+        fm = best_f[moved]
+        inward = criterion(sub, x, reml=reml)[0] < fm - 1e-9 * np.maximum(1.0, np.abs(fm))
+        if inward.any():
+            idx = moved[inward]
+            s2, c2 = _newton(st.take(idx), np.where(best_s[idx] == 0.0, 0.1, best_s[idx]), reml)
+            f2 = criterion(st.take(idx), s2, reml=reml)[0]
+            ok = f2 < best_f[idx]
+            best_s[idx[ok]], best_f[idx[ok]], best_c[idx[ok]] = s2[ok], f2[ok], c2[ok]
+    return best_s, best_c
+
+
 def _snap_boundary(st: SuffStats, s: np.ndarray, reml: bool) -> np.ndarray:
     """Set near-zero relative SDs to exactly zero when the criterion does not rise."""
     s = np.abs(s)
@@ -786,8 +868,10 @@ def batched_fit(
     B = st.n_rep
     k = st.n_levels
     p = st.p
-    s0 = _start(st, reml)
+    s0, face_grid = _start(st, reml)
     s, conv = _newton(st, s0, reml)
+    s = _snap_boundary(st, s, reml)
+    s, conv = _faces(st, s, conv, face_grid, reml)
     s = _snap_boundary(st, s, reml)
     f, R, h = criterion(st, s, reml=reml)
     nu = st.n - p if reml else st.n
