@@ -477,3 +477,17 @@ def test_fit_bad_at_is_a_usage_error(single_level_csv):
                        "--focal", "alliance", "--moderator", "age", "--at", "low,high")
     assert code == 2
     assert "--at 'low,high': use meansd, percentiles or numbers" in err
+
+
+def test_unreadable_file_is_one_line(tmp_path):
+    bad = tmp_path / "export.csv"
+    bad.write_text("")
+    code, _, err = run("score", str(bad), "--instrument", "wai-sr", "--items", "wai_{i}")
+    assert_one_line_error(code, err, r"DataValidationError: .*export.csv")
+
+
+def test_directory_instead_of_file_is_one_line(tmp_path):
+    code, _, err = run("fit", str(tmp_path), "--formula", "adherence ~ alliance")
+    assert code == 1
+    assert len(err.strip().splitlines()[-1:]) == 1 and "Traceback" not in err
+    assert str(tmp_path) in err.strip().splitlines()[-1]

@@ -108,7 +108,7 @@ def _error_line(exc: BaseException) -> str:
     if isinstance(exc, PermissionError) and exc.filename:
         return f"permission denied: {exc.filename}"
     msg = _one_line(str(exc)) or type(exc).__name__
-    if isinstance(exc, AllianceModelsError | ValueError | KeyError | OSError | TypeError):
+    if isinstance(exc, AllianceModelsError | ValueError | KeyError | OSError | ImportError):
         return f"{type(exc).__name__}: {msg}"
     return f"unexpected {type(exc).__name__}: {msg} (run with --debug for the traceback)"
 
