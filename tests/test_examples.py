@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -48,6 +51,9 @@ def test_analyst_moderation(tmp_path):
     for f in ("mixed_model.csv", "interaction_autonomy.png", "jn_autonomy.png",
               "report/index.html"):
         assert (tmp_path / f).exists(), f
+    table = pd.read_csv(tmp_path / "mixed_model.csv", index_col=0)
+    assert {"alliance:age_c", "alliance:autonomy_c"} <= set(table.index)
+    assert table["p"].between(0, 1).all() and (table["se"] > 0).all()
     page = (tmp_path / "report" / "index.html").read_text()
     for section in ("data-report", "model", "simple-slopes", "johnson-neyman", "bayes"):
         assert f'<section id="{section}">' in page
@@ -55,4 +61,13 @@ def test_analyst_moderation(tmp_path):
 
 def test_library_use(tmp_path):
     proc = run_example("library_use.py", tmp_path)
-    assert "ModelSpec" in proc.stdout
+    out = proc.stdout
+    assert "ModelSpec: response='adherence'" in out
+    # the custom instrument: item 3 reversed on 1-5, mean scoring -> row 0 = (5+4+5+5)/4
+    assert re.search(r"^0\s+5\s+4\s+1\s+5\s+4\.75\s", out, re.MULTILINE)
+    # the hand-made contrast equals 2 x the interaction coefficient of the mixed fit
+    coef = float(re.search(r"^alliance:autonomy\s+(-?[\d.]+)", out, re.MULTILINE).group(1))
+    diff = float(re.search(r"slope\(\+1 SD\) - slope\(-1 SD\) = (-?[\d.]+)", out).group(1))
+    assert abs(diff - 2 * coef) < 1e-3
+    # analytic power of the balanced cluster-randomised design (closed form)
+    assert "analytic power 0.793" in out
