@@ -74,6 +74,8 @@ _FAIL_EXC = (np.linalg.LinAlgError, ArithmeticError, AllianceModelsError, ValueE
 #: a local run starts worker processes only when the work left after the first batch
 #: looks longer than this (seconds); loky start-up costs a few seconds
 _POOL_MIN_SECONDS = 4.0
+#: warnings point at the caller's line, outside alliance_models.power
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 # --- small numeric helpers -----------------------------------------------------------
@@ -809,7 +811,7 @@ def power(
             + (f" (finished replicates are saved in {str(ck_path)!r}; rerun to resume)"
                if ck_path is not None else ""),
             AllianceModelsWarning,
-            stacklevel=2,
+            skip_file_prefixes=(_PACKAGE_DIR,),
         )
     if len(reps_df) == 0:
         raise KeyboardInterrupt("power run interrupted before any replicate finished")
@@ -1183,7 +1185,7 @@ def sample_size(
             f"target power {target:g} not reached at {vary}={hi} (power "
             f"{cache[hi].power:.3f}); raise hi",
             AllianceModelsWarning,
-            stacklevel=2,
+            skip_file_prefixes=(_PACKAGE_DIR,),
         )
     elif run(lo).power >= target:
         found = lo
