@@ -554,3 +554,20 @@ def test_attendance_counts_are_simulated():
     df = am.simulate(d, 3)
     assert {"attended", "scheduled"} <= set(df.columns) and "completed" not in df
     assert (df["scheduled"] == 1).all() and set(df["attended"].unique()) <= {0, 1}
+
+
+@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+def test_sample_size_over_caseload_is_monotone_in_the_evaluations():
+    d = am.Design(therapists=16, patients_per_therapist=4, sessions=1, randomisation="therapist",
+                  icc_therapist=0.05, icc_patient=0.0, moderators={}, effects={"arm": 0.5})
+    ss = am.sample_size(d, "adherence ~ arm + (1 | therapist)", test="arm", target=0.7,
+                        lo=2, hi=40, n_sims=200, seed=2, n_jobs=1, progress=False)
+    assert ss.vary == "patients_per_therapist"
+    ev = ss.evaluations.sort_values("patients_per_therapist")
+    # common random numbers: the estimates rise with the caseload (allowing MC wiggle)
+    assert (np.diff(ev["power"]) > -0.05).all()
+    # analytic power at the answer and one below brackets the target within MC error
+    kw = {"therapists": 16, "icc_therapist": 0.05}
+    at = analytic.cluster_randomised_power(0.5, patients_per_therapist=ss.value, **kw)
+    below = analytic.cluster_randomised_power(0.5, patients_per_therapist=ss.value - 1, **kw)
+    assert at >= 0.7 - mc_tol(0.7, 200) and below <= 0.7 + mc_tol(0.7, 200)
