@@ -251,6 +251,7 @@ def check_demo_output(proc: subprocess.CompletedProcess, out: Path, bayes: bool,
         assert f"Johnson-Neyman: alliance by {mod}" in stdout
     assert "Power to detect alliance:autonomy" in stdout
     assert ("Bayesian moderation model" in stdout) is bayes
+    assert ("Posterior simple slopes of alliance at autonomy_c" in stdout) is bayes
     # progress goes to stderr, with elapsed times
     assert re.search(r"\[\s*\d+\.\ds\] fitting the three-level mixed model", proc.stderr)
     page = (out / "index.html").read_text()

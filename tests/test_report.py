@@ -306,3 +306,16 @@ def test_key_results_with_a_bayesian_fit(tmp_path, small_bayes_fit):
     # P(effect > 0) is the share of posterior draws above zero
     expected = float((b.fixed_draws["alliance:autonomy"] > 0).mean())
     assert table[1][4] == report_mod._fmt(expected)
+
+
+def test_posterior_slopes_are_labelled_and_drawn_from_the_bayesian_fit(tmp_path,
+                                                                       small_bayes_fit):
+    b = small_bayes_fit
+    post = am.simple_slopes(b, focal="alliance", moderator="autonomy", at="meansd")
+    page = am.report(tmp_path, bayes=b, slopes=post).read_text()
+    section = page.split('<section id="simple-slopes">')[1].split("</section>")[0]
+    assert "<h3>Simple slopes: effect of alliance by autonomy (posterior)</h3>" in section
+    (table,) = read_tables(section)
+    assert {"hdi_lower", "hdi_upper", "pd"} <= set(table[0])
+    # with no frequentist fit given, the interaction plot still comes from the posterior
+    assert len(embedded_pngs(section)) == 1

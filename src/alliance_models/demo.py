@@ -169,6 +169,11 @@ def run_demo(
             )
         con.heading("Bayesian moderation model")
         con.print(bfit.summary())
+        for mod in DEMO_MODERATORS:
+            post = am.simple_slopes(bfit, focal="alliance", moderator=mod, at="meansd")
+            slopes[f"{mod} (posterior)"] = post
+            con.heading(f"Posterior simple slopes of alliance at {mod}")
+            con.print(post.summary())
 
     # 5. a short power curve for a planned trial
     curve = None

@@ -407,16 +407,21 @@ def _jn_plot(j: Any) -> Any:
     return plot_johnson_neyman(j)
 
 
-def _slopes_section(slopes: list[Any], fit: Any) -> str:
+def _slopes_section(slopes: list[Any], fit: Any, bayes: Any) -> str:
     parts = []
     for s in slopes:
-        label = _label(s, "simple slopes")
+        posterior = getattr(s, "method", "") == "bayes"
+        label = _label(s, "simple slopes") + (" (posterior)" if posterior else "")
         parts.append(f"<h3>Simple slopes: {html.escape(label)}</h3>")
+        if posterior:
+            parts.append(_note("Posterior median, 95% HDI and probability of direction (pd)."))
         df = _frame(s)
         if df is not None:
             parts.append(_table(df, index=False))
-        if fit is not None and getattr(s, "focal", None) and getattr(s, "moderator", None):
-            draw = partial(_interaction_plot, fit, s)
+        # draw the interaction from the model the slopes came from
+        source = bayes if posterior else fit
+        if source is not None and getattr(s, "focal", None) and getattr(s, "moderator", None):
+            draw = partial(_interaction_plot, source, s)
             parts.append(_try_plot(draw, f"Interaction plot: {label}"))
     return "\n".join(parts)
 
@@ -528,9 +533,10 @@ def report(
         From :func:`alliance_models.prepare`; its summary and the table of excluded rows.
     fit : fitted model, optional
         A ``MixedFit``, ``OLSFit`` or ``GEEFit`` (anything with ``summary()``); also used
-        to draw the interaction plot of each simple-slopes result.
+        to draw the interaction plot of each frequentist simple-slopes result.
     slopes : SimpleSlopes or sequence / mapping of them, optional
-        From :func:`alliance_models.simple_slopes`.
+        From :func:`alliance_models.simple_slopes`; posterior slopes (of ``bayes``) are
+        labelled as such and drawn from ``bayes``.
     jn : JohnsonNeyman or sequence / mapping of them, optional
         From :func:`alliance_models.johnson_neyman`.
     bayes : BayesFit, optional
@@ -592,7 +598,7 @@ def report(
     slope_list = _as_list(slopes)
     if slope_list:
         page.add("simple-slopes", "Simple slopes and interaction plots",
-                 _slopes_section(slope_list, fit))
+                 _slopes_section(slope_list, fit, bayes))
     if jn_list:
         page.add("johnson-neyman", "Johnson-Neyman regions of significance",
                  _jn_section(jn_list))
