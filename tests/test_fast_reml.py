@@ -52,7 +52,23 @@ BETA_RTOL, SE_RTOL, DF_RTOL = 1e-6, 1e-4, 1e-3
 # the dense reference
 # ----------------------------------------------------------------------------------
 def dense_fit(y, X, groups, *, reml=True, contrasts=None):
-    """Exact REML/ML fit with dense V; returns a dict like the engine's (one replicate)."""
+    """Exact REML/ML fit with dense V; returns a dict like the engine's (one replicate).
+
+    The outcome is divided by its SD for the optimiser and the results mapped back.
+    """
+    sd = float(np.std(y))
+    out = _dense_fit_unit(y / sd, X, groups, reml=reml, contrasts=contrasts)
+    n, p = X.shape
+    out["beta"] = out["beta"] * sd
+    out["se"] = out["se"] * sd
+    out["sigma2"] = out["sigma2"] * sd**2
+    out["tau2"] = out["tau2"] * sd**2
+    out["var_l"] = out["var_l"] * sd**2
+    out["loglik"] = out["loglik"] - (n - p if reml else n) * np.log(sd)
+    return out
+
+
+def _dense_fit_unit(y, X, groups, *, reml=True, contrasts=None):
     n, p = X.shape
     Gs = [(g[:, None] == g[None, :]).astype(float) for g in groups]
     k = len(Gs)
