@@ -70,7 +70,7 @@ _LAZY: dict[str, str] = {
     # power
     "Design": "alliance_models.power.design",
     "simulate": "alliance_models.power.simulate",
-    "power": "alliance_models.power.engine",
+    "power": "alliance_models.power",  # the subpackage, callable as engine.power
     "power_curve": "alliance_models.power.engine",
     "sample_size": "alliance_models.power.engine",
     "PowerResult": "alliance_models.power.engine",
@@ -102,7 +102,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        value = module if name == "datasets" else getattr(module, name)
+        value = module if name in ("datasets", "power") else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'alliance_models' has no attribute {name!r}")

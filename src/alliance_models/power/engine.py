@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1316,14 +1315,3 @@ def run_power_file(path: str | os.PathLike[str], *,
         return curve
     return power(design, formula, test=test, **ana)
 
-
-def _expose_submodules() -> None:
-    """Let ``am.power.analytic`` work when ``am.power`` resolved to this function."""
-    from . import analytic, design, simulate
-
-    for mod in (analytic, design, simulate):
-        setattr(power, mod.__name__.rsplit(".", 1)[1], mod)
-    power.engine = sys.modules[__name__]  # type: ignore[attr-defined]
-
-
-_expose_submodules()
