@@ -445,11 +445,13 @@ def _evaluate(
     c = gb * a
     M = st.xtx - _tsum(c, st.Q)
     logdet = (st.count * np.log1p(m * gb)).sum(axis=1)
-    two = st.S2 is not None
+    S2, N2 = st.S2, st.N2
+    two = S2 is not None and N2 is not None
     if two:
+        assert S2 is not None and N2 is not None
         ga = s[:, 0] ** 2
-        T2 = _tsum(a, st.S2)  # (B, J, q): sum_k a_k s_k per outer cluster
-        W = _tsum(a * m, st.N2)  # (B, J)
+        T2 = _tsum(a, S2)  # (B, J, q): sum_k a_k s_k per outer cluster
+        W = _tsum(a * m, N2)  # (B, J)
         d = ga[:, None] / (1.0 + ga[:, None] * W)
         M = M - np.swapaxes(T2 * d[:, :, None], 1, 2) @ T2
         logdet = logdet + np.log1p(ga[:, None] * W).sum(axis=1)
@@ -486,16 +488,17 @@ def _evaluate(
     tr_b = (st.count * a * m).sum(axis=1)
     out_u, out_k, out_t = [], [], []
     if two:
-        U = _tsum(m * a**2, st.S2)  # (B, J, q)
+        assert S2 is not None and N2 is not None
+        U = _tsum(m * a**2, S2)  # (B, J, q)
         Tu = (T2 * u[:, None, :]).sum(axis=2)  # (B, J)
         Uu = (U * u[:, None, :]).sum(axis=2)
         KT = T2 @ K  # (B, J, q)
         TKT = (KT * T2).sum(axis=2)
         UKT = (KT * U).sum(axis=2)
-        e2 = d**2 * _tsum((m * a) ** 2, st.N2)  # (B, J)
+        e2 = d**2 * _tsum((m * a) ** 2, N2)  # (B, J)
         uu_b = uu_b - 2.0 * (d * Uu * Tu).sum(axis=1) + (e2 * Tu**2).sum(axis=1)
         kk_b = kk_b - 2.0 * (d * UKT).sum(axis=1) + (e2 * TKT).sum(axis=1)
-        tr_b = tr_b - (d * _tsum((m * a) ** 2, st.N2)).sum(axis=1)
+        tr_b = tr_b - (d * _tsum((m * a) ** 2, N2)).sum(axis=1)
         inv1 = 1.0 / (1.0 + ga[:, None] * W)
         w1 = inv1**2
         out_u.append((w1 * Tu**2).sum(axis=1))
