@@ -506,6 +506,10 @@ def test_invariant_to_row_order_shared_vs_per_replicate_X_and_chunking():
     np.testing.assert_allclose(shuf.beta, base.beta, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(shuf.se, base.se, rtol=1e-8)
     np.testing.assert_allclose(shuf.df, base.df, rtol=1e-6)
+    shuf3 = fit_batch(Xb[:, perm], Y[:, perm], relabel_o[outer[perm]], relabel_i[inner[perm]],
+                      mask=mask[:, perm], memory=2**16)
+    np.testing.assert_allclose(shuf3.beta, base.beta, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(shuf3.df, base.df, rtol=1e-6)
     # a masked row is the same as a deleted row
     k = mask[4]
     one = fit_batch(X[k], Y[4, k], outer[k], inner[k])
