@@ -302,7 +302,8 @@ def test_fit_bayes_in_a_subprocess(tmp_path, single_level_csv):
             assert line.startswith("alliance-models: warning: DiagnosticsWarning: ")
     page = (tmp_path / "rep" / "index.html").read_text()
     assert '<section id="bayes">' in page and '<section id="model">' in page
-    assert page.count("<h3>Simple slopes: effect of alliance by age</h3>") == 2
+    assert page.count("<h3>Simple slopes: effect of alliance by age</h3>") == 1
+    assert page.count("<h3>Simple slopes: effect of alliance by age (posterior)</h3>") == 1
 
 
 @pytest.mark.slow
