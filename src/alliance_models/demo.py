@@ -47,12 +47,12 @@ class DemoSettings:
     """
 
     # 4 chains x 1000 draws is what the package's own diagnostics need on the example
-    # (bulk ESS >= 400 for every reported parameter; measured about 26 s with nutpie,
-    # compile included, on 2 cores); fewer draws trigger a DiagnosticsWarning.
+    # (bulk ESS >= 400 for every reported parameter; 2 x 400 gave ESS ~100 and a
+    # DiagnosticsWarning). Measured 25-50 s end to end on 2 busy cores (sampler "auto").
     draws: int = 1000
     tune: int = 1000
     chains: int = 4
-    # the batched REML engine runs 4 x 200 replicates in about 15 s
+    # the batched REML engine runs 4 x 200 replicates in about 4-15 s
     n_sims: int = 200
     therapists: tuple[int, ...] = (20, 40, 60, 80)
     max_therapists: int | None = None
