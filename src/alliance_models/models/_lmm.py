@@ -590,13 +590,24 @@ def projected_gradient(problem: LMMProblem, theta: np.ndarray, *, reml: bool) ->
     return np.where(_free_mask(problem, theta, g), g, 0.0)
 
 
-def numeric_hessian(fun, x: np.ndarray, rel_step: float = 1e-5) -> np.ndarray:  # noqa: ANN001
-    """Symmetrised central-difference Jacobian of a gradient function ``fun`` at ``x``."""
+def numeric_hessian(
+    fun,  # noqa: ANN001
+    x: np.ndarray,
+    rel_step: float = 1e-5,
+    floor: np.ndarray | None = None,
+) -> np.ndarray:
+    """Symmetrised central-difference Jacobian of a gradient function ``fun`` at ``x``.
+
+    The step for ``x[i]`` is ``rel_step * max(floor[i], |x[i]|)``; ``floor`` defaults to 1,
+    right for the scale-free ``theta`` but not for ``sigma``, whose floor must carry the
+    outcome's units (else a small-scale outcome gets a far too large step).
+    """
     x = np.asarray(x, dtype=float)
     k = x.size
+    fl = np.ones(k) if floor is None else np.asarray(floor, dtype=float)
     H = np.empty((k, k))
     for i in range(k):
-        h = rel_step * max(1.0, abs(x[i]))
+        h = rel_step * max(fl[i], abs(x[i]))
         xp, xm = x.copy(), x.copy()
         xp[i] += h
         xm[i] -= h
@@ -728,7 +739,9 @@ def satterthwaite_setup(
         full[idx] = t
         return problem.gradient_vp(full, reml=reml)[idx]
 
-    H = numeric_hessian(gsub, phi[idx])
+    # theta is relative to sigma (scale-free); sigma's step must scale with sigma itself
+    floor = np.append(np.ones(len(theta)), sigma)[idx]
+    H = numeric_hessian(gsub, phi[idx], floor=floor)
     # scale-free identifiability check on the theta block (theta is relative to sigma)
     if idx.size > 1:
         w = np.linalg.eigvalsh(H[:-1, :-1])
