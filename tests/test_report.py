@@ -319,3 +319,30 @@ def test_posterior_slopes_are_labelled_and_drawn_from_the_bayesian_fit(tmp_path,
     assert {"hdi_lower", "hdi_upper", "pd"} <= set(table[0])
     # with no frequentist fit given, the interaction plot still comes from the posterior
     assert len(embedded_pngs(section)) == 1
+
+
+class _Balance(HTMLParser):
+    BLOCKS = ("section", "table", "thead", "tbody", "tr", "div", "figure", "details", "ul",
+              "pre", "nav", "style", "script")
+
+    def __init__(self):
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.BLOCKS:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.BLOCKS:
+            if not self.stack or self.stack[-1] != tag:
+                self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+            else:
+                self.stack.pop()
+
+
+def test_full_report_block_elements_are_balanced(full_report):
+    checker = _Balance()
+    checker.feed(full_report[0].read_text())
+    assert checker.errors == [] and checker.stack == []
