@@ -273,7 +273,9 @@ def test_blank_patient_id():
     df = scored()
     df["record_id"] = df["record_id"].astype(float)
     df.loc[[0, 4], "record_id"] = NAN
-    with pytest.raises(DataValidationError, match=r"'record_id' \(patient id\) rows 0, 4 is blank"):
+    with pytest.raises(
+        DataValidationError, match=r"'record_id' \(patient id\) rows 0, 4 are blank"
+    ):
         prepare(df)
 
 
@@ -324,17 +326,19 @@ def test_attended_greater_than_scheduled():
     df.loc[5, "attended"] = 2
     with pytest.raises(
         DataValidationError,
-        match=r"column 'attended' row 5 has 2 > 'scheduled' 1; attended must not exceed scheduled",
+        match=r"column 'attended' exceeds 'scheduled' in row 5 \(2 > 1\); attended must not "
+        r"exceed scheduled",
     ):
         prepare(df, adherence="attendance")
 
 
 def test_completed_greater_than_prescribed():
     df = scored()
-    df.loc[[0, 1, 3, 4, 5, 7], "ex_completed"] = 8
+    df.loc[[0, 1, 3, 4, 5, 7], "ex_completed"] = [8, 9, 8, 8, 10, 8]
     with pytest.raises(
         DataValidationError,
-        match=r"column 'ex_completed' rows 0, 1, 3, 4, 5 \(and 1 more\) has 8 > 'ex_prescribed' 7",
+        match=r"column 'ex_completed' exceeds 'ex_prescribed' in rows 0, 1, 3, 4, 5 "
+        r"\(and 1 more\) \(8 > 7, 9 > 7, 8 > 7, 8 > 7, 10 > 7\); ex_completed must not exceed",
     ):
         prepare(df)
 
@@ -358,10 +362,10 @@ def test_fractional_count():
 
 def test_impossible_age():
     df = scored()
-    df.loc[[3, 4], "age"] = 150
+    df.loc[[3, 4], "age"] = [150, -2]
     with pytest.raises(
         DataValidationError,
-        match=r"column 'age' \(age\) rows 3, 4 has 150; allowed ages are 0-120 years",
+        match=r"column 'age' \(age\) rows 3, 4 have 150, -2; allowed ages are 0-120 years",
     ):
         prepare(df)
 
@@ -370,7 +374,7 @@ def test_age_outside_user_bounds():
     df = scored()
     df.loc[0:2, "age"] = 17
     with pytest.raises(
-        DataValidationError, match=r"rows 0, 1, 2 has 17; allowed ages are 18-85 years"
+        DataValidationError, match=r"rows 0, 1, 2 have 17, 17, 17; allowed ages are 18-85 years"
     ):
         prepare(df, age_range=(18, 85))
 
@@ -397,7 +401,9 @@ def test_arm_must_be_binary():
     df = scored()
     df["arm"] = 2
     with pytest.raises(
-        DataValidationError, match=r"column 'arm' \(arm\) rows 0, 1, 2, 3, 4 \(and 4 more\) has 2"
+        DataValidationError,
+        match=r"column 'arm' \(arm\) rows 0, 1, 2, 3, 4 \(and 4 more\) have 2, 2, 2, 2, 2; "
+        r"allowed arms are 0 and 1",
     ):
         prepare(df, arm="arm")
 
@@ -478,3 +484,48 @@ def test_single_name_for_center_is_accepted():
     data, _ = prepare(scored(), center="age", center_within=(), standardize="alliance")
     assert "age_c" in data.columns and "autonomy_c" not in data.columns
     assert "alliance_z" in data.columns and "alliance_cwc" not in data.columns
+
+
+@pytest.mark.parametrize(
+    ("column", "what", "value"),
+    [
+        ("wai_sr_total", "alliance", np.inf),
+        ("hccq_short_mean", "autonomy support", -np.inf),
+        ("age", "age in years", np.inf),
+        ("ex_prescribed", "prescribed count", np.inf),
+    ],
+)
+def test_infinite_values_raise(column, what, value):
+    # an infinite value would otherwise turn the patient means and centred columns into
+    # inf/NaN without an exclusion reason
+    df = scored()
+    df.loc[4, column] = value
+    with pytest.raises(
+        DataValidationError,
+        match=rf"column '{column}' \({what}\) row 4 has {value!r}; allowed: finite numbers",
+    ):
+        prepare(df)
+
+
+def test_infinite_session_raises():
+    df = scored()
+    df["session"] = df["session"].astype(float)
+    df.loc[2, "session"] = np.inf
+    with pytest.raises(
+        DataValidationError, match=r"column 'session' \(session\) row 2 has inf; session numbers"
+    ):
+        prepare(df)
+
+
+def test_repeated_index_labels_raise():
+    # the DataReport names excluded rows by index label: repeated labels would make the
+    # account of excluded rows ambiguous
+    df = pd.concat([scored().iloc[:5], scored().iloc[5:]])
+    df.index = [0, 1, 2, 3, 4, 0, 1, 2, 3]
+    with pytest.raises(
+        DataValidationError,
+        match=r"index repeats the label\(s\) 0, 1, 2, 3; .*reset_index\(drop=True\)",
+    ):
+        prepare(df)
+    data, rep = prepare(df.reset_index(drop=True))
+    assert rep.rows_in == len(data) + rep.n_excluded == 9

@@ -54,8 +54,15 @@ def _where(df: pd.DataFrame, mask: np.ndarray | pd.Series) -> list[object]:
     return df.index[np.asarray(mask, dtype=bool)].tolist()
 
 
-def _first_value(series: pd.Series, rows: list[object]) -> str:
-    return _show(series.loc[rows[0]])
+def _has(series: pd.Series, mask: np.ndarray | pd.Series) -> str:
+    """``"has <value>"`` for one flagged row, ``"have <v1>, <v2>, ..."`` (first five) else."""
+    pos = np.flatnonzero(np.asarray(mask, dtype=bool))
+    shown = ", ".join(_show(v) for v in series.iloc[pos[:5]])
+    return f"{'has' if len(pos) == 1 else 'have'} {shown}"
+
+
+def _is_blank(mask: np.ndarray) -> str:
+    return "is blank" if int(np.asarray(mask, dtype=bool).sum()) == 1 else "are blank"
 
 
 def _resolve(df: pd.DataFrame, name: str | None) -> str | None:
@@ -86,7 +93,7 @@ def _ids(series: pd.Series, col: str, role: str) -> pd.Series:
     if blank.any():
         rows = _where(series.to_frame(), blank)
         raise DataValidationError(
-            f"column {col!r} ({role} id) {format_rows(rows)} is blank; every row needs a "
+            f"column {col!r} ({role} id) {format_rows(rows)} {_is_blank(blank)}; every row needs a "
             f"{role} id (text or number)"
         )
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
@@ -97,22 +104,31 @@ def _ids(series: pd.Series, col: str, role: str) -> pd.Series:
 
 
 def _numeric(series: pd.Series, col: str, what: str) -> pd.Series:
-    """Coerce to float; text that is not a number (and not blank) raises."""
+    """Coerce to float; text that is not a number (and not blank) or infinity raises."""
     src = series.astype(object) if isinstance(series.dtype, pd.CategoricalDtype) else series
     if pd.api.types.is_bool_dtype(src):
         src = src.astype(float)
     if pd.api.types.is_numeric_dtype(src):
-        return src.astype(float)
-    blank = _blank(src)
-    num = pd.to_numeric(src.where(~blank, np.nan), errors="coerce")
-    bad = num.isna().to_numpy() & ~blank
-    if bad.any():
-        rows = _where(src.to_frame(), bad)
+        num = src.astype(float)
+    else:
+        blank = _blank(src)
+        num = pd.to_numeric(src.where(~blank, np.nan), errors="coerce")
+        bad = num.isna().to_numpy() & ~blank
+        if bad.any():
+            rows = _where(src.to_frame(), bad)
+            raise DataValidationError(
+                f"column {col!r} ({what}) {format_rows(rows)} {_has(src, bad)}; "
+                "allowed: numbers (leave blank for missing)"
+            )
+        num = num.astype(float)
+    inf = np.isinf(num.to_numpy(dtype=float))
+    if inf.any():
+        rows = _where(src.to_frame(), inf)
         raise DataValidationError(
-            f"column {col!r} ({what}) {format_rows(rows)} has {_first_value(src, rows)}; "
-            "allowed: numbers (leave blank for missing)"
+            f"column {col!r} ({what}) {format_rows(rows)} {_has(num, inf)}; "
+            "allowed: finite numbers (leave blank for missing)"
         )
-    return num.astype(float)
+    return num
 
 
 def _session_numbers(series: pd.Series, col: str) -> pd.Series:
@@ -120,16 +136,20 @@ def _session_numbers(series: pd.Series, col: str) -> pd.Series:
     if blank.any():
         rows = _where(series.to_frame(), blank)
         raise DataValidationError(
-            f"column {col!r} (session) {format_rows(rows)} is blank; every row needs a "
+            f"column {col!r} (session) {format_rows(rows)} {_is_blank(blank)}; every row needs a "
             "session number (a whole number >= 1)"
         )
     src = series.astype(object) if isinstance(series.dtype, pd.CategoricalDtype) else series
     num = pd.to_numeric(src, errors="coerce").astype(float)
-    bad = num.isna().to_numpy() | (num != np.round(num)).to_numpy() | (num < 1).to_numpy()
+    bad = (
+        ~np.isfinite(num.to_numpy(dtype=float))
+        | (num != np.round(num)).to_numpy()
+        | (num < 1).to_numpy()
+    )
     if bad.any():
         rows = _where(series.to_frame(), bad)
         raise DataValidationError(
-            f"column {col!r} (session) {format_rows(rows)} has {_first_value(series, rows)}; "
+            f"column {col!r} (session) {format_rows(rows)} {_has(series, bad)}; "
             "session numbers must be whole numbers >= 1"
         )
     return num.astype("int64")
@@ -141,23 +161,26 @@ def _counts(num: pd.Series, den: pd.Series, ncol: str, dcol: str) -> None:
         if neg.any():
             rows = _where(s.to_frame(), neg)
             raise DataValidationError(
-                f"column {col!r} {format_rows(rows)} has {_first_value(s, rows)}; "
+                f"column {col!r} {format_rows(rows)} {_has(s, neg)}; "
                 "counts must be whole numbers >= 0"
             )
         frac = (s.notna() & (s != np.round(s))).to_numpy()
         if frac.any():
             rows = _where(s.to_frame(), frac)
             raise DataValidationError(
-                f"column {col!r} {format_rows(rows)} has {_first_value(s, rows)}; "
+                f"column {col!r} {format_rows(rows)} {_has(s, frac)}; "
                 "counts must be whole numbers >= 0"
             )
     over = (num > den).to_numpy()
     if over.any():
         rows = _where(num.to_frame(), over)
-        r0 = rows[0]
+        pos = np.flatnonzero(over)[:5]
+        pairs = ", ".join(
+            f"{_show(a)} > {_show(b)}" for a, b in zip(num.iloc[pos], den.iloc[pos], strict=True)
+        )
         raise DataValidationError(
-            f"column {ncol!r} {format_rows(rows)} has {_show(num.loc[r0])} > {dcol!r} "
-            f"{_show(den.loc[r0])}; {ncol} must not exceed {dcol}"
+            f"column {ncol!r} exceeds {dcol!r} in {format_rows(rows)} ({pairs}); "
+            f"{ncol} must not exceed {dcol}"
         )
 
 
@@ -253,7 +276,7 @@ def prepare(
         sessions not attended), alliance averaged over the rated sessions (``n_rated``),
         moderators averaged; ``_cwc`` columns are then centred within therapist and
         ``alliance_pm``/``alliance_pmc`` are not produced.
-    center : iterable of str, default ("age")
+    center : iterable of str, default ("age", "autonomy")
         Output variables to centre at the grand mean (``<var>_c``). A variable constant
         within patient is centred at the mean over patients (each patient counted once),
         otherwise at the mean over rows.
@@ -288,10 +311,12 @@ def prepare(
     DataValidationError
         A required column is missing (the available ones are listed); a blank therapist,
         patient or session id, or a session that is not a whole number >= 1; text in a
-        numeric column; an age outside ``age_range``; negative or fractional counts;
+        numeric column or an infinite value; an age outside ``age_range``; negative or
+        fractional counts;
         numerator > denominator; a duplicated (patient, session); a patient seen by two
         therapists when ``nested``; an arm other than 0/1; an unknown variable in
-        ``center``, ``center_within`` or ``standardize``.
+        ``center``, ``center_within`` or ``standardize``; an index with repeated labels
+        (the report names rows by label).
 
     Examples
     --------
@@ -320,6 +345,14 @@ def prepare(
     if df.columns.duplicated().any():
         dup = df.columns[df.columns.duplicated()].tolist()
         raise DataValidationError(f"column(s) {dup} appear more than once; names must be unique")
+    if not df.index.is_unique:
+        dup_rows = df.index[df.index.duplicated(keep=False)].unique().tolist()
+        raise DataValidationError(
+            f"the data frame's index repeats the label(s) "
+            f"{', '.join(_show(r) for r in dup_rows[:5])}; the "
+            "DataReport names excluded rows by index label, so labels must be unique "
+            "(call df.reset_index(drop=True) first)"
+        )
     if level not in ("session", "patient"):
         raise DataValidationError(f"level must be 'session' or 'patient'; got {level!r}")
     lo_age, hi_age = age_range
@@ -384,7 +417,7 @@ def prepare(
         if bad.any():
             rows = _where(df, bad)
             raise DataValidationError(
-                f"column {age_col!r} (age) {format_rows(rows)} has {_first_value(a, rows)}; "
+                f"column {age_col!r} (age) {format_rows(rows)} {_has(a, bad)}; "
                 f"allowed ages are {lo_age:g}-{hi_age:g} years (age_range)"
             )
     if autonomy_col is not None:
@@ -401,7 +434,7 @@ def prepare(
         if bad.any():
             rows = _where(df, bad)
             raise DataValidationError(
-                f"column {arm!r} (arm) {format_rows(rows)} has {_first_value(arm_v, rows)}; "
+                f"column {arm!r} (arm) {format_rows(rows)} {_has(arm_v, bad)}; "
                 "allowed arms are 0 and 1"
             )
         val["arm"] = arm_v
@@ -411,10 +444,10 @@ def prepare(
     dup = key.duplicated(keep=False).to_numpy() & ~lonely
     if dup.any():
         rows = _where(df, dup)
-        r0 = rows[0]
+        i0 = int(np.flatnonzero(dup)[0])
         raise DataValidationError(
             f"duplicated ({patient_col}, {session}) at {format_rows(rows)}: patient "
-            f"{p_id.loc[r0]!r} session {int(s_no.loc[r0])} appears more than once; each "
+            f"{p_id.iloc[i0]!r} session {int(s_no.iloc[i0])} appears more than once; each "
             "patient may have one row per session"
         )
     if nested:
