@@ -13,7 +13,12 @@ import pytest
 import statsmodels.api as sm
 
 import alliance_models as am
-from alliance_models.errors import DataValidationError, FewClustersWarning, ModelSpecError
+from alliance_models.errors import (
+    DataValidationError,
+    FewClustersWarning,
+    MissingDataWarning,
+    ModelSpecError,
+)
 from alliance_models.models.gee import GEEFit, _working_structure
 from alliance_models.models.results import FixedEffectsFit
 
@@ -248,3 +253,40 @@ def test_few_clusters_warn(sim):
     d = sim[sim.patient <= 3]
     with pytest.warns(FewClustersWarning, match="only 3 clusters of 'patient'"):
         am.fit_gee("attended ~ alliance", d, trials="scheduled")
+
+
+def test_missing_column_lists_close_matches(sim):
+    with pytest.raises(ModelSpecError, match=r"names column 'aliance'.*did you mean 'alliance'"):
+        am.fit_gee("attended ~ aliance", sim, trials="scheduled")
+
+
+def test_one_level_cluster_column(sim):
+    with pytest.raises(ModelSpecError, match=r"cluster column 'patient' has one level \('1'\)"):
+        am.fit_gee("attended ~ alliance", sim.assign(patient=1), trials="scheduled")
+
+
+def test_constant_moderator(sim):
+    with pytest.raises(ModelSpecError, match=r"term 'age' is constant \(50 in every one of 240"):
+        am.fit_gee("attended ~ alliance * age", sim.assign(age=50.0), trials="scheduled")
+
+
+def test_missing_values_dropped_listwise_and_counted(sim):
+    d = sim.copy()
+    d.loc[[3, 8], "alliance"] = np.nan
+    d.loc[10, "scheduled"] = np.nan  # the trials column counts as a model column
+    d.loc[12, "patient"] = np.nan  # and so does the cluster column
+    with pytest.warns(MissingDataWarning,
+                      match=r"4 of 240 rows.*alliance.*excluded listwise \(rows 3, 8, 10, 12\)"):
+        fit = am.fit_gee("attended ~ alliance", d, trials="scheduled")
+    assert fit.n_dropped == 4 and fit.n_obs == 236
+    assert "excluded for missing values: 4" in fit.summary()
+    complete = am.fit_gee("attended ~ alliance", d.dropna(), trials="scheduled")
+    np.testing.assert_allclose(fit.params, complete.params, rtol=1e-10)
+
+
+def test_accepts_a_parsed_model_spec(sim):
+    spec = am.parse_formula("attended ~ alliance * age + (1 | patient)")
+    a = am.fit_gee(spec, sim, trials="scheduled")
+    b = am.fit_gee("attended ~ alliance * age", sim, trials="scheduled", groups="patient")
+    assert a.spec is spec and a.groups == "patient"
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-12)

@@ -201,7 +201,7 @@ def test_missing_values_are_counted(data):
     d.loc[[2, 5, 9], "w"] = np.nan
     with pytest.warns(MissingDataWarning, match="3 of 150 rows"):
         fit = am.fit_ols("y ~ x * w", d)
-    assert fit.frame.n_dropped == 3
+    assert fit.frame.n_dropped == 3 and fit.n_dropped == 3  # the warning names n_dropped
     assert fit.n_obs == 147
     assert "excluded for missing values: 3" in fit.summary()
 
@@ -273,3 +273,50 @@ def test_process_model_number(data, formula, model):
     fit = am.fit_ols(formula, data)
     assert fit.process_model == model
     assert (f"PROCESS model {model}" in fit.summary()) == (model is not None)
+
+
+@pytest.mark.parametrize("hc", [None, "HC3"])
+def test_model_f_test_by_hand(data, hc):
+    """Whole-model F: classical F from R2 (no hc), robust Wald F of all slopes (hc)."""
+    fit = am.fit_ols("y ~ x * w * z", data, hc=hc)
+    X, y = fit.frame.X, fit.frame.y
+    n, p = X.shape
+    b = np.linalg.lstsq(X, y, rcond=None)[0]
+    e = y - X @ b
+    if hc is None:
+        tss = np.sum((y - y.mean()) ** 2)
+        F = ((tss - e @ e) / (p - 1)) / ((e @ e) / (n - p))
+    else:
+        V = _hand_hc(X, e, hc)[1:, 1:]
+        F = b[1:] @ np.linalg.solve(V, b[1:]) / (p - 1)
+    mt = fit.model_test
+    assert (mt["df1"], mt["df2"]) == (p - 1, n - p)
+    assert mt["F"] == pytest.approx(F, rel=1e-10)
+    assert mt["p"] == pytest.approx(stats.f.sf(F, p - 1, n - p), rel=1e-10)
+
+
+def test_model2_single_term_r2_change_by_hand(data):
+    fit = am.fit_ols("y ~ x * w + x * z", data, hc="HC3")
+    X, y = fit.frame.X, fit.frame.y
+    names = list(fit.frame.x_names)
+    tss = float(np.sum((y - y.mean()) ** 2))
+
+    def rss(M):
+        b = np.linalg.lstsq(M, y, rcond=None)[0]
+        return float(np.sum((y - M @ b) ** 2))
+
+    for term in ("x:w", "x:z"):
+        keep = [i for i, nm in enumerate(names) if nm != term]
+        dr2 = (rss(X[:, keep]) - rss(X)) / tss
+        row = fit.r2_change.loc[term]
+        assert row["R2_change"] == pytest.approx(dr2, rel=1e-10)
+        assert row["F"] == pytest.approx(dr2 / ((rss(X) / tss) / (len(y) - 6)), rel=1e-10)
+        assert row["F_hc"] == pytest.approx(fit.to_frame().loc[term, "t"] ** 2, rel=1e-10)
+
+
+def test_accepts_a_parsed_model_spec(data):
+    spec = am.parse_formula("y ~ x * w")
+    a = am.fit_ols(spec, data)
+    b = am.fit_ols("y ~ x * w", data)
+    assert a.spec is spec
+    pd.testing.assert_frame_equal(a.to_frame(), b.to_frame())

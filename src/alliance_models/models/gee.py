@@ -155,6 +155,16 @@ class GEEFit:
         return None
 
     @property
+    def n_obs(self) -> int:
+        """Rows used."""
+        return self.frame.n_obs
+
+    @property
+    def n_dropped(self) -> int:
+        """Rows excluded listwise for missing values in model, cluster or trials columns."""
+        return self.frame.n_dropped
+
+    @property
     def observed_response(self) -> np.ndarray:
         """Observed response on the response scale (proportions for binomial data)."""
         return np.asarray(self.frame.y, float)
@@ -272,7 +282,7 @@ def _check_binomial(
 
 
 def fit_gee(
-    formula: str,
+    formula: str | ModelSpec,
     data: pd.DataFrame,
     *,
     trials: str | None = None,
@@ -287,9 +297,10 @@ def fit_gee(
 
     Parameters
     ----------
-    formula : str
+    formula : str or ModelSpec
         Fixed-effects formula, e.g. ``"attended ~ alliance * age"``. A single
-        ``(1 | g)`` term may name the clusters instead of ``groups=``.
+        ``(1 | g)`` term may name the clusters instead of ``groups=``. A ``ModelSpec``
+        from :func:`alliance_models.parse_formula` is used as parsed.
     data : DataFrame
         Analysis data (one row per session).
     trials : str, optional
@@ -349,7 +360,8 @@ def fit_gee(
         raise ModelSpecError(f"alpha must lie in (0, 1), got {alpha!r}")
     if not isinstance(data, pd.DataFrame):
         raise ModelSpecError(f"data must be a pandas DataFrame, got {type(data).__name__}")
-    spec = parse_formula(formula)
+    spec = formula if isinstance(formula, ModelSpec) else parse_formula(formula)
+    formula = spec.formula
     if spec.random:
         if len(spec.random) > 1 or spec.random[0].slopes or len(spec.random[0].factors) > 1:
             raise ModelSpecError(

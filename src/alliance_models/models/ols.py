@@ -169,6 +169,11 @@ class OLSFit:
         return self.frame.n_obs
 
     @property
+    def n_dropped(self) -> int:
+        """Rows excluded listwise for missing values in model columns."""
+        return self.frame.n_dropped
+
+    @property
     def df_resid(self) -> float:
         """Residual degrees of freedom ``n - p``."""
         return float(self.frame.n_obs - self.frame.X.shape[1])
@@ -316,7 +321,7 @@ def _wald_f(b: np.ndarray, V: np.ndarray, idx: list[int]) -> float:
 
 
 def fit_ols(
-    formula: str,
+    formula: str | ModelSpec,
     data: pd.DataFrame,
     *,
     hc: HCType | None = "HC3",
@@ -329,11 +334,12 @@ def fit_ols(
 
     Parameters
     ----------
-    formula : str
+    formula : str or ModelSpec
         Fixed-effects formula, e.g. ``"adherence ~ alliance * age"`` (PROCESS model 1),
         ``"adherence ~ alliance * age + alliance * autonomy"`` (model 2) or
         ``"adherence ~ alliance * age * autonomy"`` (model 3). Random terms are not
-        allowed (use :func:`alliance_models.fit_mixed`).
+        allowed (use :func:`alliance_models.fit_mixed`). A ``ModelSpec`` from
+        :func:`alliance_models.parse_formula` is used as parsed.
     data : DataFrame
         Analysis data; rows with missing model values are excluded (counted).
     hc : {"HC0", "HC1", "HC2", "HC3", "HC4"} or None, default "HC3"
@@ -373,7 +379,8 @@ def fit_ols(
     """
     import statsmodels.api as sm
 
-    spec = parse_formula(formula)
+    spec = formula if isinstance(formula, ModelSpec) else parse_formula(formula)
+    formula = spec.formula
     if spec.has_random:
         raise ModelSpecError(
             f"formula {formula!r} has random-effects terms "
