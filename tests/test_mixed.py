@@ -481,6 +481,55 @@ def test_fallback_optimizer_is_recorded(monkeypatch):
     np.testing.assert_allclose(fit.fixed["estimate"], ref["estimate"], rtol=RTOL_FE)
 
 
+def test_unconverged_optimizer_is_followed_by_the_next(monkeypatch):
+    """An optimiser that ends without converging (no exception) hands over to the next one;
+    the result records the one that converged and no warning is raised."""
+    real = _lmm.newton_polish
+    calls: list[int] = []
+
+    def first_stalls(problem, theta, *, reml=True, maxiter=50):
+        calls.append(1)
+        if len(calls) == 1:
+            return np.asarray(theta, float), 1.0  # lbfgs: gradient far above CONVERGED_GRAD
+        return real(problem, theta, reml=reml, maxiter=maxiter)
+
+    monkeypatch.setattr(_lmm, "newton_polish", first_stalls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = am.fit_mixed(CASES["sleepstudy"], _read("sleepstudy", "data"))
+    assert len(calls) == 2
+    assert fit.optimizer == "bfgs" and fit.converged and fit.grad_max < mixed.CONVERGED_GRAD
+    ref = _read("sleepstudy", "fixef")
+    np.testing.assert_allclose(fit.fixed["estimate"], ref["estimate"], rtol=RTOL_FE)
+    np.testing.assert_allclose(fit.fixed["df"], ref["df"], rtol=RTOL_DF)
+
+
+def test_statsmodels_failing_everywhere_falls_back_to_the_core(monkeypatch):
+    def broken(*args, **kwargs):
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    monkeypatch.setattr(mixed, "_fit_statsmodels", broken)
+    fit = am.fit_mixed(CASES["nested"], _read("nested", "data"))
+    assert fit.sm_result is None and fit.converged and fit.optimizer == "lbfgs"
+    ref = _read("nested", "fixef")
+    np.testing.assert_allclose(fit.fixed["estimate"], ref["estimate"], rtol=RTOL_FE)
+    np.testing.assert_allclose(fit.fixed["se"], ref["se"], rtol=RTOL_SE)
+    np.testing.assert_allclose(fit.fixed["df"], ref["df"], rtol=RTOL_DF)
+
+
+def test_one_parsed_spec_serves_mixed_and_gee():
+    """The formula is parsed once; fit_mixed and fit_gee take the same ModelSpec."""
+    d = _read("nested", "data")
+    spec = am.parse_formula("y ~ x * m + (1 | therapist)")
+    fit = am.fit_mixed(spec, d)
+    assert fit.spec is spec
+    pd.testing.assert_frame_equal(
+        fit.fixed, am.fit_mixed("y ~ x * m + (1 | therapist)", d).fixed
+    )
+    gee = am.fit_gee(spec, d, family="gaussian")
+    assert gee.spec is spec and gee.groups == "therapist"
+
+
 @pytest.mark.parametrize("opt", ["powell", "nm", "bfgs"])
 def test_each_optimizer_reaches_the_lme4_optimum(opt):
     fit = am.fit_mixed(CASES["penicillin"], _read("penicillin", "data"), optimizer=opt)
@@ -574,7 +623,8 @@ def test_constant_moderator(small):
 
 def test_few_clusters_warning(small):
     d = small[small.therapist.isin(["t0", "t1", "t2"])]
-    with pytest.warns(FewClustersWarning, match="'therapist' has only 3 levels"):
+    with pytest.warns(FewClustersWarning, match="'therapist' has only 3 levels; variance "
+                      "estimates with fewer than 5 clusters are unstable"):
         fit = am.fit_mixed("adherence ~ alliance + (1 | therapist)", d)
     assert fit.n_groups == {"therapist": 3}
 

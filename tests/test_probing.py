@@ -672,3 +672,22 @@ def test_conditional_effects_integer_and_c_encoded_columns(data):
     expected = (p["Intercept"] + p["x"] * x0 + p["w"] * 3 + p["x:w"] * 3 * x0
                 + p["age"] * d.age.mean() + p["C(arm)[T.1]"] * (ce.held["arm"] == 1))
     assert ce.table["estimate"].iloc[0] == pytest.approx(expected, rel=1e-10)
+
+
+def test_conditional_effects_on_mixed_fit_use_each_predictions_satterthwaite_df():
+    d = pd.read_csv(R_DIR / "nested_data.csv")
+    fit = am.fit_mixed("y ~ x * m + (1 | therapist/patient)", d)
+    ce = am.conditional_effects(fit, focal="x", moderator="m", at=[-1.0, 1.0], n_points=3)
+    b = fit.params.to_numpy()
+    V = fit.cov_params().to_numpy()
+    dfs = []
+    for _, r in ce.table.iterrows():
+        x0 = np.array([1.0, r["x"], r["m_value"], r["x"] * r["m_value"]])
+        est, se, df = x0 @ b, np.sqrt(x0 @ V @ x0), fit.contrast_df(x0)
+        dfs.append(df)
+        assert r["estimate"] == pytest.approx(est, rel=1e-10)
+        assert r["se"] == pytest.approx(se, rel=1e-10)
+        assert r["upper"] == pytest.approx(est + stats.t.ppf(0.975, df) * se, rel=1e-10)
+        assert r["lower"] == pytest.approx(est - stats.t.ppf(0.975, df) * se, rel=1e-10)
+    assert np.ptp(dfs) > 1  # predictions near the intercept have therapist-level df
+    np.testing.assert_allclose(ce.table["x"].iloc[[0, 2]], [d.x.min(), d.x.max()])
