@@ -334,7 +334,8 @@ def test_default_priors_table(gfit):
 def test_prior_override_reaches_model_and_table(gdata):
     priors = {"alliance:autonomy": ("Normal", {"mu": 0.5, "sigma": 0.02}),
               "sd_therapist": ("HalfNormal", {"sigma": 0.2}),
-              "Intercept": ("Normal", {"mu": 1.0, "sigma": 0.1})}
+              "Intercept": ("Normal", {"mu": 1.0, "sigma": 0.1}),
+              "autonomy": ("StudentT", {"nu": 3, "mu": 0, "sigma": 0.5})}
     fit = _fit("adherence ~ alliance * autonomy + (1 | therapist)", gdata, priors=priors,
                seed=3, draws=150, tune=150, prior_predictive=True, rhat_max=1.5, ess_min=20)
     pri = fit.priors
@@ -344,7 +345,7 @@ def test_prior_override_reaches_model_and_table(gdata):
     sy = fit.frame.y.std()
     assert pri.loc["alliance:autonomy", "prior_standardised"] == str(
         Prior("Normal", {"mu": 0.5 * sx / sy, "sigma": 0.02 * sx / sy}))
-    assert pri.loc["autonomy", "source"] == "default"
+    assert pri.loc["alliance", "source"] == "default"
     # prior draws (300 of them) have the stated data-scale moments
     prior = fit.idata.prior.to_dataset().stack(s=("chain", "draw"))
     ax = prior["beta"].sel(term="alliance:autonomy").values
@@ -354,6 +355,11 @@ def test_prior_override_reaches_model_and_table(gdata):
     sdt = prior["sd_therapist"].values.ravel()
     hn_mean = 0.2 * math.sqrt(2 / math.pi)
     assert abs(sdt.mean() - hn_mean) < 4 * 0.2 * math.sqrt(1 - 2 / math.pi) / math.sqrt(n)
+    # a second family among the fixed effects (separate random variables): P(|t_3| < 1)
+    au = prior["beta"].sel(term="autonomy").values
+    p_in = stats.t.cdf(1, 3) - stats.t.cdf(-1, 3)
+    assert abs(np.mean(np.abs(au) < 0.5) - p_in) < 4 * math.sqrt(p_in * (1 - p_in) / n)
+    assert pri.loc["autonomy", "prior_data_scale"] == "StudentT(nu=3, mu=0, sigma=0.5)"
     # the Intercept prior is for the outcome at the predictor means
     b = prior["beta"].transpose("s", "term").values
     at_means = b @ fit.frame.X.mean(axis=0)
@@ -393,12 +399,20 @@ def test_prior_module_conversions():
 def test_diagnostics_warning_with_bad_settings():
     df = simulate_moderation(therapists=12, patients=3, sessions=3, seed=4)
     with pytest.warns(DiagnosticsWarning) as rec:
-        am.fit_bayes("adherence ~ alliance + (1 | therapist)", df, draws=30, tune=10,
-                     chains=2, sampler="pymc", seed=1, target_accept=0.5)
+        fit = am.fit_bayes("adherence ~ alliance + (1 | therapist)", df, draws=30, tune=10,
+                           chains=2, sampler="pymc", seed=1, target_accept=0.5)
+    assert len(rec) == 1
     msg = str(rec[0].message)
     assert "ess_bulk < 400" in msg and "Try:" in msg and "more draws" in msg
-    # every reported parameter is named with its value
-    assert "sd_therapist (" in msg or "r_hat > 1.01" in msg
+    # 60 draws cannot give 400 effective draws: every reported parameter is named,
+    # with its ESS; and each one above the r_hat threshold is named with its r_hat
+    tab = fit.to_frame()
+    for name, row in tab.iterrows():
+        assert f"{name} ({row['ess_bulk']:.0f})" in msg
+        if row["r_hat"] > 1.01:
+            assert f"{name} ({row['r_hat']:.3f})" in msg
+    if fit.n_divergent:
+        assert f"{fit.n_divergent} divergent transition(s)" in msg
 
 
 def test_diagnose_text_unit():
@@ -560,6 +574,21 @@ def test_probing_end_to_end(gfit):
     assert jn is not None and "autonomy" in jn.summary()
     ce = am.conditional_effects(gfit, focal="alliance", moderator="autonomy")
     assert len(ce.to_frame()) > 0
+
+
+def test_probing_binomial_link_scale(bfit_binom):
+    draws = bfit_binom.fixed_draws
+    ss = am.simple_slopes(bfit_binom, focal="alliance", moderator="autonomy", at=[1.0])
+    eff = draws["alliance"] + draws["alliance:autonomy"]
+    np.testing.assert_allclose(ss.to_frame()["estimate"].iloc[0], np.median(eff), rtol=1e-8)
+    # true log-odds slope at autonomy = 1 is 0.5 + 0.35
+    lo, hi = ss.to_frame()[["hdi_lower", "hdi_upper"]].iloc[0]
+    assert lo < 0.85 < hi
+
+
+def test_binomial_ppc_plot(bfit_binom, tmp_path):
+    bfit_binom.plot("ppc", tmp_path / "ppc.png")
+    assert (tmp_path / "ppc.png").stat().st_size > 5000
 
 
 # ------------------------------------------------------------------ samplers

@@ -603,7 +603,8 @@ class BayesFit:
             ``trace``: traces and marginal densities of the reported parameters;
             ``rank``: rank plots (chain mixing); ``forest``: 95% HDIs of the interaction
             terms (all slopes when there is no interaction); ``ppc``: posterior predictive
-            check; ``prior_ppc``: prior predictive check (fit with
+            check (densities for the gaussian family, a rootogram of the counts for the
+            binomial families); ``prior_ppc``: the same for the prior predictive (fit with
             ``prior_predictive=True``); ``posterior``: posterior densities of the fixed
             effects with 95% HDIs.
         path : str or Path, optional
@@ -635,13 +636,14 @@ class BayesFit:
             pc = az.plot_forest(dt, var_names=["beta"], coords={"term": inter},
                                 combined=True, ci_kind="hdi", ci_probs=[0.5, _CI_PROB],
                                 backend="matplotlib")
-        elif kind == "ppc":
-            pc = az.plot_ppc_dist(dt, backend="matplotlib")
-        elif kind == "prior_ppc":
-            if "prior_predictive" not in dt.children:
+        elif kind in ("ppc", "prior_ppc"):
+            group = "posterior_predictive" if kind == "ppc" else "prior_predictive"
+            if group not in dt.children:
                 raise ModelSpecError("kind='prior_ppc' needs a fit made with "
                                      "prior_predictive=True")
-            pc = az.plot_ppc_dist(dt, group="prior_predictive", backend="matplotlib")
+            # counts (binomial families) get a rootogram, continuous outcomes densities
+            ppc = az.plot_ppc_dist if self.family == "gaussian" else az.plot_ppc_rootogram
+            pc = ppc(dt, group=group, backend="matplotlib")
         else:
             pc = az.plot_dist(dt, var_names=["beta"], ci_kind="hdi", ci_prob=_CI_PROB,
                               backend="matplotlib")
@@ -674,7 +676,7 @@ def _resolve_sampler(sampler: str) -> str:
 
 
 def fit_bayes(
-    formula: str,
+    formula: str | ModelSpec,
     data: pd.DataFrame,
     *,
     family: Family = "gaussian",
@@ -701,7 +703,7 @@ def fit_bayes(
 
     Parameters
     ----------
-    formula : str
+    formula : str or ModelSpec
         E.g. ``"adherence ~ alliance * (age + autonomy) + (1 | therapist/patient)"``.
         For the binomial families the response is the count of successes.
     data : DataFrame
@@ -785,7 +787,7 @@ def fit_bayes(
     if family == "gaussian" and trials is not None:
         raise ModelSpecError("trials= is only used by the binomial families; drop it or set "
                              "family='binomial'")
-    spec = parse_formula(formula)
+    spec = formula if isinstance(formula, ModelSpec) else parse_formula(formula)
     frame = spec.build(data, extra=(trials,) if trials else ())
     used = _resolve_sampler(sampler)
 
