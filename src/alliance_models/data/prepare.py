@@ -98,7 +98,7 @@ def _ids(series: pd.Series, col: str, role: str) -> pd.Series:
         )
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
         vals = series.to_numpy(dtype=float)
-        if np.all(vals == np.round(vals)):
+        if np.all(np.isfinite(vals)) and np.all(vals == np.round(vals)):
             return pd.Series(vals.astype("int64").astype(str), index=series.index, dtype=object)
     return series.astype(object).map(lambda v: str(v).strip()).astype(object)
 
