@@ -146,6 +146,27 @@ def test_contrast_df_matches_lmertest_contest(fits, name):
     assert res["t"] == pytest.approx(ref["t"], rel=RTOL_SE)
 
 
+def test_formula_features_match_lmertest():
+    """C(), I(), a transformation and a ':' product (tests/r/mixed_formula_reference.R)."""
+    d = _read("nested", "data")
+    fit = am.fit_mixed(
+        "y ~ x + x:m + C(session) + I(x**2) + np.log(m + 5) + (1 | therapist/patient)", d
+    )
+    ref = pd.read_csv(R_DIR / "formula_fixef.csv")
+    r_names = {f"C(session)[T.{k}]": f"factor(session){k}" for k in range(2, 6)}
+    r_names |= {"Intercept": "(Intercept)", "I(x ** 2)": "I(x^2)", "np.log(m + 5)": "log(m + 5)"}
+    ref = ref.set_index("term").loc[[r_names.get(t, t) for t in fit.fixed.index]]
+    np.testing.assert_allclose(fit.fixed["estimate"], ref["estimate"], rtol=RTOL_FE)
+    np.testing.assert_allclose(fit.fixed["se"], ref["se"], rtol=RTOL_SE)
+    np.testing.assert_allclose(fit.fixed["df"], ref["df"], rtol=RTOL_DF)
+    np.testing.assert_allclose(fit.fixed["t"], ref["t"], rtol=RTOL_SE)
+    vc = pd.read_csv(R_DIR / "formula_varcomp.csv").set_index("grp")["vcov"]
+    ours = fit.varcomp.set_index("group")["vcov"]
+    for g_ours, g_r in [("therapist", "therapist"), ("therapist:patient", "patient:therapist"),
+                        ("Residual", "Residual")]:
+        assert ours[g_ours] == pytest.approx(vc[g_r], rel=RTOL_VC)
+
+
 def test_separate_terms_equal_double_bar_and_match_lme4():
     """``(1 | S) + (0 + Days | S)`` is lme4's expansion of ``(Days || S)``."""
     d = _read("sleepstudy_uncorr", "data")
