@@ -108,7 +108,7 @@ def read_data(
         ``"auto"`` does so when the columns hold ``record_id`` plus
         ``redcap_event_name`` or ``redcap_repeat_instrument``; True always; False never.
     **kwargs
-        Passed to the underlying reader (``pandas.read_csv``, ``ExcelFile.parse``,
+        Passed to the underlying reader (``pandas.read_csv``, ``pandas.read_excel``,
         ``pyreadstat.read_sav``/``read_dta``).
 
     Returns
