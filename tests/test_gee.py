@@ -290,3 +290,12 @@ def test_accepts_a_parsed_model_spec(sim):
     b = am.fit_gee("attended ~ alliance * age", sim, trials="scheduled", groups="patient")
     assert a.spec is spec and a.groups == "patient"
     np.testing.assert_allclose(a.params, b.params, rtol=1e-12)
+
+
+def test_missing_groups_or_trials_column_lists_close_matches(sim):
+    with pytest.raises(ModelSpecError,
+                       match=r"groups='patiant' is not a column.*did you mean 'patient'"):
+        am.fit_gee("attended ~ alliance", sim, trials="scheduled", groups="patiant")
+    with pytest.raises(ModelSpecError,
+                       match=r"trials='sheduled' is not a column.*did you mean 'scheduled'"):
+        am.fit_gee("attended ~ alliance", sim, trials="sheduled")

@@ -23,6 +23,7 @@ differ in the third digit.
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -388,6 +389,15 @@ def fit_gee(
     fixed_spec = parse_formula(spec.fixed_formula)
     extra = tuple(c for c in (groups, trials) if c is not None)
     spec.check_columns(data)
+    for arg, col in (("groups", groups), ("trials", trials)):
+        if col is not None and col not in data.columns:
+            cols = [str(c) for c in data.columns]
+            close = difflib.get_close_matches(str(col), cols, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+            raise ModelSpecError(
+                f"{arg}={col!r} is not a column of the data; {hint}"
+                f"Available columns: {', '.join(cols)}"
+            )
     frame = fixed_spec.build(data, extra=extra)
     y = frame.y
     index = frame.data.index
