@@ -571,7 +571,30 @@ def test_probing_end_to_end(gfit):
         np.testing.assert_allclose(row.pd, max((eff > 0).mean(), (eff < 0).mean()),
                                    atol=1e-12)
     jn = am.johnson_neyman(gfit, focal="alliance", moderator="autonomy")
-    assert jn is not None and "autonomy" in jn.summary()
+    assert jn.method == "bayes" and "autonomy" in jn.summary()
+    # independent check on a grid: significant where the 95% HDI (shortest interval of
+    # the draws, computed here) excludes zero, i.e. inside jn.intervals_in_range; grid
+    # points within 0.05 of a bound are skipped (the bound is found to grid precision)
+    lo_m, hi_m = gfit.frame.data["autonomy"].min(), gfit.frame.data["autonomy"].max()
+
+    def hdi95(x):
+        s = np.sort(x)
+        k = int(np.floor(0.95 * s.size))
+        i = int(np.argmin(s[k:] - s[: s.size - k]))
+        return s[i], s[i + k]
+
+    checked = 0
+    for m in np.linspace(lo_m, hi_m, 41):
+        if any(abs(m - b) < 0.05 for b in jn.bounds):
+            continue
+        eff = (draws["alliance"] + m * draws["alliance:autonomy"]
+               + age_mean * draws["alliance:age"]).to_numpy()
+        lo, hi = hdi95(eff)
+        sig = lo > 0 or hi < 0
+        inside = any(a <= m <= b for a, b in jn.intervals_in_range)
+        assert sig == inside, (m, lo, hi, jn.intervals_in_range)
+        checked += 1
+    assert checked > 30
     ce = am.conditional_effects(gfit, focal="alliance", moderator="autonomy")
     assert len(ce.to_frame()) > 0
 
