@@ -579,7 +579,12 @@ def _execute(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequen
         finally:
             stop = getattr(gen, "close", None)
             if stop is not None:
-                stop()
+                with warnings.catch_warnings():
+                    # after Ctrl-C joblib notes that it cancelled the queued batches;
+                    # the interruption warning of power() already says so
+                    warnings.filterwarnings("ignore", message=r".*tasks which were still "
+                                            r"being processed", category=UserWarning)
+                    stop()
 
 
 # --- the public engine ---------------------------------------------------------------
