@@ -150,3 +150,21 @@ def test_docstring_examples_of_the_data_adapters_run(module):
         optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
     )
     assert res.attempted > 0 and res.failed == 0
+
+
+def test_every_public_name_resolves():
+    import types
+
+    import alliance_models as am
+
+    for name in am.__all__:
+        obj = getattr(am, name)
+        if name in am._LAZY:
+            if isinstance(obj, types.ModuleType):
+                assert obj.__name__ == am._LAZY[name], name
+            else:
+                # defined (or re-exported) by the module that _LAZY names
+                assert getattr(importlib.import_module(am._LAZY[name]), name) is obj, name
+    assert set(am._LAZY) <= set(dir(am))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        am.nope  # noqa: B018
