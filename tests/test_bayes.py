@@ -494,7 +494,7 @@ def test_correlated_sd_priors_must_share_family(gdata):
 
 
 # ------------------------------------------------------------------ comparison
-def test_compare_loo(gfit, gfit_additive):
+def test_compare_loo(gfit, gfit_additive, tmp_path):
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always", DiagnosticsWarning)
         res = am.compare({"moderated": gfit, "additive": gfit_additive}, pareto_k_max=0.7)
@@ -520,6 +520,8 @@ def test_compare_loo(gfit, gfit_additive):
         # shrunk): positive and well below the number of observations
         assert 0 < tab.loc[name, "p"] < 200
     assert "best: " in res.summary()
+    res.plot(tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").stat().st_size > 3000
 
 
 def test_compare_pareto_k_warning(gfit, gfit_additive):

@@ -899,6 +899,20 @@ class ComparisonResult:
         """Return the comparison table (a copy)."""
         return self.table.copy()
 
+    def plot(self, path: str | Path | None = None) -> Any:
+        """Plot the ELPD of each model with its SE (``arviz.plot_compare``), saved if asked.
+
+        Returns
+        -------
+        The ArviZ plot object (a ``PlotCollection``).
+        """
+        import arviz as az
+
+        pc = az.plot_compare(self.table, backend="matplotlib")
+        if path is not None:
+            pc.savefig(str(path))
+        return pc
+
     def summary(self) -> str:
         """Return the comparison table with a one-line reading of it."""
         cols = [c for c in ("rank", "elpd", "p", "elpd_diff", "dse", "weight", "se")
