@@ -299,3 +299,24 @@ def test_missing_groups_or_trials_column_lists_close_matches(sim):
     with pytest.raises(ModelSpecError,
                        match=r"trials='sheduled' is not a column.*did you mean 'scheduled'"):
         am.fit_gee("attended ~ alliance", sim, trials="sheduled")
+
+
+def test_non_finite_values_are_named(sim):
+    d = sim.copy()
+    d.loc[[4, 9], "alliance"] = -np.inf
+    with pytest.raises(ModelSpecError,
+                       match=r"'alliance' has non-finite values \(rows 4, 9: -inf\)"):
+        am.fit_gee("attended ~ alliance", d, trials="scheduled")
+    d = sim.astype({"scheduled": float})
+    d.loc[7, "scheduled"] = np.inf
+    with pytest.raises(ModelSpecError, match=r"'scheduled' has non-finite values \(row 7: inf\)"):
+        am.fit_gee("attended ~ alliance", d, trials="scheduled")
+
+
+def test_constant_count_with_varying_trials_is_a_varying_proportion(sim):
+    """2 of 3 and 2 of 5 are different proportions: not a constant response."""
+    d = sim.assign(attended=2, scheduled=np.where(sim.index % 2 == 0, 3, 6))
+    fit = am.fit_gee("attended ~ 1", d, trials="scheduled", cov_struct="independence")
+    np.testing.assert_allclose(np.unique(fit.observed_response), [1 / 3, 2 / 3])
+    pooled = (2 * 240) / (3 * 120 + 6 * 120)  # binomial MLE: the pooled proportion
+    assert fit.params["Intercept"] == pytest.approx(np.log(pooled / (1 - pooled)), rel=1e-8)

@@ -26,6 +26,7 @@ from .._utils import RNGLike, as_generator
 from ..errors import ModelSpecError
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec
+from .mixed import _check_finite
 
 __all__ = ["OLSFit", "fit_ols", "hc_covariance"]
 
@@ -428,6 +429,7 @@ def fit_ols(
             centering[c] = m
 
     frame = spec.build(data)
+    _check_finite(frame)  # infinite values (column, rows) and a constant response
     X, y = frame.X, frame.y
     n, p = X.shape
     if np.linalg.matrix_rank(X) < p:
