@@ -57,6 +57,7 @@ _LAZY: dict[str, str] = {
     "fit_bayes": "alliance_models.models.bayes",
     "BayesFit": "alliance_models.models.bayes",
     "compare": "alliance_models.models.bayes",
+    "ComparisonResult": "alliance_models.models.bayes",
     # probing and plots
     "simple_slopes": "alliance_models.probing",
     "johnson_neyman": "alliance_models.probing",
