@@ -167,6 +167,17 @@ def test_formula_features_match_lmertest():
         assert ours[g_ours] == pytest.approx(vc[g_r], rel=RTOL_VC)
 
 
+def test_explicit_nesting_equals_slash_and_lme4(fits):
+    """``(1 | g1) + (1 | g1:g2)`` is the same model as ``(1 | g1/g2)``."""
+    d = _read("nested", "data")
+    fit = am.fit_mixed("y ~ x * m + (1 | therapist) + (1 | therapist:patient)", d)
+    ref = fits[("nested", True)]
+    np.testing.assert_allclose(fit.fixed.to_numpy(), ref.fixed.to_numpy(), rtol=1e-8)
+    np.testing.assert_allclose(fit.varcomp["vcov"], ref.varcomp["vcov"], rtol=1e-8)
+    lme4 = _read("nested", "fixef")
+    np.testing.assert_allclose(fit.fixed["df"], lme4["df"], rtol=RTOL_DF)
+
+
 def test_separate_terms_equal_double_bar_and_match_lme4():
     """``(1 | S) + (0 + Days | S)`` is lme4's expansion of ``(Days || S)``."""
     d = _read("sleepstudy_uncorr", "data")

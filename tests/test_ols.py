@@ -190,6 +190,17 @@ def test_bootstrap_is_seeded_and_close_to_hc_se(data):
     assert ((ratio > 0.7) & (ratio < 1.3)).all(), ratio
 
 
+def test_bootstrap_draws_are_refits_on_resampled_rows(data):
+    """Each draw is the OLS fit to n rows drawn with replacement by the seeded generator."""
+    fit = am.fit_ols("y ~ x * w", data, bootstrap=3, seed=11)
+    X, y = fit.frame.X, fit.frame.y
+    rng = np.random.default_rng(11)
+    for k in range(3):
+        idx = rng.integers(0, len(y), size=len(y))
+        b = np.linalg.lstsq(X[idx], y[idx], rcond=None)[0]
+        np.testing.assert_allclose(fit.boot_params.iloc[k], b, rtol=1e-10)
+
+
 def test_bootstrap_params_method_matches_stored(data):
     a = am.fit_ols("y ~ x * w", data, bootstrap=50, seed=3)
     again = a.bootstrap_params(50, seed=3)
