@@ -115,16 +115,36 @@ def test_binomial_design_with_linear_model_has_no_truth():
     assert 0 <= res.power <= 1
 
 
-def test_results_do_not_depend_on_n_jobs_or_batch_size(monkeypatch):
+def logging_ols(formula, data, *, log, **kwargs):
+    """OLS that appends '<pid> <BLAS threads>' to ``log`` for every replicate it fits."""
+    import os
+
+    from threadpoolctl import threadpool_info
+
+    blas = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+    with open(log, "a") as fh:
+        fh.write(f"{os.getpid()} {max(blas)}\n")
+    return am.fit_ols(formula, data, hc=None)
+
+
+def test_results_do_not_depend_on_n_jobs_or_batch_size(monkeypatch, tmp_path):
+    import os
+
     from alliance_models.power import engine
 
     monkeypatch.setattr(engine, "_POOL_MIN_SECONDS", 0.0)  # use the worker pool here
     kw = {**OLS, "n_sims": 24, "seed": 9}
     one = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5, **kw)
-    kw["n_jobs"] = 2
-    two = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5, **kw)
+    log = tmp_path / "fits.log"
+    two = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5,
+                   **{**kw, "n_jobs": 2, "method": logging_ols, "fit_kwargs": {"log": log}})
     pd.testing.assert_frame_equal(one.replicates, two.replicates)
-    kw["n_jobs"] = 1
+    # the first batch runs here, the other 19 replicates in loky worker processes, all
+    # with BLAS pinned to one thread
+    rows = [line.split() for line in log.read_text().splitlines()]
+    pids = [int(pid) for pid, _ in rows]
+    assert len(rows) == 24 and pids.count(os.getpid()) == 5
+    assert set(pids) - {os.getpid()} and {threads for _, threads in rows} == {"1"}
     other = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=7, **kw)
     pd.testing.assert_frame_equal(one.replicates, other.replicates)
     # a different seed gives different replicates
@@ -571,3 +591,60 @@ def test_sample_size_over_caseload_is_monotone_in_the_evaluations():
     at = analytic.cluster_randomised_power(0.5, patients_per_therapist=ss.value, **kw)
     below = analytic.cluster_randomised_power(0.5, patients_per_therapist=ss.value - 1, **kw)
     assert at >= 0.7 - mc_tol(0.7, 200) and below <= 0.7 + mc_tol(0.7, 200)
+
+
+def test_progress_bar_appears_on_its_own_only_for_long_runs(capsys, monkeypatch):
+    from alliance_models.power import engine
+
+    kw = {"test": "alliance", "n_sims": 6, "seed": 1, "batch_size": 1, "method": "ols",
+          "fit_kwargs": {"hc": None}, "n_jobs": 1}
+    am.power(INDEP, "adherence ~ alliance", **kw)  # progress=None, a short run: no bar
+    assert "power alliance" not in capsys.readouterr().err
+
+    class SlowClock:
+        """A clock on which every reading is 3 s after the previous one."""
+
+        t = 0.0
+
+        def perf_counter(self):
+            self.t += 3.0
+            return self.t
+
+    monkeypatch.setattr(engine, "time", SlowClock())
+    am.power(INDEP, "adherence ~ alliance", **kw)  # first batch looks 3 s long: 5 more
+    assert "power alliance" in capsys.readouterr().err
+
+
+def test_singular_rate_and_type_s_rate_against_their_definitions():
+    from scipy import stats
+
+    from alliance_models._utils import spawn_seeds
+    from alliance_models.power.simulate import simulate_arrays
+
+    # one-way random-intercept model with no therapist variance: REML puts the therapist
+    # SD at 0 exactly when the ANOVA F = MSB / MSW is <= 1 (balanced design), so every
+    # replicate's singular flag is known from its data
+    d = am.Design(therapists=8, patients_per_therapist=5, sessions=1, icc_therapist=0.0,
+                  icc_patient=0.0, moderators={}, effects={"alliance": 0.0})
+    res = am.power(d, "adherence ~ 1 + (1 | therapist)", test="Intercept", n_sims=40, seed=3,
+                   method="mixed", n_jobs=1, progress=False)
+    f_stats = []
+    for ss in spawn_seeds(np.random.SeedSequence(3), 40):
+        sa = simulate_arrays(d, ss)
+        y, g = sa.columns["adherence"], sa.therapist
+        means = np.bincount(g, y) / np.bincount(g)
+        msb = 5 * np.sum((means - y.mean()) ** 2) / 7
+        msw = np.sum((y - means[g]) ** 2) / 32
+        f_stats.append(msb / msw)
+    f_stats = np.array(f_stats)
+    np.testing.assert_array_equal(res.replicates["singular"].to_numpy(), f_stats <= 1)
+    assert res.singular_rate == pytest.approx(np.mean(f_stats <= 1))
+    p_sing = stats.f.cdf(1, 7, 32)  # about 0.55
+    assert abs(res.singular_rate - p_sing) < mc_tol(p_sing, 40, 4)
+    # type-S: among rejections, the share with the wrong sign (small true effect)
+    small = am.power(INDEP.replace(effects={"alliance": 0.05}), "adherence ~ alliance",
+                     test="alliance", n_sims=300, seed=7, **OLS)
+    r = small.replicates
+    rej = r[r["reject"]]
+    assert len(rej) > 0 and (rej["estimate"] < 0).any()
+    assert small.type_s_rate == pytest.approx(np.mean(rej["estimate"] < 0))

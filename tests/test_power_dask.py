@@ -35,12 +35,17 @@ def client():
 
 def test_dask_client_equals_local_run(client):
     local = am.power(DESIGN, "adherence ~ alliance", n_jobs=1, **KW)
-    remote = am.power(DESIGN, "adherence ~ alliance", backend=client, **KW)
+    with distributed.get_task_stream(client) as stream:
+        remote = am.power(DESIGN, "adherence ~ alliance", backend=client, **KW)
     assert remote.n_completed == 24
     pd.testing.assert_frame_equal(local.replicates, remote.replicates)
     assert remote.power == local.power and remote.ci == local.ci
-    # the work really ran on the cluster's worker processes
-    assert len(client.scheduler_info()["workers"]) == 2
+    # the work really ran on the cluster's two worker processes: 24 replicates in
+    # batches of 5 are 5 tasks, each executed by one of the cluster's workers
+    workers = set(client.scheduler_info()["workers"])
+    assert len(workers) == 2
+    tasks = [t for t in stream.data if str(t["key"]).startswith("_run_batch")]
+    assert len(tasks) == 5 and {t["worker"] for t in tasks} <= workers
 
 
 def test_backend_string_uses_the_current_client(client):
