@@ -91,6 +91,15 @@ def test_truth_maps_standardised_effects_to_the_analysis_scale():
     for test, value in want.items():
         res = am.power(d, "adherence ~ alliance * age", test=test, n_sims=2, seed=1, **OLS)
         assert res.truth == pytest.approx(value, rel=1e-9) and res.truth_exact
+    # a three-way interaction: the slope of alliance x autonomy changes per year of age
+    d3w = d.replace(moderators={"age": "patient", "autonomy": "patient"},
+                    effects={"alliance:autonomy": 0.1, "alliance:age:autonomy": 0.05})
+    want3 = {"alliance:age:autonomy": 0.05 / sd, "alliance:autonomy": 0.1 - 0.05 * mu / sd,
+             "alliance:age": 0.0}
+    for test, value in want3.items():
+        res = am.power(d3w, "adherence ~ alliance * age * autonomy", test=test, n_sims=2,
+                       seed=1, **OLS)
+        assert res.truth == pytest.approx(value, rel=1e-9, abs=1e-12) and res.truth_exact
     # a formula that omits a simulated term gets a projection, flagged as such
     res = am.power(d, "adherence ~ alliance", test="alliance", n_sims=2, seed=1, **OLS)
     assert not res.truth_exact and "(projection)" in res.summary()

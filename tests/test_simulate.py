@@ -251,3 +251,13 @@ def test_batch_arrays_stack_replicates():
     np.testing.assert_allclose(Y[1][mask[1]], one["adherence"].to_numpy())
     with pytest.raises(am.ModelSpecError, match="fixed caseloads"):
         batch_arrays(d.replace(sessions=("poisson", 4)), "adherence", ("Intercept",), seeds)
+
+
+def test_unequal_caseloads_from_a_list():
+    d = am.Design(therapists=4, patients_per_therapist=[2, 5, 1, 3], sessions=2,
+                  randomisation="therapist", effects={"arm": 0.2})
+    df = am.simulate(d, 18)
+    per = df.groupby("therapist")["patient"].nunique()
+    assert per.tolist() == [2, 5, 1, 3] and len(df) == 11 * 2
+    assert d.has_fixed_structure  # the same layout in every replicate
+    assert sorted(df.groupby("therapist")["arm"].first()) == [0, 0, 1, 1]
