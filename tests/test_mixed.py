@@ -574,6 +574,10 @@ def test_non_convergence_warns_with_advice():
     with pytest.warns(ConvergenceWarning, match="did not converge.*rescale predictors"):
         fit = am.fit_mixed(CASES["unbalanced"], d, optimizer="nm", maxiter=1)
     assert not fit.converged
+    # with several optimisers, all are tried before giving up and the warning names them
+    with pytest.warns(ConvergenceWarning, match=r"after trying nm, powell; best: (nm|powell)"):
+        fit2 = am.fit_mixed(CASES["unbalanced"], d, optimizer=["nm", "powell"], maxiter=1)
+    assert not fit2.converged and fit2.optimizer in ("nm", "powell")
     assert "NOT converged" in fit.summary()
 
 

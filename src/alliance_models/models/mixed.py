@@ -663,7 +663,9 @@ def fit_mixed(
 
     with _blas_threads(problem.q):
         theta, opt_name, converged, gmax, sm_res = _run(problem, frame, reml, chain, maxiter)
-        return _assemble(spec, frame, problem, theta, reml, ddf, opt_name, converged, gmax, sm_res)
+        return _assemble(
+            spec, frame, problem, theta, reml, ddf, opt_name, converged, gmax, sm_res, chain
+        )
 
 
 def _blas_threads(q: int) -> contextlib.AbstractContextManager[Any]:
@@ -694,6 +696,7 @@ def _assemble(
     converged: bool,
     gmax: float,
     sm_res: Any,
+    chain: tuple[str, ...] = (),
 ) -> MixedFit:
     messages: list[tuple[str, type[Warning]]] = []
     ev = problem.evaluate(theta)
@@ -786,9 +789,9 @@ def _assemble(
         messages.append(
             (
                 f"the fit did not converge (max |gradient| {gmax:.2g} after trying "
-                f"{opt_name}); simplify the random part (drop random slopes or "
-                "correlations), rescale predictors to similar ranges (e.g. centre and "
-                "divide by the SD), or try another optimizer=",
+                f"{', '.join(chain or (opt_name,))}; best: {opt_name}); simplify the random "
+                "part (drop random slopes or correlations), rescale predictors to similar "
+                "ranges (e.g. centre and divide by the SD), or try another optimizer=",
                 ConvergenceWarning,
             )
         )
