@@ -657,3 +657,20 @@ def test_singular_rate_and_type_s_rate_against_their_definitions():
     rej = r[r["reject"]]
     assert len(rej) > 0 and (rej["estimate"] < 0).any()
     assert small.type_s_rate == pytest.approx(np.mean(rej["estimate"] < 0))
+
+
+def test_checkpoint_fingerprint_covers_the_whole_seed(tmp_path):
+    ck = tmp_path / "run.csv"
+    kw = {"test": "alliance", "n_sims": 4, "checkpoint": ck, **OLS}
+    am.power(INDEP, "adherence ~ alliance", seed=[1, 2], **kw)
+    again = am.power(INDEP, "adherence ~ alliance", seed=[1, 2], **kw)  # same run: resumes
+    assert again.n_completed == 4
+    # seeds given as sequences, or SeedSequence children with the same entropy, are
+    # different runs
+    with pytest.raises(DesignError, match="belongs to a different run"):
+        am.power(INDEP, "adherence ~ alliance", seed=[3, 4], **kw)
+    ck.unlink()
+    a, b = np.random.SeedSequence(8).spawn(2)
+    am.power(INDEP, "adherence ~ alliance", seed=a, **kw)
+    with pytest.raises(DesignError, match="belongs to a different run"):
+        am.power(INDEP, "adherence ~ alliance", seed=b, **kw)

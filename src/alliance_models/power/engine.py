@@ -469,10 +469,12 @@ def _summarise(reps: pd.DataFrame, *, truth: float, alpha: float) -> dict[str, A
 
 # --- checkpoints ---------------------------------------------------------------------
 
-def _fingerprint(job: _Job, entropy: int) -> str:
+def _fingerprint(job: _Job, root: np.random.SeedSequence) -> str:
     payload = {
         "design": job.design.to_dict(), "formula": job.formula, "test": job.test,
-        "method": job.method, "alpha": job.alpha, "seed": str(entropy),
+        "method": job.method, "alpha": job.alpha,
+        # the whole root seed: entropy (an int or a sequence of ints) and spawn key
+        "seed": [repr(root.entropy), list(root.spawn_key)],
         "fitter": None if job.fitter is None else
         f"{getattr(job.fitter, '__module__', '')}.{getattr(job.fitter, '__qualname__', '')}",
         "fit_kwargs": {k: repr(v) for k, v in sorted(job.fit_kwargs.items())},
@@ -771,7 +773,7 @@ def power(
         fitter=method if callable(method) else None,
     )
     bs = batch_size or _default_batch_size(resolved, n_sims)
-    fp = _fingerprint(job, entropy if isinstance(entropy, int) else 0)
+    fp = _fingerprint(job, root)
     ck_path = Path(checkpoint) if checkpoint is not None else None
     if ck_path is not None and ck_path.suffix not in (".parquet", ".csv"):
         raise DesignError(f"checkpoint {str(ck_path)!r} must end in .parquet or .csv")
