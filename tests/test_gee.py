@@ -14,6 +14,7 @@ import statsmodels.api as sm
 
 import alliance_models as am
 from alliance_models.errors import (
+    ConvergenceWarning,
     DataValidationError,
     FewClustersWarning,
     MissingDataWarning,
@@ -320,3 +321,12 @@ def test_constant_count_with_varying_trials_is_a_varying_proportion(sim):
     np.testing.assert_allclose(np.unique(fit.observed_response), [1 / 3, 2 / 3])
     pooled = (2 * 240) / (3 * 120 + 6 * 120)  # binomial MLE: the pooled proportion
     assert fit.params["Intercept"] == pytest.approx(np.log(pooled / (1 - pooled)), rel=1e-8)
+
+
+def test_iteration_limit_warns_with_advice(sim):
+    with pytest.warns(ConvergenceWarning,
+                      match=r"GEE did not converge in 2 iterations.*raise maxiter"):
+        am.fit_gee("attended ~ alliance * age", sim, trials="scheduled", maxiter=2)
+    # one iteration never uses the working correlation and statsmodels does not flag it
+    with pytest.raises(ModelSpecError, match="maxiter must be an integer >= 2, got 1"):
+        am.fit_gee("attended ~ alliance * age", sim, trials="scheduled", maxiter=1)

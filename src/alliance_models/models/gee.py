@@ -337,7 +337,8 @@ def fit_gee(
     alpha : float, default 0.05
         Level of reported CIs.
     maxiter : int, default 100
-        Iteration cap of the GEE solver.
+        Iteration cap of the GEE solver (at least 2: statsmodels does not flag a
+        one-iteration fit whose working correlation was never used as unconverged).
 
     Returns
     -------
@@ -375,6 +376,8 @@ def fit_gee(
         )
     if not 0 < alpha < 1:
         raise ModelSpecError(f"alpha must lie in (0, 1), got {alpha!r}")
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer) or maxiter < 2:
+        raise ModelSpecError(f"maxiter must be an integer >= 2, got {maxiter!r}")
     if not isinstance(data, pd.DataFrame):
         raise ModelSpecError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     spec = formula if isinstance(formula, ModelSpec) else parse_formula(formula)
