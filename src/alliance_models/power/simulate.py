@@ -20,7 +20,9 @@ formula exactly (see :mod:`alliance_models.power.engine`).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -384,16 +386,253 @@ def design_matrix(columns: dict[str, np.ndarray], x_names: tuple[str, ...],
     return X
 
 
+def _stream_seeds(seed: RNGLike) -> tuple[int | Sequence[int], tuple[int, ...], int]:
+    """``(entropy, spawn_key, pool_size)`` of the root seed, as :func:`simulate_arrays` does.
+
+    The children that :func:`simulate_arrays` spawns from a fresh copy of this root are
+    ``SeedSequence(entropy, spawn_key=spawn_key + (i,), pool_size=pool_size)``; building
+    only the ones a design draws from gives the same streams for less work.
+    """
+    if isinstance(seed, np.random.Generator):
+        ss = np.random.SeedSequence(int(seed.integers(2**63)))
+    elif isinstance(seed, np.random.SeedSequence):
+        ss = seed
+    else:
+        ss = np.random.SeedSequence(seed)
+    return ss.entropy, tuple(ss.spawn_key), ss.pool_size
+
+
+def _stream_rng(root: tuple[int | Sequence[int], tuple[int, ...], int],
+                stream: str) -> np.random.Generator:
+    """Build the Generator of one component stream (see ``_STREAMS``) of a replicate."""
+    entropy, key, pool = root
+    child = np.random.SeedSequence(entropy, spawn_key=(*key, _STREAMS.index(stream)),
+                                   pool_size=pool)
+    return np.random.Generator(np.random.PCG64(child))
+
+
+def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, np.ndarray]:
+    """Simulate replicates of a fixed-layout design at once, equal to :func:`simulate_arrays`.
+
+    Each replicate draws from its own component streams, with the same calls in the same
+    order as :func:`simulate_arrays` (consecutive ``standard_normal`` / ``random`` calls
+    of one stream are fused into one call, which gives the same numbers for numpy's
+    Generator); only these draws loop over replicates. Everything else is computed on
+    ``(B, ...)`` arrays with the same floating-point operations in the same order, so
+    replicate ``b`` is bit-for-bit ``simulate_arrays(design, seeds[b])`` and depends only
+    on its own seed, not on the batch it is in.
+
+    Returns a dict with the layout (``therapist``, ``patient``, ``session``, ``sizes``,
+    all shared) and ``(B, ...)`` arrays: ``observed``, ``eta`` and the simulated columns.
+    """
+    B = len(seeds)
+    T = design.n_therapists
+    sizes = _draw_counts(design.patients_per_therapist, T, np.random.default_rng(0))
+    S = int(design.sessions)  # fixed structure: an int
+    P = int(sizes.sum())
+    n = P * S
+    pat_ther = np.repeat(np.arange(T), sizes)
+    patient = np.repeat(np.arange(P), S)
+    therapist = pat_ther[patient]
+    session = np.tile(np.arange(1, S + 1), P)
+    roots = [_stream_seeds(s) for s in seeds]
+    skewed = design.alliance_skew != 0
+    age = "age" in design.moderators
+    aut = design.moderators.get("autonomy")
+    n_aut = 0 if aut is None else (T if aut == "therapist" else P)
+    gaussian = design.family == "gaussian"
+    uniform_timing = design.dropout_timing == "uniform"
+
+    # --- the draws: one pass over replicates, each from its own streams ---------------
+    k_all = T + (2 * P + 2 * n if skewed else P + n)
+    k_out = T + P + (n if gaussian else 0)
+    k_drop = 2 * P if uniform_timing else P
+    g_all = np.empty((B, k_all))
+    g_out = np.empty((B, k_out))
+    g_drop = np.empty((B, k_drop))
+    g_age = np.empty((B, P)) if age else None
+    g_aut = np.empty((B, n_aut)) if n_aut else None
+    ther_arm = np.empty((B, T), np.int64) if design.randomisation == "therapist" else None
+    arm_key = np.empty((B, P)) if design.randomisation == "patient" else None
+    arm_off = np.empty((B, T), np.int64) if design.randomisation == "patient" else None
+    out_rngs: list[np.random.Generator] = []
+    if age:
+        mean, sd, lo, hi = design.age_distribution
+        u_lo, u_hi = special.ndtr((lo - mean) / sd), special.ndtr((hi - mean) / sd)
+    if ther_arm is not None:
+        t0, t1 = design.arm_therapists
+        arms0 = np.r_[np.zeros(t0, np.int64), np.ones(t1, np.int64)]
+    for b, root in enumerate(roots):
+        if ther_arm is not None or arm_key is not None:
+            r = _stream_rng(root, "arm")
+            if ther_arm is not None:
+                ther_arm[b] = r.permutation(arms0)
+            else:
+                assert arm_key is not None and arm_off is not None
+                r.random(out=arm_key[b])
+                arm_off[b] = r.integers(0, 2, size=T)
+        _stream_rng(root, "alliance").standard_normal(out=g_all[b])
+        if age or n_aut:
+            r = _stream_rng(root, "moderators")
+            if g_age is not None:
+                g_age[b] = r.uniform(u_lo, u_hi, size=P)
+            if g_aut is not None:
+                r.standard_normal(out=g_aut[b])
+        r = _stream_rng(root, "outcome")
+        r.standard_normal(out=g_out[b])
+        if not gaussian:
+            out_rngs.append(r)
+        _stream_rng(root, "dropout").random(out=g_drop[b])
+
+    cols: dict[str, np.ndarray] = {}
+    # --- arms ------------------------------------------------------------------------
+    pat_arm: np.ndarray | None = None
+    if ther_arm is not None:
+        pat_arm = ther_arm[:, pat_ther]
+    elif arm_key is not None and arm_off is not None:
+        order = np.lexsort((arm_key, np.broadcast_to(pat_ther, (B, P))), axis=-1)
+        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        rank = np.empty((B, P), np.int64)
+        np.put_along_axis(rank, order, np.broadcast_to(np.arange(P) - np.repeat(first, sizes),
+                                                       (B, P)), axis=-1)
+        pat_arm = (rank + arm_off[:, pat_ther]) % 2
+    if pat_arm is not None:
+        cols["arm"] = pat_arm[:, patient].astype(float)
+
+    # --- alliance ----------------------------------------------------------------------
+    # (x[:, idx] * c == (x * c)[:, idx]; np.repeat replaces the gathers, in-place
+    # operations the temporaries: the values are those of simulate_arrays)
+    c_t, c_p, c_s = design.alliance_components
+    per_ther = sizes * S
+    if skewed:
+        a_p = _std_skewnormal_inplace(design.alliance_skew, g_all[:, T:T + P],
+                                      g_all[:, T + P:T + 2 * P])
+        a_s = _std_skewnormal_inplace(design.alliance_skew, g_all[:, T + 2 * P:T + 2 * P + n],
+                                      g_all[:, T + 2 * P + n:])
+    else:
+        a_p, a_s = g_all[:, T:T + P], g_all[:, T + P:]
+    alliance = np.repeat(math.sqrt(c_t) * g_all[:, :T], per_ther, axis=1)
+    alliance += np.repeat(math.sqrt(c_p) * a_p, S, axis=1)
+    a_s *= math.sqrt(c_s)
+    alliance += a_s
+    cols["alliance"] = alliance
+    z: dict[str, np.ndarray] = {"alliance": alliance}
+    if "arm" in cols:
+        z["arm"] = cols["arm"]
+
+    # --- moderators --------------------------------------------------------------------
+    if g_age is not None:
+        age_p = mean + sd * special.ndtri(g_age)
+        mu, sigma = _age_moments_of(tuple(design.age_distribution))
+        cols["age"] = np.repeat(age_p, S, axis=1)
+        z["age"] = np.repeat((age_p - mu) / sigma, S, axis=1)
+    if g_aut is not None:
+        cols["autonomy"] = np.repeat(g_aut, per_ther if aut == "therapist" else S, axis=1)
+        z["autonomy"] = cols["autonomy"]
+
+    # --- outcome -----------------------------------------------------------------------
+    scale = latent_scale(design)
+    fixed: np.ndarray | None = None
+    for term, beta in design.effects.items():
+        var0, *rest = term.split(":")
+        prod = z[var0]  # 1 * a * b == a * b
+        for var in rest:
+            prod = prod * z[var]
+        part = beta * prod
+        if fixed is None:
+            fixed = part  # 0 + x == x
+        else:
+            fixed += part
+    if fixed is None:
+        fixed = np.zeros((B, n))
+    u = np.repeat(g_out[:, :T] * math.sqrt(design.icc_therapist), per_ther, axis=1)
+    v = np.repeat(g_out[:, T:T + P] * math.sqrt(design.icc_patient), S, axis=1)
+    if gaussian:
+        eta = fixed
+        e = g_out[:, T + P:]
+        e *= math.sqrt(1 - design.icc_therapist - design.icc_patient)
+        y = eta + u
+        y += v
+        y += e
+        cols["adherence"] = y
+    else:
+        eta = float(special.logit(design.baseline_adherence)) + scale * fixed
+        u += v
+        u *= scale
+        u += eta
+        prob = special.expit(u)
+        k = design.n_trials
+        num = np.empty((B, n), np.int64)
+        for b, r in enumerate(out_rngs):
+            num[b] = r.binomial(k, prob[b])
+        num_col, den_col = design.count_columns
+        cols[num_col] = num
+        cols[den_col] = np.full((B, n), k, dtype=np.int64)
+        cols["adherence"] = num / k
+
+    # --- dropout, then the observed patient means ----------------------------------------
+    d = design.dropout
+    if isinstance(d, tuple):
+        assert pat_arm is not None
+        p_drop = np.where(pat_arm == 1, d[1], d[0])
+    else:
+        p_drop = np.full((B, P), float(d))
+    drops = g_drop[:, :P] < p_drop
+    if uniform_timing:
+        last = np.floor(g_drop[:, P:] * max(S - 1, 1)).astype(np.int64) + 1
+    else:
+        last = np.full((B, P), int(design.dropout_timing))
+    last = np.where(drops & (S > 1), np.minimum(last, S), S)
+    obs3 = np.arange(1, S + 1) <= last[:, :, None]  # (B, P, S)
+    observed = obs3.reshape(B, n)
+    aw = alliance.reshape(B, P, S) * obs3
+    total = np.zeros((B, P))
+    for s in range(S):  # the order of np.bincount's sum, for identical means
+        total += aw[:, :, s]
+    total /= obs3.sum(axis=-1)
+    cols["alliance_pm"] = np.repeat(total, S, axis=1)
+    cols["alliance_pmc"] = alliance - cols["alliance_pm"]
+    return {"therapist": therapist, "patient": patient, "session": session,
+            "sizes": sizes, "observed": observed, "eta": eta, "columns": cols}
+
+
+@functools.lru_cache(maxsize=32)
+def _age_moments_of(age_distribution: tuple[float, float, float, float]) -> tuple[float, float]:
+    """:func:`age_moments` of an ``age_distribution``, cached (SciPy takes milliseconds)."""
+    mean, sd, lo, hi = age_distribution
+    a, b = (lo - mean) / sd, (hi - mean) / sd
+    m, v = stats.truncnorm.stats(a, b, loc=mean, scale=sd, moments="mv")
+    return float(m), float(math.sqrt(v))
+
+
+def _std_skewnormal_inplace(shape: float, u0: np.ndarray, u1: np.ndarray) -> np.ndarray:
+    """:func:`_std_skewnormal` from its two standard-normal draws, overwriting ``u0``/``u1``.
+
+    The same floating-point operations as :func:`_std_skewnormal`; returns ``u0``.
+    """
+    delta = shape / math.sqrt(1 + shape * shape)
+    np.abs(u0, out=u0)
+    u0 *= delta
+    u1 *= math.sqrt(1 - delta * delta)
+    u0 += u1
+    u0 -= delta * math.sqrt(2 / math.pi)
+    u0 /= math.sqrt(1 - 2 * delta * delta / math.pi)
+    return u0
+
+
 def batch_arrays(
     design: Design,
     response: str,
     x_names: tuple[str, ...],
-    seeds: list[np.random.SeedSequence],
+    seeds: Sequence[np.random.SeedSequence],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[SimArrays]]:
     """Simulate replicates with one shared layout and stack them for the batched engine.
 
     Requires ``design.has_fixed_structure`` (fixed caseloads and session counts) and a
     design whose fixed-effect columns are plain products (see :func:`design_matrix`).
+    Vectorised over replicates; replicate ``b`` is exactly
+    ``simulate_arrays(design, seeds[b])`` (its own seed's streams, the same operations),
+    so results do not depend on how replicates are batched.
 
     Returns
     -------
@@ -404,21 +643,52 @@ def batch_arrays(
     mask : ndarray (B, n) of bool
         Observed rows (dropout).
     sims : list of SimArrays
-        The replicates themselves (for the truth and diagnostics).
+        The replicates themselves (for the truth and diagnostics); their arrays are
+        read-only views into the stacked ones.
+
+    Examples
+    --------
+    >>> d = Design(therapists=4, patients_per_therapist=3, sessions=2)
+    >>> seeds = np.random.SeedSequence(1).spawn(5)
+    >>> X, Y, outer, inner, mask, sims = batch_arrays(d, "adherence",
+    ...                                               ("Intercept", "alliance"), seeds)
+    >>> X.shape, Y.shape, mask.shape
+    ((5, 24, 2), (5, 24), (5, 24))
+    >>> bool(np.array_equal(Y[3], simulate_arrays(d, seeds[3]).columns["adherence"]))
+    True
     """
     if not design.has_fixed_structure:
         raise ModelSpecError("batch_arrays needs fixed caseloads and session counts")
-    sims = [simulate_arrays(design, s) for s in seeds]
-    Xs, Ys = [], []
-    for sa in sims:
-        X = design_matrix(sa.columns, x_names)
-        if X is None or response not in sa.columns:
-            raise ModelSpecError(
-                f"the formula's columns {x_names} are not plain products of simulated "
-                "columns; use a data-frame engine"
-            )
-        Xs.append(X)
-        Ys.append(sa.columns[response])
-    first = sims[0]
-    return (np.stack(Xs), np.stack(Ys), first.therapist, first.patient,
-            np.stack([sa.observed for sa in sims]), sims)
+    have = {"alliance", "alliance_pm", "alliance_pmc", "adherence", *design.moderators}
+    if design.randomisation != "none":
+        have.add("arm")
+    if design.family != "gaussian":
+        have.update(design.count_columns)
+    facs = [_plain_factors(nm) for nm in x_names]
+    if response not in have or any(
+            f is None or any(v not in have for v in f) for f in facs):
+        raise ModelSpecError(
+            f"the formula's columns {x_names} are not plain products of simulated "
+            "columns; use a data-frame engine"
+        )
+    sim = _batch_columns(design, seeds)
+    cols: dict[str, np.ndarray] = sim["columns"]
+    observed, eta = sim["observed"], sim["eta"]
+    B, n = observed.shape
+    X = np.empty((B, n, len(x_names)))
+    for j, f in enumerate(facs):
+        if not f:
+            X[:, :, j] = 1.0
+            continue
+        X[:, :, j] = cols[f[0]]  # 1 * a * b ... == a * b ...: same values as design_matrix
+        for v in f[1:]:
+            X[:, :, j] *= cols[v]
+    Y = cols[response]
+    layout = {k: sim[k] for k in ("therapist", "patient", "session")}
+    for a in (*layout.values(), observed, eta, *cols.values()):
+        a.flags.writeable = False
+    sizes = tuple(int(s) for s in sim["sizes"])
+    sims = [SimArrays(observed=observed[b], columns={c: a[b] for c, a in cols.items()},
+                      eta=eta[b], sizes=sizes, **layout) for b in range(B)]
+    return (X, np.array(Y, dtype=float), layout["therapist"].copy(),
+            layout["patient"].copy(), observed.copy(), sims)

@@ -1,0 +1,149 @@
+"""The vectorised batch simulator (``power.simulate.batch_arrays``).
+
+Reference: the per-replicate numpy core ``simulate_arrays``. The batch path draws each
+replicate from that replicate's own seed streams with the same calls, and computes the
+rest with the same floating-point operations, so the comparison is bit-for-bit
+(``np.array_equal``, tolerance 0) and therefore also holds in distribution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import alliance_models as am
+from alliance_models.power.simulate import batch_arrays, design_matrix, simulate_arrays
+
+DESIGNS = {
+    "default": am.Design(therapists=5, patients_per_therapist=3, sessions=4, dropout=0.5),
+    "patient-rand-unequal": am.Design(
+        therapists=6, patients_per_therapist=(2, 3, 4, 2, 5, 3), sessions=3,
+        dropout=(0.1, 0.4), randomisation="patient",
+        effects={"arm": 0.2, "alliance": 0.3, "alliance:arm": 0.1}),
+    "therapist-rand": am.Design(
+        therapists=6, patients_per_therapist=4, sessions=5, randomisation="therapist",
+        effects={"arm": 0.2, "alliance:arm": 0.3}, alliance_skew=0.0, dropout=0.3,
+        dropout_timing=2, moderators={"autonomy": "therapist"},
+        icc_therapist=0.1, icc_patient=0.2),
+    "binomial": am.Design(therapists=8, patients_per_therapist=4, sessions=6,
+                          family="binomial", dropout=0.2,
+                          effects={"alliance": 0.3, "alliance:autonomy": 0.2}),
+    "one-session": am.Design(therapists=8, patients_per_therapist=4, sessions=1,
+                             dropout=0.2),
+    "r1": am.Design(therapists=30, patients_per_therapist=8, sessions=6,
+                    moderators={"age": "patient", "autonomy": "patient"},
+                    effects={"alliance": 0.25, "autonomy": 0.1, "alliance:autonomy": 0.1}),
+}
+
+
+def _names(d: am.Design) -> tuple[str, ...]:
+    names = ["Intercept", "alliance"]
+    if d.randomisation != "none":
+        names += ["arm", "alliance:arm"]
+    names += [f"alliance:{m}" for m in d.moderators]
+    return tuple(names)
+
+
+@pytest.mark.parametrize("key", list(DESIGNS))
+def test_batch_equals_simulate_arrays_bit_for_bit(key):
+    d = DESIGNS[key]
+    seeds = np.random.SeedSequence(11).spawn(6)
+    names = _names(d)
+    X, Y, outer, inner, mask, sims = batch_arrays(d, "adherence", names, seeds)
+    assert X.shape == (6, outer.size, len(names)) and Y.shape == mask.shape == (6, outer.size)
+    for b, ss in enumerate(seeds):
+        sa = simulate_arrays(d, ss)
+        np.testing.assert_array_equal(outer, sa.therapist)
+        np.testing.assert_array_equal(inner, sa.patient)
+        np.testing.assert_array_equal(mask[b], sa.observed)
+        np.testing.assert_array_equal(Y[b], sa.columns["adherence"])
+        np.testing.assert_array_equal(X[b], design_matrix(sa.columns, names))
+        # the returned replicates are the same SimArrays
+        got = sims[b]
+        assert got.sizes == sa.sizes and set(got.columns) == set(sa.columns)
+        for c in sa.columns:
+            np.testing.assert_array_equal(got.columns[c], sa.columns[c], err_msg=c)
+        np.testing.assert_array_equal(got.eta, sa.eta)
+        np.testing.assert_array_equal(got.session, sa.session)
+
+
+def test_replicate_does_not_depend_on_batch():
+    d = DESIGNS["patient-rand-unequal"]
+    seeds = am._utils.spawn_seeds(5, 12)
+    names = _names(d)
+    X, Y, _, _, mask, _ = batch_arrays(d, "adherence", names, seeds)
+    # the same replicates in other batches and orders
+    for part in ([seeds[7]], seeds[3:9], seeds[::-1]):
+        Xp, Yp, _, _, mp, _ = batch_arrays(d, "adherence", names, list(part))
+        for b, ss in enumerate(part):
+            i = seeds.index(ss)
+            np.testing.assert_array_equal(Xp[b], X[i])
+            np.testing.assert_array_equal(Yp[b], Y[i])
+            np.testing.assert_array_equal(mp[b], mask[i])
+    # the seeds are not consumed: a second call gives the same data
+    np.testing.assert_array_equal(batch_arrays(d, "adherence", names, seeds)[1], Y)
+
+
+def test_int_and_generator_seeds_as_simulate_arrays():
+    d = DESIGNS["default"]
+    _, Y, _, _, _, _ = batch_arrays(d, "adherence", ("Intercept",), [3, 4])
+    np.testing.assert_array_equal(Y[1], simulate_arrays(d, 4).columns["adherence"])
+    _, Yg, _, _, _, _ = batch_arrays(d, "adherence", ("Intercept",),
+                                     [np.random.default_rng(9)])
+    np.testing.assert_array_equal(
+        Yg[0], simulate_arrays(d, np.random.default_rng(9)).columns["adherence"])
+
+
+def test_outputs_are_independent_of_the_replicates():
+    d = DESIGNS["default"]
+    X, Y, outer, inner, mask, sims = batch_arrays(d, "adherence", ("Intercept", "alliance"),
+                                                  np.random.SeedSequence(2).spawn(3))
+    before = sims[0].columns["adherence"].copy()
+    Y[0] += 1.0
+    mask[0] = False
+    outer[:] = 0
+    np.testing.assert_array_equal(sims[0].columns["adherence"], before)
+    assert sims[0].observed.any() and sims[0].therapist.max() == 4
+    with pytest.raises(ValueError, match="read-only"):
+        sims[1].columns["alliance"][0] = 0.0
+
+
+def test_moments_of_batched_columns():
+    # population values: alliance standardised (mean 0, SD 1; components c_t + c_p + c_s
+    # = 1), left-skewed; gaussian outcome with variance icc_t + icc_p + residual = 1 when
+    # there are no fixed effects. The within-replicate variance (ddof 0) has expectation
+    # 1 - Var(replicate mean) = 1 - (v_t / T + v_p / P + v_s / n). Tolerance: 5 Monte
+    # Carlo SEs from the between-replicate spread.
+    T, m, S = 10, 6, 5
+    d = am.Design(therapists=T, patients_per_therapist=m, sessions=S,
+                  effects={}, icc_therapist=0.1, icc_patient=0.3)
+    P, n = T * m, T * m * S
+    B = 400
+    _, Y, _, _, _, sims = batch_arrays(d, "adherence", ("Intercept",),
+                                       am._utils.spawn_seeds(123, B))
+    al = np.stack([s.columns["alliance"] for s in sims])
+    c_t, c_p, c_s = d.alliance_components
+    checks = [
+        (al.mean(axis=1), 0.0),
+        (al.var(axis=1), 1 - (c_t / T + c_p / P + c_s / n)),
+        (Y.mean(axis=1), 0.0),
+        (Y.var(axis=1), 1 - (0.1 / T + 0.3 / P + 0.6 / n)),
+    ]
+    for values, target in checks:
+        se = values.std(ddof=1) / np.sqrt(B)
+        assert abs(values.mean() - target) < 5 * se, (values.mean(), target, se)
+    centred = al - al.mean(axis=1, keepdims=True)
+    assert np.mean(centred**3) < 0  # alliance_skew < 0: left-skewed
+
+
+def test_errors():
+    d = DESIGNS["default"]
+    seeds = np.random.SeedSequence(1).spawn(2)
+    with pytest.raises(am.ModelSpecError, match="fixed caseloads"):
+        batch_arrays(d.replace(sessions=("poisson", 4)), "adherence", ("Intercept",), seeds)
+    with pytest.raises(am.ModelSpecError, match=r"not plain products.*data-frame engine"):
+        batch_arrays(d, "adherence", ("Intercept", "C(arm)[T.1]"), seeds)
+    with pytest.raises(am.ModelSpecError, match="not plain products"):
+        batch_arrays(d, "adherence", ("Intercept", "arm"), seeds)  # not randomised
+    with pytest.raises(am.ModelSpecError, match="not plain products"):
+        batch_arrays(d, "completed", ("Intercept",), seeds)
