@@ -59,6 +59,9 @@ def test_allowed_terms_depend_on_design():
         ({"dropout": 1.2}, r"dropout proportions must be in \[0, 1\)"),
         ({"dropout": (0.1, 0.2)}, "dropout per arm"),
         ({"dropout_timing": 0}, "dropout_timing must be 'uniform'"),
+        ({"sessions": 4, "dropout": 0.3, "dropout_timing": 4},
+         r"dropout_timing=4 must be below sessions=4.*allowed: 1 to 3 or 'uniform'"),
+        ({"sessions": 1, "dropout": 0.2}, "dropout=0.2 needs at least 2 sessions"),
         ({"randomisation": "patient", "patients_per_therapist": 1}, "at least 2 patients"),
     ],
 )

@@ -373,6 +373,20 @@ class Design:
                 f"dropout_timing must be 'uniform' or a session number k >= 1 (leave after "
                 f"session k), got {tm!r}"
             )
+        if any(drops) and isinstance(self.sessions, int):
+            # with a fixed session count, a drop-out must leave before the last session
+            # (otherwise the requested dropout would silently not happen)
+            if self.sessions < 2:
+                raise DesignError(
+                    f"dropout={self.dropout!r} needs at least 2 sessions per patient (a "
+                    f"drop-out leaves after session k < sessions); got sessions={self.sessions}"
+                )
+            if tm != "uniform" and int(tm) >= self.sessions:
+                raise DesignError(
+                    f"dropout_timing={tm!r} must be below sessions={self.sessions} (drop-outs "
+                    f"leave after session k and miss the rest); allowed: 1 to "
+                    f"{self.sessions - 1} or 'uniform'"
+                )
         mean, sd, lo, hi = (float(x) for x in self.age_distribution)
         if sd <= 0 or lo >= hi:
             raise DesignError(
