@@ -80,3 +80,45 @@ def test_dask_interrupted_run_returns_partial_result(client):
     # the cluster is still usable afterwards
     again = am.power(DESIGN, "adherence ~ alliance", backend=client, **KW)
     assert again.n_completed == 24
+
+
+@pytest.mark.slow
+def test_backend_dask_without_a_client_starts_and_closes_its_own_cluster(tmp_path):
+    # a script as a user writes it: no client, backend="dask", under a __main__ guard
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "reps.csv"
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import warnings
+
+        import alliance_models as am
+        from distributed import get_client
+
+        if __name__ == "__main__":
+            d = am.Design(therapists=30, patients_per_therapist=1, sessions=1,
+                          icc_therapist=0.0, icc_patient=0.0, moderators={{}},
+                          effects={{"alliance": 0.3}})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # dashboard-port notes on a shared machine
+                res = am.power(d, "adherence ~ alliance", test="alliance", n_sims=24,
+                               seed=17, batch_size=5, method="ols", fit_kwargs={{"hc": None}},
+                               progress=False, backend="dask")
+            res.replicates.to_csv({str(out)!r}, index=False)
+            try:
+                get_client()
+                print("client still open")
+            except ValueError:
+                print("closed")
+    """))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["closed"]
+    local = am.power(DESIGN, "adherence ~ alliance", n_jobs=1, **KW).replicates
+    remote = pd.read_csv(out)
+    pd.testing.assert_series_equal(remote["estimate"], local["estimate"], check_exact=False,
+                                   rtol=1e-12)
+    assert remote["reject"].tolist() == local["reject"].tolist()
