@@ -691,3 +691,16 @@ def test_conditional_effects_on_mixed_fit_use_each_predictions_satterthwaite_df(
         assert r["lower"] == pytest.approx(est - stats.t.ppf(0.975, df) * se, rel=1e-10)
     assert np.ptp(dfs) > 1  # predictions near the intercept have therapist-level df
     np.testing.assert_allclose(ce.table["x"].iloc[[0, 2]], [d.x.min(), d.x.max()])
+
+
+def test_tiny_p_values_are_not_printed_as_zero():
+    rng = np.random.default_rng(3)
+    d = pd.DataFrame({"x": rng.normal(size=200), "w": rng.normal(size=200)})
+    d["y"] = 2 * d.x + d.x * d.w + 0.1 * rng.normal(size=200)
+    fit = am.fit_ols("y ~ x * w", d, hc=None)
+    ss = am.simple_slopes(fit, focal="x", moderator="w")
+    assert (ss.table["p"] < 1e-12).all()
+    text = ss.summary()
+    assert text.count("<1e-12") == 3
+    assert "<1e-12" in fit.summary()
+    assert core.fmt_p(0.0312) == "0.0312" and core.fmt_p(2e-13) == "<1e-12"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -28,6 +29,8 @@ __all__ = [
     "bayes_jn",
     "clip_intervals",
     "fmt_num",
+    "fmt_p",
+    "table_text",
     "prob_direction",
     "effect_weights",
     "hdi",
@@ -59,6 +62,34 @@ def fmt_num(v: float) -> str:
     if abs(v) >= 1e-3:
         return f"{v:.4f}"
     return f"{v:.3e}"
+
+
+def fmt_p(v: float) -> str:
+    """Format a p-value: like :func:`fmt_num`, but a p below ``1e-12`` reads ``<1e-12``.
+
+    Examples
+    --------
+    >>> [fmt_p(x) for x in (0.0312, 2.6e-17, 0.0, 1.0)]
+    ['0.0312', '<1e-12', '<1e-12', '1']
+    """
+    v = float(v)
+    if np.isfinite(v) and 0.0 <= v < 1e-12:
+        return "<1e-12"
+    return fmt_num(v)
+
+
+def table_text(frame: Any, *, index: bool = True) -> str:
+    """Render a result table with :func:`fmt_num`, p-value columns with :func:`fmt_p`.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> print(table_text(pd.DataFrame({"t": [9.1], "p": [3e-18]}), index=False))
+         t      p
+    9.1000 <1e-12
+    """
+    p_cols = {c: fmt_p for c in frame.columns if c in ("p", "p_hc")}
+    return str(frame.to_string(index=index, float_format=fmt_num, formatters=p_cols))
 
 
 def split_term(name: str) -> tuple[str, ...]:

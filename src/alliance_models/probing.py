@@ -40,7 +40,6 @@ __all__ = [
 
 AtSpec = Literal["meansd", "percentiles"] | Sequence[float] | float | np.ndarray
 
-_FMT = {"float_format": core.fmt_num}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -286,7 +285,7 @@ class SimpleSlopes:
             "z": f"Wald z tests, {level} CI",
             "t": f"t tests, {level} CI",
         }[self.method]
-        lines = [head, f"({kind})", self.table.to_string(index=False, **_FMT)]
+        lines = [head, f"({kind})", core.table_text(self.table, index=False)]
         if self.n_boot:
             lines.append(f"boot_lower/boot_upper: {level} percentile bootstrap CI, "
                          f"{self.n_boot} resamples")
@@ -295,7 +294,7 @@ class SimpleSlopes:
                 "",
                 f"Conditional {self.focal}:{self.moderator} interaction at values of "
                 f"{self.moderator2!r}:",
-                self.interaction.to_string(index=False, **_FMT),
+                core.table_text(self.interaction, index=False),
             ]
         if self.note:
             lines += ["", self.note]

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from .._probing_core import fmt_num
+from .._probing_core import table_text
 from ..errors import (
     ConvergenceWarning,
     DataValidationError,
@@ -228,7 +228,7 @@ class GEEFit:
             f"standard errors: {'robust (sandwich)' if self.robust else 'model-based'}; "
             f"Wald z tests, {100 * (1 - self.alpha):g}% CI",
             "",
-            self.to_frame().to_string(float_format=fmt_num),
+            table_text(self.to_frame()),
         ]
         return "\n".join(lines)
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .._probing_core import fmt_num, split_term
+from .._probing_core import split_term, table_text
 from .._utils import RNGLike, as_generator
 from ..errors import ModelSpecError
 from ..formula import parse_formula
@@ -276,12 +276,12 @@ class OLSFit:
             f"R2 = {self.r2:.4f}, adj. R2 = {self.r2_adj:.4f}, "
             f"F({mt['df1']:g}, {mt['df2']:g}) = {mt['F']:.4f}, p = {mt['p']:.4g}"
         )
-        lines += ["", self.to_frame().to_string(float_format=fmt_num)]
+        lines += ["", table_text(self.to_frame())]
         if self.r2_change is not None:
             lines += [
                 "",
                 "Test(s) of highest-order unconditional interaction(s):",
-                self.r2_change.to_string(float_format=fmt_num),
+                table_text(self.r2_change),
             ]
         if self.boot_params is not None:
             lines.append(
