@@ -14,6 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import optimize, special, stats
 
 import alliance_models as am
@@ -704,3 +706,44 @@ def test_tiny_p_values_are_not_printed_as_zero():
     assert text.count("<1e-12") == 3
     assert "<1e-12" in fit.summary()
     assert core.fmt_p(0.0312) == "0.0312" and core.fmt_p(2e-13) == "<1e-12"
+
+
+def _significant_by_region(m, region, bounds):
+    if region == "all":
+        return True
+    if region == "none":
+        return False
+    if region == "inside":
+        return bounds[0] < m < bounds[1]
+    if region == "outside":
+        return m < bounds[0] or m > bounds[1]
+    if region == "above":
+        return m > bounds[0]
+    return m < bounds[0]  # below
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    b1=st.floats(-3, 3), b3=st.floats(-3, 3),
+    s1=st.floats(0.05, 2), s3=st.floats(0.05, 2), rho=st.floats(-0.95, 0.95),
+    df=st.sampled_from([5.0, 30.0, 300.0, np.inf]),
+)
+def test_jn_property_region_matches_pointwise_tests(b1, b3, s1, s3, rho, df):
+    """Property: at every probe the t test of b1 + b3 m is significant exactly where the
+    reported region says, and each bound has p = alpha (constant df; exact quadratic)."""
+    V = np.array([[s1 * s1, rho * s1 * s3], [rho * s1 * s3, s3 * s3]])
+    sol = core.jn_solve(np.array([b1, b3]), V, np.array([1.0, 0.0]), np.array([0.0, 1.0]), df)
+    crit = stats.norm.ppf(0.975) if np.isinf(df) else stats.t.ppf(0.975, df)
+
+    def tstat(m):
+        return abs(b1 + b3 * m) / np.sqrt(V[0, 0] + 2 * m * V[0, 1] + m * m * V[1, 1])
+
+    for r in sol.bounds:
+        assert tstat(r) == pytest.approx(crit, rel=1e-7)
+    probes = np.concatenate([np.linspace(-50, 50, 101), np.array(sol.bounds) + 1e-3,
+                             np.array(sol.bounds) - 1e-3])
+    for m in probes:
+        if any(abs(m - r) < 1e-5 for r in sol.bounds) or abs(tstat(m) - crit) < 1e-6:
+            continue  # numerically on a bound
+        assert (tstat(m) > crit) == _significant_by_region(m, sol.region, sol.bounds), (
+            m, sol)
