@@ -125,6 +125,15 @@ def test_loglik_aic_bic_and_r2_match_lme4(fits, name):
     assert reml_fit.singular is (info["singular"] == "TRUE")
 
 
+@pytest.mark.parametrize("name", ["sleepstudy", "nested", "unbalanced", "penicillin"])
+def test_r2_matches_performance_r2_nakagawa(fits, name):
+    """Independent implementation: R performance::r2_nakagawa (tests/r/nakagawa_reference.R)."""
+    ref = pd.read_csv(R_DIR / "nakagawa_performance.csv").set_index("case").loc[name]
+    fit = fits[(name, True)]
+    assert fit.r2_marginal == pytest.approx(ref["r2_marginal"], rel=RTOL_R2, abs=1e-9)
+    assert fit.r2_conditional == pytest.approx(ref["r2_conditional"], rel=RTOL_R2)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_ml_fixed_effects_match_lme4(fits, name):
     ref = _read(name, "ml_fixef")
