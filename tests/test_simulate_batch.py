@@ -28,8 +28,7 @@ DESIGNS = {
     "binomial": am.Design(therapists=8, patients_per_therapist=4, sessions=6,
                           family="binomial", dropout=0.2,
                           effects={"alliance": 0.3, "alliance:autonomy": 0.2}),
-    "one-session": am.Design(therapists=8, patients_per_therapist=4, sessions=1,
-                             dropout=0.2),
+    "one-session": am.Design(therapists=8, patients_per_therapist=4, sessions=1),
     "r1": am.Design(therapists=30, patients_per_therapist=8, sessions=6,
                     moderators={"age": "patient", "autonomy": "patient"},
                     effects={"alliance": 0.25, "autonomy": 0.1, "alliance:autonomy": 0.1}),
@@ -147,3 +146,44 @@ def test_errors():
         batch_arrays(d, "adherence", ("Intercept", "arm"), seeds)  # not randomised
     with pytest.raises(am.ModelSpecError, match="not plain products"):
         batch_arrays(d, "completed", ("Intercept",), seeds)
+
+
+def test_vectorised_seed_hashing_matches_numpy_seedsequence():
+    from alliance_models.power.simulate import _child_words, _stream_seeds
+
+    roots_seeds = [
+        *np.random.SeedSequence().spawn(3),  # OS entropy (128 bits)
+        np.random.SeedSequence(0),
+        np.random.SeedSequence(2**70 + 5, spawn_key=(3, 2**33 + 1)),
+        *np.random.SeedSequence(42).spawn(2)[1].spawn(2),  # grandchildren
+    ]
+    streams = [0, 1, 2, 3, 4, 5]
+    batches = [[_stream_seeds(s)] for s in roots_seeds]  # each alone
+    batches.append([_stream_seeds(s) for s in roots_seeds[:3]])  # siblings together
+    checked = 0
+    for roots in batches:
+        words = _child_words(roots, streams)
+        assert words is not None and words.shape == (6 * len(roots), 4)
+        for b, (entropy, key, pool) in enumerate(roots):
+            for j, st in enumerate(streams):
+                ref = np.random.SeedSequence(entropy, spawn_key=(*key, st), pool_size=pool)
+                np.testing.assert_array_equal(words[6 * b + j], ref.generate_state(4, np.uint64))
+                checked += 1
+    assert checked == 6 * (len(roots_seeds) + 3)
+    # what it does not handle goes to numpy's SeedSequence
+    assert _child_words([_stream_seeds(np.random.SeedSequence([1, 2, 3]))], [0]) is None
+    mixed = [_stream_seeds(np.random.SeedSequence(1, spawn_key=(k,))) for k in (1, 2**40)]
+    assert _child_words(mixed, [0]) is None
+
+
+@pytest.mark.parametrize("seeds", [
+    np.random.SeedSequence([1, 2, 3]).spawn(3),  # sequence entropy: numpy's path
+    [np.random.SeedSequence(1, spawn_key=(k,)) for k in (1, 2**40)],  # unequal key words
+])
+def test_fallback_seed_paths_equal_simulate_arrays(seeds):
+    d = DESIGNS["therapist-rand"]
+    _, Y, _, _, mask, _ = batch_arrays(d, "adherence", ("Intercept",), seeds)
+    for b, ss in enumerate(seeds):
+        sa = simulate_arrays(d, ss)
+        np.testing.assert_array_equal(Y[b], sa.columns["adherence"])
+        np.testing.assert_array_equal(mask[b], sa.observed)

@@ -411,6 +411,118 @@ def _stream_rng(root: tuple[int | Sequence[int], tuple[int, ...], int],
     return np.random.Generator(np.random.PCG64(child))
 
 
+# numpy's SeedSequence (O'Neill's seed_seq_fe) constants; the hash constants evolve the
+# same way for every sequence, so many sequences can be hashed at once with uint32 arrays
+_SS_INIT_A, _SS_MULT_A = 0x43B0D7E5, 0x931E8875
+_SS_INIT_B, _SS_MULT_B = 0x8B51F9DD, 0x58F38DED
+_SS_MIX_L, _SS_MIX_R = np.uint32(0xCA01F9DD), np.uint32(0x4973F715)
+_M32 = 0xFFFFFFFF
+
+
+class _StateWords(np.random.bit_generator.ISeedSequence):
+    """Seeding words computed ahead (by :func:`_child_words`) handed to ``PCG64``."""
+
+    __slots__ = ("words",)
+
+    def __init__(self, words: np.ndarray) -> None:
+        self.words = words
+
+    def generate_state(self, n_words: int, dtype: type = np.uint32) -> np.ndarray:
+        """Return the precomputed state (only PCG64's request, 4 uint64 words)."""
+        if n_words != 4 or np.dtype(dtype) != np.uint64:  # pragma: no cover - PCG64 only
+            raise ValueError("precomputed seeding words are 4 uint64 words (PCG64)")
+        return self.words
+
+
+def _int_words(x: int) -> list[int]:
+    """Little-endian uint32 words of a non-negative int, as numpy's SeedSequence takes it."""
+    if x == 0:
+        return [0]
+    out = []
+    while x > 0:
+        out.append(x & _M32)
+        x >>= 32
+    return out
+
+
+def _child_words(roots: Sequence[tuple[object, tuple[int, ...], int]],
+                 streams: Sequence[int]) -> np.ndarray | None:
+    """PCG64 seeding words of the children ``streams`` of every root, all at once.
+
+    Row ``len(streams) * b + j`` equals ``SeedSequence(entropy_b, spawn_key=key_b +
+    (streams[j],), pool_size=4).generate_state(4, np.uint64)``: the SeedSequence
+    algorithm run on ``(rows, words)`` uint32 arrays. Returns None (use numpy's
+    SeedSequence) for anything but int entropy, pool size 4 and equal entropy lengths,
+    or if the first row does not match numpy's own (a guard against a changed numpy).
+    """
+    rows: list[list[int]] = []
+    for entropy, key, pool in roots:
+        if pool != 4 or not isinstance(entropy, int) or entropy < 0:
+            return None
+        run = _int_words(entropy)
+        run += [0] * (4 - len(run))  # a spawn key is always there: pad to the pool size
+        base = run + [w for k in key for w in _int_words(int(k))]
+        rows.extend(base + _int_words(s) for s in streams)
+    if not rows or len({len(r) for r in rows}) != 1:
+        return None
+    ent = np.array(rows, dtype=np.uint32)
+    hc = _SS_INIT_A
+
+    def hashmix(v: np.ndarray) -> np.ndarray:
+        nonlocal hc
+        v = v ^ np.uint32(hc)
+        hc = (hc * _SS_MULT_A) & _M32
+        v = v * np.uint32(hc)
+        return v ^ (v >> np.uint32(16))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        r = _SS_MIX_L * x - _SS_MIX_R * y
+        return r ^ (r >> np.uint32(16))
+
+    m, n_words = ent.shape
+    pool_ = [hashmix(ent[:, i]) for i in range(4)]  # n_words >= 5: entropy + key words
+    for i_src in range(4):
+        for i_dst in range(4):
+            if i_src != i_dst:
+                pool_[i_dst] = mix(pool_[i_dst], hashmix(pool_[i_src]))
+    for i_src in range(4, n_words):
+        for i_dst in range(4):
+            pool_[i_dst] = mix(pool_[i_dst], hashmix(ent[:, i_src]))
+    out = np.empty((m, 8), np.uint32)
+    hc = _SS_INIT_B
+    for i in range(8):
+        v = pool_[i % 4] ^ np.uint32(hc)
+        hc = (hc * _SS_MULT_B) & _M32
+        v = v * np.uint32(hc)
+        out[:, i] = v ^ (v >> np.uint32(16))
+    words = out.view(np.uint64)  # little-endian pairs, as SeedSequence.generate_state
+    entropy, key, pool = roots[0]
+    check = np.random.SeedSequence(entropy, spawn_key=(*key, streams[0]), pool_size=pool)
+    if not np.array_equal(check.generate_state(4, np.uint64), words[0]):
+        return None  # pragma: no cover - numpy changed its SeedSequence
+    return words
+
+
+def _stream_generators(roots: Sequence[tuple[object, tuple[int, ...], int]],
+                       streams: Sequence[str]) -> list[dict[str, np.random.Generator]]:
+    """Build the Generators of the named component streams of every replicate.
+
+    The same streams as :func:`simulate_arrays` (children of a fresh copy of each root);
+    the SeedSequence hashing is done for all of them at once when possible.
+    """
+    idx = [_STREAMS.index(s) for s in streams]
+    words = _child_words(roots, idx)
+    out = []
+    for b, root in enumerate(roots):
+        if words is None:
+            out.append({s: _stream_rng(root, s) for s in streams})
+        else:
+            w = words[b * len(idx):(b + 1) * len(idx)]
+            out.append({s: np.random.Generator(np.random.PCG64(_StateWords(w[j])))
+                        for j, s in enumerate(streams)})
+    return out
+
+
 def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, np.ndarray]:
     """Simulate replicates of a fixed-layout design at once, equal to :func:`simulate_arrays`.
 
@@ -462,27 +574,29 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, np.nda
     if ther_arm is not None:
         t0, t1 = design.arm_therapists
         arms0 = np.r_[np.zeros(t0, np.int64), np.ones(t1, np.int64)]
-    for b, root in enumerate(roots):
+    streams = [*(("arm",) if ther_arm is not None or arm_key is not None else ()),
+               "alliance", *(("moderators",) if age or n_aut else ()), "outcome", "dropout"]
+    for b, rng in enumerate(_stream_generators(roots, streams)):
         if ther_arm is not None or arm_key is not None:
-            r = _stream_rng(root, "arm")
+            r = rng["arm"]
             if ther_arm is not None:
                 ther_arm[b] = r.permutation(arms0)
             else:
                 assert arm_key is not None and arm_off is not None
                 r.random(out=arm_key[b])
                 arm_off[b] = r.integers(0, 2, size=T)
-        _stream_rng(root, "alliance").standard_normal(out=g_all[b])
+        rng["alliance"].standard_normal(out=g_all[b])
         if age or n_aut:
-            r = _stream_rng(root, "moderators")
+            r = rng["moderators"]
             if g_age is not None:
                 g_age[b] = r.uniform(u_lo, u_hi, size=P)
             if g_aut is not None:
                 r.standard_normal(out=g_aut[b])
-        r = _stream_rng(root, "outcome")
+        r = rng["outcome"]
         r.standard_normal(out=g_out[b])
         if not gaussian:
             out_rngs.append(r)
-        _stream_rng(root, "dropout").random(out=g_drop[b])
+        rng["dropout"].random(out=g_drop[b])
 
     cols: dict[str, np.ndarray] = {}
     # --- arms ------------------------------------------------------------------------
