@@ -554,6 +554,10 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, np.nda
     n_aut = 0 if aut is None else (T if aut == "therapist" else P)
     gaussian = design.family == "gaussian"
     uniform_timing = design.dropout_timing == "uniform"
+    d = design.dropout
+    # without dropout the dropout stream's draws change nothing (no other component reads
+    # them): they are not drawn, and every row is observed
+    no_dropout = S == 1 or (max(d) if isinstance(d, tuple) else float(d)) == 0.0
 
     # --- the draws: one pass over replicates, each from its own streams ---------------
     k_all = T + (2 * P + 2 * n if skewed else P + n)
@@ -575,7 +579,8 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, np.nda
         t0, t1 = design.arm_therapists
         arms0 = np.r_[np.zeros(t0, np.int64), np.ones(t1, np.int64)]
     streams = [*(("arm",) if ther_arm is not None or arm_key is not None else ()),
-               "alliance", *(("moderators",) if age or n_aut else ()), "outcome", "dropout"]
+               "alliance", *(("moderators",) if age or n_aut else ()), "outcome",
+               *(() if no_dropout else ("dropout",))]
     for b, rng in enumerate(_stream_generators(roots, streams)):
         if ther_arm is not None or arm_key is not None:
             r = rng["arm"]
@@ -596,7 +601,8 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, np.nda
         r.standard_normal(out=g_out[b])
         if not gaussian:
             out_rngs.append(r)
-        rng["dropout"].random(out=g_drop[b])
+        if not no_dropout:
+            rng["dropout"].random(out=g_drop[b])
 
     cols: dict[str, np.ndarray] = {}
     # --- arms ------------------------------------------------------------------------
@@ -685,25 +691,30 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, np.nda
         cols["adherence"] = num / k
 
     # --- dropout, then the observed patient means ----------------------------------------
-    d = design.dropout
-    if isinstance(d, tuple):
-        assert pat_arm is not None
-        p_drop = np.where(pat_arm == 1, d[1], d[0])
+    if no_dropout:
+        observed = np.ones((B, n), dtype=bool)
+        aw = alliance.reshape(B, P, S)  # x * 1.0 == x
+        count: np.ndarray | float = float(S)
     else:
-        p_drop = np.full((B, P), float(d))
-    drops = g_drop[:, :P] < p_drop
-    if uniform_timing:
-        last = np.floor(g_drop[:, P:] * max(S - 1, 1)).astype(np.int64) + 1
-    else:
-        last = np.full((B, P), int(design.dropout_timing))
-    last = np.where(drops & (S > 1), np.minimum(last, S), S)
-    obs3 = np.arange(1, S + 1) <= last[:, :, None]  # (B, P, S)
-    observed = obs3.reshape(B, n)
-    aw = alliance.reshape(B, P, S) * obs3
+        if isinstance(d, tuple):
+            assert pat_arm is not None
+            p_drop = np.where(pat_arm == 1, d[1], d[0])
+        else:
+            p_drop = np.full((B, P), float(d))
+        drops = g_drop[:, :P] < p_drop
+        if uniform_timing:
+            last = np.floor(g_drop[:, P:] * max(S - 1, 1)).astype(np.int64) + 1
+        else:
+            last = np.full((B, P), int(design.dropout_timing))
+        last = np.where(drops & (S > 1), np.minimum(last, S), S)
+        obs3 = np.arange(1, S + 1) <= last[:, :, None]  # (B, P, S)
+        observed = obs3.reshape(B, n)
+        aw = alliance.reshape(B, P, S) * obs3
+        count = obs3.sum(axis=-1)
     total = np.zeros((B, P))
     for s in range(S):  # the order of np.bincount's sum, for identical means
         total += aw[:, :, s]
-    total /= obs3.sum(axis=-1)
+    total /= count
     cols["alliance_pm"] = np.repeat(total, S, axis=1)
     cols["alliance_pmc"] = alliance - cols["alliance_pm"]
     return {"therapist": therapist, "patient": patient, "session": session,
