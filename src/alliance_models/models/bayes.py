@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -550,6 +551,27 @@ class BayesFit:
         """Degrees of freedom for a contrast: ``inf`` (posterior summaries use draws)."""
         return float(np.inf)
 
+    @property
+    def inverse_link(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Inverse link: logistic (binomial families) or ``None`` (identity, gaussian).
+
+        ``am.conditional_effects(bfit, ..., scale="response")`` uses it to report
+        probabilities for the binomial families.
+        """
+        if self.family == "gaussian":
+            return None
+        from scipy.special import expit
+
+        return expit
+
+    @property
+    def observed_response(self) -> np.ndarray:
+        """Observed outcome on the response scale (successes / trials for binomial data)."""
+        y = np.asarray(self.frame.y, dtype=float)
+        if self.trials is None:
+            return y
+        return y / pd.to_numeric(self.frame.data[self.trials]).to_numpy(dtype=float)
+
     # -- summaries -----------------------------------------------------------------------
     @property
     def n_draws(self) -> int:
@@ -820,24 +842,31 @@ def fit_bayes(
     kwargs: dict[str, Any] = {"cores": 1} if used == "pymc" else {}
     # a diverging trajectory can overflow inside NUTS; PyMC counts it as a divergence,
     # which the diagnostics below report, so numpy's own overflow warnings add nothing
-    with model, np.errstate(over="ignore", invalid="ignore"):
+    with model, np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+        # PyTensor's numba backend has no compiled beta-binomial RNG and says it falls
+        # back to object mode (slower, same draws); nothing for the user to act on.
+        warnings.filterwarnings("ignore", message=".*Numba will use object mode",
+                                category=UserWarning)
+        # PyMC compiles its initial-point function in FAST_COMPILE mode; for
+        # LKJCholeskyCov (a scan) that uses PyTensor's C backend, which looks for a BLAS
+        # to link to once per process and, with pip's numpy, warns that it found none.
+        # Only that tiny start-value graph is affected (logp, gradients and predictive
+        # draws run on the default numba backend, which does its own BLAS calls), so
+        # the notice says nothing about this fit.
+        warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS",
+                                category=UserWarning)
         idata = pm.sample(
             int(draws), tune=int(tune), chains=int(chains), random_seed=s_sample,
             nuts_sampler=used, progressbar=progressbar, quiet=not progressbar,
             target_accept=float(target_accept), compute_convergence_checks=False, **kwargs,
         )
         pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
-        with warnings.catch_warnings():
-            # PyTensor's numba backend has no compiled beta-binomial RNG and says it falls
-            # back to object mode (slower, same draws); nothing for the user to act on.
-            warnings.filterwarnings("ignore", message=".*Numba will use object mode",
-                                    category=UserWarning)
-            pm.sample_posterior_predictive(idata, extend_inferencedata=True,
-                                           random_seed=s_ppc, progressbar=False)
-            if prior_predictive:
-                prior = pm.sample_prior_predictive(draws=int(draws), random_seed=s_prior)
-                idata["prior"] = prior["prior"]
-                idata["prior_predictive"] = prior["prior_predictive"]
+        pm.sample_posterior_predictive(idata, extend_inferencedata=True,
+                                       random_seed=s_ppc, progressbar=False)
+        if prior_predictive:
+            prior = pm.sample_prior_predictive(draws=int(draws), random_seed=s_prior)
+            idata["prior"] = prior["prior"]
+            idata["prior_predictive"] = prior["prior_predictive"]
     wall = time.perf_counter() - t0
 
     n_div = int(idata.sample_stats["diverging"].sum()) if "diverging" in (
