@@ -41,6 +41,8 @@ def simulate_moderation(
     Gaussian: ``adherence`` follows :data:`TRUE_GAUSSIAN` plus therapist and patient
     intercepts and N(0, sigma) noise. Binomial families: ``attended`` of ``scheduled``
     follows :data:`TRUE_LOGIT` (beta-binomial with concentration ``kappa``).
+    ``df.attrs["u_therapist"]`` and ``df.attrs["u_patient"]`` hold the simulated random
+    intercepts (dicts label -> value).
     """
     rng = np.random.default_rng(seed)
     n_p = therapists * patients
@@ -59,6 +61,10 @@ def simulate_moderation(
         "age": age[rows],
         "autonomy": autonomy[rows],
     })
+    # the simulated random intercepts, for calibration checks (labels as above)
+    # (plain dicts: pandas compares attrs when frames are combined)
+    df.attrs["u_therapist"] = {f"T{t:02d}": float(u_t[t * patients]) for t in range(therapists)}
+    df.attrs["u_patient"] = {f"P{p:03d}": float(u_p[p]) for p in range(n_p)}
     re = u_t[rows] + u_p[rows]
     if family == "gaussian":
         b = TRUE_GAUSSIAN
