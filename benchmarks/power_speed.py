@@ -12,6 +12,9 @@ testing ``alliance:autonomy``. Everything is measured in this one run on this ma
   variance component, REML; Wald z only, it has no small-sample df);
 * MCPower (``pip install mcpower``), if importable: ``find_power`` on the same design
   (its own simulator; Satterthwaite df for nested groupings per its documentation).
+* ``am.power(design, formula, test="alliance:autonomy", method="auto", n_jobs=1)``: the
+  package's public entry point end to end (validation, seeding, the vectorised
+  ``batch_arrays`` simulator, batched REML, records and summary) in one process.
 
 Timings are repeated and the median is printed; the ratios use the medians.
 Run: ``.venv/bin/python benchmarks/power_speed.py [--quick]``.
@@ -93,7 +96,6 @@ def bench_fast(B: int, repeats: int) -> tuple[float, float]:
 def bench_package_simulator(B: int, repeats: int) -> float | None:
     try:
         from alliance_models._utils import spawn_seeds
-        from alliance_models.power.design import Design
         from alliance_models.power.fast import fit_batch
         from alliance_models.power.simulate import batch_arrays
     except ImportError as err:
@@ -101,9 +103,7 @@ def bench_package_simulator(B: int, repeats: int) -> float | None:
         return None
     counter = iter(range(10**6))
     try:
-        design = Design(therapists=T, patients_per_therapist=P, sessions=S,
-                        moderators={"age": "patient", "autonomy": "patient"},
-                        effects={"alliance": 0.25, "autonomy": 0.1, "alliance:autonomy": 0.1})
+        design = _r1_design()
     except Exception as err:  # noqa: BLE001 - report any failure of the other module
         print(f"  package simulator: Design failed ({type(err).__name__}: {err})")
         return None
@@ -119,6 +119,44 @@ def bench_package_simulator(B: int, repeats: int) -> float | None:
         print(f"  package simulator: failed ({type(err).__name__}: {err})")
         return None
     return B / statistics.median(timed(run, repeats))
+
+
+R1_FORMULA = "adherence ~ alliance * (age + autonomy) + (1 | therapist/patient)"
+
+
+def _r1_design():  # noqa: ANN202 - the package's Design
+    from alliance_models.power.design import Design
+
+    return Design(therapists=T, patients_per_therapist=P, sessions=S,
+                  moderators={"age": "patient", "autonomy": "patient"},
+                  effects={"alliance": 0.25, "autonomy": 0.1, "alliance:autonomy": 0.1})
+
+
+def bench_am_power(B: int, repeats: int) -> tuple[float, float, str] | None:
+    """Replicates/s of ``am.power(..., method="auto", n_jobs=1)``, its power and engine."""
+    try:
+        import alliance_models as am
+
+        design = _r1_design()
+    except Exception as err:  # noqa: BLE001 - report any failure of the package
+        print(f"  am.power: not available ({type(err).__name__}: {err})")
+        return None
+    seeds = iter(range(10**6))
+    last: list = []
+
+    def run() -> None:
+        res = am.power(design, R1_FORMULA, test="alliance:autonomy", n_sims=B,
+                       method="auto", n_jobs=1, seed=next(seeds), progress=False)
+        last[:] = [res]
+
+    try:
+        run()  # warm-up (imports, first compilation of code paths)
+    except Exception as err:  # noqa: BLE001 - report the failure, do not crash
+        print(f"  am.power: failed ({type(err).__name__}: {err})")
+        return None
+    rate = B / statistics.median(timed(run, repeats))
+    res = last[0]
+    return rate, float(res.power), str(res.method)
 
 
 def bench_statsmodels(B: int, repeats: int) -> float:
@@ -208,6 +246,10 @@ def main() -> None:
     pkg = bench_package_simulator(500 if quick else 1000, reps)
     if pkg is not None:
         print(f"  fast engine with am's batch_arrays simulator:        {pkg:9.1f} rep/s")
+    amp = bench_am_power(500 if quick else 1000, reps)
+    if amp is not None:
+        print(f"  am.power(method='auto', n_jobs=1) ({500 if quick else 1000} replicates): "
+              f"{amp[0]:9.1f} rep/s   (engine {amp[2]!r}, power {amp[1]:.3f})")
     sm = bench_statsmodels(B_sm, max(1, reps // 2) if not quick else 1)
     print(f"  statsmodels MixedLM loop ({B_sm} replicates, no df):      {sm:9.2f} rep/s")
     mc = bench_mcpower(B_mc, reps)
@@ -219,6 +261,11 @@ def main() -> None:
         print(f"  fast (end to end) / MCPower:          {fast_e2e / mc:8.2f}x   (goal >= 1x)")
     else:
         print("  fast / MCPower: MCPower unavailable")
+    if amp is not None and mc is not None:
+        print(f"  am.power (end to end) / MCPower:     {amp[0] / mc:8.2f}x   (goal >= 1x)")
+    if amp is not None:
+        print(f"  am.power / fast engine with the benchmark's simulator: "
+              f"{amp[0] / fast_e2e:5.2f}x")
 
 
 if __name__ == "__main__":
