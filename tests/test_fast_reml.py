@@ -429,6 +429,12 @@ def _check_against_fit_mixed(fit, b, mf):
     assert_beta_close(fit.beta[b], params, se)
     np.testing.assert_allclose(fit.se[b], se, rtol=SE_RTOL)
     np.testing.assert_allclose(fit.df[b], mf.contrast_df(np.eye(4)[3]), rtol=DF_RTOL)
+    # variance components (fit_mixed's varcomp table: therapist, [patient,] Residual) and
+    # the REML log-likelihood; a component at the boundary is zero to 1e-6 x sigma^2
+    vc = mf.varcomp["vcov"].to_numpy(float)
+    np.testing.assert_allclose(fit.sigma2[b], vc[-1], rtol=1e-4)
+    np.testing.assert_allclose(fit.tau2[b], vc[:-1], rtol=1e-4, atol=1e-6 * vc[-1])
+    np.testing.assert_allclose(fit.loglik[b], mf.loglik, atol=1e-6)
 
 
 needs_fit_mixed = pytest.mark.skipif(
@@ -551,6 +557,58 @@ def test_peak_memory_does_not_grow_with_replicates():
     assert big < 4 * budget
 
 
+def _python_calls(fn):
+    """Number of Python and C function calls made while ``fn()`` runs (sys.setprofile)."""
+    import sys
+
+    n = [0]
+
+    def prof(frame, event, arg):
+        if event in ("call", "c_call"):
+            n[0] += 1
+
+    sys.setprofile(prof)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return n[0]
+
+
+@pytest.mark.parametrize("two", [True, False])
+def test_hot_path_has_no_python_loop_over_replicates_or_clusters(two):
+    # Vectorisation shows in the call count: a Python loop over replicates or clusters
+    # would add at least one function call per replicate (cluster) per pass.
+    rng = np.random.default_rng(31)
+    X, outer, inner = make_design(rng, 6, [3] * 6, [4] * 18, two)
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.3, 0.0, 0.2]), 0.5,
+                   0.6 if two else 0.0, 3)
+    mask = rng.random(Y.shape) > 0.2
+    mask[:, :2] = True
+    big = np.tile(Y, (100, 1)), np.tile(mask, (100, 1))  # 300 replicates, same trajectories
+
+    def fit(Yb, mb):
+        return lambda: fit_batch(X, Yb, outer, inner, mask=mb, contrast=1, memory=2**30)
+
+    n3, n300 = _python_calls(fit(Y, mask)), _python_calls(fit(*big))
+    assert n300 - n3 < 100  # 297 more replicates
+    # the same work per call for 6 and 60 outer clusters (18 and 180 inner ones)
+    counts = []
+    for n_outer in (6, 60):
+        Xc, oc, ic = make_design(rng, n_outer, [3] * n_outer, [4] * (3 * n_outer), two)
+        Yc = simulate_y(rng, Xc, oc, ic, np.array([1.0, 0.3, 0.0, 0.2]), 0.5, 0.6, 5)
+        lay = core.make_layout(oc, ic)
+        stc = core.sufficient_stats(Xc, Yc, lay)
+        s = np.full((5, 2 if two else 1), 0.5)
+        counts.append([
+            _python_calls(lambda oc=oc, ic=ic: core.make_layout(oc, ic)),
+            _python_calls(lambda Xc=Xc, Yc=Yc, lay=lay: core.sufficient_stats(Xc, Yc, lay)),
+            _python_calls(lambda stc=stc, s=s: core.criterion(stc, s)),
+            _python_calls(lambda stc=stc, s=s: core.gradient(stc, s)),
+        ])
+    assert counts[0] == counts[1]
+
+
 def test_qualifies_and_frame_codes():
     q = [
         ("y ~ x + (1 | t)", True),
@@ -667,3 +725,57 @@ def test_core_gradient_matches_finite_differences(reml, two):
     s0 = s.copy()
     s0[:, 0] = 0.0
     assert np.all(core.gradient(stats_, s0, reml=reml)[:, 0] == 0.0)
+
+
+# ----------------------------------------------------------------------------------
+# am.power(method="auto") runs the batched engine and says so
+# ----------------------------------------------------------------------------------
+@needs_fit_mixed
+@pytest.mark.parametrize(
+    ("changes", "formula", "test"),
+    [
+        # nested factors, unbalanced by dropout (the stacked-arrays route with a mask)
+        ({"dropout": 0.4}, "adherence ~ alliance * autonomy + (1 | therapist/patient)",
+         "alliance:autonomy"),
+        # one factor; no therapist variance, so some replicates sit on the boundary
+        ({"icc_therapist": 0.0, "icc_patient": 0.0},
+         "adherence ~ alliance * autonomy + (1 | therapist)", "alliance"),
+    ],
+)
+def test_power_auto_uses_fast_engine_and_equals_fit_mixed(changes, formula, test):
+    import alliance_models as am
+
+    d = am.Design(therapists=10, patients_per_therapist=4, sessions=4, icc_therapist=0.15,
+                  effects={"alliance": 0.3, "alliance:autonomy": 0.1}).replace(**changes)
+    kw = {"test": test, "n_sims": 6, "seed": 31, "n_jobs": 1, "progress": False}
+    auto = am.power(d, formula, method="auto", **kw)
+    assert auto.method == "fast"
+    assert auto.to_frame().loc[0, "method"] == "fast" and "engine: fast" in auto.summary()
+    mixed = am.power(d, formula, method="mixed", **kw)
+    assert mixed.method == "mixed"
+    f, m = auto.replicates, mixed.replicates
+    assert not f["failed"].any() and f["converged"].all()
+    # the issue's tolerances, replicate by replicate
+    assert_beta_close(f["estimate"].to_numpy(), m["estimate"].to_numpy(), m["se"].to_numpy())
+    np.testing.assert_allclose(f["se"], m["se"], rtol=SE_RTOL)
+    np.testing.assert_allclose(f["df"], m["df"], rtol=DF_RTOL)
+    np.testing.assert_array_equal(f["singular"], m["singular"])
+    np.testing.assert_array_equal(f["reject"], m["reject"])
+    if "therapist)" in formula:
+        assert f["singular"].any()  # the boundary is exercised
+
+
+def test_power_auto_falls_back_when_the_model_does_not_qualify():
+    import alliance_models as am
+
+    d = am.Design(therapists=6, patients_per_therapist=2, sessions=4, icc_therapist=0.2,
+                  moderators={}, effects={"alliance": 0.3})
+    res = am.power(d, "adherence ~ alliance + (1 + alliance | therapist)", test="alliance",
+                   method="auto", n_sims=2, seed=1, n_jobs=1, progress=False)
+    assert res.method == "mixed"
+    binom = d.replace(family="binomial")
+    from alliance_models.power.engine import _resolve_method
+
+    spec = parse_formula("adherence ~ alliance + (1 | therapist)")
+    assert _resolve_method("auto", spec, d) == "fast"
+    assert _resolve_method("auto", spec, binom) != "fast"
