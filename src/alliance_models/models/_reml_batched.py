@@ -36,11 +36,14 @@ replicate (``T`` distinct cluster sizes, ``J`` outer clusters); its Cholesky fac
 constant) is ``nu log R + log|H| [+ log|X'H^{-1}X|]`` with ``nu = n - p`` (REML) or
 ``n`` (ML).
 
-Optimisation: a start from a small grid of ``s`` values, then damped Newton steps on
-the profiled criterion (central finite differences of the exact criterion for the
-gradient and Hessian, Hessian eigenvalues made positive, Armijo backtracking), all
-replicates at once; components that end within ``1e-5`` of zero are set to exactly zero
-when that does not increase the criterion.
+Optimisation: a start from a small grid of ``s`` values, then quasi-Newton steps on the
+profiled criterion, all replicates at once: the gradient is analytic (contracted from
+the sufficient statistics), the Hessian starts as a forward difference of that gradient
+(eigenvalues made positive) and is then updated by BFGS (refreshed by a new difference
+when the curvature condition fails), steps are capped and backtracked (Armijo).
+Components that end within ``1e-5`` of zero are set to exactly zero when that does not
+increase the criterion, and the boundary faces (one or all variances zero) are searched
+for a better local optimum (see ``_faces``).
 
 Satterthwaite df (lmerTest's method and parametrisation): the variance parameters are
 ``phi = (s, sigma)``; the Hessian of the unprofiled deviance
@@ -855,7 +858,9 @@ def batched_fit(
     dict
         ``beta`` (B, p), ``se`` (B, p), ``var_l`` (B, r) ``Var(L beta)``, ``df`` (B, r),
         ``sigma2`` (B,), ``tau2`` (B, k), ``theta`` (B, k) relative SDs, ``loglik`` (B,),
-        ``converged`` (B,), ``singular`` (B,).
+        ``converged`` (B,), ``singular`` (B,), and ``hess_phi`` (B, k + 1, k + 1), the
+        Hessian of the deviance in ``phi = (s, sigma)`` used for the df (rows and columns
+        of components held at zero replaced by the identity).
 
     Examples
     --------
