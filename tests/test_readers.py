@@ -223,3 +223,16 @@ def test_redcap_auto_detection(tmp_path):
 def test_public_names():
     assert am.read_data is read_data
     assert am.read_redcap.__module__ == "alliance_models.data.redcap"
+
+
+def test_compressed_spss_zsav(tmp_path, table):
+    path = tmp_path / "d.zsav"
+    pyreadstat.write_sav(
+        table, str(path), compress=True, variable_value_labels={"wai_1": {1: "Seldom"}}
+    )
+    assert path.read_bytes()[:4] == b"$FL3"  # the zsav (zlib-compressed) signature
+    got = read_data(path)
+    assert got["patient"].tolist() == ["p1", "p2", "p3"]
+    np.testing.assert_allclose(got["age"], table["age"])
+    assert got["wai_1"].astype(object).tolist() == ["Seldom", 5.0, 3.0]
+    assert got.attrs["value_labels"]["wai_1"] == {1: "Seldom"}
