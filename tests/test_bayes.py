@@ -544,6 +544,31 @@ def test_non_integer_counts(bdata):
                      trials="scheduled")
 
 
+def test_bad_data_values_are_named(gdata, bdata):
+    """Non-finite values name the column, rows and value; a constant gaussian outcome and
+    non-numeric trials are named with the value as given (checked before any sampling)."""
+    bad = gdata.copy()
+    bad.loc[[3, 8], "autonomy"] = np.inf
+    with pytest.raises(DataValidationError, match=r"'autonomy' has non-finite values "
+                       r"\(rows 3, 8: \[inf\]\); only finite numbers"):
+        am.fit_bayes(FORMULA, bad)
+    bad = gdata.copy()
+    bad.loc[5, "adherence"] = -np.inf
+    with pytest.raises(DataValidationError, match=r"'adherence' has non-finite values "
+                       r"\(row 5: \[-inf\]\)"):
+        am.fit_bayes(FORMULA, bad)
+    with pytest.raises(ModelSpecError, match=r"response 'adherence' is constant \(2 in all "
+                       r"600 rows\); a gaussian model cannot be fitted"):
+        am.fit_bayes(FORMULA, gdata.assign(adherence=2.0))
+    bad = bdata.copy()
+    bad["scheduled"] = bad["scheduled"].astype(object)
+    bad.loc[6, "scheduled"] = "ten"
+    with pytest.raises(DataValidationError, match=r"'scheduled' \(trials\) must hold "
+                       r"whole-number counts; row 6: 'ten'"):
+        am.fit_bayes("attended ~ alliance + (1 | therapist)", bad, family="binomial",
+                     trials="scheduled")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -552,6 +577,8 @@ def test_non_integer_counts(bdata):
         ({"draws": 0}, "draws must be an integer >= 1, got 0"),
         ({"chains": 1.5}, "chains must be an integer >= 1"),
         ({"target_accept": 1.0}, r"target_accept must be in \[0.5, 1\)"),
+        ({"rhat_max": 0.99}, r"rhat_max must be >= 1 \(r_hat is 1 at convergence\), got 0.99"),
+        ({"ess_min": -5}, "ess_min must be >= 0, got -5"),
         ({"trials": "scheduled"}, "trials= is only used by the binomial families"),
         ({"priors": {"sigma": ("Normal", {"mu": 0, "sigma": 1})}}, "'sigma' is positive"),
         ({"priors": {"age": ("Gumbel", {"mu": 0, "beta": 1})}},

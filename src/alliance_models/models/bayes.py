@@ -295,14 +295,41 @@ def _prior_table(params: list[_Param]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------
 
 
-def _check_counts(values: np.ndarray, index: pd.Index, column: str, what: str) -> np.ndarray:
-    bad_int = ~np.isclose(values, np.round(values)) | ~np.isfinite(values)
+def _check_finite(frame: ModelFrame, family: str) -> None:
+    """Non-finite model values (column, rows, value) and a constant gaussian outcome."""
+    cols = {frame.spec.response: frame.y[:, None]} | {
+        name: frame.X[:, [j]] for j, name in enumerate(frame.x_names)
+    }
+    cols |= {f"random-effect column of {k}": z for k, z in frame.Z.items()}
+    for name, arr in cols.items():
+        bad = ~np.isfinite(np.asarray(arr, dtype=float)).all(axis=1)
+        if bad.any():
+            rows = list(frame.data.index[bad])
+            raise DataValidationError(
+                f"{name!r} has non-finite values ({format_rows(rows)}: "
+                f"{np.asarray(arr[bad][0], dtype=float).tolist()}); only finite numbers "
+                "can be fitted: recode or remove them"
+            )
+    if family == "gaussian" and np.ptp(frame.y) == 0:
+        raise ModelSpecError(
+            f"response {frame.spec.response!r} is constant ({frame.y[0]:g} in all "
+            f"{frame.n_obs} rows); a gaussian model cannot be fitted"
+        )
+
+
+def _check_counts(values: np.ndarray, index: pd.Index, column: str, what: str,
+                  raw: np.ndarray | None = None) -> np.ndarray:
+    """Whole, non-negative counts; ``raw`` (the column as given) is shown in messages."""
+    shown = np.asarray(values if raw is None else raw, dtype=object)
+    bad_int = ~np.isfinite(values)
+    bad_int[~bad_int] = ~np.isclose(values[~bad_int], np.round(values[~bad_int]))
     if bad_int.any():
         rows = list(index[bad_int])
+        first = shown[bad_int][0]
+        first_s = f"{first:g}" if isinstance(first, float | np.floating) else repr(first)
         raise DataValidationError(
             f"column {column!r} ({what}) must hold whole-number counts; "
-            f"{format_rows(rows)}: {float(values[bad_int][0]):g}"
-            + (" (the first)" if len(rows) > 1 else "")
+            f"{format_rows(rows)}: {first_s}" + (" (the first)" if len(rows) > 1 else "")
         )
     neg = values < 0
     if neg.any():
@@ -799,6 +826,11 @@ def fit_bayes(
     for name, v, lo in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
             raise ModelSpecError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if not float(rhat_max) >= 1.0:
+        raise ModelSpecError(f"rhat_max must be >= 1 (r_hat is 1 at convergence), got "
+                             f"{rhat_max!r}")
+    if not float(ess_min) >= 0.0:
+        raise ModelSpecError(f"ess_min must be >= 0, got {ess_min!r}")
     if not 0.5 <= float(target_accept) < 1.0:
         raise ModelSpecError(f"target_accept must be in [0.5, 1), got {target_accept!r}")
     if family != "gaussian" and trials is None:
@@ -818,7 +850,7 @@ def fit_bayes(
         idx = frame.data.index
         n_trials = _check_counts(
             pd.to_numeric(frame.data[trials], errors="coerce").to_numpy(dtype=float), idx,
-            trials, "trials")
+            trials, "trials", raw=frame.data[trials].to_numpy())
         y = _check_counts(frame.y, idx, spec.response, "successes")
         over = y > n_trials
         if over.any():
@@ -830,6 +862,7 @@ def fit_bayes(
                 "successes must be between 0 and the number of trials"
             )
 
+    _check_finite(frame, family)
     scaling = make_scaling(frame.X, frame.y, frame.x_names, family == "gaussian")
     terms = _re_terms(frame)
     params = _build_params(frame.x_names, scaling, terms, family, priors)
