@@ -187,3 +187,68 @@ def test_fallback_seed_paths_equal_simulate_arrays(seeds):
         sa = simulate_arrays(d, ss)
         np.testing.assert_array_equal(Y[b], sa.columns["adherence"])
         np.testing.assert_array_equal(mask[b], sa.observed)
+
+
+RANDOM_STRUCTURE = am.Design(therapists=5, patients_per_therapist=("poisson", 4),
+                             sessions=("negbin", 5, 3.0), dropout=0.3,
+                             effects={"alliance": 0.3, "alliance:autonomy": 0.2})
+
+
+def test_random_structure_needs_padding():
+    with pytest.raises(am.ModelSpecError, match=r"fixed caseloads.*padded=True"):
+        batch_arrays(RANDOM_STRUCTURE, "adherence", ("Intercept",),
+                     np.random.SeedSequence(1).spawn(2))
+
+
+def test_padded_layout_holds_each_replicate():
+    names = ("Intercept", "alliance", "autonomy", "alliance:autonomy")
+    seeds = np.random.SeedSequence(8).spawn(6)
+    X, Y, outer, inner, mask, sims = batch_arrays(RANDOM_STRUCTURE, "adherence", names,
+                                                  seeds, padded=True)
+    p_max = max(max(sa.sizes) for sa in sims)
+    s_max = max(int(sa.session.max()) for sa in sims)
+    assert X.shape == (6, 5 * p_max * s_max, 4) and outer.shape == inner.shape == (X.shape[1],)
+    assert len({sa.sizes for sa in sims}) > 1  # the structure really varies
+    for b, ss in enumerate(seeds):
+        sa = simulate_arrays(RANDOM_STRUCTURE, ss)
+        keep = sa.observed
+        # observed rows in the same order, bit-for-bit, with the same clusters
+        np.testing.assert_array_equal(X[b][mask[b]], design_matrix(sa.columns, names, keep))
+        np.testing.assert_array_equal(Y[b][mask[b]], sa.columns["adherence"][keep])
+        np.testing.assert_array_equal(outer[mask[b]], sa.therapist[keep])
+        pat = inner[mask[b]]
+        _, relabel = np.unique(pat, return_inverse=True)
+        np.testing.assert_array_equal(relabel, sa.patient[keep])
+        # padding (slots outside the replicate's grid) is zeros; rows lost to dropout
+        # keep their simulated values, masked, as in the fixed layout
+        real = X[b][:, 0] == 1.0  # the intercept column marks the replicate's grid
+        assert real.sum() == sa.n_rows and not mask[b][~real].any()
+        assert not X[b][~real].any() and not Y[b][~real].any()
+    # a replicate's values do not depend on its batch (the grid may)
+    X1, Y1, _, _, m1, _ = batch_arrays(RANDOM_STRUCTURE, "adherence", names, [seeds[4]],
+                                       padded=True)
+    np.testing.assert_array_equal(X1[0][m1[0]], X[4][mask[4]])
+    np.testing.assert_array_equal(Y1[0][m1[0]], Y[4][mask[4]])
+
+
+def test_padded_batch_fit_equals_compact_fits():
+    # patient slots without any observed row leave the REML fit unchanged: the padded
+    # batch gives each replicate's compact fit up to rounding
+    from alliance_models.power.fast import fit_batch
+
+    names = ("Intercept", "alliance", "autonomy", "alliance:autonomy")
+    seeds = np.random.SeedSequence(21).spawn(5)
+    X, Y, outer, inner, mask, sims = batch_arrays(RANDOM_STRUCTURE, "adherence", names,
+                                                  seeds, padded=True)
+    counts = [np.bincount(inner[mask[b]], minlength=inner.max() + 1) for b in range(5)]
+    assert all((c == 0).any() for c in counts)  # every replicate has empty patient slots
+    fit = fit_batch(X, Y, outer, inner, mask=mask, contrast=3)
+    for b, sa in enumerate(sims):
+        keep = sa.observed
+        one = fit_batch(design_matrix(sa.columns, names, keep),
+                        sa.columns["adherence"][keep][None, :],
+                        sa.therapist[keep], sa.patient[keep], contrast=3)
+        np.testing.assert_allclose(fit.beta[b], one.beta[0], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(fit.se[b], one.se[0], rtol=1e-9)
+        np.testing.assert_allclose(fit.df[b], one.df[0], rtol=1e-6)
+        np.testing.assert_allclose(fit.tau2[b], one.tau2[0], rtol=1e-7, atol=1e-12)

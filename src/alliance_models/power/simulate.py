@@ -745,28 +745,68 @@ def _std_skewnormal_inplace(shape: float, u0: np.ndarray, u1: np.ndarray) -> np.
     return u0
 
 
+def _padded_batch(
+    design: Design,
+    response: str,
+    x_names: tuple[str, ...],
+    seeds: Sequence[RNGLike],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[SimArrays]]:
+    """Replicates of a random-structure design on a padded grid (see :func:`batch_arrays`)."""
+    sims = [simulate_arrays(design, s) for s in seeds]
+    T = design.n_therapists
+    p_max = max(max(sa.sizes) for sa in sims)
+    s_max = max(int(sa.session.max()) for sa in sims)
+    B, n = len(sims), T * p_max * s_max
+    X = np.zeros((B, n, len(x_names)))
+    Y = np.zeros((B, n))
+    mask = np.zeros((B, n), dtype=bool)
+    for b, sa in enumerate(sims):
+        first = np.concatenate([[0], np.cumsum(sa.sizes)[:-1]])
+        slot = sa.patient - first[sa.therapist]
+        pos = (sa.therapist * p_max + slot) * s_max + sa.session - 1
+        Xb = design_matrix(sa.columns, x_names)
+        assert Xb is not None  # checked by the caller
+        X[b, pos] = Xb
+        Y[b, pos] = sa.columns[response]
+        mask[b, pos] = sa.observed
+    outer = np.repeat(np.arange(T), p_max * s_max)
+    inner = np.repeat(np.arange(T * p_max), s_max)
+    return X, Y, outer, inner, mask, sims
+
+
 def batch_arrays(
     design: Design,
     response: str,
     x_names: tuple[str, ...],
     seeds: Sequence[np.random.SeedSequence],
+    *,
+    padded: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[SimArrays]]:
     """Simulate replicates with one shared layout and stack them for the batched engine.
 
-    Requires ``design.has_fixed_structure`` (fixed caseloads and session counts) and a
-    design whose fixed-effect columns are plain products (see :func:`design_matrix`).
-    Vectorised over replicates; replicate ``b`` is exactly
-    ``simulate_arrays(design, seeds[b])`` (its own seed's streams, the same operations),
-    so results do not depend on how replicates are batched.
+    Needs a design whose fixed-effect columns are plain products (see
+    :func:`design_matrix`). With fixed caseloads and session counts
+    (``design.has_fixed_structure``) it is vectorised over replicates, and replicate
+    ``b`` is exactly ``simulate_arrays(design, seeds[b])`` (its own seed's streams, the
+    same operations), so results do not depend on how replicates are batched.
+
+    With random caseloads or session counts, ``padded=True`` simulates each replicate
+    with :func:`simulate_arrays` and places it on a padded grid of ``T`` therapists x
+    ``Pmax`` patient slots x ``Smax`` session slots (the largest caseload and session
+    count in the batch): row ``(t * Pmax + j) * Smax + s - 1`` holds therapist ``t``'s
+    ``j``-th patient's session ``s``; unused slots are zeros with ``mask`` False, so a
+    patient slot can have no observed row (the batched REML engine gives such a layout
+    the compact fit's results up to rounding). The grid, but not any replicate's
+    values, depends on the batch.
 
     Returns
     -------
     X : ndarray (B, n, p)
     Y : ndarray (B, n)
     outer, inner : ndarray (n,)
-        Therapist codes and (globally unique) patient codes.
+        Therapist codes and (globally unique) patient codes (patient slots if padded).
     mask : ndarray (B, n) of bool
-        Observed rows (dropout).
+        Observed rows (dropout; and padding when padded).
     sims : list of SimArrays
         The replicates themselves (for the truth and diagnostics); their arrays are
         read-only views into the stacked ones.
@@ -782,8 +822,9 @@ def batch_arrays(
     >>> bool(np.array_equal(Y[3], simulate_arrays(d, seeds[3]).columns["adherence"]))
     True
     """
-    if not design.has_fixed_structure:
-        raise ModelSpecError("batch_arrays needs fixed caseloads and session counts")
+    if not design.has_fixed_structure and not padded:
+        raise ModelSpecError(
+            "batch_arrays needs fixed caseloads and session counts, or padded=True")
     have = {"alliance", "alliance_pm", "alliance_pmc", "adherence", *design.moderators}
     if design.randomisation != "none":
         have.add("arm")
@@ -796,6 +837,8 @@ def batch_arrays(
             f"the formula's columns {x_names} are not plain products of simulated "
             "columns; use a data-frame engine"
         )
+    if not design.has_fixed_structure:
+        return _padded_batch(design, response, x_names, seeds)
     sim = _batch_columns(design, seeds)
     cols: dict[str, np.ndarray] = sim["columns"]
     observed, eta = sim["observed"], sim["eta"]
