@@ -24,6 +24,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -386,7 +387,11 @@ def design_matrix(columns: dict[str, np.ndarray], x_names: tuple[str, ...],
     return X
 
 
-def _stream_seeds(seed: RNGLike) -> tuple[int | Sequence[int], tuple[int, ...], int]:
+# (entropy, spawn_key, pool_size) of a replicate's root SeedSequence
+_Root = tuple[Any, tuple[int, ...], int]
+
+
+def _stream_seeds(seed: RNGLike) -> _Root:
     """``(entropy, spawn_key, pool_size)`` of the root seed, as :func:`simulate_arrays` does.
 
     The children that :func:`simulate_arrays` spawns from a fresh copy of this root are
@@ -402,8 +407,7 @@ def _stream_seeds(seed: RNGLike) -> tuple[int | Sequence[int], tuple[int, ...], 
     return ss.entropy, tuple(ss.spawn_key), ss.pool_size
 
 
-def _stream_rng(root: tuple[int | Sequence[int], tuple[int, ...], int],
-                stream: str) -> np.random.Generator:
+def _stream_rng(root: _Root, stream: str) -> np.random.Generator:
     """Build the Generator of one component stream (see ``_STREAMS``) of a replicate."""
     entropy, key, pool = root
     child = np.random.SeedSequence(entropy, spawn_key=(*key, _STREAMS.index(stream)),
@@ -427,7 +431,7 @@ class _StateWords(np.random.bit_generator.ISeedSequence):
     def __init__(self, words: np.ndarray) -> None:
         self.words = words
 
-    def generate_state(self, n_words: int, dtype: type = np.uint32) -> np.ndarray:
+    def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
         """Return the precomputed state (only PCG64's request, 4 uint64 words)."""
         if n_words != 4 or np.dtype(dtype) != np.uint64:  # pragma: no cover - PCG64 only
             raise ValueError("precomputed seeding words are 4 uint64 words (PCG64)")
@@ -445,8 +449,7 @@ def _int_words(x: int) -> list[int]:
     return out
 
 
-def _child_words(roots: Sequence[tuple[object, tuple[int, ...], int]],
-                 streams: Sequence[int]) -> np.ndarray | None:
+def _child_words(roots: Sequence[_Root], streams: Sequence[int]) -> np.ndarray | None:
     """PCG64 seeding words of the children ``streams`` of every root, all at once.
 
     Row ``len(streams) * b + j`` equals ``SeedSequence(entropy_b, spawn_key=key_b +
@@ -476,11 +479,12 @@ def _child_words(roots: Sequence[tuple[object, tuple[int, ...], int]],
         return v ^ (v >> np.uint32(16))
 
     def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        r = _SS_MIX_L * x - _SS_MIX_R * y
+        r: np.ndarray = _SS_MIX_L * x - _SS_MIX_R * y
         return r ^ (r >> np.uint32(16))
 
     m, n_words = ent.shape
-    pool_ = [hashmix(ent[:, i]) for i in range(4)]  # n_words >= 5: entropy + key words
+    # n_words >= 5 (entropy padded to 4 words + the spawn key)
+    pool_: list[np.ndarray] = [hashmix(ent[:, i]) for i in range(4)]
     for i_src in range(4):
         for i_dst in range(4):
             if i_src != i_dst:
@@ -503,7 +507,7 @@ def _child_words(roots: Sequence[tuple[object, tuple[int, ...], int]],
     return words
 
 
-def _stream_generators(roots: Sequence[tuple[object, tuple[int, ...], int]],
+def _stream_generators(roots: Sequence[_Root],
                        streams: Sequence[str]) -> list[dict[str, np.random.Generator]]:
     """Build the Generators of the named component streams of every replicate.
 
@@ -518,12 +522,13 @@ def _stream_generators(roots: Sequence[tuple[object, tuple[int, ...], int]],
             out.append({s: _stream_rng(root, s) for s in streams})
         else:
             w = words[b * len(idx):(b + 1) * len(idx)]
-            out.append({s: np.random.Generator(np.random.PCG64(_StateWords(w[j])))
+            # PCG64 takes any ISeedSequence (the stubs list only SeedSequence)
+            out.append({s: np.random.Generator(np.random.PCG64(_StateWords(w[j])))  # type: ignore[arg-type]
                         for j, s in enumerate(streams)})
     return out
 
 
-def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, np.ndarray]:
+def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, Any]:
     """Simulate replicates of a fixed-layout design at once, equal to :func:`simulate_arrays`.
 
     Each replicate draws from its own component streams, with the same calls in the same
