@@ -364,6 +364,8 @@ class PowerResult:
         Root seed entropy (to reproduce a run started with ``seed=None``).
     replicates : DataFrame
         One row per replicate (estimate, se, df, p_value, CI, reject, flags).
+    assurance_rule : str or None
+        For ``method="bayes"``: the rule that counted a replicate as a success.
     """
 
     design: Design
