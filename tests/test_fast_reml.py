@@ -779,3 +779,30 @@ def test_power_auto_falls_back_when_the_model_does_not_qualify():
     spec = parse_formula("adherence ~ alliance + (1 | therapist)")
     assert _resolve_method("auto", spec, d) == "fast"
     assert _resolve_method("auto", spec, binom) != "fast"
+
+
+@pytest.mark.slow
+def test_power_peak_memory_grows_only_by_the_per_replicate_outputs():
+    # am.power fits in batches of bounded size: tripling n_sims adds only the replicate
+    # table (about 0.1 KB per replicate, transiently a few copies of it), not the batch
+    # working set (about 5 KB per replicate for this design: one batch of all replicates
+    # would add megabytes)
+    import alliance_models as am
+
+    d = am.Design(therapists=8, patients_per_therapist=3, sessions=3, icc_therapist=0.1,
+                  effects={"alliance": 0.25, "alliance:autonomy": 0.1})
+    f = "adherence ~ alliance * autonomy + (1 | therapist/patient)"
+    kw = {"test": "alliance:autonomy", "seed": 1, "n_jobs": 1, "progress": False,
+          "batch_size": 25}
+    am.power(d, f, n_sims=25, **kw)  # imports and caches outside the measurement
+
+    def peak(n_sims):
+        tracemalloc.start()
+        res = am.power(d, f, n_sims=n_sims, **kw)
+        _, pk = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert res.method == "fast" and res.n_completed == n_sims
+        return pk
+
+    small, big = peak(500), peak(1500)
+    assert big - small < 1000 * 1024  # < 1 KB per extra replicate
