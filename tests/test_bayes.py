@@ -174,6 +174,52 @@ def test_summary_columns_and_text(gfit):
     assert "Priors" in text
 
 
+def _rank_rhat(x: np.ndarray) -> float:
+    """Rank-normalised split R-hat (Vehtari et al. 2021, eqs. 3-4 and the folded variant),
+    written out in numpy; ``x`` has shape (chains, draws)."""
+    half = x.shape[1] // 2
+    split = np.concatenate([x[:, :half], x[:, x.shape[1] - half:]])
+
+    def rhat(s: np.ndarray) -> float:
+        n = s.shape[1]
+        b = n * s.mean(axis=1).var(ddof=1)
+        w = s.var(axis=1, ddof=1).mean()
+        return math.sqrt(((n - 1) / n * w + b / n) / w)
+
+    def z(s: np.ndarray) -> np.ndarray:
+        r = stats.rankdata(s, method="average").reshape(s.shape)
+        return stats.norm.ppf((r - 0.375) / (s.size + 0.25))
+
+    folded = np.abs(split - np.median(split))
+    return max(rhat(z(split)), rhat(z(folded)))
+
+
+def test_summary_diagnostics_from_the_chains(gfit):
+    """r_hat (independent numpy rank-normalised split R-hat) and ESS/MCSE (ArviZ on the
+    sampled DataTree) belong to the labelled parameter, with the chains kept apart."""
+    import arviz as az
+
+    tab = gfit.to_frame()
+    post = gfit.idata.posterior
+    dt = gfit.idata
+    ess_b = az.ess(dt, var_names=["beta"])["beta"]
+    ess_t = az.ess(dt, var_names=["beta"], method="tail")["beta"]
+    mcse = az.mcse(dt, var_names=["beta"])["beta"]
+    for name in ("alliance", "alliance:autonomy"):
+        x = post["beta"].sel(term=name).transpose("chain", "draw").values
+        np.testing.assert_allclose(tab.loc[name, "r_hat"], _rank_rhat(x), rtol=1e-8)
+        np.testing.assert_allclose(tab.loc[name, "ess_bulk"], float(ess_b.sel(term=name)),
+                                   rtol=1e-8)
+        np.testing.assert_allclose(tab.loc[name, "ess_tail"], float(ess_t.sel(term=name)),
+                                   rtol=1e-8)
+        np.testing.assert_allclose(tab.loc[name, "mcse_mean"], float(mcse.sel(term=name)),
+                                   rtol=1e-8)
+    x = post["sd_therapist"].transpose("chain", "draw", ...).values[..., 0]
+    np.testing.assert_allclose(tab.loc["sd_therapist", "r_hat"], _rank_rhat(x), rtol=1e-8)
+    # mixing the chains' order would change r_hat: the check can tell chains apart
+    assert abs(_rank_rhat(np.sort(x, axis=None).reshape(x.shape)) - _rank_rhat(x)) > 0.1
+
+
 # ------------------------------------------------------------------ standardisation
 def test_scaling_round_trip_closed_form():
     rng = np.random.default_rng(3)
@@ -646,14 +692,40 @@ def test_compare_bad_input(gfit, bfit_binom):
 
 
 # ------------------------------------------------------------------ plots
-@pytest.mark.parametrize("kind", ["trace", "rank", "forest", "ppc", "prior_ppc", "posterior"])
+FIXED = ["Intercept", "alliance", "age", "autonomy", "alliance:age", "alliance:autonomy"]
+#: what each plot must show (texts on the figure) and must not show
+PLOT_TEXTS = {
+    "trace": ({"beta", "sigma", "sd_therapist", "sd_therapist:patient"}, set()),
+    "rank": ({f"beta\n{n}" for n in FIXED} | {"sigma"}, set()),
+    "forest": ({"alliance:age", "alliance:autonomy"}, {"Intercept", "alliance", "age"}),
+    "ppc": ({"adherence"}, set()),
+    "prior_ppc": ({"adherence"}, set()),
+    "posterior": ({f"beta\n{n}" for n in FIXED}, {"sigma"}),
+}
+
+
+@pytest.mark.parametrize("kind", list(PLOT_TEXTS))
 def test_plots_write_png(gfit, kind, tmp_path):
+    import matplotlib.text
+
     path = tmp_path / f"{kind}.png"
     pc = gfit.plot(kind, path)
     assert path.stat().st_size > 5000
     with open(path, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert pc is not None
+    fig = pc.viz["figure"].item()
+    texts = {t.get_text() for t in fig.findobj(matplotlib.text.Text)}
+    must, must_not = PLOT_TEXTS[kind]
+    assert must <= texts, must - texts
+    assert not must_not & texts, must_not & texts
+    if kind in ("ppc", "prior_ppc"):
+        # the predictive draws come from the requested group: the prior predictive
+        # spreads far wider than the posterior predictive
+        group = "posterior_predictive" if kind == "ppc" else "prior_predictive"
+        assert group in gfit.idata.children
+        xs = np.concatenate([ln.get_xdata() for ln in fig.axes[0].get_lines()])
+        wide = bool(np.ptp(xs) > 3 * np.ptp(gfit.frame.y))
+        assert wide == (kind == "prior_ppc"), (kind, np.ptp(xs), np.ptp(gfit.frame.y))
 
 
 def test_plot_errors(gfit_additive):
