@@ -16,7 +16,8 @@ from alliance_models.power.simulate import (
 )
 
 CANONICAL = ["therapist", "patient", "session", "arm", "alliance", "alliance_pm",
-             "alliance_pmc", "age", "autonomy", "adherence"]
+             "alliance_pmc", "age", "autonomy", "adherence", "age_c", "autonomy_c",
+             "alliance_cwc"]
 
 
 def test_canonical_shape_and_types():
@@ -261,3 +262,39 @@ def test_unequal_caseloads_from_a_list():
     assert per.tolist() == [2, 5, 1, 3] and len(df) == 11 * 2
     assert d.has_fixed_structure  # the same layout in every replicate
     assert sorted(df.groupby("therapist")["arm"].first()) == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"dropout": 0.4, "randomisation": "patient", "effects": {"arm": 0.2}},
+        {"moderators": {"age": "patient", "autonomy": "therapist"},
+         "patients_per_therapist": ("poisson", 4), "sessions": ("negbin", 4, 2)},
+        {"family": "binomial"},
+    ],
+)
+def test_simulate_gives_what_prepare_gives(changes):
+    # am.prepare run on the simulator's core columns must reproduce the whole frame,
+    # derived (centred) columns included, so one formula fits simulated and real data
+    d = am.Design(therapists=8, patients_per_therapist=5, sessions=4).replace(**changes)
+    sim = am.simulate(d, 19)
+    core = sim.drop(columns=["alliance_pm", "alliance_pmc", "age_c", "autonomy_c",
+                             "alliance_cwc"])
+    kw = {"arm": "arm"} if "arm" in sim else {}
+    if d.family == "binomial":
+        core = core.drop(columns="adherence")
+        kw["adherence"] = "diary"
+    else:
+        kw["adherence"] = "adherence"
+    prepared, _ = am.prepare(core, **kw)
+    assert sorted(prepared.columns) == sorted(sim.columns)
+    pd.testing.assert_frame_equal(prepared[list(sim.columns)].reset_index(drop=True), sim,
+                                  check_dtype=False, rtol=1e-12)
+
+
+def test_demo_formula_with_centred_columns_fits_simulated_data():
+    d = am.Design(therapists=8, patients_per_therapist=4, sessions=3,
+                  effects={"alliance": 0.3, "alliance:autonomy": 0.1})
+    frame = am.parse_formula("adherence ~ alliance * (age_c + autonomy_c) + "
+                             "(1 | therapist/patient)").build(am.simulate(d, 20))
+    assert frame.x_names[-2:] == ("alliance:age_c", "alliance:autonomy_c")

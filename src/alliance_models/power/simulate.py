@@ -13,9 +13,10 @@ Scales of the simulated columns
 left-skewed); ``age`` is in years (truncated normal); ``arm`` is 0/1; ``adherence`` is
 the outcome on the residual-SD scale (gaussian) or the proportion numerator/denominator
 (binomial). ``alliance_pm`` / ``alliance_pmc`` are the patient mean of the *observed*
-sessions and the deviation from it. The noise-free fixed part of the linear predictor is
-kept (``SimArrays.eta``) so the engine can state the true coefficient of any analysis
-formula exactly (see :mod:`alliance_models.power.engine`).
+sessions and the deviation from it; ``age_c``, ``autonomy_c`` and ``alliance_cwc`` are
+centred as ``am.prepare`` centres real data (sample means). The noise-free fixed part of
+the linear predictor is kept (``SimArrays.eta``) so the engine can state the true
+coefficient of any analysis formula exactly (see :mod:`alliance_models.power.engine`).
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class SimArrays:
     observed : ndarray of bool, shape (n,)
         False for sessions lost to dropout.
     columns : dict of str to ndarray
-        ``alliance``, ``alliance_pm``, ``alliance_pmc``, ``adherence`` and, when the
-        design has them, ``arm``, ``age``, ``autonomy`` and the binomial counts.
+        ``alliance``, ``alliance_pm``, ``alliance_pmc``, ``alliance_cwc``, ``adherence``
+        and, when the design has them, ``arm``, ``age``, ``age_c``, ``autonomy``,
+        ``autonomy_c`` and the binomial counts.
     eta : ndarray, shape (n,)
         The fixed part of the linear predictor (outcome scale for gaussian, logit scale
         for binomial), without random effects or noise.
@@ -230,9 +232,10 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
         z["age"] = (cols["age"] - mu) / sigma
     if "autonomy" in design.moderators:
         if design.moderators["autonomy"] == "therapist":
-            aut = r.standard_normal(T)[therapist]
+            aut_p = r.standard_normal(T)[pat_ther]
         else:
-            aut = r.standard_normal(P)[patient]
+            aut_p = r.standard_normal(P)
+        aut = aut_p[patient]
         cols["autonomy"] = aut
         z["autonomy"] = aut
 
@@ -282,6 +285,14 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
     pm = np.bincount(patient, weights=alliance * w, minlength=P) / cnt
     cols["alliance_pm"] = pm[patient]
     cols["alliance_pmc"] = alliance - pm[patient]
+    # the centred columns am.prepare adds by default: moderators at the mean over
+    # patients (each counted once; every patient has an observed session), alliance
+    # within patient
+    if "age" in cols:
+        cols["age_c"] = cols["age"] - age_p.mean()
+    if "autonomy" in cols:
+        cols["autonomy_c"] = aut - aut_p.mean()
+    cols["alliance_cwc"] = cols["alliance_pmc"]
     return SimArrays(
         therapist=therapist,
         patient=patient,
@@ -308,7 +319,7 @@ def to_frame(sa: SimArrays, design: Design) -> pd.DataFrame:
     if "arm" in sa.columns:
         out["arm"] = sa.columns["arm"][keep].astype(np.int64)
     order = ["alliance", "alliance_pm", "alliance_pmc", "age", "autonomy", "adherence",
-             *design.count_columns]
+             *design.count_columns, "age_c", "autonomy_c", "alliance_cwc"]
     for c in order:
         if c in sa.columns:
             out[c] = sa.columns[c][keep]
@@ -332,7 +343,10 @@ def simulate(design: Design, seed: RNGLike = None) -> pd.DataFrame:
         ``session``, ``arm`` (if randomised), ``alliance``, ``alliance_pm``,
         ``alliance_pmc``, ``age`` (years) and ``autonomy`` (if the design has them),
         ``adherence`` and, for binomial designs, ``completed``/``prescribed`` or
-        ``attended``/``scheduled``. Alliance and autonomy are standardised.
+        ``attended``/``scheduled``; then the centred columns that ``am.prepare`` adds by
+        default: ``age_c`` and ``autonomy_c`` (centred at the sample mean over patients)
+        and ``alliance_cwc`` (centred within patient, equal to ``alliance_pmc``).
+        Alliance and autonomy are standardised.
 
     Examples
     --------
