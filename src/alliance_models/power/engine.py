@@ -15,7 +15,11 @@ linear predictor (``eta``: standardised effects times standardised predictors, s
 every simulated term (in any parametrisation: raw age, centred age, alliance split into
 ``alliance_pm`` and ``alliance_pmc`` ...), the projection is exact (``truth_exact``) and
 maps the standardised effect to the coefficient, e.g. ``beta_age / sd(age)`` per year
-of age. For binomial designs analysed with a linear model (mixed/ols/gee on the
+of age. Columns centred at the sample mean (``age_c``, ``autonomy_c``) move a little
+between replicates, and with them the true lower-order coefficients (``alliance`` in
+``alliance * age_c``); the first replicate's value is reported, so bias and coverage of
+such coefficients carry that small sampling shift (interactions are not affected). For
+binomial designs analysed with a linear model (mixed/ols/gee on the
 proportion) or with GEE (a population-averaged target), there is no such truth:
 bias, RMSE, coverage and the type-S rate are reported as NaN.
 """
