@@ -672,15 +672,38 @@ def test_error_messages():
         fit_batch(X, Yn, outer, inner)
     mask = np.ones(Y.shape, bool)
     mask[1, 7] = False
-    fit_batch(X, Yn, outer, inner, mask=mask)  # a masked NaN is fine
+    # a masked NaN (in Y, or in a per-replicate X) is ignored: same fit as a finite value
+    ref = fit_batch(X, Y, outer, inner, mask=mask)
+    got = fit_batch(X, Yn, outer, inner, mask=mask)
+    Xn = np.broadcast_to(X, (2, *X.shape)).copy()
+    Xn[1, 7, 1] = np.inf
+    got_x = fit_batch(Xn, Yn, outer, inner, mask=mask)
+    for g in (got, got_x):
+        assert g.converged.all()
+        np.testing.assert_allclose(g.beta, ref.beta, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(g.df, ref.df, rtol=1e-10)
+    with pytest.raises(DataValidationError,
+                       match=r"X has non-finite values .* row \(1, 7, 1\) \(first value inf\)"):
+        fit_batch(Xn, Y, outer, inner)
+    Ym = Y.copy()
+    Ym[:, :8] = np.nan  # 16 bad entries: five shown, the rest counted
+    with pytest.raises(DataValidationError, match=r"rows \(0, 0\), .*, \(0, 4\) \(and 11 more\) "
+                       r"\(first value nan\)"):
+        fit_batch(X, Ym, outer, inner)
     with pytest.raises(DataValidationError, match="mask must be a boolean array"):
         fit_batch(X, Y, outer, inner, mask=mask.astype(int))
     with pytest.raises(DataValidationError, match="X has 29 rows but Y has 30"):
         fit_batch(X[:-1], Y, outer, inner)
     with pytest.raises(DataValidationError, match="outer has 29 codes"):
         fit_batch(X, Y, outer[:-1], None)
-    with pytest.raises(DataValidationError, match="outer must hold integer cluster codes"):
+    with pytest.raises(DataValidationError, match=r"outer must hold integer cluster codes; "
+                       r"rows 0, 1, 2, 3, 4 \(and 25 more\) have 0\.5, 0\.5, 0\.5, 0\.5, "
+                       r"0\.5; allowed: integers"):
         fit_batch(X, Y, outer + 0.5, inner)
+    bad_codes = outer.astype(float)
+    bad_codes[3] = np.nan
+    with pytest.raises(DataValidationError, match=r"codes; row 3 has nan; allowed"):
+        fit_batch(X, Y, bad_codes, inner)
     with pytest.raises(ModelSpecError, match=r"contrast index 4 is out of range .*0\.\.3"):
         fit_batch(X, Y, outer, inner, contrast=4)
     with pytest.raises(ModelSpecError, match="vector of length 4"):

@@ -149,9 +149,11 @@ def _codes(x: object, name: str, n: int | None) -> np.ndarray:
     if a.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(a) | (a != np.round(a)))
         if bad.size:
+            verb = "has" if bad.size == 1 else "have"
+            vals = ", ".join(repr(float(v)) for v in a[bad[:5]])
             raise DataValidationError(
-                f"{name} must hold integer cluster codes; {format_rows(list(bad))} have "
-                f"{a[bad[0]]!r}; allowed: integers (e.g. from pandas.factorize)"
+                f"{name} must hold integer cluster codes; {format_rows(bad.tolist())} {verb} "
+                f"{vals}; allowed: integers (e.g. from pandas.factorize)"
             )
     elif a.dtype.kind not in "iub":
         raise DataValidationError(
@@ -341,13 +343,14 @@ def sufficient_stats(
         hi = min(B, lo + row_block)
         b = hi - lo
         mb = None if Ms is None else Ms[lo:hi]
-        yb = Ys[lo:hi] if mb is None else Ys[lo:hi] * mb
+        # masked entries are set to zero (not multiplied: a masked NaN must not spread)
+        yb = Ys[lo:hi] if mb is None else np.where(mb > 0, Ys[lo:hi], 0.0)
         if shared and mb is None:
             G = np.broadcast_to(G_sh, (b, p, p))
             xty = yb @ Xsh
         else:
             xb = Xsh[None] if shared else (X[lo:hi] if srt else X[lo:hi][:, order])
-            xm = xb if mb is None else xb * mb[..., None]  # masked rows are zero
+            xm = xb if mb is None else np.where(mb[..., None] > 0, xb, 0.0)  # masked rows: 0
             G = np.swapaxes(xm, 1, 2) @ xm
             xty = (np.swapaxes(xm, 1, 2) @ yb[..., None])[..., 0]
         # column scaling (RMS over observed rows) for conditioning

@@ -297,11 +297,12 @@ def _check_finite(a: np.ndarray, name: str, mask: np.ndarray | None) -> None:
         bad &= mask if a.ndim == 2 else mask[..., None]
     if bad.any():
         idx = np.argwhere(bad)
-        rows = [tuple(int(v) for v in r) for r in idx[:6]]
+        rows = [tuple(int(v) for v in r) for r in idx[:5]]
+        more = f" (and {idx.shape[0] - 5} more)" if idx.shape[0] > 5 else ""
         raise DataValidationError(
             f"{name} has non-finite values at (replicate, row{', column' if a.ndim == 3 else ''})"
-            f" {format_rows(rows)} (first value {a[tuple(idx[0])]!r}); observed entries must "
-            "be finite: mark missing observations with mask=False instead"
+            f" {format_rows(rows)}{more} (first value {float(a[tuple(idx[0])])!r}); observed "
+            "entries must be finite: mark missing observations with mask=False instead"
         )
 
 
