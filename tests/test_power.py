@@ -225,6 +225,12 @@ def test_input_errors():
                  **OLS)
     with pytest.raises(ModelSpecError, match="n_sims must be a positive integer"):
         am.power(INDEP, "adherence ~ alliance", test="alliance", n_sims=0)
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(ModelSpecError, match=rf"n_jobs must be a positive number .*"
+                                                 rf"got {bad!r}"):
+            am.power(INDEP, "adherence ~ alliance", test="alliance", n_jobs=bad, seed=1)
+    with pytest.raises(ModelSpecError, match="batch_size must be a positive integer, got 0"):
+        am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=0, **OLS)
     with pytest.raises(ModelSpecError, match="method='fast' needs"):
         am.power(INDEP, "adherence ~ alliance", test="alliance", method="fast")
 

@@ -562,7 +562,8 @@ def _execute(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequen
         raise ModelSpecError(
             f"backend {backend!r} is unknown; allowed: 'loky', 'dask' or a distributed.Client"
         )
-    n_workers = (os.cpu_count() or 1) if n_jobs == -1 else max(1, int(n_jobs))
+    # joblib's convention: -1 every core, -2 all but one, ...
+    n_workers = max(1, (os.cpu_count() or 1) + 1 + n_jobs) if n_jobs < 0 else n_jobs
     if n_workers == 1 or len(batches) <= 1:
         for reps, seeds in batches:
             yield _run_batch(job, reps, seeds)
@@ -692,7 +693,8 @@ def power(
         terms) or ``fit_ols``. A callable ``f(formula, data, **fit_kwargs)`` returning a
         fit with ``params``, ``cov_params()`` and ``contrast_df(L)`` is used as is.
     n_jobs : int, default -1
-        Local worker processes (loky); -1 uses every core.
+        Local worker processes (loky); -1 uses every core, -2 all but one (joblib's
+        convention).
     backend : "loky", "dask" or distributed.Client
         ``"dask"`` uses the current Dask client, or starts a process-based
         ``LocalCluster`` for this run (in a script, do that under
@@ -746,6 +748,15 @@ def power(
         raise ModelSpecError(f"n_sims must be a positive integer, got {n_sims!r}")
     if not 0 < alpha < 1:
         raise ModelSpecError(f"alpha must be in (0, 1), got {alpha!r}")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int | np.integer) or n_jobs == 0:
+        raise ModelSpecError(
+            f"n_jobs must be a positive number of worker processes, or -1 for every core "
+            f"(-2 all but one, ...); got {n_jobs!r}"
+        )
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+            batch_size, int | np.integer) or batch_size < 1):
+        raise ModelSpecError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n_jobs = int(n_jobs)
     if rule not in ("interval", "pd"):
         raise ModelSpecError(f"rule {rule!r} is unknown; allowed: 'interval', 'pd'")
     spec = parse_formula(formula)
