@@ -25,9 +25,11 @@ DEMO_FORMULA = "adherence ~ alliance * (age_c + autonomy_c) + (1 | therapist/pat
 #: Moderators probed (centred columns added by ``am.prepare``).
 DEMO_MODERATORS = ("age_c", "autonomy_c")
 
-#: The planned-trial formula and test of the demo's power curve.
-POWER_FORMULA = "adherence ~ alliance * autonomy + (1 | therapist/patient)"
-POWER_TEST = "alliance:autonomy"
+#: The power curve fits the very same formula to every simulated trial (``am.simulate``
+#: returns the columns ``am.prepare`` gives, centred moderators included) and tests the
+#: alliance x autonomy-support interaction.
+POWER_FORMULA = DEMO_FORMULA
+POWER_TEST = "alliance:autonomy_c"
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,8 @@ def run_demo(
                 n_sims=cfg.n_sims,
                 seed=seed,
             )
-        con.heading(f"Power to detect {POWER_TEST} (standardised effect 0.05)")
+        con.heading(f"Power to detect {POWER_TEST} (standardised effect 0.05) in a planned "
+                    "trial with 10 patients per therapist and 8 sessions each")
         con.print(curve.summary())
 
     # 6. the report
