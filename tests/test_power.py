@@ -680,3 +680,23 @@ def test_checkpoint_fingerprint_covers_the_whole_seed(tmp_path):
     am.power(INDEP, "adherence ~ alliance", seed=a, **kw)
     with pytest.raises(DesignError, match="belongs to a different run"):
         am.power(INDEP, "adherence ~ alliance", seed=b, **kw)
+
+
+def test_curve_and_sample_size_input_errors():
+    f = "adherence ~ alliance"
+    with pytest.raises(DesignError, match=r"vary must be a mapping with one design field.*"
+                                          r"got \{'therapists': \[10\], 'sessions': \[2\]\}"):
+        am.power_curve(INDEP, f, test="alliance", vary={"therapists": [10], "sessions": [2]})
+    with pytest.raises(DesignError, match=r"vary\['therapists'\] holds no values"):
+        am.power_curve(INDEP, f, test="alliance", vary={"therapists": []})
+    CALLS.clear()
+    with pytest.raises(DesignError, match="therapists must be a positive integer.*got 0"):
+        am.power_curve(INDEP, f, test="alliance", vary={"therapists": [10, 0]}, seed=1,
+                       method=counting_ols, n_jobs=1)
+    assert CALLS == []  # checked before simulating the first value
+    with pytest.raises(DesignError, match=r"target power must be in \(0, 1\), got 1.2"):
+        am.sample_size(INDEP, f, test="alliance", target=1.2, vary="therapists")
+    with pytest.raises(DesignError, match="cannot vary 'clinics': not a Design field"):
+        am.sample_size(INDEP, f, test="alliance", vary="clinics")
+    with pytest.raises(DesignError, match=r"icc_therapist must be in \[0, 1\), got 1"):
+        am.sample_size(INDEP, f, test="alliance", vary="icc_therapist", lo=1, hi=2)

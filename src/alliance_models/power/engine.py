@@ -1016,14 +1016,15 @@ def power_curve(
         raise DesignError(f"vary[{name!r}] holds no values")
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % 2**63)  # type: ignore[operator]
+    # every value must give a valid design before any simulation runs
+    designs = [design.replace(**{name: v}) for v in values]
     results = []
-    for v in values:
+    for v, d in zip(values, designs, strict=True):
         ck = None
         if checkpoint is not None:
             p = Path(checkpoint)
             ck = p.with_name(f"{p.stem}-{name}={v}{p.suffix}")
-        results.append(power(design.replace(**{name: v}), formula, test=test, seed=seed,
-                             checkpoint=ck, **kwargs))
+        results.append(power(d, formula, test=test, seed=seed, checkpoint=ck, **kwargs))
     return PowerCurve(vary=name, values=values, results=tuple(results),
                       elapsed=time.perf_counter() - t0)
 
