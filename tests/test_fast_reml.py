@@ -456,6 +456,41 @@ def test_replicate_by_replicate_against_fit_mixed():
         _check_against_fit_mixed(fit, b, mf)
 
 
+@needs_fit_mixed
+def test_design_r1_replicates_equal_fit_mixed():
+    # the reference design R1: 30 therapists x 8 patients x 6 sessions (1,440
+    # rows), adherence ~ alliance * (age + autonomy) + (1 | therapist/patient)
+    import alliance_models as am
+
+    nt, npat, ns = 30, 8, 6
+    n = nt * npat * ns
+    ther, pat = np.repeat(np.arange(nt), npat * ns), np.repeat(np.arange(nt * npat), ns)
+    rng = np.random.default_rng(7)
+    al = (0.45 * rng.standard_normal(nt)[ther] + 0.7 * rng.standard_normal(nt * npat)[pat]
+          + 0.55 * rng.standard_normal(n))
+    age = np.round(rng.normal(50, 14, nt * npat))[pat]
+    au = rng.standard_normal(nt * npat)[pat]
+    X = np.column_stack([np.ones(n), al, age, au, al * age, al * au])
+    Y = (X @ [0.0, 0.25, 0.0, 0.1, 0.05 / 14, 0.1]
+         + np.sqrt(0.05) * rng.standard_normal((2, nt))[:, ther]
+         + np.sqrt(0.30) * rng.standard_normal((2, nt * npat))[:, pat]
+         + np.sqrt(0.65) * rng.standard_normal((2, n)))
+    fit = fit_batch(X, Y, ther, pat, contrast=5)
+    L = np.eye(6)[5]
+    for b in range(2):
+        d = pd.DataFrame({"adherence": Y[b], "alliance": al, "age": age, "autonomy": au,
+                          "therapist": ther, "patient": pat})
+        mf = am.fit_mixed("adherence ~ alliance * (age + autonomy) + (1 | therapist/patient)", d)
+        se = np.sqrt(np.diag(mf.cov_params().to_numpy()))
+        assert_beta_close(fit.beta[b], mf.params.to_numpy(), se)
+        np.testing.assert_allclose(fit.se[b], se, rtol=SE_RTOL)
+        np.testing.assert_allclose(fit.df[b], mf.contrast_df(L), rtol=DF_RTOL)
+        np.testing.assert_allclose(fit.estimate[b], mf.params.iloc[5], rtol=BETA_RTOL)
+        vc = mf.varcomp["vcov"].to_numpy(float)
+        np.testing.assert_allclose(fit.tau2[b], vc[:-1], rtol=1e-4)
+        np.testing.assert_allclose(fit.sigma2[b], vc[-1], rtol=1e-4)
+
+
 def _check_fit_mixed(case):
     two, n_outer, inner_per, sizes, sd_outer, sd_inner, effect, dropout, seed = case
     rng = np.random.default_rng(seed)
