@@ -63,6 +63,17 @@ def test_allowed_terms_depend_on_design():
          r"dropout_timing=4 must be below sessions=4.*allowed: 1 to 3 or 'uniform'"),
         ({"sessions": 1, "dropout": 0.2}, "dropout=0.2 needs at least 2 sessions"),
         ({"randomisation": "patient", "patients_per_therapist": 1}, "at least 2 patients"),
+        ({"sessions": ("poisson", "x")}, "sessions distribution parameter must be a finite "
+                                         "number, got 'x'"),
+        ({"alliance_components": ("a", 0.5, 0.5)}, "alliance_components must be a finite "
+                                                   "number, got 'a'"),
+        ({"dropout": "0.1"}, "dropout must be a finite number, got '0.1'"),
+        ({"age_distribution": (50, 14)}, r"age_distribution must be \(mean, sd, low, high\)"),
+        ({"age_distribution": (50, math.nan, 18, 85)}, "age_distribution must be a finite"),
+        ({"alliance_skew": "left"}, "alliance_skew must be a finite number, got 'left'"),
+        ({"baseline_adherence": "x"}, "baseline_adherence must be a finite number, got 'x'"),
+        ({"moderators": ["age"]}, r"moderators must be a mapping such as \{'age': 'patient'\}"),
+        ({"effects": [("alliance", 0.2)]}, "effects must be a mapping"),
     ],
 )
 def test_invalid_designs_raise_clear_errors(kwargs, match):

@@ -27,6 +27,7 @@ no published values (typical range 0.05-0.10 standardised): **you must set them*
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from itertools import combinations
@@ -64,6 +65,23 @@ class FrozenMap(dict):  # type: ignore[type-arg]
 
     def __repr__(self) -> str:
         return repr(dict(self))
+
+
+def _number(name: str, value: Any) -> float:
+    """Return ``value`` as a finite float, or raise a DesignError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
+            value):
+        raise DesignError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _mapping(name: str, value: Any, example: str) -> dict[str, Any]:
+    """Return ``value`` as a dict, or raise a DesignError naming ``name``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise DesignError(f"{name} must be a mapping such as {example}, got {value!r}")
+    return dict(value)
 
 
 def _freeze_mapping(m: Mapping[str, Any] | None) -> FrozenMap:
@@ -111,7 +129,7 @@ def _check_count_spec(name: str, value: Any, *, allow_list: bool) -> Any:
         if len(value) != want:
             form = "('poisson', mean)" if kind == "poisson" else "('negbin', mean, dispersion)"
             raise DesignError(f"{name} = {tuple(value)!r} must have the form {form}")
-        nums = [float(v) for v in value[1:]]
+        nums = [_number(f"{name} distribution parameter", v) for v in value[1:]]
         if nums[0] < 1:
             raise DesignError(f"{name} mean must be >= 1 (every unit has at least one), "
                               f"got {nums[0]!r}")
@@ -286,7 +304,7 @@ class Design:
                 f"{self.icc_therapist + self.icc_patient:g} must be below 1 (the rest is the "
                 "session-level residual variance)"
             )
-        comps = tuple(float(c) for c in self.alliance_components)
+        comps = tuple(_number("alliance_components", c) for c in self.alliance_components)
         if len(comps) != 3 or any(c < 0 for c in comps) or not math.isclose(sum(comps), 1.0,
                                                                           abs_tol=1e-9):
             raise DesignError(
@@ -296,7 +314,7 @@ class Design:
             )
         set_(self, "alliance_components", comps)
         # moderators
-        mods = dict(self.moderators or {})
+        mods = _mapping("moderators", self.moderators, "{'age': 'patient'}")
         for name, level in mods.items():
             if name not in MODERATOR_LEVELS:
                 raise DesignError(
@@ -312,7 +330,7 @@ class Design:
         allowed = self.allowed_terms()
         all_terms = _all_terms(VARIABLE_ORDER)
         eff: dict[str, float] = {}
-        for key, val in dict(self.effects or {}).items():
+        for key, val in _mapping("effects", self.effects, "{'alliance': 0.25}").items():
             term = canonical_term(key)
             if term not in allowed:
                 if term in all_terms:
@@ -345,7 +363,7 @@ class Design:
         if self.trials is not None and (isinstance(self.trials, bool) or not isinstance(
                 self.trials, int) or self.trials < 1):
             raise DesignError(f"trials must be a positive integer, got {self.trials!r}")
-        if not 0 < self.baseline_adherence < 1:
+        if not 0 < _number("baseline_adherence", self.baseline_adherence) < 1:
             raise DesignError(
                 f"baseline_adherence must be strictly between 0 and 1, got "
                 f"{self.baseline_adherence!r}"
@@ -358,11 +376,11 @@ class Design:
                     "dropout per arm must be (control, treatment) and needs randomisation; "
                     f"got dropout={tuple(d)!r} with randomisation={self.randomisation!r}"
                 )
-            pair = (float(d[0]), float(d[1]))
+            pair = (_number("dropout", d[0]), _number("dropout", d[1]))
             drops = [pair[0], pair[1]]
             set_(self, "dropout", pair)
         else:
-            drops = [float(d)]
+            drops = [_number("dropout", d)]
             set_(self, "dropout", drops[0])
         if any(not 0 <= v < 1 for v in drops):
             raise DesignError(f"dropout proportions must be in [0, 1), got {self.dropout!r}")
@@ -387,13 +405,21 @@ class Design:
                     f"leave after session k and miss the rest); allowed: 1 to "
                     f"{self.sessions - 1} or 'uniform'"
                 )
-        mean, sd, lo, hi = (float(x) for x in self.age_distribution)
+        age = tuple(self.age_distribution) if isinstance(self.age_distribution,
+                                                        Sequence) else ()
+        if len(age) != 4:
+            raise DesignError(
+                f"age_distribution must be (mean, sd, low, high) in years, got "
+                f"{self.age_distribution!r}"
+            )
+        mean, sd, lo, hi = (_number("age_distribution", x) for x in age)
         if sd <= 0 or lo >= hi:
             raise DesignError(
                 f"age_distribution (mean, sd, low, high) needs sd > 0 and low < high, got "
                 f"{self.age_distribution!r}"
             )
         set_(self, "age_distribution", (mean, sd, lo, hi))
+        set_(self, "alliance_skew", _number("alliance_skew", self.alliance_skew))
 
     # --- derived ---------------------------------------------------------------------
     @property
