@@ -818,6 +818,11 @@ def power(
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         interrupted = len(parts) == 0 or n_done_batches < len(batches)
+        if ck_path is not None and n_done_batches:
+            # Ctrl-C may have cut the last checkpoint write short: save what the partial
+            # result holds, so that file and result agree
+            _write_checkpoint(ck_path, pd.concat(parts, ignore_index=True).assign(
+                fingerprint=fp))
     finally:
         with contextlib.suppress(Exception):
             stream.close()  # type: ignore[attr-defined]
