@@ -647,6 +647,26 @@ def test_correlated_sd_priors_must_share_family(gdata):
                      priors={"sd_therapist[alliance]": ("Gamma", {"alpha": 2, "beta": 1})})
 
 
+def test_group_sd_key_sets_every_coefficient(gdata):
+    """'sd_therapist' on a random-slope term sets the prior of both SDs, each converted to
+    the standardised scale with its own factor s_y / s_z (no sampling needed)."""
+    from alliance_models.models.bayes import _build_params, _prior_table, _re_terms
+
+    frame = am.parse_formula("adherence ~ alliance + (1 + alliance | therapist)").build(gdata)
+    scaling = make_scaling(frame.X, frame.y, frame.x_names, gaussian=True)
+    terms = _re_terms(frame)
+    pri = _prior_table(_build_params(frame.x_names, scaling, terms, "gaussian",
+                                     {"sd_therapist": ("Exponential", {"lam": 4.0})}))
+    sy = frame.y.std()
+    sz = frame.Z["(1 + alliance | therapist)"][:, 1].std()
+    for key, c in (("sd_therapist[(Intercept)]", sy), ("sd_therapist[alliance]", sy / sz)):
+        assert pri.loc[key, "source"] == "user"
+        assert pri.loc[key, "prior_data_scale"] == "Exponential(lam=4)"
+        assert pri.loc[key, "prior_standardised"] == f"Exponential(lam={4.0 * c:.4g})"
+    assert pri.loc["lkj_therapist", "prior_standardised"] == "LKJ(eta=2)"
+    assert pri.loc["sigma", "source"] == "default"
+
+
 # ------------------------------------------------------------------ comparison
 def test_compare_loo(gfit, gfit_additive, tmp_path):
     with warnings.catch_warnings(record=True) as rec:
