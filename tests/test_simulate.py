@@ -298,3 +298,23 @@ def test_demo_formula_with_centred_columns_fits_simulated_data():
     frame = am.parse_formula("adherence ~ alliance * (age_c + autonomy_c) + "
                              "(1 | therapist/patient)").build(am.simulate(d, 20))
     assert frame.x_names[-2:] == ("alliance:age_c", "alliance:autonomy_c")
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_batch_arrays_carry_the_centred_columns(padded):
+    d = am.Design(therapists=5, patients_per_therapist=3, sessions=4, dropout=0.3,
+                  moderators={"age": "patient", "autonomy": "therapist"})
+    if padded:
+        d = d.replace(patients_per_therapist=("poisson", 3))
+    seeds = np.random.SeedSequence(4).spawn(3)
+    names = ("Intercept", "alliance_cwc", "age_c", "autonomy_c", "alliance_cwc:autonomy_c")
+    X, Y, outer, inner, mask, sims = batch_arrays(d, "adherence", names, seeds, padded=padded)
+    for b, ss in enumerate(seeds):
+        one = am.simulate(d, ss)
+        want = one[["alliance_cwc", "age_c", "autonomy_c"]].to_numpy()
+        np.testing.assert_array_equal(X[b][mask[b]][:, 1:4], want)
+        # centred at the mean over patients (each counted once)
+        pats = one.groupby("patient")[["age", "autonomy"]].first()
+        np.testing.assert_allclose(one["age_c"], one["age"] - pats["age"].mean(), atol=1e-12)
+        np.testing.assert_allclose(one["autonomy_c"], one["autonomy"] - pats["autonomy"].mean(),
+                                   atol=1e-12)

@@ -736,6 +736,16 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, Any]:
     total /= count
     cols["alliance_pm"] = np.repeat(total, S, axis=1)
     cols["alliance_pmc"] = alliance - cols["alliance_pm"]
+    # the centred columns of simulate_arrays (each replicate's mean over patients, taken
+    # one replicate at a time for identical sums)
+    if g_age is not None:
+        age_mean = np.array([row.mean() for row in age_p])
+        cols["age_c"] = cols["age"] - age_mean[:, None]
+    if g_aut is not None:
+        aut_p = g_aut[:, pat_ther] if aut == "therapist" else g_aut
+        aut_mean = np.array([row.mean() for row in aut_p])
+        cols["autonomy_c"] = cols["autonomy"] - aut_mean[:, None]
+    cols["alliance_cwc"] = cols["alliance_pmc"]
     return {"therapist": therapist, "patient": patient, "session": session,
             "sizes": sizes, "observed": observed, "eta": eta, "columns": cols}
 
@@ -844,7 +854,8 @@ def batch_arrays(
     if not design.has_fixed_structure and not padded:
         raise ModelSpecError(
             "batch_arrays needs fixed caseloads and session counts, or padded=True")
-    have = {"alliance", "alliance_pm", "alliance_pmc", "adherence", *design.moderators}
+    have = {"alliance", "alliance_pm", "alliance_pmc", "alliance_cwc", "adherence",
+            *design.moderators, *(f"{m}_c" for m in design.moderators)}
     if design.randomisation != "none":
         have.add("arm")
     if design.family != "gaussian":
