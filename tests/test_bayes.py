@@ -57,9 +57,13 @@ def gfit(gdata) -> BayesFit:
     return _fit(FORMULA, gdata, seed=1, prior_predictive=True)
 
 
+ADDITIVE_SPEC = am.parse_formula(ADDITIVE)
+
+
 @pytest.fixture(scope="module")
 def gfit_additive(gdata) -> BayesFit:
-    return _fit(ADDITIVE, gdata, seed=2)
+    # fitted from a parsed ModelSpec (the object fit_mixed takes too)
+    return _fit(ADDITIVE_SPEC, gdata, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +161,19 @@ def test_interface_shapes_and_names(gfit, gdata):
             "sample_stats", "prior", "prior_predictive"} <= groups
     np.testing.assert_array_equal(gfit.idata.observed_data["adherence"].values,
                                   gdata["adherence"].to_numpy())
+
+
+def test_same_model_spec_as_fit_mixed(gfit_additive, gdata):
+    """One parsed ModelSpec drives both backends: same rows, design, groups and names."""
+    mfit = am.fit_mixed(ADDITIVE_SPEC, gdata)
+    assert gfit_additive.spec is ADDITIVE_SPEC and mfit.spec is ADDITIVE_SPEC
+    bf, mf = gfit_additive.frame, mfit.frame
+    assert bf.x_names == mf.x_names
+    np.testing.assert_array_equal(bf.X, mf.X)
+    np.testing.assert_array_equal(bf.y, mf.y)
+    for g in ("therapist", "therapist:patient"):
+        np.testing.assert_array_equal(bf.groups[g], mf.groups[g])
+    assert list(gfit_additive.params.index) == list(mfit.params.index)
 
 
 def test_summary_columns_and_text(gfit):
