@@ -446,7 +446,8 @@ def test_calibration_full():
 
 @pytest.mark.slow
 def test_agrees_with_reml_large():
-    """3,200 rows (40 x 10 x 8), default 4 chains x 1000 draws: within 2 SD of REML.
+    """3,200 rows (40 x 10 x 8), default 4 chains x 1000 draws: fixed effects and the
+    three SDs within 2 posterior SD of REML.
 
     Default thresholds (r_hat 1.01, ESS 400): a DiagnosticsWarning fails the test.
     """
@@ -455,8 +456,14 @@ def test_agrees_with_reml_large():
     mfit = am.fit_mixed(FORMULA, df)
     diff = (fit.params - mfit.params[fit.params.index]).abs()
     assert (diff < 2 * fit.fixed_draws.std()).all()
-    for g in ("therapist", "therapist:patient"):
-        assert fit.to_frame().loc[f"sd_{g}", "r_hat"] < 1.01
+    # the variance components too: posterior mean SDs within 2 posterior SD of REML
+    tab = fit.to_frame()
+    reml_sd = dict(zip(mfit.varcomp["group"], mfit.varcomp["sdcor"], strict=True))
+    for name, ref in (("sd_therapist", reml_sd["therapist"]),
+                      ("sd_therapist:patient", reml_sd["therapist:patient"]),
+                      ("sigma", mfit.sigma)):
+        assert abs(tab.loc[name, "mean"] - ref) < 2 * tab.loc[name, "sd"], (name, ref)
+        assert tab.loc[name, "r_hat"] < 1.01
 
 
 # ------------------------------------------------------------------ priors
