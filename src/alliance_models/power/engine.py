@@ -55,7 +55,7 @@ from ..errors import (
 from ..formula import parse_formula
 from ..spec import ModelSpec
 from .design import Design
-from .simulate import batch_arrays, design_matrix, simulate_arrays, to_frame
+from .simulate import SimArrays, batch_arrays, design_matrix, simulate_arrays, to_frame
 
 __all__ = [
     "PowerCurve",
@@ -73,6 +73,7 @@ REPLICATE_COLUMNS = (
     "rep", "estimate", "se", "df", "p_value", "ci_low", "ci_high", "reject",
     "converged", "singular", "failed", "error",
 )
+_BOOL_COLUMNS = frozenset({"reject", "converged", "singular", "failed"})
 _FAIL_EXC = (np.linalg.LinAlgError, ArithmeticError, AllianceModelsError, ValueError)
 #: a local run starts worker processes only when the work left after the first batch
 #: looks longer than this (seconds); loky start-up costs a few seconds
@@ -101,13 +102,24 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
 
 
+#: this process's threadpoolctl controller and the number of imported modules when it
+#: was made (scanning the loaded libraries takes milliseconds; a new import may load a
+#: new BLAS/OpenMP library, so the scan is repeated when more modules are imported)
+_BLAS_CONTROLLER: list[Any] = []
+
+
 def _limit_blas() -> contextlib.AbstractContextManager[Any]:
     """Pin BLAS/OpenMP to one thread (threadpoolctl when available)."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's stack
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1)
+    import sys
+
+    n_modules = len(sys.modules)
+    if not _BLAS_CONTROLLER or _BLAS_CONTROLLER[0] != n_modules:
+        _BLAS_CONTROLLER[:] = [n_modules, ThreadpoolController()]
+    return _BLAS_CONTROLLER[1].limit(limits=1)
 
 
 # --- the job a worker runs -----------------------------------------------------------
@@ -164,23 +176,82 @@ def _empty_record(rep: int, error: str = "") -> dict[str, Any]:
     }
 
 
-def _wald_record(rep: int, est: float, se: float, df: float, alpha: float,
-                 converged: bool, singular: bool) -> dict[str, Any]:
-    if not (math.isfinite(est) and math.isfinite(se) and se > 0):
-        rec = _empty_record(rep, "non-finite estimate or standard error")
-        rec.update(converged=bool(converged), singular=bool(singular))
-        return rec
-    df = float(df) if df is not None and math.isfinite(df) and df > 0 else math.inf
-    dist = stats.norm if math.isinf(df) else stats.t(df)
-    t = est / se
-    p = float(2 * dist.sf(abs(t)))
-    q = float(dist.ppf(1 - alpha / 2))
+def _wald_columns(rep: Any, est: Any, se: Any, df: Any, alpha: float, converged: Any,
+                  singular: Any) -> dict[str, np.ndarray]:
+    """Wald/t tests of a batch of estimates, as replicate columns (one entry per rep).
+
+    ``df`` that is missing, non-finite or not positive means a z test. The p-value is
+    ``2 * sf(|est / se|)`` and the interval ``est -/+ q se`` with ``q = ppf(1 - alpha / 2)``,
+    computed with the same special functions as ``scipy.stats.t`` / ``norm`` (``stdtr``,
+    ``stdtrit``, ``ndtr``, ``ndtri``), so the numbers equal the frozen distributions'.
+    A non-finite estimate or SE, or an SE that is not positive, gives a failed record.
+    """
+    rep = np.asarray(rep, dtype=np.int64).reshape(-1)
+    n = rep.shape[0]
+    est = np.asarray(est, dtype=float).reshape(-1)
+    se = np.asarray(se, dtype=float).reshape(-1)
+    df = np.asarray(df, dtype=float).reshape(-1)
+    converged = np.asarray(converged, dtype=bool).reshape(-1)
+    singular = np.asarray(singular, dtype=bool).reshape(-1)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        ok = np.isfinite(est) & np.isfinite(se) & (se > 0)
+        df = np.where(np.isfinite(df) & (df > 0), df, np.inf)
+        t = np.abs(est / np.where(ok, se, 1.0))
+    fin = ok & np.isfinite(df)
+    z = ok & ~fin
+    p = np.full(n, math.nan)
+    q = np.full(n, math.nan)
+    level = 1 - alpha / 2
+    if fin.any():
+        p[fin] = 2 * special.stdtr(df[fin], -t[fin])
+        q[fin] = special.stdtrit(df[fin], level)
+    if z.any():
+        p[z] = 2 * special.ndtr(-t[z])
+        q[z] = special.ndtri(level)
+    est_ok = np.where(ok, est, math.nan)
+    se_ok = np.where(ok, se, math.nan)
     return {
-        "rep": rep, "estimate": float(est), "se": float(se), "df": df, "p_value": p,
-        "ci_low": est - q * se, "ci_high": est + q * se, "reject": bool(p < alpha),
-        "converged": bool(converged), "singular": bool(singular), "failed": False,
-        "error": "",
+        "rep": rep, "estimate": est_ok, "se": se_ok, "df": np.where(ok, df, math.nan),
+        "p_value": p, "ci_low": est_ok - q * se_ok, "ci_high": est_ok + q * se_ok,
+        "reject": ok & (p < alpha), "converged": converged, "singular": singular,
+        "failed": ~ok,
+        "error": np.where(ok, "", "non-finite estimate or standard error").astype(object),
     }
+
+
+def _columns_of_records(recs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Replicate records (dicts) as replicate columns."""
+    cols: dict[str, np.ndarray] = {}
+    for c in REPLICATE_COLUMNS:
+        values = [r[c] for r in recs]
+        cols[c] = (np.array(values, dtype=object) if c == "error" else
+                   np.array(values, dtype=np.int64 if c == "rep" else
+                            bool if c in _BOOL_COLUMNS else float))
+    return cols
+
+
+def _replicate_frame(pieces: Sequence[Mapping[str, np.ndarray]]) -> pd.DataFrame:
+    """Concatenate replicate columns into the replicate data frame (in the given order)."""
+    if not pieces:
+        return pd.DataFrame(columns=list(REPLICATE_COLUMNS))
+    if len(pieces) == 1:
+        cols = dict(pieces[0])
+    else:
+        cols = {c: np.concatenate([pc[c] for pc in pieces]) for c in REPLICATE_COLUMNS}
+    return pd.DataFrame(cols, columns=list(REPLICATE_COLUMNS))
+
+
+def _wald_record(rep: int, est: float, se: float, df: float | None, alpha: float,
+                 converged: bool, singular: bool) -> dict[str, Any]:
+    """One replicate's Wald/t test as a record (see :func:`_wald_columns`)."""
+    cols = _wald_columns(rep, est, se, math.nan if df is None else df, alpha, converged,
+                         singular)
+    rec: dict[str, Any] = {}
+    for c in REPLICATE_COLUMNS:
+        v = cols[c][0]
+        rec[c] = (int(v) if c == "rep" else bool(v) if c in _BOOL_COLUMNS else
+                  str(v) if c == "error" else float(v))
+    return rec
 
 
 def _fit_frame_replicate(job: _Job, rep: int, ss: np.random.SeedSequence) -> dict[str, Any]:
@@ -248,8 +319,8 @@ def _groups_for(spec: ModelSpec) -> tuple[str, str | None] | None:
 
 
 def _run_fast_batch(job: _Job, reps: Sequence[int],
-                    seeds: Sequence[np.random.SeedSequence]) -> list[dict[str, Any]]:
-    """Fit a batch with the batched REML engine.
+                    seeds: Sequence[np.random.SeedSequence]) -> list[dict[str, np.ndarray]]:
+    """Fit a batch with the batched REML engine; return replicate columns in rep order.
 
     With a shared layout (fixed caseloads and sessions) and a formula whose columns are
     plain products of simulated columns, the whole batch is stacked by
@@ -262,13 +333,11 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
 
     spec = parse_formula(job.formula)
     groups = _groups_for(spec)
-    out: list[dict[str, Any]] = []
+    k = job.test_index
 
-    def records(bf: Any, idx: Sequence[int]) -> None:
-        for b, rep in enumerate(idx):
-            out.append(_wald_record(
-                rep, float(bf.beta[b, job.test_index]), float(bf.se[b, job.test_index]),
-                float(bf.df[b]), job.alpha, bool(bf.converged[b]), bool(bf.singular[b])))
+    def columns(bf: Any, idx: Sequence[int]) -> dict[str, np.ndarray]:
+        return _wald_columns(idx, bf.beta[:, k], bf.se[:, k], bf.df, job.alpha,
+                             bf.converged, bf.singular)
 
     codes: dict[str, np.ndarray]
     if groups is not None and job.design.has_fixed_structure:
@@ -283,8 +352,9 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
         except _FAIL_EXC:
             pass  # fit replicate by replicate below, recording failures one at a time
         else:
-            records(bf, reps)
-            return out
+            return [columns(bf, reps)]
+    out: list[dict[str, np.ndarray]] = []
+    failed: list[dict[str, Any]] = []
     for rep, ss in zip(reps, seeds, strict=True):
         try:
             sa = simulate_arrays(job.design, ss)
@@ -306,9 +376,13 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
             bf = fast.fit_batch(Xr, y[None, :], outer, inner, mask=None,
                                 contrast=job.test_index, reml=True)
         except _FAIL_EXC as err:
-            out.append(_empty_record(rep, f"{type(err).__name__}: {err}"))
+            failed.append(_empty_record(rep, f"{type(err).__name__}: {err}"))
+            out.append({})  # placeholder, filled below in rep order
             continue
-        records(bf, [rep])
+        out.append(columns(bf, [rep]))
+    if failed:
+        it = iter(failed)
+        out = [pc if pc else _columns_of_records([next(it)]) for pc in out]
     return out
 
 
@@ -317,10 +391,11 @@ def _run_batch(job: _Job, reps: Sequence[int],
     """Run one batch of replicates (in a worker or in-process) with BLAS pinned."""
     with _limit_blas():
         if job.method == "fast":
-            recs = _run_fast_batch(job, reps, seeds)
+            pieces = _run_fast_batch(job, reps, seeds)
         else:
             recs = [_fit_frame_replicate(job, r, s) for r, s in zip(reps, seeds, strict=True)]
-    return pd.DataFrame.from_records(recs, columns=list(REPLICATE_COLUMNS))
+            pieces = [_columns_of_records(recs)] if recs else []
+    return _replicate_frame(pieces)
 
 
 # --- results -------------------------------------------------------------------------
@@ -625,8 +700,9 @@ def _resolve_method(method: str | Callable[..., Any], spec: ModelSpec,
 
 
 def _truth(design: Design, spec: ModelSpec, method: str, fit_kwargs: Mapping[str, Any],
-           ss: np.random.SeedSequence, test: str) -> tuple[float, bool, tuple[str, ...]]:
-    """Validate the formula on one replicate and return (truth, exact, x_names)."""
+           ss: np.random.SeedSequence, test: str
+           ) -> tuple[float, bool, tuple[str, ...], SimArrays]:
+    """Validate the formula on one replicate; return (truth, exact, x_names, replicate)."""
     sa = simulate_arrays(design, ss)
     frame = spec.build(to_frame(sa, design))
     x_names = frame.x_names
@@ -637,16 +713,48 @@ def _truth(design: Design, spec: ModelSpec, method: str, fit_kwargs: Mapping[str
         )
     logit_fit = method == "bayes" and str(fit_kwargs.get("family", "")) == "binomial"
     if design.family == "binomial" and not logit_fit:
-        return math.nan, False, x_names
+        return math.nan, False, x_names, sa
     eta = sa.eta[sa.observed]
     coef, *_ = np.linalg.lstsq(frame.X, eta, rcond=None)
     resid = eta - frame.X @ coef
     exact = bool(np.sqrt(np.mean(resid**2)) < 1e-8 * max(1.0, float(np.std(eta))))
     value = float(coef[x_names.index(test)])
-    return (0.0 if abs(value) < 1e-12 else value), exact, x_names
+    return (0.0 if abs(value) < 1e-12 else value), exact, x_names, sa
 
 
-def _default_batch_size(method: str, n_sims: int) -> int:
+def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
+                 sa: SimArrays) -> int | None:
+    """Replicates per batch for the stacked fast path, or None when it does not apply.
+
+    The stacked path (one :func:`batch_arrays` call and one batched fit per batch) needs
+    a fixed layout and a formula of plain products of simulated columns. Its batches are
+    as large as one working-memory chunk of :func:`fast.chunk_size` for the layout of
+    the first replicate (457 replicates on design R1), so each batch is one vectorised
+    fit and per-batch costs are spread over many replicates; memory stays bounded.
+    """
+    from . import fast
+
+    groups = _groups_for(spec)
+    if (groups is None or not design.has_fixed_structure or spec.response not in sa.columns
+            or design_matrix(sa.columns, x_names) is None):
+        return None
+    codes = {"therapist": sa.therapist, "patient": sa.patient}
+    level1 = codes[groups[1] or groups[0]]
+    sizes = np.unique(level1, return_counts=True)[1]
+    n_outer = int(np.unique(codes[groups[0]]).size) if groups[1] else 0
+    return fast.chunk_size(int(sa.therapist.size), len(x_names), int(sizes.size), n_outer,
+                           int(sizes.max()))
+
+
+def _default_batch_size(method: str, n_sims: int, stacked_cap: int | None = None) -> int:
+    """Replicates per batch: from the method, ``n_sims`` and the layout, never ``n_jobs``.
+
+    Replicate ``i`` always uses seed ``i`` and its fit does not depend on the other
+    replicates of its batch, so batch boundaries affect speed, progress and checkpoint
+    granularity only, not results.
+    """
+    if method == "fast" and stacked_cap is not None:
+        return max(1, min(stacked_cap, n_sims))
     cap = 50 if method == "fast" else 10
     return max(1, min(cap, math.ceil(n_sims / 20)))
 
@@ -782,14 +890,16 @@ def power(
     from .._utils import spawn_seeds
 
     seeds = spawn_seeds(root, n_sims)
-    truth, exact, x_names = _truth(design, spec, resolved, kwargs, seeds[0], test)
+    truth, exact, x_names, first = _truth(design, spec, resolved, kwargs, seeds[0], test)
     job = _Job(
         design=design, formula=formula, test=test, test_index=x_names.index(test),
         x_names=x_names, method=resolved, alpha=float(alpha), fit_kwargs=kwargs,
         bayes_rule=rule, threshold=float(threshold), rope=float(rope),
         fitter=method if callable(method) else None,
     )
-    bs = batch_size or _default_batch_size(resolved, n_sims)
+    bs = batch_size or _default_batch_size(
+        resolved, n_sims,
+        _stacked_cap(design, spec, x_names, first) if resolved == "fast" else None)
     fp = _fingerprint(job, root)
     ck_path = Path(checkpoint) if checkpoint is not None else None
     if ck_path is not None and ck_path.suffix not in (".parquet", ".csv"):

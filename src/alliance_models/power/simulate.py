@@ -227,7 +227,7 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
         mean, sd, lo, hi = design.age_distribution
         u = r.uniform(special.ndtr((lo - mean) / sd), special.ndtr((hi - mean) / sd), size=P)
         age_p = mean + sd * special.ndtri(u)
-        mu, sigma = age_moments(design)
+        mu, sigma = _age_moments_of(tuple(design.age_distribution))
         cols["age"] = age_p[patient]
         z["age"] = (cols["age"] - mu) / sigma
     if "autonomy" in design.moderators:
