@@ -700,3 +700,173 @@ def test_curve_and_sample_size_input_errors():
         am.sample_size(INDEP, f, test="alliance", vary="clinics")
     with pytest.raises(DesignError, match=r"icc_therapist must be in \[0, 1\), got 1"):
         am.sample_size(INDEP, f, test="alliance", vary="icc_therapist", lo=1, hi=2)
+
+
+# --- the fast path's bookkeeping (vectorised Wald tests, batches) --------------------
+
+def test_wald_columns_equal_scipy_distributions_replicate_by_replicate():
+    # the vectorised p-values and intervals use the special functions behind
+    # scipy.stats.t / norm; compared with the frozen distributions at 1e-12 (they agree
+    # to the last bit in practice), including z tests (df missing, infinite or <= 0) and
+    # failed records (non-finite estimate, SE zero, negative or non-finite)
+    from scipy import stats
+
+    from alliance_models.power.engine import REPLICATE_COLUMNS, _wald_columns, _wald_record
+
+    rng = np.random.default_rng(4)
+    n = 400
+    est = rng.normal(0, 2, n)
+    se = rng.uniform(0.05, 3, n)
+    df = rng.choice([0.7, 1.0, 2.5, 8.0, 57.3, 1e6], n) * rng.uniform(0.9, 1.1, n)
+    df[::17] = np.inf
+    df[1::23] = np.nan
+    df[2::29] = -3.0
+    df[3::31] = 0.0
+    est[5::37] = np.nan
+    est[6::41] = np.inf
+    se[7::43] = 0.0
+    se[8::47] = -1.0
+    se[9::53] = np.nan
+    conv = rng.random(n) < 0.9
+    sing = rng.random(n) < 0.2
+    alpha = 0.05
+    cols = _wald_columns(np.arange(n), est, se, df, alpha, conv, sing)
+    assert set(cols) == set(REPLICATE_COLUMNS) and all(len(v) == n for v in cols.values())
+    n_failed = 0
+    for i in range(n):
+        ok = np.isfinite(est[i]) and np.isfinite(se[i]) and se[i] > 0
+        assert bool(cols["converged"][i]) == conv[i] and bool(cols["singular"][i]) == sing[i]
+        if not ok:
+            n_failed += 1
+            assert cols["failed"][i] and not cols["reject"][i]
+            assert cols["error"][i] == "non-finite estimate or standard error"
+            assert all(np.isnan(cols[c][i]) for c in
+                       ("estimate", "se", "df", "p_value", "ci_low", "ci_high"))
+            continue
+        d = df[i] if np.isfinite(df[i]) and df[i] > 0 else np.inf
+        dist = stats.norm if np.isinf(d) else stats.t(d)
+        p = 2 * dist.sf(abs(est[i] / se[i]))
+        q = dist.ppf(1 - alpha / 2)
+        assert cols["df"][i] == d and not cols["failed"][i] and cols["error"][i] == ""
+        assert cols["p_value"][i] == pytest.approx(p, rel=1e-12, abs=1e-300)
+        assert cols["ci_low"][i] == pytest.approx(est[i] - q * se[i], rel=1e-12, abs=1e-12)
+        assert cols["ci_high"][i] == pytest.approx(est[i] + q * se[i], rel=1e-12, abs=1e-12)
+        assert bool(cols["reject"][i]) == (p < alpha)
+    assert 20 < n_failed < 60 and 0 < cols["reject"].sum() < n - n_failed
+    # one replicate as a record: plain Python scalars, the same numbers
+    rec = _wald_record(3, 1.2, 0.5, None, 0.1, True, False)
+    assert rec["df"] == math.inf and isinstance(rec["reject"], bool)
+    assert rec["p_value"] == pytest.approx(2 * stats.norm.sf(2.4), rel=1e-12)
+    assert rec["ci_high"] == pytest.approx(1.2 + stats.norm.ppf(0.95) * 0.5, rel=1e-12)
+
+
+R1_DESIGN = am.Design(therapists=30, patients_per_therapist=8, sessions=6,
+                      moderators={"age": "patient", "autonomy": "patient"},
+                      effects={"alliance": 0.25, "autonomy": 0.1, "alliance:autonomy": 0.1})
+R1_FORMULA = "adherence ~ alliance * (age + autonomy) + (1 | therapist/patient)"
+
+
+@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+def test_fast_batches_are_memory_chunks_and_do_not_change_results(monkeypatch):
+    from alliance_models.formula import parse_formula
+    from alliance_models.power import engine, fast
+
+    spec = parse_formula(R1_FORMULA)
+    seeds = np.random.SeedSequence(1).spawn(1)
+    *_, x_names, first = engine._truth(R1_DESIGN, spec, "fast", {}, seeds[0],
+                                       "alliance:autonomy")
+    cap = engine._stacked_cap(R1_DESIGN, spec, x_names, first)
+    # design R1: 1,440 rows, 6 coefficients, 240 patients in 30 therapists, 6 sessions
+    assert cap == fast.chunk_size(1440, 6, 240, 30, 6) == 457
+    assert engine._default_batch_size("fast", 2000, cap) == 457
+    assert engine._default_batch_size("fast", 300, cap) == 300
+    # random caseloads (one layout per replicate) and data-frame formulas keep the
+    # small batches of the replicate-by-replicate route
+    varying = R1_DESIGN.replace(patients_per_therapist=("poisson", 8))
+    assert engine._stacked_cap(varying, spec, x_names, first) is None
+    arm_spec = parse_formula("adherence ~ C(arm) + alliance + (1 | therapist)")
+    assert engine._stacked_cap(R1_DESIGN, arm_spec, ("Intercept", "C(arm)[T.1]", "alliance"),
+                               first) is None
+    assert engine._default_batch_size("fast", 2000, None) == 50
+
+    d = am.Design(therapists=8, patients_per_therapist=4, sessions=3,
+                  effects={"alliance": 0.3, "alliance:autonomy": 0.2})
+    f = "adherence ~ alliance * autonomy + (1 | therapist/patient)"
+    kw = {"test": "alliance:autonomy", "n_sims": 60, "seed": 12, "progress": False}
+    sizes: list[int] = []
+    real = engine._run_batch
+
+    def spy(job, reps, seeds):
+        sizes.append(len(reps))
+        return real(job, reps, seeds)
+
+    monkeypatch.setattr(engine, "_run_batch", spy)
+    one = am.power(d, f, n_jobs=1, **kw)
+    assert one.method == "fast" and sizes == [60]  # one batch: the chunk holds all 60
+    sizes.clear()
+    small = am.power(d, f, n_jobs=1, batch_size=13, **kw)
+    assert sizes == [13, 13, 13, 13, 8]
+    pd.testing.assert_frame_equal(one.replicates, small.replicates)
+    monkeypatch.setattr(engine, "_run_batch", real)
+    monkeypatch.setattr(engine, "_POOL_MIN_SECONDS", 0.0)  # use the worker pool here
+    pooled = am.power(d, f, n_jobs=2, batch_size=13, **kw)
+    pd.testing.assert_frame_equal(one.replicates, pooled.replicates)
+    assert one.replicates["df"].between(1, 200).all() and not one.replicates["failed"].any()
+
+
+@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+def test_fast_replicate_by_replicate_route_keeps_order_and_records_failures(monkeypatch):
+    # when the stacked call is not possible, replicates are fitted one at a time; a
+    # replicate whose fit fails is recorded as failed in its place, the others equal the
+    # stacked fits
+    from alliance_models.errors import ModelSpecError as MSE
+    from alliance_models.power import engine, fast
+
+    d = am.Design(therapists=8, patients_per_therapist=4, sessions=3,
+                  effects={"alliance": 0.3, "alliance:autonomy": 0.2})
+    f = "adherence ~ alliance * autonomy + (1 | therapist/patient)"
+    kw = {"test": "alliance:autonomy", "n_sims": 9, "seed": 13, "n_jobs": 1,
+          "progress": False}
+    stacked = am.power(d, f, **kw).replicates
+
+    def no_stack(*args, **kwargs):
+        raise MSE("no stacking in this test")
+
+    real_fit = fast.fit_batch
+    calls: list[int] = []
+
+    def flaky_fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in (2, 6):
+            raise np.linalg.LinAlgError("singular matrix in this test")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "batch_arrays", no_stack)
+    monkeypatch.setattr(fast, "fit_batch", flaky_fit)
+    res = am.power(d, f, **kw)
+    one = res.replicates
+    assert len(calls) == 9 and one["rep"].tolist() == list(range(9))
+    bad = one["failed"].to_numpy()
+    assert bad.tolist() == [i in (1, 5) for i in range(9)]
+    assert (one.loc[bad, "error"] == "LinAlgError: singular matrix in this test").all()
+    assert one.loc[bad, ["estimate", "se", "p_value"]].isna().all().all()
+    assert not one.loc[bad, "reject"].any() and not one.loc[bad, "converged"].any()
+    assert (one.loc[~bad, "error"] == "").all()
+    pd.testing.assert_frame_equal(one.loc[~bad], stacked.loc[~bad], rtol=1e-8)
+    assert res.failure_rate == pytest.approx(2 / 9)
+    assert list(one.dtypes) == list(stacked.dtypes)
+
+
+def test_blas_limit_is_undone_after_each_batch():
+    from threadpoolctl import threadpool_info
+
+    from alliance_models.power.engine import _limit_blas
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas_threads()
+    for _ in range(2):  # the second use reuses the cached controller
+        with _limit_blas():
+            assert blas_threads() == {1}
+        assert blas_threads() == before
