@@ -778,7 +778,12 @@ def test_fast_batches_are_memory_chunks_and_do_not_change_results(monkeypatch):
     cap = engine._stacked_cap(R1_DESIGN, spec, x_names, first)
     # design R1: 1,440 rows, 6 coefficients, 240 patients in 30 therapists, 6 sessions
     assert cap == fast.chunk_size(1440, 6, 240, 30, 6) == 457
-    assert engine._default_batch_size("fast", 2000, cap) == 457
+    # at most one chunk per batch, a multiple of 4 batches of equal size from 800
+    # replicates on (so 2 or 4 workers share them evenly), one batch for short runs
+    assert engine._default_batch_size("fast", 20000, cap) == 455  # 44 batches
+    assert engine._default_batch_size("fast", 2000, cap) == 250  # 8 batches
+    assert engine._default_batch_size("fast", 1000, cap) == 250
+    assert engine._default_batch_size("fast", 799, cap) == 400
     assert engine._default_batch_size("fast", 300, cap) == 300
     # random caseloads (one layout per replicate) and data-frame formulas keep the
     # small batches of the replicate-by-replicate route
@@ -807,8 +812,23 @@ def test_fast_batches_are_memory_chunks_and_do_not_change_results(monkeypatch):
     small = am.power(d, f, n_jobs=1, batch_size=13, **kw)
     assert sizes == [13, 13, 13, 13, 8]
     pd.testing.assert_frame_equal(one.replicates, small.replicates)
+    # a short run with 2 workers runs its batches in 2 threads of this process
+    import threading
+
+    threads: set[str] = set()
+
+    def thread_spy(job, reps, seeds, **kwargs):
+        threads.add(threading.current_thread().name)
+        return real(job, reps, seeds, **kwargs)
+
+    monkeypatch.setattr(engine, "_run_batch", thread_spy)
+    threaded = am.power(d, f, n_jobs=2, batch_size=13, **kw)
+    # (a first round of 2 batches, then the other 3 batches: 2 threads each time)
+    assert len(threads) == 4 and threading.current_thread().name not in threads
+    pd.testing.assert_frame_equal(one.replicates, threaded.replicates)
     monkeypatch.setattr(engine, "_run_batch", real)
-    monkeypatch.setattr(engine, "_POOL_MIN_SECONDS", 0.0)  # use the worker pool here
+    # a long one starts worker processes after the first round
+    monkeypatch.setattr(engine, "_POOL_MIN_SECONDS", 0.0)
     pooled = am.power(d, f, n_jobs=2, batch_size=13, **kw)
     pd.testing.assert_frame_equal(one.replicates, pooled.replicates)
     assert one.replicates["df"].between(1, 200).all() and not one.replicates["failed"].any()
@@ -870,3 +890,29 @@ def test_blas_limit_is_undone_after_each_batch():
         with _limit_blas():
             assert blas_threads() == {1}
         assert blas_threads() == before
+
+
+@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+def test_threaded_fast_batches_keep_blas_pinned_and_restore_it(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from alliance_models.power import engine
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen: list[set[int]] = []
+    real = engine._run_batch
+
+    def spy(job, reps, seeds, **kwargs):
+        seen.append(blas_threads())
+        return real(job, reps, seeds, **kwargs)
+
+    monkeypatch.setattr(engine, "_run_batch", spy)
+    before = blas_threads()
+    d = am.Design(therapists=6, patients_per_therapist=3, sessions=3,
+                  effects={"alliance": 0.3})
+    am.power(d, "adherence ~ alliance + (1 | therapist/patient)", test="alliance",
+             n_sims=12, batch_size=2, seed=3, n_jobs=2, progress=False)
+    assert len(seen) == 6 and all(s == {1} for s in seen)
+    assert blas_threads() == before

@@ -78,6 +78,9 @@ _FAIL_EXC = (np.linalg.LinAlgError, ArithmeticError, AllianceModelsError, ValueE
 #: a local run starts worker processes only when the work left after the first batch
 #: looks longer than this (seconds); loky start-up costs a few seconds
 _POOL_MIN_SECONDS = 4.0
+#: smallest stacked fast batch worth splitting a run for (per-batch costs of the
+#: batched fit are spread over this many replicates)
+_MIN_STACKED = 200
 #: warnings point at the caller's line, outside alliance_models.power
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -140,6 +143,9 @@ class _Job:
     threshold: float = 0.975
     rope: float = 0.0
     fitter: Callable[..., Any] | None = None
+    #: batches may run in threads of this process (the stacked fast path: vectorised
+    #: numpy that releases the GIL, no ``warnings.catch_warnings``)
+    threads_ok: bool = False
 
 
 def _fit_seed(ss: np.random.SeedSequence) -> int:
@@ -387,9 +393,12 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
 
 
 def _run_batch(job: _Job, reps: Sequence[int],
-               seeds: Sequence[np.random.SeedSequence]) -> pd.DataFrame:
-    """Run one batch of replicates (in a worker or in-process) with BLAS pinned."""
-    with _limit_blas():
+               seeds: Sequence[np.random.SeedSequence], *, pin: bool = True) -> pd.DataFrame:
+    """Run one batch of replicates (in a worker or in-process) with BLAS pinned.
+
+    ``pin=False`` when the caller already holds the limit (threads of one process).
+    """
+    with _limit_blas() if pin else contextlib.nullcontext():
         if job.method == "fast":
             pieces = _run_fast_batch(job, reps, seeds)
         else:
@@ -643,14 +652,24 @@ def _execute(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequen
         for reps, seeds in batches:
             yield _run_batch(job, reps, seeds)
         return
-    # run the first batch here and start worker processes only when the rest of the run
-    # is long enough to repay their start-up; results are the same either way
+    # run a first round here (one batch; one per worker, in threads, on the stacked fast
+    # path) and start worker processes only when the rest of the run is long enough to
+    # repay their start-up; results are the same either way
+    n_head = n_workers if job.threads_ok else 1
+    head, rest = batches[:n_head], batches[n_head:]
     t0 = time.perf_counter()
-    yield _run_batch(job, *batches[0])
-    rest = batches[1:]
+    if job.threads_ok:
+        yield from _thread_batches(job, head, n_workers)
+    else:
+        yield _run_batch(job, *head[0])
+    if not rest:
+        return
     if (time.perf_counter() - t0) * len(rest) < _POOL_MIN_SECONDS:
-        for reps, seeds in rest:
-            yield _run_batch(job, reps, seeds)
+        if job.threads_ok:
+            yield from _thread_batches(job, rest, n_workers)
+        else:
+            for reps, seeds in rest:
+                yield _run_batch(job, reps, seeds)
         return
     from joblib import Parallel, delayed, parallel_config
 
@@ -669,6 +688,30 @@ def _execute(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequen
                     warnings.filterwarnings("ignore", message=r".*tasks which were still "
                                             r"being processed", category=UserWarning)
                     stop()
+
+
+def _thread_batches(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequence]]],
+                    n_workers: int) -> Iterator[pd.DataFrame]:
+    """Run batches in ``n_workers`` threads of this process (short stacked fast runs).
+
+    Worker processes cost seconds to start; the stacked fast path spends its time in
+    numpy calls that release the GIL, so threads use the cores at once. BLAS stays
+    pinned to one thread for the whole section (the limit is process-wide). Every
+    batch is computed exactly as in a worker process, so results are the same.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    with _limit_blas(), ThreadPoolExecutor(max_workers=n_workers) as pool:
+        todo = {pool.submit(_run_batch, job, reps, seeds, pin=False)
+                for reps, seeds in batches}
+        try:
+            while todo:
+                done, todo = wait(todo, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+        finally:
+            for fut in todo:
+                fut.cancel()  # queued batches; running ones finish (a fraction of a second)
 
 
 # --- the public engine ---------------------------------------------------------------
@@ -727,10 +770,10 @@ def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
     """Replicates per batch for the stacked fast path, or None when it does not apply.
 
     The stacked path (one :func:`batch_arrays` call and one batched fit per batch) needs
-    a fixed layout and a formula of plain products of simulated columns. Its batches are
-    as large as one working-memory chunk of :func:`fast.chunk_size` for the layout of
+    a fixed layout and a formula of plain products of simulated columns. Its batches
+    hold at most one working-memory chunk of :func:`fast.chunk_size` for the layout of
     the first replicate (457 replicates on design R1), so each batch is one vectorised
-    fit and per-batch costs are spread over many replicates; memory stays bounded.
+    fit, per-batch costs are spread over many replicates and memory stays bounded.
     """
     from . import fast
 
@@ -754,7 +797,13 @@ def _default_batch_size(method: str, n_sims: int, stacked_cap: int | None = None
     granularity only, not results.
     """
     if method == "fast" and stacked_cap is not None:
-        return max(1, min(stacked_cap, n_sims))
+        # as few batches as memory allows, but a multiple of 4 of them (at least 4 when
+        # each still holds _MIN_STACKED replicates) so that 2 or 4 workers share the
+        # batches evenly; sizes as equal as possible
+        n_batches = math.ceil(n_sims / max(1, stacked_cap))
+        if n_sims >= 4 * _MIN_STACKED:
+            n_batches = 4 * math.ceil(n_batches / 4)
+        return max(1, math.ceil(n_sims / n_batches))
     cap = 50 if method == "fast" else 10
     return max(1, min(cap, math.ceil(n_sims / 20)))
 
@@ -891,15 +940,14 @@ def power(
 
     seeds = spawn_seeds(root, n_sims)
     truth, exact, x_names, first = _truth(design, spec, resolved, kwargs, seeds[0], test)
+    stacked = _stacked_cap(design, spec, x_names, first) if resolved == "fast" else None
     job = _Job(
         design=design, formula=formula, test=test, test_index=x_names.index(test),
         x_names=x_names, method=resolved, alpha=float(alpha), fit_kwargs=kwargs,
         bayes_rule=rule, threshold=float(threshold), rope=float(rope),
-        fitter=method if callable(method) else None,
+        fitter=method if callable(method) else None, threads_ok=stacked is not None,
     )
-    bs = batch_size or _default_batch_size(
-        resolved, n_sims,
-        _stacked_cap(design, spec, x_names, first) if resolved == "fast" else None)
+    bs = batch_size or _default_batch_size(resolved, n_sims, stacked)
     fp = _fingerprint(job, root)
     ck_path = Path(checkpoint) if checkpoint is not None else None
     if ck_path is not None and ck_path.suffix not in (".parquet", ".csv"):
