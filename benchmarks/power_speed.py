@@ -14,7 +14,9 @@ testing ``alliance:autonomy``. Everything is measured in this one run on this ma
   (its own simulator; Satterthwaite df for nested groupings per its documentation).
 * ``am.power(design, formula, test="alliance:autonomy", method="auto", n_jobs=1)``: the
   package's public entry point end to end (validation, seeding, the vectorised
-  ``batch_arrays`` simulator, batched REML, records and summary) in one process.
+  ``batch_arrays`` simulator, batched REML, records and summary) in one thread; and
+  with ``n_jobs=-1`` (every core: a run this short uses threads of one process), which
+  is the fair comparison with MCPower's engine on 2 threads.
 
 Timings are repeated and the median is printed; the ratios use the medians.
 Run: ``.venv/bin/python benchmarks/power_speed.py [--quick]``.
@@ -132,8 +134,8 @@ def _r1_design():  # noqa: ANN202 - the package's Design
                   effects={"alliance": 0.25, "autonomy": 0.1, "alliance:autonomy": 0.1})
 
 
-def bench_am_power(B: int, repeats: int) -> tuple[float, float, str] | None:
-    """Replicates/s of ``am.power(..., method="auto", n_jobs=1)``, its power and engine."""
+def bench_am_power(B: int, repeats: int, n_jobs: int = 1) -> tuple[float, float, str] | None:
+    """Replicates/s of ``am.power(..., method="auto", n_jobs=n_jobs)``, power and engine."""
     try:
         import alliance_models as am
 
@@ -146,7 +148,7 @@ def bench_am_power(B: int, repeats: int) -> tuple[float, float, str] | None:
 
     def run() -> None:
         res = am.power(design, R1_FORMULA, test="alliance:autonomy", n_sims=B,
-                       method="auto", n_jobs=1, seed=next(seeds), progress=False)
+                       method="auto", n_jobs=n_jobs, seed=next(seeds), progress=False)
         last[:] = [res]
 
     try:
@@ -246,10 +248,15 @@ def main() -> None:
     pkg = bench_package_simulator(500 if quick else 1000, reps)
     if pkg is not None:
         print(f"  fast engine with am's batch_arrays simulator:        {pkg:9.1f} rep/s")
-    amp = bench_am_power(500 if quick else 1000, reps)
+    B_am = 500 if quick else 1000
+    amp = bench_am_power(B_am, reps)
     if amp is not None:
-        print(f"  am.power(method='auto', n_jobs=1) ({500 if quick else 1000} replicates): "
+        print(f"  am.power(method='auto', n_jobs=1) ({B_am} replicates):  "
               f"{amp[0]:9.1f} rep/s   (engine {amp[2]!r}, power {amp[1]:.3f})")
+    amp2 = bench_am_power(B_am, reps, n_jobs=-1)
+    if amp2 is not None:
+        print(f"  am.power(method='auto', n_jobs=-1) ({B_am} replicates): "
+              f"{amp2[0]:9.1f} rep/s   (engine {amp2[2]!r}, power {amp2[1]:.3f})")
     sm = bench_statsmodels(B_sm, max(1, reps // 2) if not quick else 1)
     print(f"  statsmodels MixedLM loop ({B_sm} replicates, no df):      {sm:9.2f} rep/s")
     mc = bench_mcpower(B_mc, reps)
@@ -262,10 +269,15 @@ def main() -> None:
     else:
         print("  fast / MCPower: MCPower unavailable")
     if amp is not None and mc is not None:
-        print(f"  am.power (end to end) / MCPower:     {amp[0] / mc:8.2f}x   (goal >= 1x)")
+        print(f"  am.power n_jobs=1 / MCPower:         {amp[0] / mc:8.2f}x   (goal >= 1x)")
+    if amp2 is not None and mc is not None:
+        print(f"  am.power n_jobs=-1 / MCPower:        {amp2[0] / mc:8.2f}x   (goal >= 1x)")
     if amp is not None:
-        print(f"  am.power / fast engine with the benchmark's simulator: "
+        print(f"  am.power n_jobs=1 / fast engine with the benchmark's simulator: "
               f"{amp[0] / fast_e2e:5.2f}x")
+        if pkg is not None:
+            print(f"  am.power n_jobs=1 / fast engine with am's batch_arrays simulator: "
+                  f"{amp[0] / pkg:5.2f}x")
 
 
 if __name__ == "__main__":

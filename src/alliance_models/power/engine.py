@@ -850,8 +850,11 @@ def power(
         terms) or ``fit_ols``. A callable ``f(formula, data, **fit_kwargs)`` returning a
         fit with ``params``, ``cov_params()`` and ``contrast_df(L)`` is used as is.
     n_jobs : int, default -1
-        Local worker processes (loky); -1 uses every core, -2 all but one (joblib's
-        convention).
+        Local workers; -1 uses every core, -2 all but one (joblib's convention). The
+        first batch (one per worker on the stacked fast path) runs in this process; the
+        rest runs in loky worker processes when it looks longer than a few seconds,
+        otherwise here (in ``n_jobs`` threads on the stacked fast path, whose numpy
+        calls release the GIL).
     backend : "loky", "dask" or distributed.Client
         ``"dask"`` uses the current Dask client, or starts a process-based
         ``LocalCluster`` for this run (in a script, do that under
