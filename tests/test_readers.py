@@ -211,6 +211,10 @@ def test_redcap_auto_detection(tmp_path):
     assert flat.attrs["source"] == str(tmp_path / "rc.csv")
     assert flat.attrs["redcap"]["n_records"] == 1
     assert len(read_data(tmp_path / "rc.csv", redcap=False)) == 3
+    # a flattened export written back to disk is read as it is, not flattened again
+    flat.to_csv(tmp_path / "flat.csv", index=False)
+    again = read_data(tmp_path / "flat.csv")
+    assert again[["session", "age", "attended"]].to_numpy().tolist() == [[1, 50, 1], [2, 50, 0]]
     # excel export of the same layout is flattened too
     raw.to_excel(tmp_path / "rc.xlsx", index=False)
     assert len(read_data(tmp_path / "rc.xlsx")) == 2

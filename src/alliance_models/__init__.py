@@ -103,7 +103,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        value = module if name in ("datasets", "power") else getattr(module, name)
+        value = module if name in ("datasets", "power", "report") else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'alliance_models' has no attribute {name!r}")

@@ -154,9 +154,21 @@ def read_data(
     if df.shape[0] == 0:
         cols = ", ".join(map(repr, list(df.columns)[:20])) or "none"
         raise DataValidationError(f"{where} has no data rows (columns: {cols})")
-    if redcap is True or (redcap == "auto" and is_redcap_export(list(df.columns))):
+    if redcap is True or (redcap == "auto" and _needs_flattening(df)):
         df = read_redcap(df)
     return df
+
+
+def _needs_flattening(df: pd.DataFrame) -> bool:
+    """Tell whether df is a REDCap export that has not been flattened yet.
+
+    :func:`read_redcap` output keeps ``record_id`` and ``redcap_event_name`` but replaces
+    ``redcap_repeat_instance`` by ``session``; reading such a file back (e.g. after
+    ``alliance-models score --out``) must not flatten it a second time.
+    """
+    cols = {str(c) for c in df.columns}
+    already_flat = "session" in cols and "redcap_repeat_instance" not in cols
+    return is_redcap_export(list(cols)) and not already_flat
 
 
 def _read_file(path: Path, sheet: str | int | None, kwargs: dict[str, Any]) -> pd.DataFrame:
