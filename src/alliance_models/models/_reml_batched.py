@@ -36,7 +36,8 @@ replicate (``T`` distinct cluster sizes, ``J`` outer clusters); its Cholesky fac
 constant) is ``nu log R + log|H| [+ log|X'H^{-1}X|]`` with ``nu = n - p`` (REML) or
 ``n`` (ML).
 
-Optimisation: a start from a small grid of ``s`` values, then quasi-Newton steps on the
+Optimisation: a method-of-moments (ANOVA) start from the OLS residuals (a small grid of
+``s`` values where the criterion fails there), then quasi-Newton steps on the
 profiled criterion, all replicates at once: the gradient is analytic (contracted from
 the sufficient statistics), the Hessian starts as a forward difference of that gradient
 (eigenvalues made positive) and is then updated by BFGS (refreshed by a new difference
@@ -557,9 +558,11 @@ def gradient(st: SuffStats, s: np.ndarray, *, reml: bool = True) -> np.ndarray:
     return nu[:, None] * dR / R[:, None] + dh
 
 
-def _solve_all(st: SuffStats, s: np.ndarray, Lrows: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Beta (scaled X), ``diag(L M^{-1} L')`` per contrast row, and ``diag(M^{-1})``."""
-    L = _evaluate(st, s, True, grad=False)[3]
+def _solve_all(st: SuffStats, L: np.ndarray, Lrows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Beta (scaled X), ``diag(L M^{-1} L')`` per contrast row, and ``diag(M^{-1})``.
+
+    ``L`` is the Cholesky factor of ``Xa' H^{-1} Xa`` at the estimate (from ``_evaluate``).
+    """
     p = st.p
     Lf = _finite_chol(L)
     Lxx = Lf[:, :p, :p]
@@ -587,10 +590,55 @@ def _faces_of(k: int) -> list[tuple[int, ...]]:
     return [(0,)] if k == 1 else [(0,), (1,), (0, 1)]
 
 
+def _moment_start(st: SuffStats) -> np.ndarray:
+    """ANOVA (method-of-moments) estimates of the relative SDs, as Newton's start (B, k).
+
+    Built from the OLS residuals already held in the sufficient statistics (the last
+    column): the within-, between-inner- and (with two factors) between-outer-cluster
+    sums of squares give ``sigma^2``, ``tau_b^2`` and ``tau_a^2`` by the usual
+    unbalanced-ANOVA expected mean squares (ignoring the fixed effects' share of the
+    degrees of freedom: this is a start, not an estimate). Ratios are clipped to
+    ``[0.01, 100]`` (relative SDs in ``[0.1, 10]``; zero is a stationary point in ``s``,
+    so the start stays inside); undefined ratios start at ``0.25`` (``s = 0.5``).
+    """
+    p = st.p
+    m = st.sizes[None, :]
+    n = st.n
+    cnt = st.count
+    K = cnt.sum(axis=1)
+    sse = st.xtx[:, p, p]
+    # clusters emptied by the mask (size 0) contribute nothing
+    ssi = (st.Q[:, :, p, p] / np.where(m > 0, m, 1.0)).sum(axis=1)
+    sm2 = (cnt * m**2).sum(axis=1)  # sum of squared inner-cluster sizes
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s2w = (sse - ssi) / (n - K)
+        if st.S2 is None or st.N2 is None:
+            c1 = (n - sm2 / n) / (K - 1.0)
+            tb = (ssi / (K - 1.0) - s2w) / c1
+            g = (tb / s2w)[:, None]
+        else:
+            sj = _tsum(np.ones_like(m), st.S2[..., p])  # (B, J) outer residual sums
+            nj = _tsum(np.broadcast_to(m, cnt.shape), st.N2)  # (B, J) outer sizes
+            m2j = _tsum(np.broadcast_to(m**2, cnt.shape), st.N2)  # sum of m_k^2 per outer
+            has = nj > 0
+            nj_safe = np.where(has, nj, 1.0)
+            J = has.sum(axis=1).astype(float)
+            sso = np.where(has, sj**2 / nj_safe, 0.0).sum(axis=1)
+            a2 = np.where(has, m2j / nj_safe, 0.0).sum(axis=1)  # sum_j sum_k m_k^2 / n_j
+            c1 = (n - a2) / (K - J)
+            c2 = (a2 - sm2 / n) / (J - 1.0)
+            c3 = (n - (nj**2).sum(axis=1) / n) / (J - 1.0)
+            tb = ((ssi - sso) / (K - J) - s2w) / c1
+            ta = (sso / (J - 1.0) - s2w - c2 * np.maximum(tb, 0.0)) / c3
+            g = np.column_stack([ta / s2w, tb / s2w])
+    g = np.where(np.isfinite(g), np.clip(g, 0.01, 100.0), 0.25)
+    return np.sqrt(g)
+
+
 def _start(
     st: SuffStats, reml: bool
 ) -> tuple[np.ndarray, dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]]]:
-    """Best interior grid point per replicate, and the best grid point on every face.
+    """Moment-estimate start per replicate, and the best grid point on every face.
 
     Returns ``s0`` (B, k) and ``{face: (f (B,), s (B, k))}``.
     """
@@ -608,12 +656,15 @@ def _start(
             arg[better] = c
         return best, arg
 
-    if k == 1:
-        interior = grid[:, None]
-    else:
-        g1, g2 = np.meshgrid(grid, grid, indexing="ij")
-        interior = np.column_stack([g1.ravel(), g2.ravel()])
-    _, s0 = best_of(interior)
+    s0 = _moment_start(st)
+    bad = ~np.isfinite(criterion(st, s0, reml=reml)[0])
+    if bad.any():  # a start where the criterion fails: fall back to the interior grid
+        if k == 1:
+            interior = grid[:, None]
+        else:
+            g1, g2 = np.meshgrid(grid, grid, indexing="ij")
+            interior = np.column_stack([g1.ravel(), g2.ravel()])
+        s0[bad] = best_of(interior)[1][bad]
     faces = {}
     for zero in _faces_of(k):
         free = [i for i in range(k) if i not in zero]
@@ -802,19 +853,28 @@ def _faces(
 
 
 def _snap_boundary(st: SuffStats, s: np.ndarray, reml: bool) -> np.ndarray:
-    """Set near-zero relative SDs to exactly zero when the criterion does not rise."""
+    """Set near-zero relative SDs to exactly zero when the criterion does not rise.
+
+    Only the replicates with a near-zero component are evaluated.
+    """
     s = np.abs(s)
-    f, _, _ = criterion(st, s, reml=reml)
-    for i in range(s.shape[1]):
-        near = s[:, i] < BOUNDARY_SNAP
+    near_any = np.flatnonzero(np.any(s < BOUNDARY_SNAP, axis=1))
+    if near_any.size == 0:
+        return s
+    sub = st.take(near_any) if near_any.size < s.shape[0] else st
+    ss = s[near_any]
+    f, _, _ = criterion(sub, ss, reml=reml)
+    for i in range(ss.shape[1]):
+        near = ss[:, i] < BOUNDARY_SNAP
         if not near.any():
             continue
-        x = s.copy()
+        x = ss.copy()
         x[near, i] = 0.0
-        fx, _, _ = criterion(st, x, reml=reml)
+        fx, _, _ = criterion(sub, x, reml=reml)
         ok = near & (fx <= f + 1e-9 * np.maximum(1.0, np.abs(f)))
-        s[ok, i] = 0.0
+        ss[ok, i] = 0.0
         f = np.where(ok, fx, f)
+    s[near_any] = ss
     return s
 
 
@@ -884,10 +944,10 @@ def batched_fit(
     s = _snap_boundary(st, s, reml)
     s, conv = _faces(st, s, conv, face_grid, reml)
     s = _snap_boundary(st, s, reml)
-    f, R, h = criterion(st, s, reml=reml)
+    f, R, h, Lc0, gR, _ = _evaluate(st, s, reml, grad=True)
     nu = st.n - p if reml else st.n
     sigma2 = R / nu
-    beta_s, cvals_s, mdiag = _solve_all(st, s, np.asarray(Lrows, dtype=float))
+    beta_s, cvals_s, mdiag = _solve_all(st, Lc0, np.asarray(Lrows, dtype=float))
     beta = (beta_s + st.beta0) * st.scale
     se = np.sqrt(sigma2[:, None] * mdiag) * st.scale
     var_l = sigma2[:, None] * cvals_s
@@ -910,7 +970,6 @@ def batched_fit(
     # jR[:, i, j] = d(dR/ds_j)/ds_i: symmetric Hessians of R and h; gc: (B, k, r)
     HR = 0.5 * (jR + np.swapaxes(jR, 1, 2))
     Hh = 0.5 * (jh + np.swapaxes(jh, 1, 2))
-    gR = _evaluate(st, s, reml, grad=True)[4]
     sig = np.sqrt(sigma2)
     Hd = np.empty((B, k + 1, k + 1))
     Hd[:, :k, :k] = HR / sigma2[:, None, None] + Hh
