@@ -42,6 +42,7 @@ from ..errors import (
 )
 from ..formula import parse_formula
 from ..spec import MIN_CLUSTERS, ModelFrame, ModelSpec
+from .results import StatsmodelsFitMixin
 
 
 def _working_structure(kind: str, trials: np.ndarray) -> Any:
@@ -98,7 +99,7 @@ __all__ = ["GEEFit", "fit_gee"]
 
 
 @dataclass(frozen=True, eq=False)
-class GEEFit:
+class GEEFit(StatsmodelsFitMixin):
     """Result of :func:`fit_gee` (satisfies ``FixedEffectsFit``).
 
     Attributes
@@ -144,26 +145,6 @@ class GEEFit:
     working_correlation: float
     scale: float
     alpha: float = 0.05
-
-    @property
-    def params(self) -> pd.Series:
-        """Coefficients (log-odds scale for binomial) by term name."""
-        return pd.Series(np.asarray(self.result.params, float), index=list(self.frame.x_names))
-
-    @property
-    def fixed_draws(self) -> pd.DataFrame | None:
-        """Always ``None`` (frequentist fit)."""
-        return None
-
-    @property
-    def n_obs(self) -> int:
-        """Rows used."""
-        return self.frame.n_obs
-
-    @property
-    def n_dropped(self) -> int:
-        """Rows excluded listwise for missing values in model, cluster or trials columns."""
-        return self.frame.n_dropped
 
     @property
     def observed_response(self) -> np.ndarray:

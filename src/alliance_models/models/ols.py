@@ -27,6 +27,7 @@ from ..errors import ModelSpecError
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec
 from .mixed import _check_finite
+from .results import StatsmodelsFitMixin
 
 __all__ = ["OLSFit", "fit_ols", "hc_covariance"]
 
@@ -109,7 +110,7 @@ def _interaction_factors(fixed_formula: str) -> list[str]:
 
 
 @dataclass(frozen=True, eq=False)
-class OLSFit:
+class OLSFit(StatsmodelsFitMixin):
     """Result of :func:`fit_ols` (satisfies ``FixedEffectsFit``).
 
     Attributes
@@ -153,26 +154,6 @@ class OLSFit:
     boot_params: pd.DataFrame | None = None
     seed: Any = None
     alpha: float = 0.05
-
-    @property
-    def params(self) -> pd.Series:
-        """Coefficients by term name."""
-        return pd.Series(np.asarray(self.result.params, float), index=list(self.frame.x_names))
-
-    @property
-    def fixed_draws(self) -> pd.DataFrame | None:
-        """Always ``None`` (frequentist fit)."""
-        return None
-
-    @property
-    def n_obs(self) -> int:
-        """Rows used."""
-        return self.frame.n_obs
-
-    @property
-    def n_dropped(self) -> int:
-        """Rows excluded listwise for missing values in model columns."""
-        return self.frame.n_dropped
 
     @property
     def df_resid(self) -> float:

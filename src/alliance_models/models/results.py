@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..spec import ModelFrame, ModelSpec
 
-__all__ = ["FixedEffectsFit"]
+__all__ = ["FixedEffectsFit", "StatsmodelsFitMixin"]
 
 
 @runtime_checkable
@@ -57,3 +57,37 @@ class FixedEffectsFit(Protocol):
     def fixed_draws(self) -> pd.DataFrame | None:
         """Posterior draws of the fixed effects, shape (n_draws, p); ``None`` if frequentist."""
         ...
+
+
+class StatsmodelsFitMixin:
+    """Shared read-only accessors of frequentist fits backed by a statsmodels result.
+
+    The dataclass using it must have ``frame`` (:class:`ModelFrame`) and ``result`` (a
+    statsmodels results object whose ``params`` follow ``frame.x_names``).
+    """
+
+    frame: ModelFrame
+    result: object
+
+    @property
+    def params(self) -> pd.Series:
+        """Coefficients by term name (log-odds scale for binomial GEE)."""
+        return pd.Series(
+            np.asarray(self.result.params, dtype=float),  # type: ignore[attr-defined]
+            index=list(self.frame.x_names),
+        )
+
+    @property
+    def fixed_draws(self) -> pd.DataFrame | None:
+        """Always ``None`` (frequentist fit)."""
+        return None
+
+    @property
+    def n_obs(self) -> int:
+        """Rows used."""
+        return self.frame.n_obs
+
+    @property
+    def n_dropped(self) -> int:
+        """Rows excluded listwise for missing values in the model's columns."""
+        return self.frame.n_dropped
