@@ -6,7 +6,7 @@ Every backend's result (``MixedFit``, ``OLSFit``, ``GEEFit``, ``BayesFit``) sati
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -67,15 +67,13 @@ class StatsmodelsFitMixin:
     """
 
     frame: ModelFrame
-    result: object
+    result: Any
 
     @property
     def params(self) -> pd.Series:
         """Coefficients by term name (log-odds scale for binomial GEE)."""
-        return pd.Series(
-            np.asarray(self.result.params, dtype=float),  # type: ignore[attr-defined]
-            index=list(self.frame.x_names),
-        )
+        values = np.asarray(self.result.params, dtype=np.float64)
+        return pd.Series(values, index=list(self.frame.x_names))
 
     @property
     def fixed_draws(self) -> pd.DataFrame | None:
