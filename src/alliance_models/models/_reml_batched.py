@@ -474,43 +474,49 @@ def _evaluate(
     if not grad:
         return f, R, h, L
     Lf = _finite_chol(L)
-    Lxx = Lf[:, :p, :p]
-    # u = (-beta, 1) in the scaled/residualised coordinates; K = M^{-1} padded to q x q
-    beta = np.linalg.solve(np.swapaxes(Lxx, 1, 2), Lf[:, p, :p, None])[..., 0]
+    # u = (-beta, 1) in the scaled/residualised coordinates; K = M^{-1} padded to q x q.
+    # With Li = Lxx^{-1}: beta = Li' l (l the last row of L) and M^{-1}[:p, :p] = Li' Li.
+    Li = np.linalg.inv(Lf[:, :p, :p])
+    LiT = np.swapaxes(Li, 1, 2)
+    beta = (LiT @ Lf[:, p, :p, None])[..., 0]
     u = np.concatenate([-beta, np.ones((beta.shape[0], 1))], axis=1)
-    K = np.zeros_like(M)
+    Bn, q = u.shape
     if reml:
-        Li = np.linalg.inv(Lxx)
-        K[:, :p, :p] = np.swapaxes(Li, 1, 2) @ Li
+        K = np.zeros_like(M)
+        K[:, :p, :p] = LiT @ Li
 
-    def quad(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(u' A u, <A, K>)`` for a stack (B, ..., q, q)."""
-        ub = u.reshape(u.shape[0], *([1] * (A.ndim - 3)), u.shape[1])
-        Kb = K.reshape(K.shape[0], *([1] * (A.ndim - 3)), *K.shape[1:])
-        return ((A @ ub[..., None])[..., 0] * ub).sum(-1), (A * Kb).sum((-2, -1))
-
-    qQu, qQk = quad(st.Q)  # (B, T)
+    Q = st.Q  # (B, T, q, q)
+    qQu = np.linalg.vecdot(Q @ u[:, None, :, None], u[:, None, :, None], axis=-2)[..., 0]
     uu_b = (a**2 * qQu).sum(axis=1)
-    kk_b = (a**2 * qQk).sum(axis=1)
+    if reml:
+        qQk = np.linalg.vecdot(Q.reshape(Bn, -1, q * q), K.reshape(Bn, 1, q * q))
+        kk_b = (a**2 * qQk).sum(axis=1)
     tr_b = (st.count * a * m).sum(axis=1)
     out_u, out_k, out_t = [], [], []
     if two:
         assert S2 is not None and N2 is not None
         U = _tsum(m * a**2, S2)  # (B, J, q)
-        Tu = (T2 * u[:, None, :]).sum(axis=2)  # (B, J)
-        Uu = (U * u[:, None, :]).sum(axis=2)
-        KT = T2 @ K  # (B, J, q)
-        TKT = (KT * T2).sum(axis=2)
-        UKT = (KT * U).sum(axis=2)
-        e2 = d**2 * _tsum((m * a) ** 2, N2)  # (B, J)
+        uc = u[:, :, None]
+        Tu = (T2 @ uc)[..., 0]  # (B, J)
+        Uu = (U @ uc)[..., 0]
+        e1 = _tsum((m * a) ** 2, N2)  # (B, J)
+        e2 = d**2 * e1
         uu_b = uu_b - 2.0 * (d * Uu * Tu).sum(axis=1) + (e2 * Tu**2).sum(axis=1)
-        kk_b = kk_b - 2.0 * (d * UKT).sum(axis=1) + (e2 * TKT).sum(axis=1)
-        tr_b = tr_b - (d * _tsum((m * a) ** 2, N2)).sum(axis=1)
+        tr_b = tr_b - (d * e1).sum(axis=1)
         inv1 = 1.0 / (1.0 + ga[:, None] * W)
         w1 = inv1**2
         out_u.append((w1 * Tu**2).sum(axis=1))
-        out_k.append((w1 * TKT).sum(axis=1))
         out_t.append((W * inv1).sum(axis=1))
+        if reml:
+            KT = T2 @ K  # (B, J, q)
+            TKT = np.linalg.vecdot(KT, T2)
+            UKT = np.linalg.vecdot(KT, U)
+            kk_b = kk_b - 2.0 * (d * UKT).sum(axis=1) + (e2 * TKT).sum(axis=1)
+            out_k.append((w1 * TKT).sum(axis=1))
+        else:
+            out_k.append(np.zeros(Bn))
+    if not reml:
+        kk_b = np.zeros(Bn)
     out_u.append(uu_b)
     out_k.append(kk_b)
     out_t.append(tr_b)
