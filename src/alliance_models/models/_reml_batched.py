@@ -372,12 +372,14 @@ def sufficient_stats(
             sx = _segment_sum(xm, layout.inner_starts, axis=1) * sc[:, None, :]
         if mb is not None:
             r = r * mb
-        sk = np.concatenate([sx, _segment_sum(r, layout.inner_starts, axis=1)[..., None]], axis=2)
+        sk = np.empty((b, K, q))
+        sk[..., :p] = sx
+        np.add.reduceat(r, layout.inner_starts, axis=1, out=sk[..., p])
         xtx[lo:hi, :p, :p] = Gs
-        xtx[lo:hi, p, p] = (r * r).sum(axis=1)
+        xtx[lo:hi, p, p] = np.linalg.vecdot(r, r)
         oh = onehot[lo:hi]
         for t in range(T):
-            w = sk * oh[:, :, t, None]
+            w = sk if T == 1 else sk * oh[:, :, t, None]  # one size: every cluster counts
             Q[lo:hi, t] = np.swapaxes(w, 1, 2) @ sk
             if two:
                 S2[lo:hi, t] = _segment_sum(  # type: ignore[index]
