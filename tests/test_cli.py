@@ -493,3 +493,121 @@ def test_directory_instead_of_file_is_one_line(tmp_path):
     assert code == 1
     assert len(err.strip().splitlines()[-1:]) == 1 and "Traceback" not in err
     assert str(tmp_path) in err.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- audit (issue 7)
+
+
+def test_power_help_example_runs_as_printed(tmp_path, monkeypatch):
+    """The design.toml printed in `power --help` is valid and runs unchanged."""
+    import textwrap
+
+    _, helptext, _ = run("power", "--help")
+    block = helptext.split("with design.toml such as\n")[1].split("\n  prints power")[0]
+    toml = tmp_path / "design.toml"
+    toml.write_text(textwrap.dedent(block))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("power", "design.toml")
+    assert code == 0, err
+    # the [curve] table of the help text: 4 designs of 500 replicates, plot next to the TOML
+    assert "Power curve for 'alliance:autonomy' over therapists" in out
+    assert "500 replicates per point" in out
+    rows = re.findall(r"^\s+(\d+)\s+(0\.\d{3}|1\.000)\s+\[", out, re.MULTILINE)
+    assert [int(t) for t, _ in rows] == [20, 30, 40, 60]
+    powers = [float(p) for _, p in rows]
+    assert powers == sorted(powers)  # more therapists, more power (same seed per point)
+    assert (tmp_path / "design.png").read_bytes().startswith(b"\x89PNG")
+    # long work shows progress on stderr
+    assert re.search(r"\[\s*\d+\.\ds\] running the power analysis in design.toml \.\.\.", err)
+    assert re.search(r"running the power analysis in design.toml: done in \d+\.\ds", err)
+
+
+def test_demo_out_that_is_a_file_stops_before_any_work(tmp_path):
+    existing = tmp_path / "alliance_report"
+    existing.write_text("not a directory")
+    code, out, err = run("demo", "--quick", "--no-bayes", "--no-power", "--out", str(existing))
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"alliance-models demo: error: --out {existing}: exists and is not a directory "
+        "(give a directory for index.html, or a path ending in .html)"
+    ]
+    assert out == ""  # nothing was read or fitted
+    assert existing.read_text() == "not a directory"
+
+
+def test_fit_report_that_is_a_file_stops_before_reading(tmp_path, single_level_csv):
+    path, _ = single_level_csv
+    existing = tmp_path / "rep"
+    existing.write_text("x")
+    code, out, err = run("fit", str(path), "--formula", "adherence ~ alliance",
+                         "--report", str(existing))
+    assert code == 2
+    assert f"--report {existing}: exists and is not a directory" in err
+    assert "reading" not in err and out == ""
+    html_dir = tmp_path / "page.html"
+    html_dir.mkdir()
+    code, _, err = run("fit", str(path), "--formula", "adherence ~ alliance",
+                       "--report", str(html_dir))
+    assert code == 2
+    assert f"--report {html_dir}: is a directory, not an HTML file" in err
+
+
+class _Terminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class _StopSampling(Exception):
+    pass
+
+
+@pytest.fixture
+def fake_fit_bayes(monkeypatch):
+    """Replace am.fit_bayes by a stub that records its keyword arguments and stops."""
+    import alliance_models as am
+
+    calls: list[dict] = []
+
+    def fake(formula, data, **kwargs):
+        calls.append(kwargs)
+        raise _StopSampling
+
+    monkeypatch.setattr(am, "fit_bayes", fake)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("out_tty", "err_tty", "quiet", "bar"),
+    [(True, True, False, True), (False, True, False, False), (True, False, False, False),
+     (True, True, True, False)],
+)
+def test_fit_bayes_progress_bar_only_on_a_terminal(single_level_csv, fake_fit_bayes,
+                                                   out_tty, err_tty, quiet, bar):
+    """MCMC (the long step) shows the sampler's bar on a terminal; redirected results stay clean.
+
+    PyMC draws its bar on stdout, so it is on only when stdout and stderr are terminals
+    and --quiet is not given.
+    """
+    path, _ = single_level_csv
+    out = _Terminal() if out_tty else io.StringIO()
+    err = _Terminal() if err_tty else io.StringIO()
+    argv = ["--debug", "fit", str(path), "--method", "ols", "--formula",
+            "adherence ~ alliance * age", "--bayes"] + (["-q"] if quiet else [])
+    with pytest.raises(_StopSampling):
+        main(argv, stdout=out, stderr=err)
+    assert len(fake_fit_bayes) == 1
+    assert fake_fit_bayes[0]["progressbar"] is bar
+
+
+def test_demo_bayes_progress_bar_on_a_terminal(tmp_path, fake_fit_bayes):
+    import alliance_models as am
+    from alliance_models.cli import Console
+    from alliance_models.demo import run_demo
+
+    for out, bar in ((_Terminal(), True), (io.StringIO(), False)):
+        with pytest.raises(_StopSampling), pytest.warns(am.MissingDataWarning, match="WAI-SR"):
+            run_demo(tmp_path, quick=True, power=False, console=Console(out, _Terminal()))
+        assert fake_fit_bayes[-1]["progressbar"] is bar
+    assert len(fake_fit_bayes) == 2

@@ -57,6 +57,20 @@ class Console:
         self.print(text)
         self.print("=" * len(text))
 
+    @property
+    def live(self) -> bool:
+        """Whether third-party live progress bars may be drawn.
+
+        Only when progress is wanted and both streams are terminals: PyMC draws its
+        sampling bar on stdout, which must stay clean when results are redirected.
+        """
+
+        def tty(stream: TextIO) -> bool:
+            isatty = getattr(stream, "isatty", None)
+            return bool(isatty and isatty())
+
+        return not self.quiet and tty(self.out) and tty(self.err)
+
     def step(self, text: str) -> None:
         """Write a progress line with the elapsed time (stderr)."""
         if not self.quiet:
@@ -116,8 +130,26 @@ def _error_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- commands
 
 
+def _check_out_dir(path: str | None, command: str, option: str) -> None:
+    """Stop before any work when the report directory is an existing file."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.suffix.lower() in {".html", ".htm"}:
+        if p.is_dir():
+            raise SystemExit(_usage_error(command, f"{option} {p}: is a directory, not an "
+                                          "HTML file"))
+        return
+    if p.exists() and not p.is_dir():
+        raise SystemExit(_usage_error(
+            command, f"{option} {p}: exists and is not a directory (give a directory for "
+            "index.html, or a path ending in .html)"))
+
+
 def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from .demo import run_demo
+
+    _check_out_dir(args.out, "demo", "--out")
 
     out = run_demo(
         args.out,
@@ -246,6 +278,7 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
     if pairs and not args.prepare:
         raise SystemExit(_usage_error("fit", "--score needs --prepare (scores feed am.prepare)"))
     score_kwargs = _score_kwargs(args, "fit")
+    _check_out_dir(args.report, "fit", "--report")
     data = _read(args.data, console)
     data_report = None
     scoring: list[Any] = []
@@ -274,7 +307,9 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
 
     bfit = None
     if args.bayes:
-        bkw: dict[str, Any] = {"draws": args.draws, "chains": args.chains, "seed": args.seed}
+        # the sampler's own progress bar on a terminal (MCMC is the long step)
+        bkw: dict[str, Any] = {"draws": args.draws, "chains": args.chains, "seed": args.seed,
+                               "progressbar": console.live}
         if args.tune is not None:
             bkw["tune"] = args.tune
         if args.family:

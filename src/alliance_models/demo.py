@@ -167,7 +167,8 @@ def run_demo(
             f"{cfg.tune} tuning)"
         ):
             bfit = am.fit_bayes(
-                DEMO_FORMULA, data, draws=cfg.draws, tune=cfg.tune, chains=cfg.chains, seed=seed
+                DEMO_FORMULA, data, draws=cfg.draws, tune=cfg.tune, chains=cfg.chains, seed=seed,
+                progressbar=con.live,  # the sampler's bar on a terminal
             )
         con.heading("Bayesian moderation model")
         con.print(bfit.summary())
