@@ -527,6 +527,47 @@ def test_agrees_with_fit_mixed_many_designs(case):
 # ----------------------------------------------------------------------------------
 # structure, invariances, memory
 # ----------------------------------------------------------------------------------
+def test_threads_give_the_same_fits_as_one_thread():
+    # chunks run in threads: every replicate is fitted on its own row, so the threaded
+    # fit equals the single-threaded one (rtol 1e-12: rounding only), masks included
+    rng = np.random.default_rng(41)
+    X, outer, inner = make_design(rng, 7, [3] * 7, [4] * 21)
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.3, 0.0, 0.2]), 0.5, 0.6, 40)
+    mask = rng.random(Y.shape) > 0.2
+    one = fit_batch(X, Y, outer, inner, mask=mask, contrast=3)
+    many = fit_batch(X, Y, outer, inner, mask=mask, contrast=3, threads=3, memory=2**14)
+    assert chunk_size(X.shape[0], 4, 21, 7, 4, memory=2**14) < 40  # several chunks
+    for a, b in [(one.beta, many.beta), (one.se, many.se), (one.df, many.df),
+                 (one.tau2, many.tau2), (one.loglik, many.loglik)]:
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(many.converged, one.converged)
+    every = fit_batch(X, Y, outer, inner, mask=mask, contrast=3, threads=-1)
+    np.testing.assert_allclose(every.df, one.df, rtol=1e-12)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ModelSpecError, match=r"threads must be a positive number.*got"):
+            fit_batch(X, Y, outer, inner, threads=bad)
+
+
+def test_moment_start_is_near_the_truth_on_a_large_balanced_design():
+    # the ANOVA start recovers the variance ratios of a large balanced nested design
+    # (truth g_outer = 0.49 / 1, g_inner = 0.36 / 1) to within 25%, and the Newton
+    # iteration from it reaches the REML optimum (zero gradient, 1e-6)
+    rng = np.random.default_rng(5)
+    X, outer, inner = make_design(rng, 200, [5] * 200, [6] * 1000)
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.3, 0.0, 0.2]), 0.7, 0.6, 3)
+    stt = core.sufficient_stats(X, Y, core.make_layout(outer, inner))
+    s0 = core._moment_start(stt)
+    np.testing.assert_allclose(s0**2, np.tile([0.49, 0.36], (3, 1)), rtol=0.25)
+    fit = fit_batch(X, Y, outer, inner)
+    g = core.gradient(stt, fit.theta)
+    assert np.abs(g).max() < 1e-6
+    # one factor: between/within ratio
+    X1, o1, _ = make_design(rng, 400, [1] * 400, [8] * 400, two_levels=False)
+    Y1 = simulate_y(rng, X1, o1, None, np.array([1.0, 0.3, 0.0, 0.2]), 0.4, 0.0, 2)
+    st1 = core.sufficient_stats(X1, Y1, core.make_layout(o1))
+    np.testing.assert_allclose(core._moment_start(st1) ** 2, 0.16, rtol=0.25)
+
+
 def test_invariant_to_row_order_shared_vs_per_replicate_X_and_chunking():
     rng = np.random.default_rng(3)
     X, outer, inner = make_design(rng, 8, [2] * 8, [5] * 16)

@@ -23,6 +23,8 @@ replicates, only the (B, p) outputs do.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -318,6 +320,7 @@ def fit_batch(
     names: tuple[str, ...] | list[str] | None = None,
     components: tuple[str, ...] | None = None,
     memory: int = DEFAULT_MEMORY,
+    threads: int = 1,
 ) -> BatchFit:
     """Fit a random-intercept LMM to every replicate of a batch at once.
 
@@ -345,6 +348,13 @@ def fit_batch(
         Names of the variance components, outer first.
     memory : int, default 64 MB
         Working-memory budget that sets the chunk size (see :func:`chunk_size`).
+    threads : int, default 1
+        Chunks fitted at once in this many threads of this process (numpy releases the
+        GIL in the vectorised work); ``-1`` uses every core. Each thread holds one chunk,
+        so peak memory is about ``threads * memory``; with more than one thread the
+        chunks are made small enough that every thread gets one. Results do not depend
+        on ``threads`` (every replicate is fitted on its own row of the batch). Leave
+        BLAS single-threaded meanwhile (e.g. ``threadpoolctl``) to avoid oversubscription.
 
     Returns
     -------
@@ -405,6 +415,13 @@ def fit_batch(
             f"replicates {format_rows(list(few))} have {int(nobs[few[0]])} observations for "
             f"{p} coefficients; a mixed model needs more observations than coefficients + 1"
         )
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or not (
+        threads >= 1 or threads == -1
+    ):
+        raise ModelSpecError(
+            f"threads must be a positive number of threads or -1 for every core; got {threads!r}"
+        )
+    n_threads = (os.cpu_count() or 1) if threads == -1 else int(threads)
     Lrows, single = _contrast_rows(contrast, p)
     layout = core.make_layout(outer, inner)
     if layout.n_obs != n:
@@ -416,8 +433,11 @@ def fit_batch(
     step = chunk_size(n, p, layout.n_inner, J, int(sizes.max()), memory=memory)
     row_block = max(1, min(step, memory // (8 * 6 * n * (p + 1))))
 
-    outs: list[dict[str, np.ndarray]] = []
-    for lo in range(0, B, step):
+    if n_threads > 1:  # one chunk per thread at least
+        step = max(1, min(step, -(-B // n_threads)))
+        row_block = min(row_block, step)
+
+    def fit_chunk(lo: int) -> dict[str, np.ndarray]:
         hi = min(B, lo + step)
         st = core.sufficient_stats(
             X if X.ndim == 2 else X[lo:hi],
@@ -426,7 +446,14 @@ def fit_batch(
             None if mask is None else mask[lo:hi],
             row_block=row_block,
         )
-        outs.append(core.batched_fit(st, Lrows, reml=reml))
+        return core.batched_fit(st, Lrows, reml=reml)
+
+    starts = range(0, B, step)
+    if n_threads > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=min(n_threads, len(starts))) as pool:
+            outs = list(pool.map(fit_chunk, starts))
+    else:
+        outs = [fit_chunk(lo) for lo in starts]
 
     def cat(key: str) -> np.ndarray:
         return np.concatenate([o[key] for o in outs], axis=0)
