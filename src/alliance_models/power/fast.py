@@ -18,7 +18,8 @@ J T (p + 2))`` bytes per replicate (``n`` rows, ``p`` coefficients, ``K`` level-
 ``J`` level-2 clusters, ``T`` distinct cluster sizes, bounded by the largest cluster
 size plus one), and the chunk size is the memory budget (default 64 MB) divided by
 that, capped at 2048. Peak memory therefore does not grow with the number of
-replicates, only the (B, p) outputs do.
+replicates, only the (B, p) outputs do. With ``threads > 1`` each thread holds one
+chunk.
 """
 
 from __future__ import annotations
