@@ -611,3 +611,49 @@ def test_demo_bayes_progress_bar_on_a_terminal(tmp_path, fake_fit_bayes):
             run_demo(tmp_path, quick=True, power=False, console=Console(out, _Terminal()))
         assert fake_fit_bayes[-1]["progressbar"] is bar
     assert len(fake_fit_bayes) == 2
+
+
+@pytest.mark.parametrize("command", ["demo", "fit"])
+@pytest.mark.parametrize("seed", ["-1", "1.5", "abc"])
+def test_bad_seed_is_a_usage_error_naming_the_option(command, seed):
+    argv = [command, "--seed", seed] + (["d.csv", "--formula", "y ~ x"] if command == "fit"
+                                         else [])
+    code, out, err = run(*argv)
+    assert code == 2 and out == ""
+    assert f"argument --seed: {seed!r} is not a non-negative integer" in err
+
+
+def test_text_typo_in_a_numeric_column_names_rows_and_values(tmp_path, single_level_csv):
+    """One stray text cell must not turn alliance into a 100-level factor ("rank deficient")."""
+    _, data = single_level_csv
+    bad = data.copy()
+    bad["alliance"] = bad["alliance"].astype(object)
+    for row, value in ((3, "high"), (10, "4,5"), (11, "high")):
+        bad.loc[row, "alliance"] = value
+    bad.loc[5, "alliance"] = np.nan  # an empty cell is a missing value, not a typo
+    path = tmp_path / "typo.csv"
+    bad.to_csv(path, index=False)
+    code, _, err = run("fit", str(path), "--method", "ols", "--formula",
+                       "adherence ~ alliance * age")
+    assert_one_line_error(
+        code, err,
+        r"DataValidationError: column 'alliance' holds numbers but has 3 non-numeric "
+        r"value\(s\) in rows 3, 10, 11: 'high', '4,5'; allowed: numbers or an empty cell "
+        r"\(missing\); wrap the term in C\(alliance\)")
+
+
+def test_text_grouping_and_categorical_columns_are_left_alone(tmp_path):
+    """Therapist codes and a real text factor are not mistaken for numeric typos."""
+    rng = np.random.default_rng(11)
+    n = 60
+    d = pd.DataFrame({"therapist": [f"T{i % 6}" for i in range(n)],
+                      "site": rng.choice(["north", "south", "3"], n),
+                      "alliance": rng.normal(50, 8, n)})
+    shift = dict(zip([f"T{i}" for i in range(6)], rng.normal(0, 0.3, 6), strict=True))
+    d["adherence"] = 0.01 * d["alliance"] + d["therapist"].map(shift) + rng.normal(0, 0.1, n)
+    path = tmp_path / "ok.csv"
+    d.to_csv(path, index=False)
+    code, out, err = run("fit", str(path), "--formula",
+                         "adherence ~ alliance + site + (1 | therapist)", "-q")
+    assert code == 0, err
+    assert "site[T.south]" in out

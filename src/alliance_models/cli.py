@@ -298,6 +298,7 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
             kwargs["trials"] = args.trials
         if args.family:
             kwargs["family"] = args.family
+    _check_numeric_columns(data, args.formula)
     with console.timed(f"fitting the {args.method} model"):
         fit = fitters[args.method](args.formula, data, **kwargs)
     console.heading(f"{args.method} model: {args.formula}")
@@ -340,6 +341,39 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
         console.print()
         console.print(f"Report written to {out}")
     return 0
+
+
+def _check_numeric_columns(data: Any, formula: str) -> None:
+    """Name a typo in a numeric column before the model sees it.
+
+    A file read with one stray text cell (``high`` in an alliance column) gives a text
+    column; a formula would turn it into a factor with one level per value and fail much
+    later as "rank deficient". A formula variable (not a grouping factor) whose non-missing
+    values are mostly numbers but not all is reported with its rows and values instead.
+    """
+    import pandas as pd
+
+    from .errors import DataValidationError, format_rows
+    from .formula import parse_formula
+
+    spec = parse_formula(formula)
+    for col in spec.variables:
+        if col in spec.grouping_factors or col not in data.columns:
+            continue
+        values = data[col]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        given = values.notna() & (values.astype(str).str.strip() != "")
+        numbers = pd.to_numeric(values.where(given), errors="coerce")
+        bad = given & numbers.isna()
+        if not bad.any() or numbers.notna().sum() < bad.sum():
+            continue  # mostly text: a real categorical column
+        shown = ", ".join(repr(v) for v in pd.unique(values[bad])[:5])
+        raise DataValidationError(
+            f"column {col!r} holds numbers but has {int(bad.sum())} non-numeric value(s) in "
+            f"{format_rows(list(values.index[bad]))}: {shown}; allowed: numbers or an "
+            f"empty cell (missing); wrap the term in C({col}) if it is really categorical"
+        )
 
 
 def _probe(
@@ -475,6 +509,17 @@ worked example:
 """
 
 
+def _seed(text: str) -> int:
+    """Argparse type of ``--seed``: a non-negative integer (what numpy's seeding takes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return value
+
+
 def _usage_error(command: str, message: str) -> str:
     return f"{PROG} {command}: error: {message}"
 
@@ -535,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="small settings (fewer draws and power replicates) for a fast run")
     p.add_argument("--no-bayes", action="store_true", help="skip the Bayesian fit")
     p.add_argument("--no-power", action="store_true", help="skip the power curve")
-    p.add_argument("--seed", type=int, default=1, help="seed for MCMC and power (default 1)")
+    p.add_argument("--seed", type=_seed, default=1,
+                   help="seed for MCMC and power, an integer >= 0 (default 1)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
@@ -572,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=1000, help="MCMC draws per chain")
     p.add_argument("--tune", type=int, default=None, help="MCMC tuning steps per chain")
     p.add_argument("--chains", type=int, default=4, help="MCMC chains (default 4)")
-    p.add_argument("--seed", type=int, default=1, help="MCMC seed (default 1)")
+    p.add_argument("--seed", type=_seed, default=1, help="MCMC seed, an integer >= 0 "
+                   "(default 1)")
     p.add_argument("--report", metavar="DIR", help="write DIR/index.html")
     p.set_defaults(func=_cmd_fit)
 
