@@ -122,3 +122,29 @@ def test_full_report_in_chromium(full_report, tmp_path):
                     "--window-size=1280,4000")
     assert proc.returncode == 0, proc.stderr[-2000:]
     screenshot_is_not_blank(png, min_rows=0.5)
+
+
+@pytest.mark.slow
+def test_demo_report_in_chromium(tmp_path):
+    """The page `alliance-models demo` writes (quick settings, Bayes and power included).
+
+    2 interaction + 2 posterior interaction + 2 Johnson-Neyman + 3 Bayesian + 1 power plot.
+    """
+    import sys
+
+    exe = Path(sys.executable).with_name("alliance-models")
+    out = tmp_path / "alliance_report"
+    proc = subprocess.run([str(exe), "demo", "--quick", "--out", str(out), "-q"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=900,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = out / "index.html"
+    n_images = page.read_text().count("<img ")
+    assert n_images == 10
+    status = image_status(page, tmp_path / "profile-dom")
+    assert status == {"total": "10", "loaded": "10", "broken": ""}
+    png = tmp_path / "demo.png"
+    proc = chromium(page, tmp_path / "profile-shot", f"--screenshot={png}",
+                    "--window-size=1280,4000")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    screenshot_is_not_blank(png, min_rows=0.5)
