@@ -488,7 +488,7 @@ def _evaluate(
         K[:, :p, :p] = LiT @ Li
 
     Q = st.Q  # (B, T, q, q)
-    qQu = np.linalg.vecdot(Q @ u[:, None, :, None], u[:, None, :, None], axis=-2)[..., 0]
+    qQu = np.linalg.vecdot((Q @ u[:, None, :, None])[..., 0], u[:, None, :])
     uu_b = (a**2 * qQu).sum(axis=1)
     if reml:
         qQk = np.linalg.vecdot(Q.reshape(Bn, -1, q * q), K.reshape(Bn, 1, q * q))
