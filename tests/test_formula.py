@@ -178,3 +178,25 @@ def test_missing_values_are_dropped_listwise_and_counted(data):
 def test_build_rejects_non_dataframes():
     with pytest.raises(ModelSpecError, match="must be a pandas DataFrame, got dict"):
         parse_formula("y ~ x + (1 | g)").build({"y": [1.0]})  # type: ignore[arg-type]
+
+
+def test_stray_text_in_numeric_column_names_rows_and_values():
+    import pandas as pd
+
+    from alliance_models import DataValidationError, fit_ols
+
+    rng = np.random.default_rng(0)
+    d = pd.DataFrame({"y": rng.normal(size=30), "x": rng.normal(size=30).astype(object)})
+    d.loc[[4, 9], "x"] = ["high", " n/a "]
+    msg = r"column 'x'.*rows 4, 9: 'high', ' n/a '.*C\(x\)"
+    with pytest.raises(DataValidationError, match=msg):
+        fit_ols("y ~ x", d)
+
+
+def test_text_factor_is_left_alone():
+    import pandas as pd
+
+    from alliance_models import fit_ols
+
+    d = pd.DataFrame({"y": np.arange(12.0), "g": list("abc") * 4})
+    assert "C(g)[T.b]" in fit_ols("y ~ C(g)", d).params.index

@@ -344,36 +344,10 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
 
 
 def _check_numeric_columns(data: Any, formula: str) -> None:
-    """Name a typo in a numeric column before the model sees it.
-
-    A file read with one stray text cell (``high`` in an alliance column) gives a text
-    column; a formula would turn it into a factor with one level per value and fail much
-    later as "rank deficient". A formula variable (not a grouping factor) whose non-missing
-    values are mostly numbers but not all is reported with its rows and values instead.
-    """
-    import pandas as pd
-
-    from .errors import DataValidationError, format_rows
+    """Name a typo in a numeric column before any work (see ``ModelSpec.check_numeric_text``)."""
     from .formula import parse_formula
 
-    spec = parse_formula(formula)
-    for col in spec.variables:
-        if col in spec.grouping_factors or col not in data.columns:
-            continue
-        values = data[col]
-        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            continue
-        given = values.notna() & (values.astype(str).str.strip() != "")
-        numbers = pd.to_numeric(values.where(given), errors="coerce")
-        bad = given & numbers.isna()
-        if not bad.any() or numbers.notna().sum() < bad.sum():
-            continue  # mostly text: a real categorical column
-        shown = ", ".join(repr(v) for v in pd.unique(values[bad])[:5])
-        raise DataValidationError(
-            f"column {col!r} holds numbers but has {int(bad.sum())} non-numeric value(s) in "
-            f"{format_rows(list(values.index[bad]))}: {shown}; allowed: numbers or an "
-            f"empty cell (missing); wrap the term in C({col}) if it is really categorical"
-        )
+    parse_formula(formula).check_numeric_text(data)
 
 
 def _probe(

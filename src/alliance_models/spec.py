@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import FewClustersWarning, MissingDataWarning, ModelSpecError, format_rows
+from .errors import (
+    DataValidationError,
+    FewClustersWarning,
+    MissingDataWarning,
+    ModelSpecError,
+    format_rows,
+)
 
 __all__ = ["ModelFrame", "ModelSpec", "RandomTerm"]
 
@@ -132,6 +138,39 @@ class ModelSpec:
                     f"{hint}{' ' if hint else '. '}Available columns: {', '.join(cols)}"
                 )
 
+    def check_numeric_text(self, data: pd.DataFrame) -> None:
+        """Name a stray text cell in a numeric formula column before it becomes a factor.
+
+        A file read with one typo (``high`` in an alliance column) gives a text column,
+        which a formula would turn into a factor with one level per value and fail much
+        later as "rank deficient". A formula variable (not a grouping factor) whose
+        non-missing values are mostly numbers, but not all, raises instead.
+
+        Raises
+        ------
+        DataValidationError
+            Naming the column, the rows (first five) and the values.
+        """
+        for col in self.variables:
+            if col in self.grouping_factors or col not in data.columns or col == self.response:
+                continue  # the response has its own check in build()
+            values = data[col]
+            if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+                continue
+            if isinstance(values.dtype, pd.CategoricalDtype):
+                continue
+            given = values.notna() & (values.astype(str).str.strip() != "")
+            numbers = pd.to_numeric(values.where(given), errors="coerce")
+            bad = given & numbers.isna()
+            if not bad.any() or numbers.notna().sum() < bad.sum():
+                continue  # mostly text: a real categorical column
+            shown = ", ".join(repr(v) for v in pd.unique(values[bad])[:5])
+            raise DataValidationError(
+                f"column {col!r} holds numbers but has {int(bad.sum())} non-numeric value(s) "
+                f"in {format_rows(list(values.index[bad]))}: {shown}; allowed: numbers or an "
+                f"empty cell (missing); wrap the term in C({col}) if it is really categorical"
+            )
+
     def build(self, data: pd.DataFrame, *, extra: tuple[str, ...] = ()) -> ModelFrame:
         """Encode ``data`` for this specification (listwise deletion is counted).
 
@@ -159,6 +198,7 @@ class ModelSpec:
                 "use am.read_data() to convert other inputs"
             )
         self.check_columns(data)
+        self.check_numeric_text(data)
         for c in extra:
             if c not in data.columns:
                 raise ModelSpecError(
