@@ -639,8 +639,9 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, Any]:
         cols["arm"] = pat_arm[:, patient].astype(float)
 
     # --- alliance ----------------------------------------------------------------------
-    # (x[:, idx] * c == (x * c)[:, idx]; np.repeat replaces the gathers, in-place
-    # operations the temporaries: the values are those of simulate_arrays)
+    # (x[:, idx] * c == (x * c)[:, idx]; broadcasting over equal blocks or np.repeat
+    # replaces the gathers, in-place operations the temporaries: the values are those of
+    # simulate_arrays)
     c_t, c_p, c_s = design.alliance_components
     per_ther = sizes * S
     if skewed:
@@ -650,53 +651,73 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, Any]:
                                       g_all[:, T + 2 * P + n:])
     else:
         a_p, a_s = g_all[:, T:T + P], g_all[:, T + P:]
-    alliance = np.repeat(math.sqrt(c_t) * g_all[:, :T], per_ther, axis=1)
-    alliance += np.repeat(math.sqrt(c_p) * a_p, S, axis=1)
+    alliance = _spread(math.sqrt(c_t) * g_all[:, :T], per_ther)
+    _spread_add(alliance, math.sqrt(c_p) * a_p, S)
     a_s *= math.sqrt(c_s)
     alliance += a_s
     cols["alliance"] = alliance
-    z: dict[str, np.ndarray] = {"alliance": alliance}
+    # the standardised columns of the linear predictor, built only when a term uses them
+    z_make: dict[str, Any] = {"alliance": lambda: alliance}
     if "arm" in cols:
-        z["arm"] = cols["arm"]
+        z_make["arm"] = lambda: cols["arm"]
 
     # --- moderators --------------------------------------------------------------------
     if g_age is not None:
         age_p = mean + sd * special.ndtri(g_age)
         mu, sigma = _age_moments_of(tuple(design.age_distribution))
-        cols["age"] = np.repeat(age_p, S, axis=1)
-        z["age"] = np.repeat((age_p - mu) / sigma, S, axis=1)
+        cols["age"] = _spread(age_p, S)
+        z_make["age"] = lambda: _spread((age_p - mu) / sigma, S)
     if g_aut is not None:
-        cols["autonomy"] = np.repeat(g_aut, per_ther if aut == "therapist" else S, axis=1)
-        z["autonomy"] = cols["autonomy"]
+        cols["autonomy"] = _spread(g_aut, per_ther if aut == "therapist" else S)
+        z_make["autonomy"] = lambda: cols["autonomy"]
 
     # --- outcome -----------------------------------------------------------------------
     scale = latent_scale(design)
+    z: dict[str, np.ndarray] = {}
     fixed: np.ndarray | None = None
+    scratch: np.ndarray | None = None
     for term, beta in design.effects.items():
-        var0, *rest = term.split(":")
-        prod = z[var0]  # 1 * a * b == a * b
-        for var in rest:
-            prod = prod * z[var]
-        part = beta * prod
+        names = term.split(":")
+        for var in names:
+            if var not in z:
+                z[var] = z_make[var]()
         if fixed is None:
-            fixed = part  # 0 + x == x
+            # 1 * a * b == a * b; 0 + x == x
+            fixed = np.multiply(z[names[0]], z[names[1]]) if len(names) > 1 else None
+            if fixed is None:
+                fixed = beta * z[names[0]]
+            else:
+                for var in names[2:]:
+                    fixed *= z[var]
+                fixed *= beta  # beta * prod == prod * beta
+            continue
+        if scratch is None:
+            scratch = np.empty((B, n))
+        if len(names) > 1:
+            np.multiply(z[names[0]], z[names[1]], out=scratch)
+            for var in names[2:]:
+                scratch *= z[var]
+            scratch *= beta
         else:
-            fixed += part
+            np.multiply(z[names[0]], beta, out=scratch)
+        fixed += scratch
+    del scratch
     if fixed is None:
         fixed = np.zeros((B, n))
-    u = np.repeat(g_out[:, :T] * math.sqrt(design.icc_therapist), per_ther, axis=1)
-    v = np.repeat(g_out[:, T:T + P] * math.sqrt(design.icc_patient), S, axis=1)
+    u_t = g_out[:, :T] * math.sqrt(design.icc_therapist)
+    v_p = g_out[:, T:T + P] * math.sqrt(design.icc_patient)
     if gaussian:
         eta = fixed
         e = g_out[:, T + P:]
         e *= math.sqrt(1 - design.icc_therapist - design.icc_patient)
-        y = eta + u
-        y += v
+        y = _spread(u_t, per_ther, add_to=eta)  # eta + u
+        _spread_add(y, v_p, S)
         y += e
         cols["adherence"] = y
     else:
         eta = float(special.logit(design.baseline_adherence)) + scale * fixed
-        u += v
+        u = _spread(u_t, per_ther)
+        _spread_add(u, v_p, S)
         u *= scale
         u += eta
         prob = special.expit(u)
@@ -734,20 +755,57 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, Any]:
     for s in range(S):  # the order of np.bincount's sum, for identical means
         total += aw[:, :, s]
     total /= count
-    cols["alliance_pm"] = np.repeat(total, S, axis=1)
+    cols["alliance_pm"] = _spread(total, S)
     cols["alliance_pmc"] = alliance - cols["alliance_pm"]
     # the centred columns of simulate_arrays (each replicate's mean over patients, taken
     # one replicate at a time for identical sums)
+    # (a reduction over the last axis of a C-contiguous array sums each row as
+    # row.mean() does)
     if g_age is not None:
-        age_mean = np.array([row.mean() for row in age_p])
+        age_mean = np.ascontiguousarray(age_p).mean(axis=1)
         cols["age_c"] = cols["age"] - age_mean[:, None]
     if g_aut is not None:
         aut_p = g_aut[:, pat_ther] if aut == "therapist" else g_aut
-        aut_mean = np.array([row.mean() for row in aut_p])
+        aut_mean = np.ascontiguousarray(aut_p).mean(axis=1)
         cols["autonomy_c"] = cols["autonomy"] - aut_mean[:, None]
     cols["alliance_cwc"] = cols["alliance_pmc"]
     return {"therapist": therapist, "patient": patient, "session": session,
             "sizes": sizes, "observed": observed, "eta": eta, "columns": cols}
+
+
+def _spread(x: np.ndarray, counts: np.ndarray | int,
+            add_to: np.ndarray | None = None) -> np.ndarray:
+    """``np.repeat(x, counts, axis=1)`` (plus ``add_to``, if given) as a new array.
+
+    With equal counts the repeat is a broadcast into a ``(B, G, count)`` view of the
+    result (no index arrays, no temporary); the values are the same.
+    """
+    B, G = x.shape
+    c = np.asarray(counts)
+    if c.ndim == 0 or bool((c == c.flat[0]).all()):
+        k = int(c.flat[0])
+        out = np.empty((B, G * k))
+        if add_to is None:
+            out.reshape(B, G, k)[...] = x[:, :, None]
+        else:
+            np.add(add_to.reshape(B, G, k), x[:, :, None], out=out.reshape(B, G, k))
+        return out
+    rep = np.repeat(x, c, axis=1)
+    if add_to is None:
+        return rep
+    return np.add(add_to, rep, out=rep)
+
+
+def _spread_add(target: np.ndarray, x: np.ndarray, counts: np.ndarray | int) -> None:
+    """``target += np.repeat(x, counts, axis=1)`` in place, without the repeat if equal."""
+    B, G = x.shape
+    c = np.asarray(counts)
+    if c.ndim == 0 or bool((c == c.flat[0]).all()):
+        k = int(c.flat[0])
+        view = target.reshape(B, G, k)
+        view += x[:, :, None]
+    else:
+        target += np.repeat(x, c, axis=1)
 
 
 @functools.lru_cache(maxsize=32)
@@ -874,13 +932,17 @@ def batch_arrays(
     observed, eta = sim["observed"], sim["eta"]
     B, n = observed.shape
     X = np.empty((B, n, len(x_names)))
+    # each column written once (1 * a * b ... == a * b ...: the values of design_matrix)
     for j, f in enumerate(facs):
+        Xj = X[:, :, j]
         if not f:
-            X[:, :, j] = 1.0
-            continue
-        X[:, :, j] = cols[f[0]]  # 1 * a * b ... == a * b ...: same values as design_matrix
-        for v in f[1:]:
-            X[:, :, j] *= cols[v]
+            Xj[...] = 1.0
+        elif len(f) == 1:
+            Xj[...] = cols[f[0]]
+        else:
+            np.multiply(cols[f[0]], cols[f[1]], out=Xj)
+            for v in f[2:]:
+                Xj *= cols[v]
     Y = cols[response]
     layout = {k: sim[k] for k in ("therapist", "patient", "session")}
     for a in (*layout.values(), observed, eta, *cols.values()):
