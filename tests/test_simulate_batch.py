@@ -252,3 +252,27 @@ def test_padded_batch_fit_equals_compact_fits():
         np.testing.assert_allclose(fit.se[b], one.se[0], rtol=1e-9)
         np.testing.assert_allclose(fit.df[b], one.df[0], rtol=1e-6)
         np.testing.assert_allclose(fit.tau2[b], one.tau2[0], rtol=1e-7, atol=1e-12)
+
+
+def test_batch_bit_for_bit_three_way_terms_across_x_blocks():
+    # a first effect that is a three-way product, a standardised moderator (age) in the
+    # linear predictor, a three-way design column, and a batch larger than the block of
+    # replicates in which batch_arrays writes X (about 1 MB: 13 replicates here), with
+    # dropout; reference: simulate_arrays per replicate, tolerance 0
+    d = am.Design(therapists=30, patients_per_therapist=8, sessions=6, dropout=0.3,
+                  moderators={"age": "patient", "autonomy": "patient"},
+                  effects={"alliance:age:autonomy": 0.05, "age": 0.1, "alliance": 0.2,
+                           "alliance:autonomy": 0.1})
+    names = ("Intercept", "alliance", "age", "autonomy", "alliance:age",
+             "alliance:autonomy", "alliance:age:autonomy")
+    seeds = np.random.SeedSequence(23).spawn(30)
+    X, Y, _, _, mask, sims = batch_arrays(d, "adherence", names, seeds)
+    assert not mask.all()
+    for b, ss in enumerate(seeds):
+        sa = simulate_arrays(d, ss)
+        np.testing.assert_array_equal(X[b], design_matrix(sa.columns, names))
+        np.testing.assert_array_equal(Y[b], sa.columns["adherence"])
+        np.testing.assert_array_equal(mask[b], sa.observed)
+        np.testing.assert_array_equal(sims[b].eta, sa.eta)
+        for c in sa.columns:
+            np.testing.assert_array_equal(sims[b].columns[c], sa.columns[c], err_msg=c)

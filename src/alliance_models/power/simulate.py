@@ -932,17 +932,7 @@ def batch_arrays(
     observed, eta = sim["observed"], sim["eta"]
     B, n = observed.shape
     X = np.empty((B, n, len(x_names)))
-    # each column written once (1 * a * b ... == a * b ...: the values of design_matrix)
-    for j, f in enumerate(facs):
-        Xj = X[:, :, j]
-        if not f:
-            Xj[...] = 1.0
-        elif len(f) == 1:
-            Xj[...] = cols[f[0]]
-        else:
-            np.multiply(cols[f[0]], cols[f[1]], out=Xj)
-            for v in f[2:]:
-                Xj *= cols[v]
+    _fill_x(X, cols, facs)
     Y = cols[response]
     layout = {k: sim[k] for k in ("therapist", "patient", "session")}
     for a in (*layout.values(), observed, eta, *cols.values()):
@@ -952,3 +942,26 @@ def batch_arrays(
                       eta=eta[b], sizes=sizes, **layout) for b in range(B)]
     return (X, np.array(Y, dtype=float), layout["therapist"].copy(),
             layout["patient"].copy(), observed.copy(), sims)
+
+
+def _fill_x(X: np.ndarray, cols: dict[str, np.ndarray], facs: list[list[str] | None]) -> None:
+    """Write the plain-product design columns ``facs`` of ``cols`` into ``X`` (B, n, p).
+
+    Each column is written once (1 * a * b ... == a * b ...: the values of
+    :func:`design_matrix`), a few replicates at a time so that the strided writes stay
+    in cache.
+    """
+    B, n, p = X.shape
+    step = max(1, (1 << 20) // (8 * n * p))
+    for b0 in range(0, B, step):
+        rows = slice(b0, b0 + step)
+        for j, f in enumerate(facs):
+            Xj = X[rows, :, j]
+            if not f:
+                Xj[...] = 1.0
+            elif len(f) == 1:
+                Xj[...] = cols[f[0]][rows]
+            else:
+                np.multiply(cols[f[0]][rows], cols[f[1]][rows], out=Xj)
+                for v in f[2:]:
+                    Xj *= cols[v][rows]
