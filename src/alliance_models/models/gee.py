@@ -164,13 +164,6 @@ class GEEFit(StatsmodelsFitMixin):
         """Return ``numpy.inf``: GEE inference uses Wald z tests."""
         return float(np.inf)
 
-    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
-        """Wald confidence intervals on the link scale."""
-        se = np.sqrt(np.diag(self.vcov.to_numpy()))
-        q = stats.norm.ppf(1 - alpha / 2)
-        b = self.params
-        return pd.DataFrame({"lower": b - q * se, "upper": b + q * se}, index=b.index)
-
     def to_frame(self) -> pd.DataFrame:
         """Coefficient table: estimate, se, z, p, CI (and odds ratios for binomial)."""
         b = self.params

@@ -194,13 +194,6 @@ class OLSFit(StatsmodelsFitMixin):
         """Residual df ``n - p`` (the same for every contrast)."""
         return self.df_resid
 
-    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
-        """Confidence intervals (t on ``n - p`` df) with columns ``lower``, ``upper``."""
-        se = np.sqrt(np.diag(self.vcov.to_numpy()))
-        q = stats.t.ppf(1 - alpha / 2, self.df_resid)
-        b = self.params
-        return pd.DataFrame({"lower": b - q * se, "upper": b + q * se}, index=b.index)
-
     def to_frame(self) -> pd.DataFrame:
         """Coefficient table: estimate, se, t, df, p, ci_lower, ci_upper."""
         b = self.params

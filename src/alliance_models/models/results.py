@@ -68,6 +68,23 @@ class StatsmodelsFitMixin:
 
     frame: ModelFrame
     result: Any
+    vcov: pd.DataFrame
+
+    def contrast_df(self, L: np.ndarray) -> float:  # pragma: no cover - defined by the fits
+        """Denominator df, the same for every contrast in these fits."""
+        raise NotImplementedError
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Wald intervals ``b +/- q se`` with columns ``lower``, ``upper``.
+
+        ``q`` is the t quantile on the fit's df: ``n - p`` for OLS, infinite (z) for GEE.
+        """
+        from scipy import stats
+
+        b = self.params
+        se = np.sqrt(np.diag(self.vcov.to_numpy()))
+        q = stats.t.ppf(1 - alpha / 2, self.contrast_df(np.ones(len(b))))
+        return pd.DataFrame({"lower": b - q * se, "upper": b + q * se}, index=b.index)
 
     @property
     def params(self) -> pd.Series:
