@@ -1,6 +1,7 @@
 import importlib.util
 import math
 import textwrap
+import time
 
 import numpy as np
 import pandas as pd
@@ -832,6 +833,26 @@ def test_fast_batches_are_memory_chunks_and_do_not_change_results(monkeypatch):
     pooled = am.power(d, f, n_jobs=2, batch_size=13, **kw)
     pd.testing.assert_frame_equal(one.replicates, pooled.replicates)
     assert one.replicates["df"].between(1, 200).all() and not one.replicates["failed"].any()
+    # its workers stay started: a short run with as many workers right after sends every
+    # batch to them (no first round here), and nothing changes in the results
+    monkeypatch.setattr(engine, "_POOL_MIN_SECONDS", 4.0)
+    assert engine._pool_is_warm(2) and not engine._pool_is_warm(3)
+    routes: list[int] = []
+    real_pool = engine._pool_batches
+
+    def pool_spy(job, batches, n_workers):
+        routes.append(len(batches))
+        return real_pool(job, batches, n_workers)
+
+    monkeypatch.setattr(engine, "_pool_batches", pool_spy)
+    monkeypatch.setattr(engine, "_thread_batches", None)  # must not be used
+    warm = am.power(d, f, n_jobs=2, batch_size=13, **kw)
+    assert routes == [5]
+    pd.testing.assert_frame_equal(one.replicates, warm.replicates)
+    # past the idle window the pool counts as cold again (first round here)
+    monkeypatch.setattr(engine, "_pool_last_used",
+                        {2: time.monotonic() - engine._POOL_IDLE_TIMEOUT})
+    assert not engine._pool_is_warm(2)
 
 
 @pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")

@@ -42,3 +42,25 @@ def test_error_tree():
 
 def test_progress_disabled_is_identity():
     assert list(progress(iter([1, 2]), enabled=False)) == [1, 2]
+
+
+def test_seed_block_is_spawn_children_and_pickles_small():
+    import pickle
+
+    from alliance_models._utils import SeedBlock
+
+    root = np.random.SeedSequence(2024)
+    ref = spawn_seeds(root, 30)
+    blk = SeedBlock(root, [3, 17, 29])
+    assert len(blk) == 3
+    for got, i in zip(blk, [3, 17, 29], strict=True):
+        np.testing.assert_array_equal(got.generate_state(4), ref[i].generate_state(4))
+    back = pickle.loads(pickle.dumps(blk))
+    np.testing.assert_array_equal(back[2].generate_state(4), ref[29].generate_state(4))
+    assert [s.spawn_key for s in blk[1:]] == [ref[17].spawn_key, ref[29].spawn_key]
+    # its pickle holds the recipe, not one SeedSequence (with its pool) per child
+    big = SeedBlock(root, range(1000))
+    assert len(pickle.dumps(big)) < len(pickle.dumps(list(big))) / 10
+    root.spawn(1)
+    with pytest.raises(ValueError, match="not spawned"):
+        SeedBlock(root, [0])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
 
 import numpy as np
 
@@ -47,6 +48,57 @@ def spawn_seeds(seed: RNGLike, n: int) -> list[np.random.SeedSequence]:
     # spawn from a fresh copy so repeated calls give the same children
     base = np.random.SeedSequence(ss.entropy, spawn_key=ss.spawn_key, pool_size=ss.pool_size)
     return base.spawn(n)
+
+
+class SeedBlock(Sequence[np.random.SeedSequence]):
+    """Children ``indices`` of a root SeedSequence, built on access (as ``root.spawn``).
+
+    Item ``j`` equals ``spawn_seeds(root, n)[indices[j]]``. A block pickles as its recipe
+    (entropy, spawn key, pool size and the indices), not as SeedSequence objects with
+    their pools, so sending a batch's seeds to a worker process costs next to nothing.
+
+    Examples
+    --------
+    >>> blk = SeedBlock(np.random.SeedSequence(7), [2, 5])
+    >>> ref = spawn_seeds(7, 6)
+    >>> blk[1].spawn_key == ref[5].spawn_key and blk[1].entropy == ref[5].entropy
+    True
+    """
+
+    __slots__ = ("entropy", "indices", "pool_size", "spawn_key")
+
+    def __init__(self, root: np.random.SeedSequence, indices: Iterable[int]) -> None:
+        if root.n_children_spawned:
+            raise ValueError("SeedBlock takes a root that has not spawned children yet")
+        self.entropy = root.entropy
+        self.spawn_key = tuple(root.spawn_key)
+        self.pool_size = root.pool_size
+        self.indices = [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @overload
+    def __getitem__(self, j: int) -> np.random.SeedSequence: ...
+
+    @overload
+    def __getitem__(self, j: slice) -> SeedBlock: ...
+
+    def __getitem__(self, j: int | slice) -> np.random.SeedSequence | SeedBlock:
+        if isinstance(j, slice):
+            out = SeedBlock.__new__(SeedBlock)
+            out.entropy, out.spawn_key, out.pool_size = (self.entropy, self.spawn_key,
+                                                         self.pool_size)
+            out.indices = self.indices[j]
+            return out
+        return np.random.SeedSequence(self.entropy, spawn_key=(*self.spawn_key,
+                                                               self.indices[j]),
+                                      pool_size=self.pool_size)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        root = np.random.SeedSequence(self.entropy, spawn_key=self.spawn_key,
+                                      pool_size=self.pool_size)
+        return (SeedBlock, (root, self.indices))
 
 
 def progress[T](

@@ -78,6 +78,12 @@ _FAIL_EXC = (np.linalg.LinAlgError, ArithmeticError, AllianceModelsError, ValueE
 #: a local run starts worker processes only when the work left after the first batch
 #: looks longer than this (seconds); loky start-up costs a few seconds
 _POOL_MIN_SECONDS = 4.0
+#: joblib keeps loky's worker processes alive this long (seconds) after their last task
+#: (its ``idle_worker_timeout``); a run within this window of the last pooled run, with
+#: the same number of workers, finds them started and uses them for every batch
+_POOL_IDLE_TIMEOUT = 300.0
+#: workers -> time.monotonic() of the end of the last run that used the loky pool
+_pool_last_used: dict[int, float] = {}
 #: smallest stacked fast batch worth splitting a run for (per-batch costs of the
 #: batched fit are spread over this many replicates)
 _MIN_STACKED = 200
@@ -624,7 +630,7 @@ def _dask_client(backend: Any) -> tuple[Any, Callable[[], None]]:
         return client, close
 
 
-def _execute(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequence]]],
+def _execute(job: _Job, batches: list[tuple[list[int], Sequence[np.random.SeedSequence]]],
              n_jobs: int, backend: Any) -> Iterator[pd.DataFrame]:
     """Yield finished batches (in completion order) from the chosen backend."""
     is_dask = backend == "dask" if isinstance(backend, str) else backend is not None
@@ -652,6 +658,10 @@ def _execute(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequen
         for reps, seeds in batches:
             yield _run_batch(job, reps, seeds)
         return
+    if _pool_is_warm(n_workers):
+        # the workers of an earlier run are still alive: no start-up to repay
+        yield from _pool_batches(job, batches, n_workers)
+        return
     # run a first round here (one batch; one per worker, in threads, on the stacked fast
     # path) and start worker processes only when the rest of the run is long enough to
     # repay their start-up; results are the same either way
@@ -671,14 +681,33 @@ def _execute(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequen
             for reps, seeds in rest:
                 yield _run_batch(job, reps, seeds)
         return
+    yield from _pool_batches(job, rest, n_workers)
+
+
+def _pool_is_warm(n_workers: int) -> bool:
+    """Whether loky's workers of an earlier run (same worker count) should still be alive.
+
+    Kept well inside joblib's idle timeout; if they have gone anyway, joblib starts new
+    ones (slower, same results).
+    """
+    last = _pool_last_used.get(n_workers)
+    return last is not None and time.monotonic() - last < 0.8 * _POOL_IDLE_TIMEOUT
+
+
+def _pool_batches(job: _Job, batches: list[tuple[list[int], Sequence[np.random.SeedSequence]]],
+                  n_workers: int) -> Iterator[pd.DataFrame]:
+    """Run batches in loky worker processes (joblib's reusable pool), as they finish."""
     from joblib import Parallel, delayed, parallel_config
 
-    with parallel_config(backend="loky", inner_max_num_threads=1):
+    _pool_last_used.pop(n_workers, None)  # warm again only once this run has used it
+    with parallel_config(backend="loky", inner_max_num_threads=1,
+                         idle_worker_timeout=_POOL_IDLE_TIMEOUT):
         gen = Parallel(n_jobs=n_workers, return_as="generator_unordered")(
-            delayed(_run_batch)(job, reps, seeds) for reps, seeds in rest
+            delayed(_run_batch)(job, reps, seeds) for reps, seeds in batches
         )
         try:
             yield from gen
+            _pool_last_used[n_workers] = time.monotonic()
         finally:
             stop = getattr(gen, "close", None)
             if stop is not None:
@@ -690,7 +719,7 @@ def _execute(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequen
                     stop()
 
 
-def _thread_batches(job: _Job, batches: list[tuple[list[int], list[np.random.SeedSequence]]],
+def _thread_batches(job: _Job, batches: list[tuple[list[int], Sequence[np.random.SeedSequence]]],
                     n_workers: int) -> Iterator[pd.DataFrame]:
     """Run batches in ``n_workers`` threads of this process (short stacked fast runs).
 
@@ -939,10 +968,14 @@ def power(
     if isinstance(seed, np.random.Generator):
         root = np.random.SeedSequence(int(seed.integers(2**63)))
     entropy = root.entropy
-    from .._utils import spawn_seeds
+    from .._utils import SeedBlock
 
-    seeds = spawn_seeds(root, n_sims)
-    truth, exact, x_names, first = _truth(design, spec, resolved, kwargs, seeds[0], test)
+    # replicate i's seed is root.spawn(n_sims)[i] (a fresh copy of the root spawns);
+    # batches carry their seeds as SeedBlocks, which pickle as a few numbers
+    fresh = np.random.SeedSequence(root.entropy, spawn_key=root.spawn_key,
+                                   pool_size=root.pool_size)
+    truth, exact, x_names, first = _truth(design, spec, resolved, kwargs,
+                                          SeedBlock(fresh, [0])[0], test)
     stacked = _stacked_cap(design, spec, x_names, first) if resolved == "fast" else None
     job = _Job(
         design=design, formula=formula, test=test, test_index=x_names.index(test),
@@ -962,7 +995,7 @@ def power(
     for start in range(0, n_sims, bs):
         reps = [r for r in range(start, min(start + bs, n_sims)) if r not in have]
         if reps:
-            batches.append((reps, [seeds[r] for r in reps]))
+            batches.append((reps, SeedBlock(fresh, reps)))
 
     parts: list[pd.DataFrame] = [done.drop(columns="fingerprint")] if len(done) else []
     interrupted = False
