@@ -991,7 +991,7 @@ def power(
     done = _read_checkpoint(ck_path, fp) if ck_path is not None else pd.DataFrame()
     done = done[done["rep"] < n_sims] if len(done) else done
     have = set(done["rep"].astype(int)) if len(done) else set()
-    batches = []
+    batches: list[tuple[list[int], Sequence[np.random.SeedSequence]]] = []
     for start in range(0, n_sims, bs):
         reps = [r for r in range(start, min(start + bs, n_sims)) if r not in have]
         if reps:
