@@ -52,9 +52,32 @@ def gdata() -> pd.DataFrame:
     return simulate_moderation(therapists=20, patients=6, sessions=5, seed=11)
 
 
+PYMC_LOG: list[str] = []  # INFO and above from PyMC's loggers while gfit was fitted
+
+
 @pytest.fixture(scope="module")
 def gfit(gdata) -> BayesFit:
-    return _fit(FORMULA, gdata, seed=1, prior_predictive=True)
+    import logging
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            PYMC_LOG.append(record.getMessage())
+
+    logger, handler = logging.getLogger("pymc"), Keep(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        return _fit(FORMULA, gdata, seed=1, prior_predictive=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_quiet_fit_logs_no_predictive_sampling_line(gfit):
+    # progressbar=False (the default): PyMC's "Sampling: [adherence]" lines of the
+    # posterior and prior predictive draws are not shown
+    assert not [m for m in PYMC_LOG if m.startswith("Sampling:")], PYMC_LOG
 
 
 ADDITIVE_SPEC = am.parse_formula(ADDITIVE)

@@ -14,10 +14,12 @@ functions; the PyMC model is built inside :func:`fit_bayes` only.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -896,12 +898,14 @@ def fit_bayes(
             target_accept=float(target_accept), compute_convergence_checks=False, **kwargs,
         )
         pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
-        pm.sample_posterior_predictive(idata, extend_inferencedata=True,
-                                       random_seed=s_ppc, progressbar=False)
-        if prior_predictive:
-            prior = pm.sample_prior_predictive(draws=int(draws), random_seed=s_prior)
-            idata["prior"] = prior["prior"]
-            idata["prior_predictive"] = prior["prior_predictive"]
+        # PyMC logs "Sampling: [adherence]" for predictive draws; quiet when sampling is
+        with _quiet_log("pymc.sampling.forward", not progressbar):
+            pm.sample_posterior_predictive(idata, extend_inferencedata=True,
+                                           random_seed=s_ppc, progressbar=False)
+            if prior_predictive:
+                prior = pm.sample_prior_predictive(draws=int(draws), random_seed=s_prior)
+                idata["prior"] = prior["prior"]
+                idata["prior_predictive"] = prior["prior_predictive"]
     wall = time.perf_counter() - t0
 
     n_div = int(idata.sample_stats["diverging"].sum()) if "diverging" in (
@@ -925,6 +929,21 @@ def fit_bayes(
         _table=table,
         _terms=tuple(terms),
     )
+
+
+@contextlib.contextmanager
+def _quiet_log(name: str, quiet: bool) -> Iterator[None]:
+    """Hold the logger ``name`` at WARNING inside the block when ``quiet``."""
+    if not quiet:
+        yield
+        return
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------
