@@ -765,7 +765,8 @@ def test_compare_bad_input(gfit, bfit_binom):
 FIXED = ["Intercept", "alliance", "age", "autonomy", "alliance:age", "alliance:autonomy"]
 #: what each plot must show (texts on the figure) and must not show
 PLOT_TEXTS = {
-    "trace": ({"beta", "sigma", "sd_therapist", "sd_therapist:patient"}, set()),
+    # one row (density and trace) per coefficient, not all slopes on one shared axis
+    "trace": ({f"beta\n{n}" for n in FIXED} | {"sigma"}, set()),
     "rank": ({f"beta\n{n}" for n in FIXED} | {"sigma"}, set()),
     "forest": ({"alliance:age", "alliance:autonomy"}, {"Intercept", "alliance", "age"}),
     "ppc": ({"adherence"}, set()),
@@ -787,6 +788,8 @@ def test_plots_write_png(gfit, kind, tmp_path):
     texts = {t.get_text() for t in fig.findobj(matplotlib.text.Text)}
     must, must_not = PLOT_TEXTS[kind]
     assert must <= texts, must - texts
+    if kind == "trace":  # 6 coefficients, sigma and 2 SDs: a density and a trace each
+        assert len(fig.axes) == 2 * (len(FIXED) + 3)
     assert not must_not & texts, must_not & texts
     if kind in ("ppc", "prior_ppc"):
         # the predictive draws come from the requested group: the prior predictive

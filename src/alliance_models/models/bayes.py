@@ -676,7 +676,9 @@ class BayesFit:
                                  f"{', '.join(_PLOT_KINDS)}")
         dt = self.idata
         if kind == "trace":
-            pc = az.plot_trace_dist(dt, var_names=self._reported_vars(), backend="matplotlib")
+            # one row per coefficient: on a shared axis the intercept squashes the slopes
+            pc = az.plot_trace_dist(dt, var_names=self._reported_vars(), compact=False,
+                                    backend="matplotlib")
         elif kind == "rank":
             pc = az.plot_rank(dt, var_names=self._reported_vars(), backend="matplotlib")
         elif kind == "forest":
