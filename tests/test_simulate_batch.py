@@ -32,6 +32,27 @@ DESIGNS = {
     "r1": am.Design(therapists=30, patients_per_therapist=8, sessions=6,
                     moderators={"age": "patient", "autonomy": "patient"},
                     effects={"alliance": 0.25, "autonomy": 0.1, "alliance:autonomy": 0.1}),
+    # linear predictors constant within patients (formed at patient level), none at all,
+    # and patient-level terms before and after row-level ones
+    "patient-level-effects": am.Design(
+        therapists=6, patients_per_therapist=4, sessions=3, randomisation="patient",
+        dropout=(0.2, 0.5), moderators={"age": "patient", "autonomy": "therapist"},
+        effects={"arm": 0.3, "age": 0.2, "arm:autonomy": -0.1}),
+    "no-effects": am.Design(therapists=5, patients_per_therapist=3, sessions=4,
+                            effects={}, dropout=0.2, dropout_timing=2),
+    "mixed-order": am.Design(
+        therapists=6, patients_per_therapist=4, sessions=4, randomisation="therapist",
+        moderators={"age": "patient", "autonomy": "patient"}, dropout=0.3,
+        effects={"age:autonomy": 0.2, "alliance:age": 0.1, "arm": 0.3,
+                 "alliance:arm:autonomy": 0.05}),
+    "binomial-patient-level": am.Design(
+        therapists=6, patients_per_therapist=3, sessions=5, family="binomial",
+        randomisation="therapist", moderators={"autonomy": "therapist"}, dropout=0.3,
+        effects={"arm": 0.4, "autonomy": 0.2}),
+    "binomial-therapist-rand": am.Design(
+        therapists=6, patients_per_therapist=3, sessions=5, family="binomial",
+        randomisation="therapist", moderators={"age": "patient"}, alliance_skew=0.0,
+        effects={"alliance": 0.2, "arm": 0.4, "alliance:age": 0.1}),
 }
 
 
@@ -49,6 +70,13 @@ def test_batch_equals_simulate_arrays_bit_for_bit(key):
     seeds = np.random.SeedSequence(11).spawn(6)
     names = _names(d)
     X, Y, outer, inner, mask, sims = batch_arrays(d, "adherence", names, seeds)
+    # without the replicates (only the columns X and Y need): the same arrays
+    Xs, Ys, outer_s, inner_s, mask_s, none = batch_arrays(d, "adherence", names, seeds,
+                                                          sims=False)
+    assert none == []
+    for a, b in ((X, Xs), (Y, Ys), (outer, outer_s), (inner, inner_s), (mask, mask_s)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
     assert X.shape == (6, outer.size, len(names)) and Y.shape == mask.shape == (6, outer.size)
     for b, ss in enumerate(seeds):
         sa = simulate_arrays(d, ss)
@@ -276,3 +304,69 @@ def test_batch_bit_for_bit_three_way_terms_across_x_blocks():
         np.testing.assert_array_equal(sims[b].eta, sa.eta)
         for c in sa.columns:
             np.testing.assert_array_equal(sims[b].columns[c], sa.columns[c], err_msg=c)
+
+
+def _all_names(d: am.Design) -> tuple[str, ...]:
+    """Every plain column of a design (derived ones too) and a few products."""
+    names = ["Intercept", "alliance", "alliance_pm", "alliance_pmc", "alliance_cwc"]
+    if d.randomisation != "none":
+        names += ["arm", "alliance:arm"]
+    for m in d.moderators:
+        names += [m, f"{m}_c", f"alliance_cwc:{m}_c", f"alliance:{m}"]
+    if d.family != "gaussian":
+        names += list(d.count_columns)
+    return tuple(names)
+
+
+@pytest.mark.parametrize("sims", [True, False])
+@pytest.mark.parametrize("key", list(DESIGNS))
+def test_every_column_and_response_bit_for_bit_in_small_blocks(key, sims, monkeypatch):
+    # blocks of 1-2 replicates (an uneven last block); every column a design has in X;
+    # a count column as the response for binomial designs; reference: simulate_arrays
+    from alliance_models.power import simulate as sim_mod
+
+    d = DESIGNS[key]
+    seeds = np.random.SeedSequence(31).spawn(5)
+    n = simulate_arrays(d, seeds[0]).n_rows
+    monkeypatch.setattr(sim_mod, "_BLOCK_ROWS", 2 * n)
+    names = _all_names(d)
+    responses = ["adherence", *(d.count_columns if d.family != "gaussian" else ())]
+    for response in responses:
+        X, Y, outer, inner, mask, reps = batch_arrays(d, response, names, seeds, sims=sims)
+        assert len(reps) == (5 if sims else 0)
+        for b, ss in enumerate(seeds):
+            sa = simulate_arrays(d, ss)
+            np.testing.assert_array_equal(X[b], design_matrix(sa.columns, names))
+            np.testing.assert_array_equal(Y[b], sa.columns[response].astype(float))
+            np.testing.assert_array_equal(mask[b], sa.observed)
+            np.testing.assert_array_equal(outer, sa.therapist)
+            np.testing.assert_array_equal(inner, sa.patient)
+            if sims:
+                got = reps[b]
+                assert set(got.columns) == set(sa.columns)
+                for c in sa.columns:
+                    assert got.columns[c].dtype == sa.columns[c].dtype, c
+                    np.testing.assert_array_equal(got.columns[c], sa.columns[c], err_msg=c)
+                np.testing.assert_array_equal(got.eta, sa.eta)
+                np.testing.assert_array_equal(got.observed, sa.observed)
+
+
+def test_without_replicates_outputs_are_writable_and_own_their_data():
+    d = DESIGNS["default"]
+    seeds = np.random.SeedSequence(3).spawn(4)
+    X, Y, outer, inner, mask, _ = batch_arrays(d, "adherence", ("Intercept", "alliance"),
+                                               seeds, sims=False)
+    for a in (X, Y, outer, inner, mask):
+        assert a.flags.writeable and a.flags.owndata
+    assert not np.shares_memory(X, Y) and not np.shares_memory(outer, inner)
+
+
+def test_padded_without_replicates():
+    names = ("Intercept", "alliance", "autonomy", "alliance:autonomy")
+    seeds = np.random.SeedSequence(8).spawn(3)
+    full = batch_arrays(RANDOM_STRUCTURE, "adherence", names, seeds, padded=True)
+    lean = batch_arrays(RANDOM_STRUCTURE, "adherence", names, seeds, padded=True,
+                        sims=False)
+    assert lean[5] == [] and len(full[5]) == 3
+    for a, b in zip(full[:5], lean[:5], strict=True):
+        np.testing.assert_array_equal(a, b)

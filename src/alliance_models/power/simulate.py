@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -542,31 +542,128 @@ def _stream_generators(roots: Sequence[_Root],
     return out
 
 
-def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, Any]:
-    """Simulate replicates of a fixed-layout design at once, equal to :func:`simulate_arrays`.
+# replicates per block of the vectorised simulator: about this many rows (replicates x
+# grid rows) at a time keep a block's working arrays (draws, alliance, linear predictor,
+# outcome) in a core's L2 cache while every element-wise pass runs over them
+_BLOCK_ROWS = 1 << 14
 
-    Each replicate draws from its own component streams, with the same calls in the same
-    order as :func:`simulate_arrays` (consecutive ``standard_normal`` / ``random`` calls
-    of one stream are fused into one call, which gives the same numbers for numpy's
-    Generator); only these draws loop over replicates. Everything else is computed on
-    ``(B, ...)`` arrays with the same floating-point operations in the same order, so
-    replicate ``b`` is bit-for-bit ``simulate_arrays(design, seeds[b])`` and depends only
-    on its own seed, not on the batch it is in.
 
-    Returns a dict with the layout (``therapist``, ``patient``, ``session``, ``sizes``,
-    all shared) and ``(B, ...)`` arrays: ``observed``, ``eta`` and the simulated columns.
+@dataclass(eq=False)
+class _Layout:
+    """What the replicates of a fixed-layout design share (see :func:`_batch_blocks`)."""
+
+    design: Design
+    T: int
+    P: int
+    S: int
+    sizes: np.ndarray
+    pat_ther: np.ndarray
+    therapist: np.ndarray
+    patient: np.ndarray
+    session: np.ndarray
+
+
+@dataclass(eq=False)
+class _Block:
+    """The columns of a block of ``k`` replicates, each at its level.
+
+    ``pat`` holds columns constant within a patient as ``(k, P)`` arrays (``arm``,
+    ``age``, ``autonomy``, ``age_c``, ``autonomy_c``, ``alliance_pm`` and the binomial
+    denominator), ``row`` the others as ``(k, n)`` arrays; ``eta`` is at either level and
+    ``observed`` is None when every row is observed. :meth:`view` broadcasts either level
+    to ``(k, P, S)`` without copying: a patient-level value used at each of its rows is
+    the value that :func:`simulate_arrays` has there, so products and sums formed through
+    these views are the same floating-point operations on the same numbers.
     """
-    B = len(seeds)
+
+    k: int
+    P: int
+    S: int
+    row: dict[str, np.ndarray]
+    pat: dict[str, np.ndarray]
+    eta: np.ndarray
+    observed: np.ndarray | None
+
+    def view(self, name: str) -> np.ndarray:
+        """Column ``name`` as a ``(k, P, S)`` or broadcastable ``(k, P, 1)`` view."""
+        if name in self.pat:
+            return self.pat[name][:, :, None]
+        return self.row[name].reshape(self.k, self.P, self.S)
+
+    def names(self) -> list[str]:
+        """Names of the columns computed for this block."""
+        return [*self.row, *self.pat]
+
+
+def _batch_layout(design: Design) -> _Layout:
+    """Return the shared layout of a fixed-structure design."""
     T = design.n_therapists
     sizes = _draw_counts(design.patients_per_therapist, T, np.random.default_rng(0))
     S = int(design.sessions)  # fixed structure: an int
     P = int(sizes.sum())
-    n = P * S
     pat_ther = np.repeat(np.arange(T), sizes)
     patient = np.repeat(np.arange(P), S)
-    therapist = pat_ther[patient]
-    session = np.tile(np.arange(1, S + 1), P)
-    roots = [_stream_seeds(s) for s in seeds]
+    return _Layout(design=design, T=T, P=P, S=S, sizes=sizes, pat_ther=pat_ther,
+                   therapist=pat_ther[patient], patient=patient,
+                   session=np.tile(np.arange(1, S + 1), P))
+
+
+def _no_dropout(design: Design) -> bool:
+    """Whether no session can be lost to dropout (its stream's draws change nothing)."""
+    d = design.dropout
+    return int(design.sessions) == 1 or (max(d) if isinstance(d, tuple) else float(d)) == 0.0
+
+
+def _batch_blocks(lay: _Layout, seeds: Sequence[RNGLike], need: set[str] | None = None,
+                  block: int | None = None,
+                  y_out: np.ndarray | None = None) -> Iterator[tuple[slice, _Block]]:
+    """Simulate replicates of a fixed-layout design, a block of replicates at a time.
+
+    ``lay`` is the design's :func:`_batch_layout`. Yields ``(rows, block)``: the
+    replicates ``rows`` of ``seeds`` and their columns (see :class:`_Block`). Only the
+    columns in ``need`` (all if None) are formed, besides those the linear predictor
+    and the outcome are built from (and ``eta`` is kept only if in ``need``, or if
+    ``need`` is None). With ``y_out`` (B, n), ``adherence`` is written there (and the
+    block's column is a view of it). Replicate ``b`` equals
+    ``simulate_arrays(design, seeds[b])`` bit for bit: each replicate draws from its own
+    component streams with the same calls in the same order as :func:`simulate_arrays`
+    (consecutive ``standard_normal`` / ``random`` calls of one stream fused into one
+    call, which gives the same numbers for numpy's Generator), and everything else is
+    the same floating-point operations in the same order, element by element, so a
+    replicate depends only on its own seed, not on the batch or block it is in.
+    """
+    design = lay.design
+    B, n = len(seeds), lay.P * lay.S
+    if block is None:
+        block = max(1, _BLOCK_ROWS // n)
+    age = "age" in design.moderators
+    randomised = design.randomisation in ("therapist", "patient")
+    streams = [*(("arm",) if randomised else ()), "alliance",
+               *(("moderators",) if age or "autonomy" in design.moderators else ()),
+               "outcome", *(() if _no_dropout(design) else ("dropout",))]
+    gens = _stream_generators([_stream_seeds(s) for s in seeds], streams)
+    for b0 in range(0, B, block):
+        rows = slice(b0, min(B, b0 + block))
+        yield rows, _block_columns(lay, gens[rows], need,
+                                   None if y_out is None else y_out[rows])
+
+
+def _block_columns(lay: _Layout, gens: Sequence[dict[str, np.random.Generator]],
+                   need: set[str] | None, y_out: np.ndarray | None = None) -> _Block:
+    """Simulate the replicates whose component Generators are ``gens``.
+
+    See :func:`_batch_blocks`; the comments note why each step gives the values of
+    :func:`simulate_arrays` (``x[idx] * c == (x * c)[idx]``: a value computed once per
+    therapist or patient and then broadcast to its rows is the value computed at each
+    row; ``a + b == b + a`` and ``1 * a == a`` exactly, but no sum is reordered).
+    """
+    design = lay.design
+    T, P, S, sizes, pat_ther = lay.T, lay.P, lay.S, lay.sizes, lay.pat_ther
+    k, n = len(gens), lay.P * lay.S
+
+    def wanted(name: str) -> bool:
+        return need is None or name in need
+
     skewed = design.alliance_skew != 0
     age = "age" in design.moderators
     aut = design.moderators.get("autonomy")
@@ -576,31 +673,24 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, Any]:
     d = design.dropout
     # without dropout the dropout stream's draws change nothing (no other component reads
     # them): they are not drawn, and every row is observed
-    no_dropout = S == 1 or (max(d) if isinstance(d, tuple) else float(d)) == 0.0
+    no_dropout = _no_dropout(design)
 
-    # --- the draws: one pass over replicates, each from its own streams ---------------
-    k_all = T + (2 * P + 2 * n if skewed else P + n)
-    k_out = T + P + (n if gaussian else 0)
-    k_drop = 2 * P if uniform_timing else P
-    g_all = np.empty((B, k_all))
-    g_out = np.empty((B, k_out))
-    g_drop = np.empty((B, k_drop))
-    g_age = np.empty((B, P)) if age else None
-    g_aut = np.empty((B, n_aut)) if n_aut else None
-    ther_arm = np.empty((B, T), np.int64) if design.randomisation == "therapist" else None
-    arm_key = np.empty((B, P)) if design.randomisation == "patient" else None
-    arm_off = np.empty((B, T), np.int64) if design.randomisation == "patient" else None
-    out_rngs: list[np.random.Generator] = []
+    # --- the draws: one pass over the block's replicates, each from its own streams ----
+    g_all = np.empty((k, T + (2 * P + 2 * n if skewed else P + n)))
+    g_out = np.empty((k, T + P + (n if gaussian else 0)))
+    g_drop = np.empty((k, 2 * P if uniform_timing else P))
+    g_age = np.empty((k, P)) if age else None
+    g_aut = np.empty((k, n_aut)) if n_aut else None
+    ther_arm = np.empty((k, T), np.int64) if design.randomisation == "therapist" else None
+    arm_key = np.empty((k, P)) if design.randomisation == "patient" else None
+    arm_off = np.empty((k, T), np.int64) if design.randomisation == "patient" else None
     if age:
         mean, sd, lo, hi = design.age_distribution
         u_lo, u_hi = special.ndtr((lo - mean) / sd), special.ndtr((hi - mean) / sd)
     if ther_arm is not None:
         t0, t1 = design.arm_therapists
         arms0 = np.r_[np.zeros(t0, np.int64), np.ones(t1, np.int64)]
-    streams = [*(("arm",) if ther_arm is not None or arm_key is not None else ()),
-               "alliance", *(("moderators",) if age or n_aut else ()), "outcome",
-               *(() if no_dropout else ("dropout",))]
-    for b, rng in enumerate(_stream_generators(roots, streams)):
+    for b, rng in enumerate(gens):
         if ther_arm is not None or arm_key is not None:
             r = rng["arm"]
             if ther_arm is not None:
@@ -610,40 +700,34 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, Any]:
                 r.random(out=arm_key[b])
                 arm_off[b] = r.integers(0, 2, size=T)
         rng["alliance"].standard_normal(out=g_all[b])
-        if age or n_aut:
+        if g_age is not None or g_aut is not None:
             r = rng["moderators"]
             if g_age is not None:
                 g_age[b] = r.uniform(u_lo, u_hi, size=P)
             if g_aut is not None:
                 r.standard_normal(out=g_aut[b])
-        r = rng["outcome"]
-        r.standard_normal(out=g_out[b])
-        if not gaussian:
-            out_rngs.append(r)
+        rng["outcome"].standard_normal(out=g_out[b])
         if not no_dropout:
             rng["dropout"].random(out=g_drop[b])
 
-    cols: dict[str, np.ndarray] = {}
-    # --- arms ------------------------------------------------------------------------
+    pat: dict[str, np.ndarray] = {}
+    row: dict[str, np.ndarray] = {}
+    # --- arms (patient level) ----------------------------------------------------------
     pat_arm: np.ndarray | None = None
     if ther_arm is not None:
         pat_arm = ther_arm[:, pat_ther]
     elif arm_key is not None and arm_off is not None:
-        order = np.lexsort((arm_key, np.broadcast_to(pat_ther, (B, P))), axis=-1)
+        order = np.lexsort((arm_key, np.broadcast_to(pat_ther, (k, P))), axis=-1)
         first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        rank = np.empty((B, P), np.int64)
+        rank = np.empty((k, P), np.int64)
         np.put_along_axis(rank, order, np.broadcast_to(np.arange(P) - np.repeat(first, sizes),
-                                                       (B, P)), axis=-1)
+                                                       (k, P)), axis=-1)
         pat_arm = (rank + arm_off[:, pat_ther]) % 2
     if pat_arm is not None:
-        cols["arm"] = pat_arm[:, patient].astype(float)
+        pat["arm"] = pat_arm.astype(float)
 
-    # --- alliance ----------------------------------------------------------------------
-    # (x[:, idx] * c == (x * c)[:, idx]; broadcasting over equal blocks or np.repeat
-    # replaces the gathers, in-place operations the temporaries: the values are those of
-    # simulate_arrays)
+    # --- alliance: (therapist + patient) at patient level, + session at row level -------
     c_t, c_p, c_s = design.alliance_components
-    per_ther = sizes * S
     if skewed:
         a_p = _std_skewnormal_inplace(design.alliance_skew, g_all[:, T:T + P],
                                       g_all[:, T + P:T + 2 * P])
@@ -651,161 +735,168 @@ def _batch_columns(design: Design, seeds: Sequence[RNGLike]) -> dict[str, Any]:
                                       g_all[:, T + 2 * P + n:])
     else:
         a_p, a_s = g_all[:, T:T + P], g_all[:, T + P:]
-    alliance = _spread(math.sqrt(c_t) * g_all[:, :T], per_ther)
-    _spread_add(alliance, math.sqrt(c_p) * a_p, S)
+    tp = (math.sqrt(c_t) * g_all[:, :T])[:, pat_ther]
+    tp += math.sqrt(c_p) * a_p
     a_s *= math.sqrt(c_s)
-    alliance += a_s
-    cols["alliance"] = alliance
-    # the standardised columns of the linear predictor, built only when a term uses them
-    z_make: dict[str, Any] = {"alliance": lambda: alliance}
-    if "arm" in cols:
-        z_make["arm"] = lambda: cols["arm"]
+    alliance3 = a_s.reshape(k, P, S)
+    alliance3 += tp[:, :, None]  # s + (t + p) == (t + p) + s
+    alliance = a_s  # (k, n), in the alliance stream's buffer
+    row["alliance"] = alliance
 
-    # --- moderators --------------------------------------------------------------------
+    # --- moderators (patient level) -----------------------------------------------------
+    age_p: np.ndarray | None = None
+    aut_p: np.ndarray | None = None
     if g_age is not None:
         age_p = mean + sd * special.ndtri(g_age)
-        mu, sigma = _age_moments_of(tuple(design.age_distribution))
-        cols["age"] = _spread(age_p, S)
-        z_make["age"] = lambda: _spread((age_p - mu) / sigma, S)
+        pat["age"] = age_p
     if g_aut is not None:
-        cols["autonomy"] = _spread(g_aut, per_ther if aut == "therapist" else S)
-        z_make["autonomy"] = lambda: cols["autonomy"]
+        aut_p = g_aut[:, pat_ther] if aut == "therapist" else g_aut
+        pat["autonomy"] = aut_p
 
-    # --- outcome -----------------------------------------------------------------------
-    scale = latent_scale(design)
-    z: dict[str, np.ndarray] = {}
-    fixed: np.ndarray | None = None
-    scratch: np.ndarray | None = None
-    for term, beta in design.effects.items():
-        names = term.split(":")
-        for var in names:
-            if var not in z:
-                z[var] = z_make[var]()
-        if fixed is None:
-            # 1 * a * b == a * b; 0 + x == x
-            fixed = np.multiply(z[names[0]], z[names[1]]) if len(names) > 1 else None
-            if fixed is None:
-                fixed = beta * z[names[0]]
+    # --- linear predictor: terms of patient-level factors at patient level while no
+    # term varies within a patient, then added at row level in the same order ----------
+    z_pat: dict[str, np.ndarray] = {}
+
+    def z_of(var: str) -> np.ndarray:
+        """Return a standardised factor: (k, P) if patient-level, else (k, P, S)."""
+        if var == "alliance":
+            return alliance3
+        if var not in z_pat:
+            if var == "age":
+                assert age_p is not None
+                mu, sigma = _age_moments_of(tuple(design.age_distribution))
+                z_pat[var] = (age_p - mu) / sigma
             else:
-                for var in names[2:]:
-                    fixed *= z[var]
-                fixed *= beta  # beta * prod == prod * beta
+                z_pat[var] = pat[var]
+        return z_pat[var]
+
+    fixed_pat: np.ndarray | None = None
+    fixed_row: np.ndarray | None = None  # (k, P, S)
+    for term, beta in design.effects.items():
+        zs = [z_of(v) for v in term.split(":")]
+        if all(z.ndim == 2 for z in zs):
+            prod = beta * zs[0] if len(zs) == 1 else _product(zs, beta)
+            if fixed_row is not None:
+                fixed_row += prod[:, :, None]
+            elif fixed_pat is None:
+                fixed_pat = prod  # 0 + x == x
+            else:
+                fixed_pat += prod
             continue
-        if scratch is None:
-            scratch = np.empty((B, n))
-        if len(names) > 1:
-            np.multiply(z[names[0]], z[names[1]], out=scratch)
-            for var in names[2:]:
-                scratch *= z[var]
-            scratch *= beta
+        views = [z if z.ndim == 3 else z[:, :, None] for z in zs]
+        if fixed_row is None:
+            term_row = np.empty((k, P, S))
+            _product(views, beta, out=term_row)
+            if fixed_pat is not None:
+                term_row += fixed_pat[:, :, None]  # fixed + term == term + fixed
+            fixed_row = term_row
         else:
-            np.multiply(z[names[0]], beta, out=scratch)
-        fixed += scratch
-    del scratch
-    if fixed is None:
-        fixed = np.zeros((B, n))
-    u_t = g_out[:, :T] * math.sqrt(design.icc_therapist)
+            fixed_row += _product(views, beta, out=np.empty((k, P, S)))
+    if fixed_pat is None and fixed_row is None:
+        fixed_pat = np.zeros((k, P))
+
+    # --- outcome ------------------------------------------------------------------------
+    u_p = (g_out[:, :T] * math.sqrt(design.icc_therapist))[:, pat_ther]
     v_p = g_out[:, T:T + P] * math.sqrt(design.icc_patient)
+    eta: np.ndarray
     if gaussian:
-        eta = fixed
         e = g_out[:, T + P:]
         e *= math.sqrt(1 - design.icc_therapist - design.icc_patient)
-        y = _spread(u_t, per_ther, add_to=eta)  # eta + u
-        _spread_add(y, v_p, S)
-        y += e
-        cols["adherence"] = y
+        e3 = e.reshape(k, P, S)
+        if fixed_row is not None:
+            eta = fixed_row.reshape(k, n)
+            # ((eta + u) + v) + e; eta itself is kept only if asked for
+            if y_out is not None:
+                y3 = y_out.reshape(k, P, S)
+            else:
+                y3 = fixed_row if not wanted("eta") else np.empty((k, P, S))
+            np.add(fixed_row, u_p[:, :, None], out=y3)
+            y3 += v_p[:, :, None]
+            y3 += e3
+        else:
+            assert fixed_pat is not None
+            eta = fixed_pat
+            yp = fixed_pat + u_p
+            yp += v_p
+            y3 = e3 if y_out is None else y_out.reshape(k, P, S)
+            np.add(e3, yp[:, :, None], out=y3)  # e + (eta + u + v) == (eta + u + v) + e
+        row["adherence"] = y3.reshape(k, n)
     else:
-        eta = float(special.logit(design.baseline_adherence)) + scale * fixed
-        u = _spread(u_t, per_ther)
-        _spread_add(u, v_p, S)
-        u *= scale
-        u += eta
-        prob = special.expit(u)
-        k = design.n_trials
-        num = np.empty((B, n), np.int64)
-        for b, r in enumerate(out_rngs):
-            num[b] = r.binomial(k, prob[b])
+        scale = latent_scale(design)
+        base = float(special.logit(design.baseline_adherence))
+        uv = u_p + v_p
+        uv *= scale
+        if fixed_row is not None:
+            eta = base + scale * fixed_row.reshape(k, n)
+            lin = np.add(eta.reshape(k, P, S), uv[:, :, None])  # eta + u == u + eta
+            prob = special.expit(lin, out=lin).reshape(k, n)
+        else:
+            assert fixed_pat is not None
+            eta = base + scale * fixed_pat
+            prob_p = special.expit(eta + uv)
+            prob = np.empty((k, P, S))
+            prob[...] = prob_p[:, :, None]
+            prob = prob.reshape(k, n)
+        ntrials = design.n_trials
+        num = np.empty((k, n), np.int64)
+        for b, rng in enumerate(gens):  # after the stream's normal draws, as there
+            num[b] = rng["outcome"].binomial(ntrials, prob[b])
         num_col, den_col = design.count_columns
-        cols[num_col] = num
-        cols[den_col] = np.full((B, n), k, dtype=np.int64)
-        cols["adherence"] = num / k
+        row[num_col] = num
+        if wanted(den_col):
+            pat[den_col] = np.full((k, P), ntrials, dtype=np.int64)
+        row["adherence"] = np.divide(num, ntrials, out=y_out)
 
     # --- dropout, then the observed patient means ----------------------------------------
-    if no_dropout:
-        observed = np.ones((B, n), dtype=bool)
-        aw = alliance.reshape(B, P, S)  # x * 1.0 == x
-        count: np.ndarray | float = float(S)
-    else:
+    observed: np.ndarray | None = None
+    if not no_dropout:
         if isinstance(d, tuple):
             assert pat_arm is not None
             p_drop = np.where(pat_arm == 1, d[1], d[0])
         else:
-            p_drop = np.full((B, P), float(d))
+            p_drop = np.full((k, P), float(d))
         drops = g_drop[:, :P] < p_drop
         if uniform_timing:
             last = np.floor(g_drop[:, P:] * max(S - 1, 1)).astype(np.int64) + 1
         else:
-            last = np.full((B, P), int(design.dropout_timing))
+            last = np.full((k, P), int(design.dropout_timing))
         last = np.where(drops & (S > 1), np.minimum(last, S), S)
-        obs3 = np.arange(1, S + 1) <= last[:, :, None]  # (B, P, S)
-        observed = obs3.reshape(B, n)
-        aw = alliance.reshape(B, P, S) * obs3
-        count = obs3.sum(axis=-1)
-    total = np.zeros((B, P))
-    for s in range(S):  # the order of np.bincount's sum, for identical means
-        total += aw[:, :, s]
-    total /= count
-    cols["alliance_pm"] = _spread(total, S)
-    cols["alliance_pmc"] = alliance - cols["alliance_pm"]
-    # the centred columns of simulate_arrays (each replicate's mean over patients, taken
-    # one replicate at a time for identical sums)
-    # (a reduction over the last axis of a C-contiguous array sums each row as
-    # row.mean() does)
-    if g_age is not None:
-        age_mean = np.ascontiguousarray(age_p).mean(axis=1)
-        cols["age_c"] = cols["age"] - age_mean[:, None]
-    if g_aut is not None:
-        aut_p = g_aut[:, pat_ther] if aut == "therapist" else g_aut
-        aut_mean = np.ascontiguousarray(aut_p).mean(axis=1)
-        cols["autonomy_c"] = cols["autonomy"] - aut_mean[:, None]
-    cols["alliance_cwc"] = cols["alliance_pmc"]
-    return {"therapist": therapist, "patient": patient, "session": session,
-            "sizes": sizes, "observed": observed, "eta": eta, "columns": cols}
-
-
-def _spread(x: np.ndarray, counts: np.ndarray | int,
-            add_to: np.ndarray | None = None) -> np.ndarray:
-    """``np.repeat(x, counts, axis=1)`` (plus ``add_to``, if given) as a new array.
-
-    With equal counts the repeat is a broadcast into a ``(B, G, count)`` view of the
-    result (no index arrays, no temporary); the values are the same.
-    """
-    B, G = x.shape
-    c = np.asarray(counts)
-    if c.ndim == 0 or bool((c == c.flat[0]).all()):
-        k = int(c.flat[0])
-        out = np.empty((B, G * k))
-        if add_to is None:
-            out.reshape(B, G, k)[...] = x[:, :, None]
+        obs3 = np.arange(1, S + 1) <= last[:, :, None]  # (k, P, S)
+        observed = obs3.reshape(k, n)
+    if any(wanted(c) for c in ("alliance_pm", "alliance_pmc", "alliance_cwc")):
+        if observed is None:
+            aw = alliance3  # x * 1.0 == x
+            count: np.ndarray | float = float(S)
         else:
-            np.add(add_to.reshape(B, G, k), x[:, :, None], out=out.reshape(B, G, k))
-        return out
-    rep = np.repeat(x, c, axis=1)
-    if add_to is None:
-        return rep
-    return np.add(add_to, rep, out=rep)
+            aw = alliance3 * obs3
+            count = obs3.sum(axis=-1)
+        total = np.zeros((k, P))
+        for s in range(S):  # the order of np.bincount's sum, for identical means
+            total += aw[:, :, s]
+        total /= count
+        pat["alliance_pm"] = total
+        if wanted("alliance_pmc") or wanted("alliance_cwc"):
+            pmc = np.subtract(alliance3, total[:, :, None]).reshape(k, n)
+            row["alliance_pmc"] = row["alliance_cwc"] = pmc
+    # the centred columns of simulate_arrays (each replicate's mean over patients; a
+    # reduction over the last axis of a C-contiguous array sums each row as row.mean())
+    if age_p is not None and wanted("age_c"):
+        pat["age_c"] = age_p - np.ascontiguousarray(age_p).mean(axis=1)[:, None]
+    if aut_p is not None and wanted("autonomy_c"):
+        pat["autonomy_c"] = aut_p - np.ascontiguousarray(aut_p).mean(axis=1)[:, None]
+    return _Block(k=k, P=P, S=S, row=row, pat=pat, eta=eta, observed=observed)
 
 
-def _spread_add(target: np.ndarray, x: np.ndarray, counts: np.ndarray | int) -> None:
-    """``target += np.repeat(x, counts, axis=1)`` in place, without the repeat if equal."""
-    B, G = x.shape
-    c = np.asarray(counts)
-    if c.ndim == 0 or bool((c == c.flat[0]).all()):
-        k = int(c.flat[0])
-        view = target.reshape(B, G, k)
-        view += x[:, :, None]
-    else:
-        target += np.repeat(x, c, axis=1)
+def _product(factors: Sequence[np.ndarray], beta: float,
+             out: np.ndarray | None = None) -> np.ndarray:
+    """``((f0 * f1) * f2 ...) * beta`` (``simulate_arrays``'s ``beta * prod``), broadcast."""
+    res = np.multiply(factors[0], factors[1], out=out) if len(factors) > 1 else (
+        np.multiply(factors[0], beta, out=out))
+    if len(factors) > 1:
+        for f in factors[2:]:
+            res *= f
+        res *= beta  # beta * prod == prod * beta
+    return res
 
 
 @functools.lru_cache(maxsize=32)
@@ -868,6 +959,7 @@ def batch_arrays(
     seeds: Sequence[np.random.SeedSequence],
     *,
     padded: bool = False,
+    sims: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[SimArrays]]:
     """Simulate replicates with one shared layout and stack them for the batched engine.
 
@@ -886,6 +978,24 @@ def batch_arrays(
     the compact fit's results up to rounding). The grid, but not any replicate's
     values, depends on the batch.
 
+    Parameters
+    ----------
+    design : Design
+        The planned trial.
+    response : str
+        The simulated column to return as ``Y``.
+    x_names : tuple of str
+        The fixed-effect columns of ``X``: ``Intercept`` and plain products of simulated
+        columns (``"alliance:autonomy"``).
+    seeds : sequence of SeedSequence (or int, Generator)
+        One seed per replicate, as :func:`simulate_arrays` takes it.
+    padded : bool, default False
+        Allow random caseloads or session counts (see above).
+    sims : bool, default True
+        Also return the replicates as :class:`SimArrays`. With False the list is empty
+        and, for a fixed layout, only the columns that ``X``, ``Y`` and the outcome
+        need are formed (faster; ``X``, ``Y`` and ``mask`` are the same).
+
     Returns
     -------
     X : ndarray (B, n, p)
@@ -896,7 +1006,7 @@ def batch_arrays(
         Observed rows (dropout; and padding when padded).
     sims : list of SimArrays
         The replicates themselves (for the truth and diagnostics); their arrays are
-        read-only views into the stacked ones.
+        read-only views into stacked ones. Empty if ``sims=False``.
 
     Examples
     --------
@@ -926,42 +1036,61 @@ def batch_arrays(
             "columns; use a data-frame engine"
         )
     if not design.has_fixed_structure:
-        return _padded_batch(design, response, x_names, seeds)
-    sim = _batch_columns(design, seeds)
-    cols: dict[str, np.ndarray] = sim["columns"]
-    observed, eta = sim["observed"], sim["eta"]
-    B, n = observed.shape
+        out = _padded_batch(design, response, x_names, seeds)
+        return (*out[:5], out[5] if sims else [])
+    lay = _batch_layout(design)
+    B, P, S = len(seeds), lay.P, lay.S
+    n = P * S
     X = np.empty((B, n, len(x_names)))
-    _fill_x(X, cols, facs)
-    Y = cols[response]
-    layout = {k: sim[k] for k in ("therapist", "patient", "session")}
-    for a in (*layout.values(), observed, eta, *cols.values()):
+    Y = np.empty((B, n))
+    mask = np.ones((B, n), dtype=bool)
+    need = None if sims else {response, *(v for f in facs for v in f or [])}
+    full: dict[str, np.ndarray] = {}
+    own_y = response == "adherence"  # written into Y as it is formed
+    for rows, blk in _batch_blocks(lay, seeds, need, y_out=Y if own_y else None):
+        k = blk.k
+        _fill_x(X[rows], blk, facs)
+        if not own_y:
+            Y[rows].reshape(k, P, S)[...] = blk.view(response)
+        if blk.observed is not None:
+            mask[rows] = blk.observed
+        if sims:
+            parts = {c: blk.view(c) for c in blk.names() if c != "alliance_cwc"}
+            parts["eta"] = blk.eta[:, :, None] if blk.eta.shape[1] == P else (
+                blk.eta.reshape(k, P, S))
+            for c, v in parts.items():
+                if c not in full:
+                    full[c] = np.empty((B, n), dtype=v.dtype)
+                full[c][rows].reshape(k, P, S)[...] = v
+    if not sims:
+        return X, Y, lay.therapist.copy(), lay.patient.copy(), mask, []
+    observed = mask.copy()
+    eta = full.pop("eta")
+    full["alliance_cwc"] = full["alliance_pmc"]  # the same column, as in simulate_arrays
+    layout = {"therapist": lay.therapist, "patient": lay.patient, "session": lay.session}
+    for a in (*layout.values(), observed, eta, *full.values()):
         a.flags.writeable = False
-    sizes = tuple(int(s) for s in sim["sizes"])
-    sims = [SimArrays(observed=observed[b], columns={c: a[b] for c, a in cols.items()},
+    sizes = tuple(int(s) for s in lay.sizes)
+    reps = [SimArrays(observed=observed[b], columns={c: a[b] for c, a in full.items()},
                       eta=eta[b], sizes=sizes, **layout) for b in range(B)]
-    return (X, np.array(Y, dtype=float), layout["therapist"].copy(),
-            layout["patient"].copy(), observed.copy(), sims)
+    return X, Y, lay.therapist.copy(), lay.patient.copy(), mask, reps
 
 
-def _fill_x(X: np.ndarray, cols: dict[str, np.ndarray], facs: list[list[str] | None]) -> None:
-    """Write the plain-product design columns ``facs`` of ``cols`` into ``X`` (B, n, p).
+def _fill_x(X: np.ndarray, blk: _Block, facs: list[list[str] | None]) -> None:
+    """Write the plain-product design columns ``facs`` of a block into ``X`` (k, n, p).
 
-    Each column is written once (1 * a * b ... == a * b ...: the values of
-    :func:`design_matrix`), a few replicates at a time so that the strided writes stay
-    in cache.
+    Each column is written once, from the block's columns at their own level
+    (``1 * a * b ... == a * b ...``: the values of :func:`design_matrix`); the block is
+    small enough for the strided writes to stay in cache.
     """
-    B, n, p = X.shape
-    step = max(1, (1 << 20) // (8 * n * p))
-    for b0 in range(0, B, step):
-        rows = slice(b0, b0 + step)
-        for j, f in enumerate(facs):
-            Xj = X[rows, :, j]
-            if not f:
-                Xj[...] = 1.0
-            elif len(f) == 1:
-                Xj[...] = cols[f[0]][rows]
-            else:
-                np.multiply(cols[f[0]][rows], cols[f[1]][rows], out=Xj)
-                for v in f[2:]:
-                    Xj *= cols[v][rows]
+    k, P, S = blk.k, blk.P, blk.S
+    for j, f in enumerate(facs):
+        Xj = X[:, :, j].reshape(k, P, S)
+        if not f:
+            Xj[...] = 1.0
+        elif len(f) == 1:
+            Xj[...] = blk.view(f[0])
+        else:
+            np.multiply(blk.view(f[0]), blk.view(f[1]), out=Xj)
+            for v in f[2:]:
+                Xj *= blk.view(v)
