@@ -354,8 +354,8 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
     codes: dict[str, np.ndarray]
     if groups is not None and job.design.has_fixed_structure:
         try:
-            X, Y, ther, pat, mask, sims = batch_arrays(job.design, spec.response,
-                                                       job.x_names, list(seeds))
+            X, Y, ther, pat, mask, _ = batch_arrays(job.design, spec.response,
+                                                    job.x_names, list(seeds), sims=False)
             codes = {"therapist": ther, "patient": pat}
             bf = fast.fit_batch(X, Y, codes[groups[0]],
                                 codes[groups[1]] if groups[1] else None,
