@@ -28,8 +28,14 @@ data enter through
 * ``S_tj``: per level-2 cluster ``j``, the sum of ``s_k`` over its level-1 clusters of
   size ``m_t``, with their counts ``N_jt``.
 
+Outer clusters with the same size profile (column of ``N_jt``) share every scalar of the
+outer Woodbury step, so when the profiles are few (``G T^2 < J``: balanced designs, or
+no dropout) the sums over ``j`` are taken once, in ``sufficient_stats``, as
+``P_g[t, u] = sum_{j in g} S_tj S_uj'`` per profile group ``g`` (``_profile_groups``).
+
 At given ``s`` the matrix ``Xa' H^{-1} Xa`` costs ``O(T q^2 + J T q + J q^2)`` per
-replicate (``T`` distinct cluster sizes, ``J`` outer clusters); its Cholesky factor gives
+replicate (``T`` distinct cluster sizes, ``J`` outer clusters; ``O((T + G T^2) q^2)``
+with profile groups); its Cholesky factor gives
 ``beta``, ``R = r' H^{-1} r`` (the last pivot squared) and ``log|X' H^{-1} X|``.
 ``log|H| = sum_k log(1 + m_k g_b) + sum_j log(1 + g_a W_j)`` with
 ``W_j = sum_k m_k / (1 + m_k g_b)``. The profiled criterion (``-2 log L`` up to a
@@ -238,6 +244,10 @@ class SuffStats:
     beta0: np.ndarray  # (B, p) OLS coefficients (scaled X) removed from y
     p: int
     full_rank: np.ndarray  # (B,) bool: the observed rows of X have full column rank
+    # outer clusters grouped by size profile (see ``_profile_groups``); None: not used
+    P2: np.ndarray | None = None  # (B, G, T, T, q, q) sum over a group of S_tj S_uj'
+    N2g: np.ndarray | None = None  # (B, T, G) the group's profile (a column of N2)
+    Ng: np.ndarray | None = None  # (B, G) outer clusters in the group (0: padding)
 
     @property
     def n_rep(self) -> int:
@@ -256,6 +266,9 @@ class SuffStats:
             None if self.S2 is None else self.S2[idx],
             None if self.N2 is None else self.N2[idx],
             self.n[idx], self.scale[idx], self.beta0[idx], self.p, self.full_rank[idx],
+            None if self.P2 is None else self.P2[idx],
+            None if self.N2g is None else self.N2g[idx],
+            None if self.Ng is None else self.Ng[idx],
         )
 
 
@@ -271,6 +284,58 @@ def _segment_sum(a: np.ndarray, starts: np.ndarray, axis: int) -> np.ndarray:
     if a.shape[axis] == 0:  # pragma: no cover - guarded by callers
         return a
     return np.add.reduceat(a, starts, axis=axis)
+
+
+def _profile_groups(N2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Group the outer clusters of each replicate by their size profile.
+
+    Two outer clusters with the same profile (the same number of level-1 clusters of
+    each size, i.e. equal columns of ``N2``) have the same ``W_j``, ``d_j`` and ``e1_j``
+    in ``_evaluate``, so every sum over ``j`` there collapses to a sum over profile
+    groups of ``sum_{j in group} S_tj S_uj'``. That pays when the groups are few: the
+    grouped form costs ``O(G T^2 q^2)`` per replicate and evaluation against
+    ``O(J T q + J q^2)`` for the per-cluster form.
+
+    Parameters
+    ----------
+    N2 : ndarray, shape (B, T, J)
+        Level-1 cluster counts per size and outer cluster.
+
+    Returns
+    -------
+    tuple or None
+        ``(member, N2g, Ng)``: ``member`` (B, G, J) bool, outer cluster ``j`` belongs to
+        group ``g``; ``N2g`` (B, T, G) the group's profile; ``Ng`` (B, G) its number of
+        outer clusters. Replicates with fewer than ``G`` groups are padded with empty
+        groups (``Ng = 0``, no members). None when ``G T^2 >= J`` (the per-cluster form
+        is not dearer).
+    """
+    B, T, J = N2.shape
+    prof = np.swapaxes(N2, 1, 2)  # (B, J, T)
+    if B == 0 or J == 0:
+        return None
+    if np.array_equal(np.broadcast_to(N2[:1], N2.shape), N2):  # one profile structure
+        _, inv = np.unique(prof[0], axis=0, return_inverse=True)
+        gid = np.broadcast_to(inv.reshape(1, J), (B, J))
+    else:
+        # unique rows of (replicate, profile): np.unique sorts them lexicographically,
+        # so each replicate's groups get consecutive ids; subtracting the replicate's
+        # smallest id numbers them 0, 1, ... within the replicate
+        keys = np.concatenate(
+            [np.repeat(np.arange(B, dtype=float), J)[:, None], prof.reshape(B * J, T)],
+            axis=1,
+        )
+        _, inv = np.unique(keys, axis=0, return_inverse=True)
+        inv = inv.reshape(B, J)
+        gid = inv - inv.min(axis=1, keepdims=True)
+    G = int(gid.max()) + 1
+    if G * T * T >= J:
+        return None
+    member = gid[:, None, :] == np.arange(G)[None, :, None]  # (B, G, J)
+    Ng = member.sum(axis=2).astype(float)
+    # the members' profiles are equal: their mean is the profile (exact for counts)
+    N2g = (N2 @ np.swapaxes(member, 1, 2)) / np.where(Ng > 0, Ng, 1.0)[:, None, :]
+    return member, N2g, Ng
 
 
 def sufficient_stats(
@@ -332,6 +397,11 @@ def sufficient_stats(
     if two:
         n2 = _segment_sum(onehot.astype(float), layout.outer_starts, axis=1)  # type: ignore[arg-type]
         N2 = np.ascontiguousarray(np.swapaxes(n2, 1, 2))
+    groups = _profile_groups(N2) if two else None  # type: ignore[arg-type]
+    P2 = None
+    if groups is not None:
+        member = groups[0]
+        P2 = np.empty((B, member.shape[1], T, T, q, q))
     nobs = np.full(B, float(n)) if Ms is None else Ms.sum(axis=1)
     shared = X.ndim == 2
     if shared:
@@ -385,9 +455,18 @@ def sufficient_stats(
                 S2[lo:hi, t] = _segment_sum(  # type: ignore[index]
                     w, layout.outer_starts, axis=1  # type: ignore[arg-type]
                 )
+        if P2 is not None:
+            # P2[b, g, t, u] = sum over the group's outer clusters j of S_tj S_uj'
+            Sj = np.swapaxes(S2[lo:hi], 1, 2).reshape(b, J, T * q)  # type: ignore[index]
+            mem = member[lo:hi]
+            for g in range(mem.shape[1]):
+                Pg = np.swapaxes(Sj * mem[:, g, :, None], 1, 2) @ Sj  # (b, Tq, Tq)
+                P2[lo:hi, g] = np.swapaxes(Pg.reshape(b, T, q, T, q), 2, 3)
         scale[lo:hi] = sc
         beta0[lo:hi] = b0s
-    return SuffStats(xtx, sizes.astype(float), Q, count, S2, N2, nobs, scale, beta0, p, full)
+    grp = (None, None) if groups is None else (groups[1], groups[2])
+    return SuffStats(xtx, sizes.astype(float), Q, count, S2, N2, nobs, scale, beta0, p, full,
+                     P2, *grp)
 
 
 # ----------------------------------------------------------------------------------
@@ -433,6 +512,19 @@ def _tsum(w: np.ndarray, A: np.ndarray) -> np.ndarray:
     return out
 
 
+def _wsum(w: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """``sum_i w[:, :, i, None] * A[:, None, i]``: w (B, r, n), A (B, n, ...) -> (B, r, ...).
+
+    A loop over the few ``n`` (broadcast products beat a batched matmul with inner
+    dimension ``n`` for such small operands).
+    """
+    Af = A.reshape(A.shape[:2] + (-1,))
+    out = w[:, :, 0, None] * Af[:, None, 0]
+    for i in range(1, A.shape[1]):
+        out += w[:, :, i, None] * Af[:, None, i]
+    return out.reshape(w.shape[:2] + A.shape[2:])
+
+
 def _evaluate(
     st: SuffStats, s: np.ndarray, reml: bool, grad: bool
 ) -> tuple[np.ndarray, ...]:
@@ -452,18 +544,50 @@ def _evaluate(
     gb = (s[:, -1] ** 2)[:, None]  # level-1 ratio (the only one with one factor)
     a = 1.0 / (1.0 + m * gb)  # (B, T)
     c = gb * a
-    M = st.xtx - _tsum(c, st.Q)
     logdet = (st.count * np.log1p(m * gb)).sum(axis=1)
     S2, N2 = st.S2, st.N2
     two = S2 is not None and N2 is not None
-    if two:
-        assert S2 is not None and N2 is not None
+    grouped = st.P2 is not None and st.N2g is not None and st.Ng is not None
+    if grouped:
+        assert st.P2 is not None and st.N2g is not None and st.Ng is not None
+        # Profile groups (see ``_profile_groups``). W_j, d_j and e1_j are shared by the
+        # outer clusters of a group g, and T2_j = sum_t a_t S_tj, so
+        #   sum_j d_j T2_j T2_j' = sum_g d_g sum_{t,u} a_t a_u P2[g, t, u];
+        # likewise Phi_a = sum_j w1_j T2_j T2_j' (w1 = (1 + g_a W)^-2) and the outer part
+        # of Phi_b, sum_j e2_j T2_j T2_j' - d_j (U_j T2_j' + T2_j U_j') with
+        # U_j = sum_t m_t a_t^2 S_tj, whose (t, u) weight a_t a_u (e2_g - d_g (m_t a_t +
+        # m_u a_u)) is symmetric. Every matrix is a weighted sum of the Q_t and P2[g, t, u].
         ga = s[:, 0] ** 2
-        T2 = _tsum(a, S2)  # (B, J, q): sum_k a_k s_k per outer cluster
-        W = _tsum(a * m, N2)  # (B, J)
-        d = ga[:, None] / (1.0 + ga[:, None] * W)
-        M = M - np.swapaxes(T2 * d[:, :, None], 1, 2) @ T2
-        logdet = logdet + np.log1p(ga[:, None] * W).sum(axis=1)
+        Bn, G = st.Ng.shape
+        am = a * m
+        W = (am[:, None, :] @ st.N2g)[:, 0, :]  # (B, G)
+        omw = 1.0 + ga[:, None] * W
+        d = ga[:, None] / omw
+        aa = (a[:, :, None] * a[:, None, :])[:, None]  # (B, 1, T, T)
+        wq = [c]
+        wp = [d[:, :, None, None] * aa]
+        if grad:
+            e1 = (am[:, None, :] ** 2 @ st.N2g)[:, 0, :]  # (B, G)
+            inv1 = 1.0 / omw
+            wq.append(a**2)
+            wp.append(inv1[:, :, None, None] ** 2 * aa)
+            wp.append(aa * ((d**2 * e1)[:, :, None, None]
+                            - d[:, :, None, None] * (am[:, None, :, None] + am[:, None, None, :])))
+        CQ = _wsum(np.stack(wq, axis=1), st.Q)  # (B, 1 or 2, q, q)
+        CP = _wsum(np.stack(wp, axis=1).reshape(Bn, len(wp), -1),
+                   st.P2.reshape((Bn, -1) + st.Q.shape[2:]))  # (B, 1 or 3, q, q)
+        M = st.xtx - (CQ[:, 0] + CP[:, 0])
+        logdet = logdet + (st.Ng * np.log1p(ga[:, None] * W)).sum(axis=1)
+    else:
+        M = st.xtx - _tsum(c, st.Q)
+        if two:  # per outer cluster
+            assert S2 is not None and N2 is not None
+            ga = s[:, 0] ** 2
+            T2 = _tsum(a, S2)  # (B, J, q): sum_k a_k s_k per outer cluster
+            W = _tsum(a * m, N2)  # (B, J)
+            d = ga[:, None] / (1.0 + ga[:, None] * W)
+            M = M - np.swapaxes(T2 * d[:, :, None], 1, 2) @ T2
+            logdet = logdet + np.log1p(ga[:, None] * W).sum(axis=1)
     L = _chol(M)
     p = st.p
     dg = np.diagonal(L, axis1=1, axis2=2)
@@ -487,6 +611,23 @@ def _evaluate(
         K = np.zeros_like(M)
         K[:, :p, :p] = LiT @ Li
 
+    if grouped:  # Phi_a and Phi_b as formed above
+        assert st.Ng is not None
+        Phi = np.stack([CP[:, 1], CQ[:, 1] + CP[:, 2]], axis=1)  # (B, 2, q, q)
+        uPu = np.linalg.vecdot((Phi @ u[:, None, :, None])[..., 0], u[:, None, :])
+        if reml:
+            kPk = np.linalg.vecdot(Phi.reshape(Bn, 2, q * q), K.reshape(Bn, 1, q * q))
+        else:
+            kPk = np.zeros((Bn, 2))
+        tr_a = (st.Ng * W * inv1).sum(axis=1)
+        tr_b = (st.count * a * m).sum(axis=1) - (st.Ng * d * e1).sum(axis=1)
+        # chain rule to the relative SD: dg/ds = 2 s
+        dR = -2.0 * s * uPu
+        dh = 2.0 * s * (np.stack([tr_a, tr_b], axis=1) - kPk)
+        bad = ~np.isfinite(R)
+        dR[bad] = np.nan
+        dh[bad] = np.nan
+        return f, R, h, L, dR, dh
     Q = st.Q  # (B, T, q, q)
     qQu = np.linalg.vecdot((Q @ u[:, None, :, None])[..., 0], u[:, None, :])
     uu_b = (a**2 * qQu).sum(axis=1)
@@ -685,15 +826,25 @@ def _start(
     return s0, faces
 
 
-def _fd_hessian(sub: SuffStats, sa: np.ndarray, g: np.ndarray, reml: bool) -> np.ndarray:
-    """Forward differences of the analytic gradient (k extra evaluations), symmetrised."""
+def _fd_hessian(
+    sub: SuffStats, sa: np.ndarray, g: np.ndarray, reml: bool, fixed: tuple[int, ...] = ()
+) -> np.ndarray:
+    """Forward differences of the analytic gradient (k extra evaluations), symmetrised.
+
+    Components in ``fixed`` are not differenced: their rows and columns are the identity.
+    """
     k = sa.shape[1]
     step = _NEWTON_STEP * np.maximum(1.0, np.abs(sa))
     cols = []
     for i in range(k):
+        if i in fixed:
+            cols.append(np.broadcast_to(np.eye(k)[i], g.shape))
+            continue
         x = sa.copy()
         x[:, i] += step[:, i]
-        cols.append((gradient(sub, x, reml=reml) - g) / step[:, i, None])
+        gi = (gradient(sub, x, reml=reml) - g) / step[:, i, None]
+        gi[:, list(fixed)] = 0.0
+        cols.append(gi)
     H = np.stack(cols, axis=2)
     H = 0.5 * (H + np.swapaxes(H, 1, 2))
     return np.where(np.isfinite(H), H, 0.0)
@@ -707,7 +858,9 @@ def _make_pd(H: np.ndarray) -> np.ndarray:
     return (U * w[:, None, :]) @ np.swapaxes(U, 1, 2)
 
 
-def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.ndarray]:
+def _newton(
+    st: SuffStats, s: np.ndarray, reml: bool, fixed: tuple[int, ...] = ()
+) -> tuple[np.ndarray, np.ndarray]:
     """Quasi-Newton minimisation of the profiled criterion; returns (s, converged).
 
     The gradient is analytic. The Hessian starts as a forward difference of the
@@ -716,8 +869,12 @@ def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.nd
     Hessian. Steps are capped and backtracked (Armijo). Converged means
     ``max |df/ds| <= GRAD_TOL``, or a negligible step / a line search that cannot
     improve while the gradient is below ``1e-5`` (the numerical floor).
+
+    The components in ``fixed`` (a boundary face) stay at their start values: their
+    gradient entries and steps are zero, their Hessian rows and columns the identity.
     """
     B, k = s.shape
+    held = list(fixed)
     s = s.copy()
     conv = np.zeros(B, dtype=bool)
     Hq = np.zeros((B, k, k))
@@ -733,6 +890,8 @@ def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.nd
         f0, R, _, _, dR, dh = _evaluate(sub, sa, reml, grad=True)
         nu = sub.n - sub.p if reml else sub.n
         g = nu[:, None] * dR / R[:, None] + dh
+        if held:
+            g[:, held] = 0.0
         gmax = np.abs(g).max(axis=1)
         done = gmax <= GRAD_TOL
         # BFGS update from the previous step
@@ -754,7 +913,7 @@ def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.nd
         if fd.any():
             idx = np.flatnonzero(fd)
             sub_fd = sub.take(idx) if idx.size < active.size else sub
-            Hq[active[idx]] = _make_pd(_fd_hessian(sub_fd, sa[idx], g[idx], reml))
+            Hq[active[idx]] = _make_pd(_fd_hessian(sub_fd, sa[idx], g[idx], reml, fixed))
             need_fd[active[idx]] = False
         Hs = Hq[active]
         gf = np.where(np.isfinite(g), g, 0.0)
@@ -763,6 +922,8 @@ def _newton(st: SuffStats, s: np.ndarray, reml: bool) -> tuple[np.ndarray, np.nd
                                  + np.where(done, 1.0, 0.0)[:, None, None] * np.eye(k),
                                  gf[..., None])[..., 0]
         d = np.where(np.isfinite(d), d, 0.0)
+        if held:  # exactly: eigh in _make_pd may mix the blocks at rounding level
+            d[:, held] = 0.0
         # cap the step length (relative SDs live on an O(1) scale)
         cap = 2.0 * np.maximum(1.0, np.abs(sa).max(axis=1))
         nrm = np.sqrt((d**2).sum(axis=1))
@@ -817,10 +978,10 @@ def _faces(
     The restricted likelihood of random-intercept models can have a second local
     optimum on a face where one variance is zero (e.g. therapist variance zero versus
     patient variance zero in a small design). A face is searched -- Newton from its best
-    start-grid point; a zero relative SD stays zero because the criterion is even in
-    it -- when the Newton solution itself lies on a boundary and the face's grid value
-    is within ``FACE_MARGIN`` of it, or when the face's grid value already beats the
-    Newton solution. The better solution is kept. A face solution that is not a minimum
+    start-grid point with the face's zero components held at exactly zero -- when the
+    Newton solution itself lies on a boundary and the face's grid value is within
+    ``FACE_MARGIN`` of it, or when the face's grid value already beats the Newton
+    solution. The better solution is kept. A face solution that is not a minimum
     across the face (the criterion falls when the zero component grows) is refined by a
     further Newton run from just inside the face.
     """
@@ -836,7 +997,7 @@ def _faces(
             continue
         sub = st.take(cand)
         if len(zero) < k:
-            sf, cf = _newton(sub, start[cand], reml)
+            sf, cf = _newton(sub, start[cand], reml, fixed=zero)
         else:
             sf, cf = start[cand], np.ones(cand.size, dtype=bool)
         ff = criterion(sub, sf, reml=reml)[0]
