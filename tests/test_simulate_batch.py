@@ -370,3 +370,54 @@ def test_padded_without_replicates():
     assert lean[5] == [] and len(full[5]) == 3
     for a, b in zip(full[:5], lean[:5], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_pcg64_states_match_numpy_seeding():
+    # the (state, inc) a PCG64 gets from 4 uint64 seeding words, as numpy computes it
+    from alliance_models.power.simulate import _pcg64_states, _StateWords
+
+    rng = np.random.default_rng(5)
+    words = rng.integers(0, 2**64, size=(40, 4), dtype=np.uint64)
+    words[0] = 0
+    words[1] = np.iinfo(np.uint64).max
+    words[2] = [0, 1, 2**63, 2**64 - 1]
+    states = _pcg64_states(words)
+    for w, (state, inc) in zip(words, states, strict=True):
+        ref = np.random.PCG64(_StateWords(w)).state["state"]
+        assert (state, inc) == (ref["state"], ref["inc"])
+    # and the words SeedSequence children give
+    ss = np.random.SeedSequence(77).spawn(3)
+    for s in ss:
+        child = np.random.SeedSequence(s.entropy, spawn_key=(*s.spawn_key, 2))
+        (state, inc), = _pcg64_states(child.generate_state(4, np.uint64)[None, :])
+        ref = np.random.PCG64(child).state["state"]
+        assert (state, inc) == (ref["state"], ref["inc"])
+
+
+def test_streams_reseed_one_generator_per_stream_as_fresh_generators():
+    from alliance_models.power.simulate import _STREAMS, _stream_seeds, _Streams
+
+    seeds = np.random.SeedSequence(12).spawn(4)
+    src = _Streams([_stream_seeds(s) for s in seeds], ["alliance", "outcome"])
+    assert src._states is not None  # the state-setting path, not the fallback
+    snaps = []
+    for b in range(4):  # interleaved streams and replicates, as the batch draws them
+        a = src.get(b, "alliance").standard_normal(7)
+        r = src.get(b, "outcome")
+        o = r.standard_normal(5)
+        snaps.append(src.snapshot(r))
+        for stream, got in (("alliance", a), ("outcome", o)):
+            child = np.random.SeedSequence(seeds[b].entropy, spawn_key=(
+                *seeds[b].spawn_key, _STREAMS.index(stream)))
+            ref = np.random.default_rng(child)
+            np.testing.assert_array_equal(got, ref.standard_normal(got.size))
+        # a snapshot resumes where the stream stood, after other replicates' draws
+        src.get(b, "alliance").standard_normal(3)
+    for b in range(4):
+        child = np.random.SeedSequence(seeds[b].entropy, spawn_key=(
+            *seeds[b].spawn_key, _STREAMS.index("outcome")))
+        ref = np.random.default_rng(child)
+        ref.standard_normal(5)
+        want_binom = ref.binomial(9, 0.3, size=6)
+        np.testing.assert_array_equal(src.resume("outcome", snaps[b]).binomial(9, 0.3, size=6),
+                                      want_binom)

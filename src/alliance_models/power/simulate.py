@@ -521,25 +521,88 @@ def _child_words(roots: Sequence[_Root], streams: Sequence[int]) -> np.ndarray |
     return words
 
 
-def _stream_generators(roots: Sequence[_Root],
-                       streams: Sequence[str]) -> list[dict[str, np.random.Generator]]:
-    """Build the Generators of the named component streams of every replicate.
+# PCG64 (numpy's pcg64.h): the 128-bit LCG multiplier; 2**128 - 1
+_PCG_MULT = 0x2360ED051FC65DA44385DF649FCCF645
+_M128 = (1 << 128) - 1
 
-    The same streams as :func:`simulate_arrays` (children of a fresh copy of each root);
-    the SeedSequence hashing is done for all of them at once when possible.
+
+def _pcg64_states(words: np.ndarray) -> list[tuple[int, int]]:
+    """``(state, inc)`` of a PCG64 seeded with each row of ``words`` (4 uint64 words).
+
+    numpy's ``pcg64_set_seed`` (``pcg_setseq_128_srandom_r``): ``inc = initseq << 1 | 1``,
+    then from state 0 one LCG step, ``+= initstate``, one more step; with ``initstate``
+    the first two words and ``initseq`` the last two (high word first), mod 2**128.
     """
-    idx = [_STREAMS.index(s) for s in streams]
-    words = _child_words(roots, idx)
     out = []
-    for b, root in enumerate(roots):
-        if words is None:
-            out.append({s: _stream_rng(root, s) for s in streams})
-        else:
-            w = words[b * len(idx):(b + 1) * len(idx)]
-            # PCG64 takes any ISeedSequence (the stubs list only SeedSequence)
-            out.append({s: np.random.Generator(np.random.PCG64(_StateWords(w[j])))  # type: ignore[arg-type]
-                        for j, s in enumerate(streams)})
+    for w0, w1, w2, w3 in words.tolist():
+        inc = (((w2 << 64) | w3) << 1 | 1) & _M128
+        out.append((((inc + ((w0 << 64) | w1)) * _PCG_MULT + inc) & _M128, inc))
     return out
+
+
+class _Streams:
+    """The component-stream Generators of a batch of replicates (see ``_STREAMS``).
+
+    The same streams as :func:`simulate_arrays` (children of a fresh copy of each
+    root), with the SeedSequence hashing done for all of them at once when possible
+    (:func:`_child_words`). Then, rather than building a Generator per replicate and
+    stream (three objects each, and enough container allocations to set off the
+    garbage collector), one Generator per stream name is re-seeded for each replicate
+    by setting its PCG64 state to the one that seeding from those words gives
+    (:func:`_pcg64_states`; checked against numpy's own seeding, else Generators are
+    built). A replicate's draws from a stream are therefore taken before the next
+    :meth:`get` of that stream; :meth:`snapshot` and :meth:`resume` carry a stream's
+    state across other replicates' draws.
+    """
+
+    def __init__(self, roots: Sequence[_Root], streams: Sequence[str]) -> None:
+        idx = [_STREAMS.index(s) for s in streams]
+        words = _child_words(roots, idx)
+        self._m = len(streams)
+        self._pos = {s: j for j, s in enumerate(streams)}
+        self._states: list[tuple[int, int]] | None = None
+        self._gens: list[dict[str, np.random.Generator]] | None = None
+        if words is not None:
+            states = _pcg64_states(words)
+            # PCG64 takes any ISeedSequence (the stubs list only SeedSequence)
+            ref = np.random.PCG64(_StateWords(words[0])).state  # type: ignore[arg-type]
+            if (ref["state"]["state"], ref["state"]["inc"]) == states[0]:
+                self._states = states
+        if self._states is not None:
+            self._shared = {s: np.random.Generator(np.random.PCG64(0)) for s in streams}
+            self._inner: dict[str, int] = {"state": 0, "inc": 0}
+            self._value = {"bit_generator": "PCG64", "state": self._inner, "has_uint32": 0,
+                           "uinteger": 0}
+        elif words is None:
+            self._gens = [{s: _stream_rng(root, s) for s in streams} for root in roots]
+        else:  # pragma: no cover - numpy changed its PCG64 seeding
+            self._gens = [
+                {s: np.random.Generator(np.random.PCG64(
+                    _StateWords(words[b * self._m + j])))  # type: ignore[arg-type]
+                 for j, s in enumerate(streams)}
+                for b in range(len(roots))]
+
+    def get(self, b: int, stream: str) -> np.random.Generator:
+        """Return replicate ``b``'s ``stream`` Generator, at the stream's start."""
+        if self._states is None:
+            assert self._gens is not None
+            return self._gens[b][stream]
+        g = self._shared[stream]
+        self._inner["state"], self._inner["inc"] = self._states[b * self._m + self._pos[stream]]
+        g.bit_generator.state = self._value  # a fresh PCG64: no buffered 32-bit half
+        return g
+
+    def snapshot(self, g: np.random.Generator) -> Any:
+        """Where a Generator from :meth:`get` stands, for :meth:`resume`."""
+        return g if self._states is None else g.bit_generator.state
+
+    def resume(self, stream: str, snap: Any) -> np.random.Generator:
+        """Return the Generator of ``stream`` at a :meth:`snapshot` taken from it."""
+        if self._states is None:
+            return snap  # type: ignore[no-any-return]
+        g = self._shared[stream]
+        g.bit_generator.state = snap
+        return g
 
 
 # replicates per block of the vectorised simulator: about this many rows (replicates x
@@ -641,16 +704,16 @@ def _batch_blocks(lay: _Layout, seeds: Sequence[RNGLike], need: set[str] | None 
     streams = [*(("arm",) if randomised else ()), "alliance",
                *(("moderators",) if age or "autonomy" in design.moderators else ()),
                "outcome", *(() if _no_dropout(design) else ("dropout",))]
-    gens = _stream_generators([_stream_seeds(s) for s in seeds], streams)
+    src = _Streams([_stream_seeds(s) for s in seeds], streams)
     for b0 in range(0, B, block):
         rows = slice(b0, min(B, b0 + block))
-        yield rows, _block_columns(lay, gens[rows], need,
+        yield rows, _block_columns(lay, src, range(rows.start, rows.stop), need,
                                    None if y_out is None else y_out[rows])
 
 
-def _block_columns(lay: _Layout, gens: Sequence[dict[str, np.random.Generator]],
-                   need: set[str] | None, y_out: np.ndarray | None = None) -> _Block:
-    """Simulate the replicates whose component Generators are ``gens``.
+def _block_columns(lay: _Layout, src: _Streams, reps: range, need: set[str] | None,
+                   y_out: np.ndarray | None = None) -> _Block:
+    """Simulate the replicates ``reps`` whose component streams ``src`` holds.
 
     See :func:`_batch_blocks`; the comments note why each step gives the values of
     :func:`simulate_arrays` (``x[idx] * c == (x * c)[idx]``: a value computed once per
@@ -659,7 +722,7 @@ def _block_columns(lay: _Layout, gens: Sequence[dict[str, np.random.Generator]],
     """
     design = lay.design
     T, P, S, sizes, pat_ther = lay.T, lay.P, lay.S, lay.sizes, lay.pat_ther
-    k, n = len(gens), lay.P * lay.S
+    k, n = len(reps), lay.P * lay.S
 
     def wanted(name: str) -> bool:
         return need is None or name in need
@@ -690,25 +753,29 @@ def _block_columns(lay: _Layout, gens: Sequence[dict[str, np.random.Generator]],
     if ther_arm is not None:
         t0, t1 = design.arm_therapists
         arms0 = np.r_[np.zeros(t0, np.int64), np.ones(t1, np.int64)]
-    for b, rng in enumerate(gens):
+    out_snaps: list[Any] = []
+    for b, rep in enumerate(reps):
         if ther_arm is not None or arm_key is not None:
-            r = rng["arm"]
+            r = src.get(rep, "arm")
             if ther_arm is not None:
                 ther_arm[b] = r.permutation(arms0)
             else:
                 assert arm_key is not None and arm_off is not None
                 r.random(out=arm_key[b])
                 arm_off[b] = r.integers(0, 2, size=T)
-        rng["alliance"].standard_normal(out=g_all[b])
+        src.get(rep, "alliance").standard_normal(out=g_all[b])
         if g_age is not None or g_aut is not None:
-            r = rng["moderators"]
+            r = src.get(rep, "moderators")
             if g_age is not None:
                 g_age[b] = r.uniform(u_lo, u_hi, size=P)
             if g_aut is not None:
                 r.standard_normal(out=g_aut[b])
-        rng["outcome"].standard_normal(out=g_out[b])
+        r = src.get(rep, "outcome")
+        r.standard_normal(out=g_out[b])
+        if not gaussian:  # the binomial draws come later, from where the stream stands
+            out_snaps.append(src.snapshot(r))
         if not no_dropout:
-            rng["dropout"].random(out=g_drop[b])
+            src.get(rep, "dropout").random(out=g_drop[b])
 
     pat: dict[str, np.ndarray] = {}
     row: dict[str, np.ndarray] = {}
@@ -839,8 +906,8 @@ def _block_columns(lay: _Layout, gens: Sequence[dict[str, np.random.Generator]],
             prob = prob.reshape(k, n)
         ntrials = design.n_trials
         num = np.empty((k, n), np.int64)
-        for b, rng in enumerate(gens):  # after the stream's normal draws, as there
-            num[b] = rng["outcome"].binomial(ntrials, prob[b])
+        for b, snap in enumerate(out_snaps):  # after the stream's normal draws, as there
+            num[b] = src.resume("outcome", snap).binomial(ntrials, prob[b])
         num_col, den_col = design.count_columns
         row[num_col] = num
         if wanted(den_col):
