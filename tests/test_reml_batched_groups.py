@@ -198,3 +198,49 @@ def test_face_newton_holds_the_zero_component_and_finds_the_face_optimum():
             bounds=(1e-3, 5.0), method="bounded", options={"xatol": 1e-10},
         )
         np.testing.assert_allclose(s[b, 1], res.x, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------
+# sufficient_stats helpers
+# ----------------------------------------------------------------------------------
+def test_row_segment_sum_matches_reduceat_and_does_not_depend_on_the_batch():
+    rng = np.random.default_rng(2)
+    a3 = rng.normal(size=(3, 24, 5)) * 10.0 ** rng.integers(-8, 8, size=(3, 24, 5))
+    a2 = a3[..., 0].copy()
+    starts = np.arange(0, 24, 4)
+    m = core._equal_segments(starts, 24)
+    assert m == 4
+    for a in (a2, a3):
+        got = core._row_segment_sum(a, starts, m)
+        want = np.add.reduceat(a, starts, axis=1)
+        np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14 * np.abs(a).max())
+        for b in range(3):  # one replicate alone: the very same numbers
+            alone = core._row_segment_sum(a[b:b + 1], starts, m)
+            np.testing.assert_array_equal(alone, got[b:b + 1])
+    uneven = np.array([0, 4, 9, 20])
+    assert core._equal_segments(uneven, 24) == 0
+    assert core._equal_segments(np.arange(0, 24, 5), 24) == 0  # 24 rows, 5 starts
+    np.testing.assert_array_equal(core._row_segment_sum(a3, uneven, 0),
+                                  np.add.reduceat(a3, uneven, axis=1))
+
+
+def test_rank_and_ols_matches_eigenvalue_rule_and_solver():
+    rng = np.random.default_rng(4)
+    Z = rng.normal(size=(6, 30, 4))
+    Z[1, :, 3] = Z[1, :, 2]  # exactly collinear: singular
+    Z[2, :, 3] = Z[2, :, 2] + 1e-7 * rng.normal(size=30)  # ratio ~1e-15: rank deficient
+    Z[3, :, 3] = Z[3, :, 2] + 1e-4 * rng.normal(size=30)  # ratio ~1e-9: full rank
+    G = np.swapaxes(Z, 1, 2) @ Z
+    sc = 1.0 / np.sqrt(np.diagonal(G, axis1=1, axis2=2) / 30)
+    Gs = G * sc[:, :, None] * sc[:, None, :]
+    rhs = rng.normal(size=(6, 4))
+    ev = np.linalg.eigvalsh(Gs)
+    want_full = ev[:, 0] > core.RANK_TOL * ev[:, -1]
+    np.testing.assert_array_equal(want_full, [True, False, False, True, True, True])
+    for idx in (np.arange(6), np.array([0, 3, 4, 5]), np.array([3])):  # with/without singular
+        full, b = core._rank_and_ols(Gs[idx], rhs[idx])
+        np.testing.assert_array_equal(full, want_full[idx])
+        ok = full
+        np.testing.assert_allclose(
+            b[ok], np.linalg.solve(Gs[idx][ok], rhs[idx][ok, :, None])[..., 0], rtol=1e-6
+        )
