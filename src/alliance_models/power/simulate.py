@@ -472,17 +472,26 @@ def _child_words(roots: Sequence[_Root], streams: Sequence[int]) -> np.ndarray |
     SeedSequence) for anything but int entropy, pool size 4 and equal entropy lengths,
     or if the first row does not match numpy's own (a guard against a changed numpy).
     """
-    rows: list[list[int]] = []
+    bases: list[list[int]] = []
+    runs: dict[int, list[int]] = {}  # the words of each entropy (usually one for all)
     for entropy, key, pool in roots:
         if pool != 4 or not isinstance(entropy, int) or entropy < 0:
             return None
-        run = _int_words(entropy)
-        run += [0] * (4 - len(run))  # a spawn key is always there: pad to the pool size
-        base = run + [w for k in key for w in _int_words(int(k))]
-        rows.extend(base + _int_words(s) for s in streams)
-    if not rows or len({len(r) for r in rows}) != 1:
+        run = runs.get(entropy)
+        if run is None:
+            run = _int_words(entropy)
+            run += [0] * (4 - len(run))  # a spawn key is always there: pad to pool size
+            runs[entropy] = run
+        bases.append(run + [w for k in key for w in (
+            (int(k),) if 0 <= k <= _M32 else _int_words(int(k)))])
+    tails = [_int_words(s) for s in streams]
+    if not bases or not tails or len({len(r) for r in bases}) != 1 or len(
+            {len(t) for t in tails}) != 1:
         return None
-    ent = np.array(rows, dtype=np.uint32)
+    # row len(streams) * b + j: root b's words, then stream j's
+    base = np.array(bases, dtype=np.uint32)
+    ent = np.concatenate([np.repeat(base, len(tails), axis=0),
+                          np.tile(np.array(tails, dtype=np.uint32), (len(bases), 1))], axis=1)
     hc = _SS_INIT_A
 
     def hashmix(v: np.ndarray) -> np.ndarray:
