@@ -115,7 +115,8 @@ def bench_package_simulator(B: int, repeats: int) -> float | None:
 
     def run() -> None:
         seeds = spawn_seeds(next(counter), B)
-        X, Y, outer, inner, mask, _ = batch_arrays(design, "adherence", NAMES, seeds)
+        X, Y, outer, inner, mask, _ = batch_arrays(design, "adherence", NAMES, seeds,
+                                                   sims=False)
         fit_batch(X, Y, outer, inner, mask=None if mask.all() else mask, contrast=TEST)
 
     try:
