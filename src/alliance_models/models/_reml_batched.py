@@ -338,26 +338,23 @@ def _profile_groups(N2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         is not dearer).
     """
     B, T, J = N2.shape
-    prof = np.swapaxes(N2, 1, 2)  # (B, J, T)
-    if B == 0 or J == 0:
+    if B == 0 or J == 0 or T * T >= J:  # even one group would not pay
         return None
-    if np.array_equal(np.broadcast_to(N2[:1], N2.shape), N2):  # one profile structure
-        _, inv = np.unique(prof[0], axis=0, return_inverse=True)
-        gid = np.broadcast_to(inv.reshape(1, J), (B, J))
-    else:
-        # unique rows of (replicate, profile): np.unique sorts them lexicographically,
-        # so each replicate's groups get consecutive ids; subtracting the replicate's
-        # smallest id numbers them 0, 1, ... within the replicate
-        keys = np.concatenate(
-            [np.repeat(np.arange(B, dtype=float), J)[:, None], prof.reshape(B * J, T)],
-            axis=1,
-        )
-        _, inv = np.unique(keys, axis=0, return_inverse=True)
-        inv = inv.reshape(B, J)
-        gid = inv - inv.min(axis=1, keepdims=True)
+    # one exact scalar key per profile (counts are small integers: digits in base c+1)
+    base = float(N2.max()) + 1.0
+    if base**T >= 2.0**53:  # pragma: no cover - keys would not be exact
+        return None
+    key = (np.swapaxes(N2, 1, 2) @ base ** np.arange(T)).astype(np.int64)  # (B, J)
+    order = np.argsort(key, axis=1, kind="stable")
+    ks = np.take_along_axis(key, order, axis=1)
+    new = np.ones((B, J), dtype=np.int64)
+    new[:, 1:] = ks[:, 1:] != ks[:, :-1]
+    if int(new.sum(axis=1).max()) * T * T >= J:  # too many groups somewhere
+        return None
+    # group id: the rank of the replicate's profile among its distinct profiles
+    gid = np.empty((B, J), dtype=np.int64)
+    np.put_along_axis(gid, order, np.cumsum(new, axis=1) - 1, axis=1)
     G = int(gid.max()) + 1
-    if G * T * T >= J:
-        return None
     member = gid[:, None, :] == np.arange(G)[None, :, None]  # (B, G, J)
     Ng = member.sum(axis=2).astype(float)
     # the members' profiles are equal: their mean is the profile (exact for counts)
