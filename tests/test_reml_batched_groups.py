@@ -200,6 +200,26 @@ def test_face_newton_holds_the_zero_component_and_finds_the_face_optimum():
         np.testing.assert_allclose(s[b, 1], res.x, rtol=1e-5)
 
 
+def test_a_solution_stuck_on_zero_that_is_no_minimum_is_refined():
+    # zero is a stationary point of the criterion in each relative SD, so a Newton step
+    # that lands on exactly 0.0 reports convergence there; _faces must notice that the
+    # criterion falls inward and move to the interior optimum of the full fit
+    rng = np.random.default_rng(22)
+    X, Y, outer, inner = _design(rng, 40, 3, 3, 4)
+    st = core.sufficient_stats(X, Y, core.make_layout(outer, inner))
+    full = core.batched_fit(st, np.eye(4)[[3]])
+    theta = full["theta"]
+    assert np.all(theta > 0.05)  # both components clearly away from zero here
+    stuck = theta.copy()
+    stuck[:, 0] = 0.0  # pretend Newton ended with the therapist SD at exactly zero
+    f_stuck = core.criterion(st, stuck)[0]
+    assert np.all(core.criterion(st, theta)[0] < f_stuck)  # it is not the optimum
+    no_faces = {face: (np.full(4, np.inf), stuck) for face in core._faces_of(2)}
+    s, conv = core._faces(st, stuck, np.ones(4, dtype=bool), no_faces, True)
+    assert conv.all()
+    np.testing.assert_allclose(s, theta, rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------------
 # sufficient_stats helpers
 # ----------------------------------------------------------------------------------

@@ -1037,9 +1037,10 @@ def _faces(
     start-grid point with the face's zero components held at exactly zero -- when the
     Newton solution itself lies on a boundary and the face's grid value is within
     ``FACE_MARGIN`` of it, or when the face's grid value already beats the Newton
-    solution. The better solution is kept. A face solution that is not a minimum
-    across the face (the criterion falls when the zero component grows) is refined by a
-    further Newton run from just inside the face.
+    solution. The better solution is kept. A solution on a face -- from the face search,
+    or Newton's own when a step landed on exactly zero, a stationary point of the even
+    criterion -- that is not a minimum across the face (the criterion falls when the
+    zero component grows) is refined by a further Newton run from just inside the face.
     """
     B, k = s.shape
     f_main = criterion(st, s, reml=reml)[0]
@@ -1060,8 +1061,8 @@ def _faces(
         take = ff < best_f[cand] - 1e-10 * np.maximum(1.0, np.abs(ff))
         idx = cand[take]
         best_s[idx], best_f[idx], best_c[idx] = sf[take], ff[take], cf[take]
-    # a face solution must be a minimum across the face too
-    moved = np.flatnonzero(np.any(best_s != s, axis=1))
+    # a solution on a face must be a minimum across the face too
+    moved = np.flatnonzero(np.any(best_s == 0.0, axis=1))
     if moved.size:
         sub = st.take(moved)
         sm = best_s[moved]
