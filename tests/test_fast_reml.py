@@ -113,10 +113,18 @@ def _dense_fit_unit(y, X, groups, *, reml=True, contrasts=None):
 
     v0 = float(np.var(y))
     best = None
-    for start in ([v0 / 2] + [v0 / 4] * k, [v0 * 0.9] + [v0 / 50] * k):
+    # two interior starts, and the optimum on each face (one variance held at zero): the
+    # restricted likelihood can have a local optimum inside and a better one on a face,
+    # and the global minimum over the closed domain is the best of these
+    runs = [([v0 / 2] + [v0 / 4] * k, [(0.0, None)] * k),
+            ([v0 * 0.9] + [v0 / 50] * k, [(0.0, None)] * k)]
+    for j in range(k):
+        runs.append(([v0 / 2] + [0.0 if i == j else v0 / 4 for i in range(k)],
+                     [(0.0, 0.0) if i == j else (0.0, None) for i in range(k)]))
+    for start, bounds in runs:
         res = optimize.minimize(
             dev, np.array(start), jac=grad, method="L-BFGS-B",
-            bounds=[(1e-8 * v0, None)] + [(0.0, None)] * k,
+            bounds=[(1e-8 * v0, None), *bounds],
             options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000},
         )
         if best is None or res.fun < best.fun:
@@ -294,6 +302,43 @@ def test_global_optimum_when_two_faces_hold_local_optima():
     assert fit.theta[0, 0] == 0.0 and fit.theta[0, 1] > 0.5
     f_fit = core.criterion(st_, fit.theta)[0]
     assert f_fit < f_other - 1e-3  # the other face's optimum is worse by 0.0019
+
+
+# found by the slow hypothesis runs: the restricted likelihood has a local optimum
+# inside and a better one on a face (or the reverse); every fitter must return the better
+#  - one factor, no true therapist variance: a local minimum at zero and the global one
+#    at theta = 1.0 (the fast engine stopped at zero)
+INNER_BEATS_ZERO = (False, 5, [1, 1, 1, 1, 1], [3, 4, 3, 5, 8], 0.0, 0.0, 0.0, 0.0, 1)
+#  - nested: replicate 1 has a local optimum inside, theta (1.47, 1.38), and the global
+#    one with the therapist variance at zero (fit_mixed, like lme4, stopped inside)
+FACE_BEATS_INNER = (True, 5, [2, 2, 2, 1, 2], [5, 2, 6, 3, 3, 4, 2, 6, 2], 0.0, 1.5, 0.0,
+                    0.0, 0)
+
+
+@pytest.mark.parametrize("case", [INNER_BEATS_ZERO, FACE_BEATS_INNER])
+def test_two_local_optima_global_one_everywhere(case):
+    _check_dense(case)
+    _check_fit_mixed(case)
+
+
+def test_better_face_moves_fit_mixed_core_off_an_inner_local_optimum():
+    two, n_outer, inner_per, sizes, sd_outer, sd_inner, effect, dropout, seed = (
+        FACE_BEATS_INNER)
+    rng = np.random.default_rng(seed)
+    X, outer, inner = make_design(rng, n_outer, inner_per, sizes, two)
+    Y = simulate_y(rng, X, outer, inner, np.array([1.0, effect, 0.01, effect / 2]),
+                   sd_outer, sd_inner, 2)
+    prob = _lmm.LMMProblem(Y[1], X, [_lmm.RandomBlock(np.ones((X.shape[0], 1)), c,
+                                                      int(c.max()) + 1)
+                                     for c in (inner, outer)])
+    # the inner local optimum lme4's start leads to (theta in lme4's order: patient,
+    # therapist), polished to a zero gradient
+    inner_opt, gmax = _lmm.newton_polish(prob, np.array([1.38, 1.47]))
+    assert gmax < 1e-6 and np.all(inner_opt > 1.0)
+    face = _lmm.better_face(prob, inner_opt)
+    assert face is not None and face[1] == 0.0 and face[0] > 1.5
+    assert prob.deviance(face) < prob.deviance(inner_opt) - 0.03
+    assert _lmm.better_face(prob, face) is None  # nothing better from there
 
 
 def test_ml_and_contrast_vector_against_dense_reference():

@@ -1041,6 +1041,8 @@ def _faces(
     or Newton's own when a step landed on exactly zero, a stationary point of the even
     criterion -- that is not a minimum across the face (the criterion falls when the
     zero component grows) is refined by a further Newton run from just inside the face.
+    A boundary solution that is a local minimum is compared with the interior start grid,
+    and Newton runs from a grid point that beats it (a better optimum well inside).
     """
     B, k = s.shape
     f_main = criterion(st, s, reml=reml)[0]
@@ -1072,6 +1074,25 @@ def _faces(
         if inward.any():
             idx = moved[inward]
             s2, c2 = _newton(st.take(idx), np.where(best_s[idx] == 0.0, 0.1, best_s[idx]), reml)
+            f2 = criterion(st.take(idx), s2, reml=reml)[0]
+            ok = f2 < best_f[idx]
+            best_s[idx[ok]], best_f[idx[ok]], best_c[idx[ok]] = s2[ok], f2[ok], c2[ok]
+    # a boundary solution can be a local minimum with a better one well inside (the
+    # criterion rises from zero, then falls again): the interior start grid is tried for
+    # the replicates still on a face, and Newton runs from a grid point that beats them
+    edge = np.flatnonzero(np.any(best_s == 0.0, axis=1))
+    if edge.size:
+        sub = st.take(edge)
+        g1 = np.array(_GRID)
+        pts = (g1[:, None] if k == 1
+               else np.stack(np.meshgrid(g1, g1, indexing="ij"), -1).reshape(-1, 2))
+        fg = np.stack([criterion(sub, np.tile(pt, (edge.size, 1)), reml=reml)[0]
+                       for pt in pts], axis=1)
+        fe = best_f[edge]
+        better = fg.min(axis=1) < fe - 1e-9 * np.maximum(1.0, np.abs(fe))
+        if better.any():
+            idx = edge[better]
+            s2, c2 = _newton(st.take(idx), pts[fg[better].argmin(axis=1)], reml)
             f2 = criterion(st.take(idx), s2, reml=reml)[0]
             ok = f2 < best_f[idx]
             best_s[idx[ok]], best_f[idx[ok]], best_c[idx[ok]] = s2[ok], f2[ok], c2[ok]

@@ -498,6 +498,29 @@ def _run(
     chain: tuple[str, ...],
     maxiter: int,
 ) -> tuple[np.ndarray, str, bool, float, Any]:
+    """Optimise (:func:`_run_chain`), then move to a better optimum on a face if any.
+
+    A converged solution inside can be a local optimum with a better one where a
+    random-intercept variance is zero (:func:`_lmm.better_face`); lme4 would stop at
+    the inner one, the REML estimate is the better one.
+    """
+    theta, method, converged, gmax, res = _run_chain(problem, frame, reml, chain, maxiter)
+    face = _lmm.better_face(problem, theta, reml=reml, maxiter=maxiter)
+    if face is not None:
+        cand, g2 = _lmm.newton_polish(problem, face, reml=reml, maxiter=min(50, maxiter))
+        if problem.deviance(cand, reml=reml) < problem.deviance(theta, reml=reml):
+            theta, gmax = cand, g2
+            converged = gmax < CONVERGED_GRAD
+    return theta, method, converged, gmax, res
+
+
+def _run_chain(
+    problem: _lmm.LMMProblem,
+    frame: ModelFrame,
+    reml: bool,
+    chain: tuple[str, ...],
+    maxiter: int,
+) -> tuple[np.ndarray, str, bool, float, Any]:
     """Try the optimisers in turn; return theta, optimiser name, converged, grad, sm result."""
     layout = _sm_layout(frame.spec)
     best: tuple[float, np.ndarray, str, float, Any] | None = None
