@@ -883,7 +883,10 @@ def power(
         first batch (one per worker on the stacked fast path) runs in this process; the
         rest runs in loky worker processes when it looks longer than a few seconds,
         otherwise here (in ``n_jobs`` threads on the stacked fast path, whose numpy
-        calls release the GIL).
+        calls release the GIL). Worker processes, once started, stay alive for a few
+        idle minutes (joblib's reusable pool): a run with the same ``n_jobs`` in that
+        window sends every batch to them at once, however short it is (interactive
+        design iteration after a first long run).
     backend : "loky", "dask" or distributed.Client
         ``"dask"`` uses the current Dask client, or starts a process-based
         ``LocalCluster`` for this run (in a script, do that under
