@@ -1035,23 +1035,22 @@ def _faces(
     optimum on a face where one variance is zero (e.g. therapist variance zero versus
     patient variance zero in a small design). A face is searched -- Newton from its best
     start-grid point with the face's zero components held at exactly zero -- when the
-    Newton solution itself lies on a boundary and the face's grid value is within
-    ``FACE_MARGIN`` of it, or when the face's grid value already beats the Newton
-    solution. The better solution is kept. A solution on a face -- from the face search,
-    or Newton's own when a step landed on exactly zero, a stationary point of the even
-    criterion -- that is not a minimum across the face (the criterion falls when the
-    zero component grows) is refined by a further Newton run from just inside the face.
+    face's grid value is within ``FACE_MARGIN`` of the Newton solution's criterion
+    (about a tenth of the replicates on design R1). The better solution is kept. A
+    solution on a face -- from the face search, or Newton's own when a step landed on
+    exactly zero, a stationary point of the even criterion -- that is not a minimum
+    across the face (the criterion falls when the zero component grows) is refined by a
+    further Newton run from just inside the face.
     A boundary solution that is a local minimum is compared with the interior start grid,
     and Newton runs from a grid point that beats it (a better optimum well inside).
     """
     B, k = s.shape
     f_main = criterion(st, s, reml=reml)[0]
     best_s, best_f, best_c = s.copy(), f_main.copy(), conv.copy()
-    on_boundary = np.any(s == 0.0, axis=1)
     for zero, (fg, start) in face_grid.items():
-        cand = np.flatnonzero(
-            (on_boundary & (fg < f_main + FACE_MARGIN)) | (fg < f_main)
-        )
+        # (an interior solution can be beaten by a face optimum well below the face's
+        # coarse grid values too)
+        cand = np.flatnonzero(fg < f_main + FACE_MARGIN)
         if cand.size == 0:
             continue
         sub = st.take(cand)
