@@ -322,7 +322,14 @@ FACE_BEATS_INNER_GRID = (True, 7, [3, 3, 2, 1, 1, 2, 1],
                          [2, 3, 5, 6, 3, 3, 5, 6, 5, 3, 3, 3, 6], 0.3, 1.5, 0.0, 0.0, 596)
 
 
-@pytest.mark.parametrize("case", [INNER_BEATS_ZERO, FACE_BEATS_INNER, FACE_BEATS_INNER_GRID])
+#  - nested: replicate 0 has an optimum on each face; fit_mixed stopped on the worse
+#    one (therapist SD zero) and its face check did not move the other SD off zero
+FACE_BEATS_FACE = (True, 7, [2, 1, 1, 2, 1, 1, 1], [4, 6, 2, 2, 3, 6, 2, 5, 6], 0.0, 1.5,
+                   0.0, 0.0, 5)
+
+
+@pytest.mark.parametrize("case", [INNER_BEATS_ZERO, FACE_BEATS_INNER, FACE_BEATS_INNER_GRID,
+                                  FACE_BEATS_FACE])
 def test_two_local_optima_global_one_everywhere(case):
     _check_dense(case)
     _check_fit_mixed(case)

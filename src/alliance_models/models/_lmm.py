@@ -562,6 +562,9 @@ def better_face(
         if b.q != 1 or theta[i] == 0.0:
             continue
         x0 = theta.copy()
+        # the other variances at zero start inside (the deviance is even in a 1 x 1
+        # Lambda_k: zero is a stationary point an optimiser would not leave)
+        x0[np.isfinite(lo) & (x0 <= lo)] = 1.0
         x0[i] = 0.0
         free = np.flatnonzero(np.arange(theta.size) != i)
         if free.size:
