@@ -328,8 +328,15 @@ FACE_BEATS_FACE = (True, 7, [2, 1, 1, 2, 1, 1, 1], [4, 6, 2, 2, 3, 6, 2, 5, 6], 
                    0.0, 0.0, 5)
 
 
+#  - the same with fit_mixed's first L-BFGS-B step on the other face landing on zero (a
+#    stationary point): the face check must probe inwards from there
+FACE_BEATS_FACE_2 = (True, 8, [3, 2, 2, 1, 3, 2, 3, 1],
+                     [2, 2, 2, 2, 2, 2, 2, 6, 6, 5, 6, 6, 6, 6, 6, 6, 6], 0.3, 0.0, 0.0,
+                     0.0, 41903)
+
+
 @pytest.mark.parametrize("case", [INNER_BEATS_ZERO, FACE_BEATS_INNER, FACE_BEATS_INNER_GRID,
-                                  FACE_BEATS_FACE])
+                                  FACE_BEATS_FACE, FACE_BEATS_FACE_2])
 def test_two_local_optima_global_one_everywhere(case):
     _check_dense(case)
     _check_fit_mixed(case)

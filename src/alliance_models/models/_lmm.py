@@ -515,12 +515,18 @@ def optimize_theta(
     return theta, ok
 
 
-def escape_boundary(problem: LMMProblem, theta: np.ndarray, *, reml: bool) -> np.ndarray | None:
-    """Return a better point with a bounded entry moved off zero (``None`` if none)."""
+def escape_boundary(problem: LMMProblem, theta: np.ndarray, *, reml: bool,
+                    hold: tuple[int, ...] = ()) -> np.ndarray | None:
+    """Return a better point with a bounded entry moved off zero (``None`` if none).
+
+    Entries in ``hold`` stay where they are.
+    """
     theta = np.asarray(theta, dtype=float)
     f0 = problem.deviance(theta, reml=reml)
     best, fbest = None, f0 - 1e-10 * max(1.0, abs(f0))
-    for i in np.flatnonzero(np.isfinite(problem.lower) & (theta <= problem.lower + 1e-8)):
+    at_zero = np.isfinite(problem.lower) & (theta <= problem.lower + 1e-8)
+    at_zero[list(hold)] = False
+    for i in np.flatnonzero(at_zero):
         for h in (1e-3, 1e-2, 0.1, 0.5, 1.0):
             cand = theta.copy()
             cand[i] = h
@@ -579,9 +585,17 @@ def better_face(
                 return problem.gradient(full, reml=reml)[free]
 
             bounds = [(None if not np.isfinite(lo[j]) else lo[j], None) for j in free]
-            x, _ = _minimize(f, g, x0[free], bounds, "lbfgs", maxiter)
-            x0[free] = x
-            x0 = canonical_theta(problem, x0)
+            start = x0[free]
+            for _restart in range(5):
+                x, _ = _minimize(f, g, start, bounds, "lbfgs", maxiter)
+                x0[free] = x
+                x0 = canonical_theta(problem, x0)
+                # a first long step can land on a free zero (a stationary point): probe
+                # inwards, as optimize_theta does
+                escaped = escape_boundary(problem, x0, reml=reml, hold=(i,))
+                if escaped is None:
+                    break
+                start = escaped[free]
         fx = problem.deviance(x0, reml=reml)
         if np.isfinite(fx) and fx < fbest:
             best, fbest = x0, fx
