@@ -335,8 +335,15 @@ FACE_BEATS_FACE_2 = (True, 8, [3, 2, 2, 1, 3, 2, 3, 1],
                      0.0, 41903)
 
 
+#  - with dropout: replicate 0's therapist SD is 0.0056, an optimum only 1e-7 in the
+#    log-likelihood below the boundary (fit_mixed's probe inwards from zero missed it)
+FLAT_NEAR_ZERO = (True, 8, [3, 2, 2, 1, 3, 2, 3, 1],
+                  [2, 2, 2, 2, 2, 2, 3, 5, 6, 5, 6, 6, 6, 6, 6, 6, 6], 0.3, 0.0, 0.0, 0.25,
+                  41903)
+
+
 @pytest.mark.parametrize("case", [INNER_BEATS_ZERO, FACE_BEATS_INNER, FACE_BEATS_INNER_GRID,
-                                  FACE_BEATS_FACE, FACE_BEATS_FACE_2])
+                                  FACE_BEATS_FACE, FACE_BEATS_FACE_2, FLAT_NEAR_ZERO])
 def test_two_local_optima_global_one_everywhere(case):
     _check_dense(case)
     _check_fit_mixed(case)
