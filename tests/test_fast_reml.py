@@ -117,7 +117,8 @@ def _dense_fit_unit(y, X, groups, *, reml=True, contrasts=None):
     # restricted likelihood can have a local optimum inside and a better one on a face,
     # and the global minimum over the closed domain is the best of these
     runs = [([v0 / 2] + [v0 / 4] * k, [(0.0, None)] * k),
-            ([v0 * 0.9] + [v0 / 50] * k, [(0.0, None)] * k)]
+            ([v0 * 0.9] + [v0 / 50] * k, [(0.0, None)] * k),
+            ([v0 / 50] + [v0] * k, [(0.0, None)] * k)]  # variance ratios near 50
     for j in range(k):
         runs.append(([v0 / 2] + [0.0 if i == j else v0 / 4 for i in range(k)],
                      [(0.0, 0.0) if i == j else (0.0, None) for i in range(k)]))
@@ -342,8 +343,14 @@ FLAT_NEAR_ZERO = (True, 8, [3, 2, 2, 1, 3, 2, 3, 1],
                   41903)
 
 
+#  - one factor with dropout: replicate 1's optimum is far out (theta = 9.5, variance
+#    ratio 90) and zero a local optimum; fit_mixed probed inwards only up to theta 1
+FAR_OUT = (False, 6, [1, 1, 1, 1, 1, 1], [3, 3, 3, 3, 3, 3], 0.3, 0.0, 0.0, 0.25, 9355)
+
+
 @pytest.mark.parametrize("case", [INNER_BEATS_ZERO, FACE_BEATS_INNER, FACE_BEATS_INNER_GRID,
-                                  FACE_BEATS_FACE, FACE_BEATS_FACE_2, FLAT_NEAR_ZERO])
+                                  FACE_BEATS_FACE, FACE_BEATS_FACE_2, FLAT_NEAR_ZERO,
+                                  FAR_OUT])
 def test_two_local_optima_global_one_everywhere(case):
     _check_dense(case)
     _check_fit_mixed(case)

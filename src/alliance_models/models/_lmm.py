@@ -529,7 +529,7 @@ def escape_boundary(problem: LMMProblem, theta: np.ndarray, *, reml: bool,
     at_zero = np.isfinite(problem.lower) & (theta <= problem.lower + 1e-8)
     at_zero[list(hold)] = False
     for i in np.flatnonzero(at_zero):
-        for h in (1e-3, 1e-2, 0.1, 0.5, 1.0):
+        for h in (1e-3, 1e-2, 0.1, 0.5, 1.0, 3.0, 10.0):  # relative SDs; far out too
             cand = theta.copy()
             cand[i] = h
             fc = problem.deviance(cand, reml=reml)
