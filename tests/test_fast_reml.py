@@ -348,9 +348,15 @@ FLAT_NEAR_ZERO = (True, 8, [3, 2, 2, 1, 3, 2, 3, 1],
 FAR_OUT = (False, 6, [1, 1, 1, 1, 1, 1], [3, 3, 3, 3, 3, 3], 0.3, 0.0, 0.0, 0.25, 9355)
 
 
+#  - nested: replicate 1's fit_mixed solution sits on a face (therapist SD zero), a local
+#    optimum across it too, while the better one is inside at (1.71, 0.34)
+INNER_BEATS_FACE = (True, 6, [2, 1, 2, 1, 1, 2], [3, 6, 5, 5, 6, 4, 6, 2, 4], 0.0, 1.5, 0.0,
+                    0.0, 5)
+
+
 @pytest.mark.parametrize("case", [INNER_BEATS_ZERO, FACE_BEATS_INNER, FACE_BEATS_INNER_GRID,
                                   FACE_BEATS_FACE, FACE_BEATS_FACE_2, FLAT_NEAR_ZERO,
-                                  FAR_OUT])
+                                  FAR_OUT, INNER_BEATS_FACE])
 def test_two_local_optima_global_one_everywhere(case):
     _check_dense(case)
     _check_fit_mixed(case)

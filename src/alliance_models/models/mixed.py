@@ -501,8 +501,9 @@ def _run(
     """Optimise (:func:`_run_chain`), then move to a better optimum on a face if any.
 
     A converged solution inside can be a local optimum with a better one where a
-    random-intercept variance is zero (:func:`_lmm.better_face`); lme4 would stop at
-    the inner one, the REML estimate is the better one.
+    random-intercept variance is zero (:func:`_lmm.better_face`), and a solution on a
+    face one with a better one inside (:func:`_lmm.better_inside`); lme4 would stop at
+    the first, the REML estimate is the better one.
     """
     theta, method, converged, gmax, res = _run_chain(problem, frame, reml, chain, maxiter)
     face = _lmm.better_face(problem, theta, reml=reml, maxiter=maxiter)
@@ -511,6 +512,11 @@ def _run(
         if problem.deviance(cand, reml=reml) < problem.deviance(theta, reml=reml):
             theta, gmax = cand, g2
             converged = gmax < CONVERGED_GRAD
+    inside = _lmm.better_inside(problem, theta, reml=reml, maxiter=maxiter)
+    if inside is not None:
+        theta = inside
+        gmax = float(np.abs(_lmm.projected_gradient(problem, theta, reml=reml)).max())
+        converged = gmax < CONVERGED_GRAD
     return theta, method, converged, gmax, res
 
 
