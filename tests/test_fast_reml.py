@@ -354,9 +354,15 @@ INNER_BEATS_FACE = (True, 6, [2, 1, 2, 1, 1, 2], [3, 6, 5, 5, 6, 4, 6, 2, 4], 0.
                     0.0, 5)
 
 
+#  - one factor, 11 observed rows: the fast engine's optimum is far out (theta 9.0) and
+#    zero a local one; its interior check reached only theta 2 and needed a grid point
+#    that beats zero
+FAR_OUT_FAST = (False, 5, [1, 1, 1, 1, 1], [3, 3, 3, 3, 3], 0.0, 0.0, 1.0, 0.25, 79)
+
+
 @pytest.mark.parametrize("case", [INNER_BEATS_ZERO, FACE_BEATS_INNER, FACE_BEATS_INNER_GRID,
                                   FACE_BEATS_FACE, FACE_BEATS_FACE_2, FLAT_NEAR_ZERO,
-                                  FAR_OUT, INNER_BEATS_FACE])
+                                  FAR_OUT, INNER_BEATS_FACE, FAR_OUT_FAST])
 def test_two_local_optima_global_one_everywhere(case):
     _check_dense(case)
     _check_fit_mixed(case)

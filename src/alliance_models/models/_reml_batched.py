@@ -94,6 +94,9 @@ BOUNDARY_SNAP = 1e-5
 FACE_MARGIN = 3.0
 #: Start grid of relative SDs (zero is excluded: it is a stationary point in ``s``).
 _GRID = (0.1, 0.3, 0.8, 2.0)
+#: Further relative SDs tried inside for solutions left on a face (tiny designs can
+#: have their optimum at variance ratios near 100 and a local one at zero).
+_FAR_GRID = (5.0, 10.0)
 _MAX_ITER = 60
 #: Central-difference step (times ``max(1, |s|)``) for Hessians of the analytic gradient.
 _NEWTON_STEP = 1e-5
@@ -1041,8 +1044,9 @@ def _faces(
     exactly zero, a stationary point of the even criterion -- that is not a minimum
     across the face (the criterion falls when the zero component grows) is refined by a
     further Newton run from just inside the face.
-    A boundary solution that is a local minimum is compared with the interior start grid,
-    and Newton runs from a grid point that beats it (a better optimum well inside).
+    A boundary solution that is a local minimum is compared with the interior start grid
+    (extended to relative SDs of 5 and 10), and Newton runs from the best grid point
+    unless that is worse by ``FACE_MARGIN`` or more (a better optimum well inside).
     """
     B, k = s.shape
     f_main = criterion(st, s, reml=reml)[0]
@@ -1082,13 +1086,14 @@ def _faces(
     edge = np.flatnonzero(np.any(best_s == 0.0, axis=1))
     if edge.size:
         sub = st.take(edge)
-        g1 = np.array(_GRID)
+        g1 = np.array(_GRID + _FAR_GRID)
         pts = (g1[:, None] if k == 1
                else np.stack(np.meshgrid(g1, g1, indexing="ij"), -1).reshape(-1, 2))
-        fg = np.stack([criterion(sub, np.tile(pt, (edge.size, 1)), reml=reml)[0]
+        fg = np.stack([criterion(sub, np.broadcast_to(pt, (edge.size, k)), reml=reml)[0]
                        for pt in pts], axis=1)
         fe = best_f[edge]
-        better = fg.min(axis=1) < fe - 1e-9 * np.maximum(1.0, np.abs(fe))
+        # a coarse grid point can lie well above the optimum near it (FACE_MARGIN)
+        better = fg.min(axis=1) < fe + FACE_MARGIN
         if better.any():
             idx = edge[better]
             s2, c2 = _newton(st.take(idx), pts[fg[better].argmin(axis=1)], reml)
