@@ -1085,12 +1085,14 @@ def _faces(
     # the replicates still on a face, and Newton runs from a grid point that beats them
     edge = np.flatnonzero(np.any(best_s == 0.0, axis=1))
     if edge.size:
-        sub = st.take(edge)
         g1 = np.array(_GRID + _FAR_GRID)
         pts = (g1[:, None] if k == 1
                else np.stack(np.meshgrid(g1, g1, indexing="ij"), -1).reshape(-1, 2))
-        fg = np.stack([criterion(sub, np.broadcast_to(pt, (edge.size, k)), reml=reml)[0]
-                       for pt in pts], axis=1)
+        # every (replicate, grid point) pair in one call: row e * len(pts) + j
+        rep = np.repeat(edge, pts.shape[0])
+        grid = np.broadcast_to(pts, (edge.size, *pts.shape)).reshape(-1, k)
+        fg = criterion(st.take(rep), grid, reml=reml)[0]
+        fg = fg.reshape(edge.size, pts.shape[0])
         fe = best_f[edge]
         # a coarse grid point can lie well above the optimum near it (FACE_MARGIN)
         better = fg.min(axis=1) < fe + FACE_MARGIN
