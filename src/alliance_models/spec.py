@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import (
+    AllianceModelsError,
     DataValidationError,
     FewClustersWarning,
     MissingDataWarning,
@@ -384,3 +385,34 @@ class ModelFrame:
         """
         mm = self.fixed_model_spec.get_model_matrix(newdata, na_action="raise")
         return np.asarray(mm, dtype=float)
+
+    def check_finite(self, extra: dict[str, np.ndarray] | None = None, *,
+                     error: type[AllianceModelsError] = ModelSpecError) -> None:
+        """Raise ``error`` naming the column, rows and value of any non-finite entry.
+
+        Checks the response, every fixed-effects column, every random-effects column
+        and the ``extra`` arrays (e.g. a trials column), in that order.
+
+        Examples
+        --------
+        >>> from alliance_models import parse_formula
+        >>> d = pd.DataFrame({"y": [1.0, 2.0, 3.0], "x": [0.0, np.inf, 1.0]})
+        >>> parse_formula("y ~ x").build(d).check_finite()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        alliance_models.errors.ModelSpecError: 'x' has non-finite values (row 1: inf); ...
+        """
+        cols: dict[str, np.ndarray] = {self.spec.response: self.y}
+        cols |= {name: self.X[:, j] for j, name in enumerate(self.x_names)}
+        cols |= {f"random-effect column of {k}": z for k, z in self.Z.items()}
+        cols |= extra or {}
+        for name, arr in cols.items():
+            a = np.asarray(arr, dtype=float).reshape(self.n_obs, -1)
+            bad = ~np.isfinite(a).all(axis=1)
+            if bad.any():
+                first = a[bad][0]
+                shown = repr(float(first[0])) if first.size == 1 else str(first.tolist())
+                raise error(
+                    f"{name!r} has non-finite values ({format_rows(list(self.data.index[bad]))}"
+                    f": {shown}); only finite numbers can be fitted: recode or remove them"
+                )

@@ -299,19 +299,7 @@ def _prior_table(params: list[_Param]) -> pd.DataFrame:
 
 def _check_finite(frame: ModelFrame, family: str) -> None:
     """Non-finite model values (column, rows, value) and a constant gaussian outcome."""
-    cols = {frame.spec.response: frame.y[:, None]} | {
-        name: frame.X[:, [j]] for j, name in enumerate(frame.x_names)
-    }
-    cols |= {f"random-effect column of {k}": z for k, z in frame.Z.items()}
-    for name, arr in cols.items():
-        bad = ~np.isfinite(np.asarray(arr, dtype=float)).all(axis=1)
-        if bad.any():
-            rows = list(frame.data.index[bad])
-            raise DataValidationError(
-                f"{name!r} has non-finite values ({format_rows(rows)}: "
-                f"{np.asarray(arr[bad][0], dtype=float).tolist()}); only finite numbers "
-                "can be fitted: recode or remove them"
-            )
+    frame.check_finite(error=DataValidationError)
     if family == "gaussian" and np.ptp(frame.y) == 0:
         raise ModelSpecError(
             f"response {frame.spec.response!r} is constant ({frame.y[0]:g} in all "

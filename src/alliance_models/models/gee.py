@@ -209,18 +209,10 @@ class GEEFit(StatsmodelsFitMixin):
 
 def _check_finite_gee(frame: ModelFrame, trials: str | None) -> None:
     """Infinite values cannot be fitted: name the column, rows and value."""
-    cols = {frame.spec.response: frame.y} | {
-        name: frame.X[:, j] for j, name in enumerate(frame.x_names)
-    }
+    extra = None
     if trials is not None and pd.api.types.is_numeric_dtype(frame.data[trials]):
-        cols[trials] = np.asarray(frame.data[trials], float)
-    for name, arr in cols.items():
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            raise ModelSpecError(
-                f"{name!r} has non-finite values ({format_rows(list(frame.data.index[bad]))}: "
-                f"{float(arr[bad][0])!r}); only finite numbers can be fitted: recode or remove them"
-            )
+        extra = {trials: np.asarray(frame.data[trials], float)}
+    frame.check_finite(extra)
 
 
 def _integer_valued(x: np.ndarray) -> np.ndarray:

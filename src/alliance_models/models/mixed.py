@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import ConvergenceWarning, ModelSpecError, SingularFitWarning, format_rows
+from ..errors import ConvergenceWarning, ModelSpecError, SingularFitWarning
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec, RandomTerm
 from . import _lmm
@@ -400,19 +400,7 @@ def _check_rank(frame: ModelFrame) -> None:
 
 def _check_finite(frame: ModelFrame) -> None:
     """Infinite values and a constant response cannot be fitted; say where they are."""
-    cols = {frame.spec.response: frame.y[:, None]} | {
-        name: frame.X[:, [j]] for j, name in enumerate(frame.x_names)
-    }
-    cols |= {f"random-effect column of {k}": z for k, z in frame.Z.items()}
-    for name, arr in cols.items():
-        bad = ~np.isfinite(arr).all(axis=1)
-        if bad.any():
-            rows = list(frame.data.index[bad])
-            raise ModelSpecError(
-                f"{name!r} has non-finite values ({format_rows(rows)}: "
-                f"{arr[bad][0].tolist()}); only finite numbers can be fitted: recode "
-                "or remove them"
-            )
+    frame.check_finite()
     if np.ptp(frame.y) == 0:
         raise ModelSpecError(
             f"response {frame.spec.response!r} is constant ({frame.y[0]:g} in all "
