@@ -4,9 +4,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEPS := pyproject.toml
+DEPS := pyproject.toml constraints.txt
 
-.PHONY: demo test test-slow lint venv clean bench
+.PHONY: demo test test-slow test-portable lint lock venv clean bench
 
 $(STAMP): $(DEPS)
 	@bash scripts/make_venv.sh $(VENV)
@@ -24,6 +24,17 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
+# The mixed-model and Bayesian tests again under numerically different set-ups: OpenBLAS's
+# generic SSE kernel (Prescott; runs on any x86-64 CPU, rounds differently from the
+# Haswell/SkylakeX kernels chosen by default), one BLAS thread, and another hash seed.
+PORTABLE_TESTS := tests/test_mixed.py tests/test_fast_reml.py tests/test_reml_batched_groups.py tests/test_lmm_scale.py tests/test_bayes.py
+test-portable: $(STAMP)
+	OPENBLAS_CORETYPE=Prescott OPENBLAS_NUM_THREADS=1 PYTHONHASHSEED=20261203 $(PY) -m pytest -q $(PORTABLE_TESTS)
+
+# Refresh constraints.txt from the newest versions pyproject.toml allows (after the tests pass).
+lock:
+	bash scripts/lock.sh
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
@@ -33,4 +44,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bayes_speed.py
 
 clean:
-	rm -rf $(VENV) alliance_report .pytest_cache
+	rm -rf $(VENV) .venv-lock alliance_report .pytest_cache

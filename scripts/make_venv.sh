@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Create the project venv with a Python >= 3.12 and install the package with all extras.
+# Create the project venv with a Python >= 3.12 and install the package with all extras,
+# at the versions in constraints.txt (the versions the test suite passed with).
+# With LOCK=0 the constraints are not applied (used by `make lock` to resolve afresh).
 set -euo pipefail
 VENV="${1:-.venv}"
 find_python() {
@@ -27,5 +29,7 @@ else
   rm -rf "$VENV"
   "$PYBIN" -m venv "$VENV"
 fi
+CONSTRAINTS=()
+if [ "${LOCK:-1}" != 0 ] && [ -f constraints.txt ]; then CONSTRAINTS=(-c constraints.txt); fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[io,dask,fast,dev]"
+"$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" -e ".[io,dask,fast,dev]"

@@ -621,7 +621,9 @@ def test_agrees_with_fit_mixed_many_designs(case):
 # ----------------------------------------------------------------------------------
 def test_threads_give_the_same_fits_as_one_thread():
     # chunks run in threads: every replicate is fitted on its own row, so the threaded
-    # fit equals the single-threaded one (rtol 1e-12: rounding only), masks included
+    # fit equals the single-threaded one, masks included. Chunks of other shapes take other
+    # BLAS code paths, whose rounding the optimiser carries to ~1e-10 relative (seen with
+    # the Prescott kernel), so the bound is 1e-8: far below any statistical difference.
     rng = np.random.default_rng(41)
     X, outer, inner = make_design(rng, 7, [3] * 7, [4] * 21)
     Y = simulate_y(rng, X, outer, inner, np.array([1.0, 0.3, 0.0, 0.2]), 0.5, 0.6, 40)
@@ -631,10 +633,10 @@ def test_threads_give_the_same_fits_as_one_thread():
     assert chunk_size(X.shape[0], 4, 21, 7, 4, memory=2**14) < 40  # several chunks
     for a, b in [(one.beta, many.beta), (one.se, many.se), (one.df, many.df),
                  (one.tau2, many.tau2), (one.loglik, many.loglik)]:
-        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-12)
     np.testing.assert_array_equal(many.converged, one.converged)
     every = fit_batch(X, Y, outer, inner, mask=mask, contrast=3, threads=-1)
-    np.testing.assert_allclose(every.df, one.df, rtol=1e-12)
+    np.testing.assert_allclose(every.df, one.df, rtol=1e-8)
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ModelSpecError, match=r"threads must be a positive number.*got"):
             fit_batch(X, Y, outer, inner, threads=bad)
