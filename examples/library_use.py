@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 import alliance_models as am
-from alliance_models.models.results import FixedEffectsFit
+from alliance_models.models.interface import FixedEffectsFit
 from alliance_models.power import analytic
 
 

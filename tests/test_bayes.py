@@ -28,7 +28,7 @@ import alliance_models as am
 from alliance_models.errors import DataValidationError, DiagnosticsWarning, ModelSpecError
 from alliance_models.models._priors import Prior, default_prior, parse_prior
 from alliance_models.models.bayes import BayesFit, _diagnose, make_scaling
-from alliance_models.models.results import FixedEffectsFit
+from alliance_models.models.interface import FixedEffectsFit
 from bayes_fixtures import TRUE_GAUSSIAN, TRUE_LOGIT, simulate_moderation
 
 FORMULA = "adherence ~ alliance * (age + autonomy) + (1 | therapist/patient)"

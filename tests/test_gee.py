@@ -21,7 +21,7 @@ from alliance_models.errors import (
     ModelSpecError,
 )
 from alliance_models.models.gee import GEEFit, _working_structure
-from alliance_models.models.results import FixedEffectsFit
+from alliance_models.models.interface import FixedEffectsFit
 
 R_DIR = Path(__file__).parent / "r"
 

@@ -33,7 +33,7 @@ from alliance_models.errors import (
     SingularFitWarning,
 )
 from alliance_models.models import _lmm, mixed
-from alliance_models.models.results import FixedEffectsFit
+from alliance_models.models.interface import FixedEffectsFit
 
 R_DIR = Path(__file__).parent / "r"
 RTOL_FE, RTOL_SE, RTOL_VC, RTOL_DF, ATOL_LL, RTOL_R2 = 1e-4, 1e-3, 1e-3, 1e-2, 1e-3, 1e-3

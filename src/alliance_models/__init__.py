@@ -37,14 +37,14 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     # data adapters and instruments
     "read_data": "alliance_models.data.readers",
-    "read_redcap": "alliance_models.data.redcap",
+    "read_redcap": "alliance_models.data.readers",
     "score": "alliance_models.instruments",
     "register_instrument": "alliance_models.instruments",
     "get_instrument": "alliance_models.instruments",
     "list_instruments": "alliance_models.instruments",
     "Instrument": "alliance_models.instruments",
     "prepare": "alliance_models.data.prepare",
-    "DataReport": "alliance_models.data.report",
+    "DataReport": "alliance_models.data.data_report",
     "datasets": "alliance_models.datasets",
     # frequentist models
     "fit_mixed": "alliance_models.models.mixed",
@@ -65,7 +65,7 @@ _LAZY: dict[str, str] = {
     "SimpleSlopes": "alliance_models.probing",
     "JohnsonNeyman": "alliance_models.probing",
     "ConditionalEffects": "alliance_models.probing",
-    "plot_interaction": "alliance_models.plots",
+    "plot_interaction": "alliance_models.probing",
     "plot_johnson_neyman": "alliance_models.plots",
     "plot_power_curve": "alliance_models.plots",
     # power
@@ -78,7 +78,7 @@ _LAZY: dict[str, str] = {
     "PowerCurve": "alliance_models.power.engine",
     "SampleSizeResult": "alliance_models.power.engine",
     # report
-    "report": "alliance_models.report",
+    "report": "alliance_models.reporting.html",
 }
 
 __all__ = [
@@ -103,7 +103,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        value = module if name in ("datasets", "power", "report") else getattr(module, name)
+        value = module if name in ("datasets", "power") else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'alliance_models' has no attribute {name!r}")

@@ -264,7 +264,7 @@ def _moderators(args: argparse.Namespace) -> list[str]:
 def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
     import alliance_models as am
 
-    from .report import report
+    from .reporting.html import report
 
     mods = _moderators(args)
     if bool(args.focal) != bool(mods):

@@ -115,7 +115,7 @@ def run_demo(
 
     import alliance_models as am
 
-    from .report import report
+    from .reporting.html import report
 
     con = console if console is not None else Console()
     cfg = settings if settings is not None else (DemoSettings.quick() if quick else DemoSettings())

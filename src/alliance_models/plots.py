@@ -1,14 +1,16 @@
-"""Static matplotlib plots: interactions, Johnson-Neyman regions, power curves.
+"""Static matplotlib plots of results: interactions, Johnson-Neyman regions, power curves.
 
-Every function draws on a given ``ax`` (or a new figure) and returns the Axes, whose
-``.figure`` is the Figure; nothing is shown, so the functions work headless
-(``MPLBACKEND=Agg``).
+Every function draws a result it is given (nothing is computed here: the probing and
+power results carry their tables) on a given ``ax`` (or a new figure) and returns the
+Axes, whose ``.figure`` is the Figure; nothing is shown, so the functions work headless
+(``MPLBACKEND=Agg``). ``plot_interaction``, which first computes the conditional
+effects, lives with them in :mod:`alliance_models.probing.conditional`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,7 +21,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .probing import ConditionalEffects, JohnsonNeyman, SimpleSlopes
 
-__all__ = ["plot_interaction", "plot_johnson_neyman", "plot_power_curve"]
+__all__ = [
+    "plot_conditional_effects",
+    "plot_johnson_neyman",
+    "plot_power_curve",
+    "plot_simple_slopes",
+]
 
 
 def _axes(ax: Axes | None) -> Axes:
@@ -31,7 +38,37 @@ def _axes(ax: Axes | None) -> Axes:
     return new
 
 
-def _plot_conditional_effects(ce: ConditionalEffects, ax: Axes | None, data: bool) -> Axes:
+def plot_conditional_effects(
+    ce: ConditionalEffects, *, ax: Axes | None = None, data: bool = True
+) -> Axes:
+    """Lines of predictions with their bands, one per moderator value.
+
+    Parameters
+    ----------
+    ce : ConditionalEffects
+        From :func:`alliance_models.conditional_effects`.
+    ax : Axes, optional
+        Where to draw.
+    data : bool, default True
+        Overlay the observed points (on the response scale only).
+
+    Returns
+    -------
+    Axes
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import numpy as np, pandas as pd
+    >>> import alliance_models as am
+    >>> rng = np.random.default_rng(5)
+    >>> d = pd.DataFrame({"alliance": rng.normal(size=60), "age": rng.normal(size=60)})
+    >>> d["adherence"] = d.alliance * d.age + rng.normal(size=60)
+    >>> ce = am.conditional_effects(am.fit_ols("adherence ~ alliance * age", d),
+    ...                             focal="alliance", moderator="age")
+    >>> len(plot_conditional_effects(ce).lines)
+    3
+    """
     ax = _axes(ax)
     t = ce.table
     import matplotlib as mpl
@@ -53,59 +90,6 @@ def _plot_conditional_effects(ce: ConditionalEffects, ax: Axes | None, data: boo
                  f"({100 * (1 - ce.alpha):g}% bands)", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     return ax
-
-
-def plot_interaction(
-    fit: Any,
-    *,
-    focal: str,
-    moderator: str,
-    at: Any = "meansd",
-    ax: Axes | None = None,
-    data: bool = True,
-    n_points: int = 50,
-    alpha: float = 0.05,
-    scale: str = "link",
-) -> Axes:
-    """Draw predicted lines across ``focal`` at moderator values, with confidence bands.
-
-    Parameters
-    ----------
-    fit : fitted model
-        Any backend.
-    focal, moderator : str
-        x-axis variable and the variable defining the lines.
-    at : "meansd", "percentiles" or list of numbers
-        Moderator values (see :func:`alliance_models.simple_slopes`).
-    ax : Axes, optional
-        Where to draw; a new figure if omitted.
-    data : bool, default True
-        Overlay the observed points (on the response scale only).
-    n_points, alpha, scale
-        Passed to :func:`alliance_models.conditional_effects`.
-
-    Returns
-    -------
-    Axes
-
-    Examples
-    --------
-    >>> import matplotlib; matplotlib.use("Agg")
-    >>> import numpy as np, pandas as pd
-    >>> import alliance_models as am
-    >>> rng = np.random.default_rng(5)
-    >>> d = pd.DataFrame({"alliance": rng.normal(size=60), "age": rng.normal(size=60)})
-    >>> d["adherence"] = d.alliance * d.age + rng.normal(size=60)
-    >>> ax = am.plot_interaction(am.fit_ols("adherence ~ alliance * age", d),
-    ...                          focal="alliance", moderator="age")
-    >>> len(ax.lines)
-    3
-    """
-    from .probing import conditional_effects
-
-    ce = conditional_effects(fit, focal=focal, moderator=moderator, at=at,
-                             n_points=n_points, alpha=alpha, scale=scale)  # type: ignore[arg-type]
-    return _plot_conditional_effects(ce, ax=ax, data=data)
 
 
 def plot_johnson_neyman(jn: JohnsonNeyman, *, ax: Axes | None = None) -> Axes:
@@ -167,7 +151,33 @@ def plot_johnson_neyman(jn: JohnsonNeyman, *, ax: Axes | None = None) -> Axes:
     return ax
 
 
-def _plot_simple_slopes(ss: SimpleSlopes, ax: Axes | None) -> Axes:
+def plot_simple_slopes(ss: SimpleSlopes, *, ax: Axes | None = None) -> Axes:
+    """Point estimates with interval bars at each moderator value.
+
+    Parameters
+    ----------
+    ss : SimpleSlopes
+        From :func:`alliance_models.simple_slopes`.
+    ax : Axes, optional
+        Where to draw.
+
+    Returns
+    -------
+    Axes
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import numpy as np, pandas as pd
+    >>> import alliance_models as am
+    >>> rng = np.random.default_rng(5)
+    >>> d = pd.DataFrame({"alliance": rng.normal(size=60), "age": rng.normal(size=60)})
+    >>> d["adherence"] = d.alliance * d.age + rng.normal(size=60)
+    >>> ss = am.simple_slopes(am.fit_ols("adherence ~ alliance * age", d),
+    ...                       focal="alliance", moderator="age")
+    >>> plot_simple_slopes(ss).get_ylabel()
+    'age'
+    """
     ax = _axes(ax)
     t = ss.table
     lo, hi = ("hdi_lower", "hdi_upper") if ss.method == "bayes" else ("ci_lower", "ci_upper")

@@ -11,13 +11,15 @@ decomposition of alliance, centred and standardised columns. The output columns 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from .._format import fmt_value
 from ..errors import DataValidationError, format_rows
-from .report import EXCLUDED_COLUMNS, DataReport
+from .data_report import EXCLUDED_COLUMNS, DataReport
 from .reshape import grand_mean_center, group_mean_center, within_between
 from .reshape import standardize as standardize_values
 
@@ -42,14 +44,6 @@ _DEFAULTS = {
 }
 
 
-def _show(value: object) -> str:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return repr(int(value))
-    return repr(value)
-
-
 def _where(df: pd.DataFrame, mask: np.ndarray | pd.Series) -> list[object]:
     return df.index[np.asarray(mask, dtype=bool)].tolist()
 
@@ -57,7 +51,7 @@ def _where(df: pd.DataFrame, mask: np.ndarray | pd.Series) -> list[object]:
 def _has(series: pd.Series, mask: np.ndarray | pd.Series) -> str:
     """``"has <value>"`` for one flagged row, ``"have <v1>, <v2>, ..."`` (first five) else."""
     pos = np.flatnonzero(np.asarray(mask, dtype=bool))
-    shown = ", ".join(_show(v) for v in series.iloc[pos[:5]])
+    shown = ", ".join(fmt_value(v) for v in series.iloc[pos[:5]])
     return f"{'has' if len(pos) == 1 else 'have'} {shown}"
 
 
@@ -176,7 +170,7 @@ def _counts(num: pd.Series, den: pd.Series, ncol: str, dcol: str) -> None:
         rows = _where(num.to_frame(), over)
         pos = np.flatnonzero(over)[:5]
         pairs = ", ".join(
-            f"{_show(a)} > {_show(b)}" for a, b in zip(num.iloc[pos], den.iloc[pos], strict=True)
+            f"{fmt_value(a)} > {fmt_value(b)}" for a, b in zip(num.iloc[pos], den.iloc[pos], strict=True)
         )
         raise DataValidationError(
             f"column {ncol!r} exceeds {dcol!r} in {format_rows(rows)} ({pairs}); "
@@ -336,6 +330,63 @@ def prepare(
     >>> report.to_frame()[["row", "reason"]].to_dict("records")
     [{'row': 3, 'reason': 'session not attended'}]
     """
+    _check_call(df, level, age_range)
+    roles = _select(df, therapist=therapist, patient=patient, session=session,
+                    alliance=alliance, age=age, autonomy=autonomy, adherence=adherence,
+                    numerator=numerator, denominator=denominator, arm=arm, keep=keep)
+    values = _validate(df, roles, age_range=age_range, nested=nested)
+    exclusions = _exclude(df, roles, values, level=level, drop_incomplete=drop_incomplete,
+                          scoring=scoring)
+    out = _assemble(df, roles, values, exclusions.keep_rows)
+    sessions_per_patient = out.groupby("patient", sort=False).size()
+    out, cluster = _reshape(out, roles, level)
+    _derived(out, center, center_within, standardize, cluster, level)
+    return out, _report(df, out, roles, exclusions, sessions_per_patient, level=level,
+                        scoring=scoring)
+
+
+# --------------------------------------------------------------------------- phases
+@dataclass(frozen=True)
+class _Roles:
+    """Which input column plays which role (the outcome of :func:`_select`)."""
+
+    therapist: str
+    patient: str
+    session: str
+    alliance: str
+    age: str | None
+    autonomy: str | None
+    adherence: str
+    num_name: str  # canonical count names ("completed"/"prescribed"...), "" for a score
+    den_name: str
+    arm: str | None
+    keep: tuple[str, ...]
+    wanted: dict[str, str]  # canonical role -> input column (also "keep <c>" entries)
+    adherence_text: str
+
+
+@dataclass(frozen=True)
+class _Values:
+    """Validated identifiers and numeric values, one entry per input row."""
+
+    therapist: pd.Series
+    patient: pd.Series
+    session: pd.Series  # Int64; <NA> on REDCap records without session rows
+    lonely: np.ndarray  # such records
+    values: dict[str, pd.Series]  # canonical name -> float values
+
+
+@dataclass(frozen=True)
+class _Exclusions:
+    """Rows that cannot be analysed, each with its column(s) and reason(s)."""
+
+    excluded: pd.DataFrame  # one row per dropped input row (DataReport.excluded)
+    keep_rows: np.ndarray
+    n_incomplete_kept: int
+
+
+def _check_call(df: pd.DataFrame, level: str, age_range: tuple[float, float]) -> None:
+    """Raise unless ``df`` is a usable data frame and the options are valid."""
     if not isinstance(df, pd.DataFrame):
         raise DataValidationError(
             f"prepare needs a pandas DataFrame, got {type(df).__name__} (see read_data)"
@@ -349,7 +400,7 @@ def prepare(
         dup_rows = df.index[df.index.duplicated(keep=False)].unique().tolist()
         raise DataValidationError(
             f"the data frame's index repeats the label(s) "
-            f"{', '.join(_show(r) for r in dup_rows[:5])}; the "
+            f"{', '.join(fmt_value(r) for r in dup_rows[:5])}; the "
             "DataReport names excluded rows by index label, so labels must be unique "
             "(call df.reset_index(drop=True) first)"
         )
@@ -359,12 +410,27 @@ def prepare(
     if not lo_age < hi_age:
         raise DataValidationError(f"age_range must be (low, high) with low < high; got {age_range}")
 
-    # ---- columns --------------------------------------------------------------------
+
+def _select(
+    df: pd.DataFrame,
+    *,
+    therapist: str,
+    patient: str,
+    session: str,
+    alliance: str,
+    age: str | None,
+    autonomy: str | None,
+    adherence: str,
+    numerator: str | None,
+    denominator: str | None,
+    arm: str | None,
+    keep: Sequence[str],
+) -> _Roles:
+    """Resolve the input column of every role; raise naming any that is missing."""
     therapist_col = _resolve(df, therapist)
     patient_col = _resolve(df, patient)
     alliance_col = _resolve(df, alliance)
     autonomy_col = _resolve(df, autonomy)
-    age_col = age
     assert therapist_col is not None and patient_col is not None and alliance_col is not None
     wanted: dict[str, str] = {
         "therapist": therapist_col,
@@ -372,8 +438,8 @@ def prepare(
         "session": session,
         "alliance": alliance_col,
     }
-    if age_col is not None:
-        wanted["age"] = age_col
+    if age is not None:
+        wanted["age"] = age
     if autonomy_col is not None:
         wanted["autonomy"] = autonomy_col
     if adherence in _SOURCES:
@@ -397,18 +463,38 @@ def prepare(
     for c in keep:
         wanted[f"keep {c}"] = c
     _check_columns(df, wanted)
+    return _Roles(
+        therapist=therapist_col, patient=patient_col, session=session,
+        alliance=alliance_col, age=age, autonomy=autonomy_col, adherence=adherence,
+        num_name=num_name, den_name=den_name, arm=arm, keep=tuple(keep), wanted=wanted,
+        adherence_text=adherence_text,
+    )
 
-    # ---- identifiers ------------------------------------------------------------------
-    t_id = _ids(df[therapist_col], therapist_col, "therapist")
-    p_id = _ids(df[patient_col], patient_col, "patient")
+
+def _validate(
+    df: pd.DataFrame, roles: _Roles, *, age_range: tuple[float, float], nested: bool
+) -> _Values:
+    """Check identifiers, types, ranges and the design; raise naming column, rows, value."""
+    t_id = _ids(df[roles.therapist], roles.therapist, "therapist")
+    p_id = _ids(df[roles.patient], roles.patient, "patient")
+    session = roles.session
     # read_redcap keeps a record without any session row as one row with a blank session;
     # such rows cannot be analysed and are excluded (whatever drop_incomplete says)
     lonely_ids = (df.attrs.get("redcap") or {}).get("records_without_repeats") or []
-    lonely = (df[session].isna() & df[patient_col].isin(list(lonely_ids))).to_numpy(bool)
+    lonely = (df[session].isna() & df[roles.patient].isin(list(lonely_ids))).to_numpy(bool)
     s_no = pd.Series(pd.array([pd.NA] * len(df), dtype="Int64"), index=df.index)
     s_no[~lonely] = _session_numbers(df.loc[~lonely, session], session).to_numpy()
+    val = _numeric_values(df, roles, age_range)
+    _check_design(df, roles, t_id, p_id, s_no, lonely, val, nested=nested)
+    return _Values(therapist=t_id, patient=p_id, session=s_no, lonely=lonely, values=val)
 
-    # ---- numeric values ---------------------------------------------------------------
+
+def _numeric_values(
+    df: pd.DataFrame, roles: _Roles, age_range: tuple[float, float]
+) -> dict[str, pd.Series]:
+    """Alliance, moderators, adherence counts or score and arm as validated floats."""
+    lo_age, hi_age = age_range
+    alliance_col, age_col, arm = roles.alliance, roles.age, roles.arm
     val: dict[str, pd.Series] = {"alliance": _numeric(df[alliance_col], alliance_col, "alliance")}
     if age_col is not None:
         val["age"] = _numeric(df[age_col], age_col, "age in years")
@@ -420,14 +506,15 @@ def prepare(
                 f"column {age_col!r} (age) {format_rows(rows)} {_has(a, bad)}; "
                 f"allowed ages are {lo_age:g}-{hi_age:g} years (age_range)"
             )
-    if autonomy_col is not None:
-        val["autonomy"] = _numeric(df[autonomy_col], autonomy_col, "autonomy support")
+    if roles.autonomy is not None:
+        val["autonomy"] = _numeric(df[roles.autonomy], roles.autonomy, "autonomy support")
+    num_name, den_name, wanted = roles.num_name, roles.den_name, roles.wanted
     if num_name:
         val[num_name] = _numeric(df[wanted[num_name]], wanted[num_name], f"{num_name} count")
         val[den_name] = _numeric(df[wanted[den_name]], wanted[den_name], f"{den_name} count")
         _counts(val[num_name], val[den_name], wanted[num_name], wanted[den_name])
     else:
-        val["adherence"] = _numeric(df[adherence], adherence, "adherence score")
+        val["adherence"] = _numeric(df[roles.adherence], roles.adherence, "adherence score")
     if arm is not None:
         arm_v = _numeric(df[arm], arm, "arm")
         bad = ~(arm_v.isin([0.0, 1.0]) | arm_v.isna()).to_numpy()
@@ -438,15 +525,28 @@ def prepare(
                 "allowed arms are 0 and 1"
             )
         val["arm"] = arm_v
+    return val
 
-    # ---- design structure -------------------------------------------------------------
+
+def _check_design(
+    df: pd.DataFrame,
+    roles: _Roles,
+    t_id: pd.Series,
+    p_id: pd.Series,
+    s_no: pd.Series,
+    lonely: np.ndarray,
+    val: dict[str, pd.Series],
+    *,
+    nested: bool,
+) -> None:
+    """One row per (patient, session); one therapist (if nested) and one arm per patient."""
     key = pd.DataFrame({"p": p_id, "s": s_no}, index=df.index)
     dup = key.duplicated(keep=False).to_numpy() & ~lonely
     if dup.any():
         rows = _where(df, dup)
         i0 = int(np.flatnonzero(dup)[0])
         raise DataValidationError(
-            f"duplicated ({patient_col}, {session}) at {format_rows(rows)}: patient "
+            f"duplicated ({roles.patient}, {roles.session}) at {format_rows(rows)}: patient "
             f"{p_id.iloc[i0]!r} session {int(s_no.iloc[i0])} appears more than once; each "
             "patient may have one row per session"
         )
@@ -458,34 +558,47 @@ def prepare(
             rows = _where(df, p_id.isin(multi).to_numpy())
             seen = sorted(t_id[p_id == p0].unique().tolist())
             raise DataValidationError(
-                f"column {therapist_col!r}: patient {p0!r} is seen by therapists "
+                f"column {roles.therapist!r}: patient {p0!r} is seen by therapists "
                 f"{', '.join(repr(t) for t in seen)} ({format_rows(rows)}); with nested=True "
                 "each patient must have one therapist (pass nested=False for crossed designs, "
                 "or give patients of different therapists different ids)"
             )
-    if arm is not None:
+    if roles.arm is not None:
         n_arm = val["arm"].groupby(p_id.to_numpy()).nunique()
         multi = n_arm.index[n_arm > 1].tolist()
         if multi:
             rows = _where(df, p_id.isin(multi).to_numpy())
             raise DataValidationError(
-                f"column {arm!r} (arm) changes within patient {multi[0]!r} "
+                f"column {roles.arm!r} (arm) changes within patient {multi[0]!r} "
                 f"({format_rows(rows)}); a patient belongs to one arm"
             )
 
-    # ---- incomplete rows ----------------------------------------------------------------
+
+def _exclude(
+    df: pd.DataFrame,
+    roles: _Roles,
+    values: _Values,
+    *,
+    level: str,
+    drop_incomplete: bool,
+    scoring: Any,
+) -> _Exclusions:
+    """Flag every row that cannot be analysed with its column(s) and reason(s)."""
     n = len(df)
+    val, p_id, lonely = values.values, values.patient, values.lonely
+    alliance_col, wanted = roles.alliance, roles.wanted
+    num_name, den_name = roles.num_name, roles.den_name
     reasons: list[list[str]] = [[] for _ in range(n)]
     culprits: list[list[str]] = [[] for _ in range(n)]
     labels = df.index.tolist()
     # which column says whether the session took place (for the "not attended" reason)
-    att_col = wanted["attended"] if adherence == "attendance" else "attended"
+    att_col = wanted["attended"] if roles.adherence == "attendance" else "attended"
     not_attended = np.zeros(n, dtype=bool)
     if att_col in df.columns:
         att = pd.to_numeric(df[att_col].astype(object), errors="coerce").to_numpy(float)
         not_attended = att == 0
     alliance_why = _scoring_reasons(scoring, alliance_col)
-    autonomy_why = _scoring_reasons(scoring, autonomy_col) if autonomy_col else {}
+    autonomy_why = _scoring_reasons(scoring, roles.autonomy) if roles.autonomy else {}
 
     def flag(mask: np.ndarray, column: Any, why: Any) -> None:
         for i in np.flatnonzero(mask):
@@ -503,7 +616,7 @@ def prepare(
                 else alliance_why.get(labels[i], f"{alliance_col} missing")
             ),
         )
-    for role, col in (("age", age_col), ("autonomy", autonomy_col)):
+    for role, col in (("age", roles.age), ("autonomy", roles.autonomy)):
         if col is None:
             continue
         why_map = autonomy_why if role == "autonomy" else {}
@@ -526,9 +639,9 @@ def prepare(
             zero = (val[den_name] == 0).to_numpy()
             flag(zero, dcol, f"{dcol} is 0: adherence undefined")
     else:
-        flag(val["adherence"].isna().to_numpy(), adherence, f"{adherence} missing")
-    if arm is not None:
-        flag(val["arm"].isna().to_numpy(), arm, f"{arm} missing")
+        flag(val["adherence"].isna().to_numpy(), roles.adherence, f"{roles.adherence} missing")
+    if roles.arm is not None:
+        flag(val["arm"].isna().to_numpy(), roles.arm, f"{roles.arm} missing")
 
     row_bad = np.array([bool(r) for r in reasons])
     if level == "patient":
@@ -552,27 +665,36 @@ def prepare(
         row_bad = np.array([bool(r) for r in reasons])
 
     for i in np.flatnonzero(lonely):
-        reasons[i], culprits[i] = ["record has no session rows (REDCap export)"], [session]
+        reasons[i], culprits[i] = ["record has no session rows (REDCap export)"], [roles.session]
     row_bad = row_bad & ~lonely
     drop = (row_bad if drop_incomplete else np.zeros(n, dtype=bool)) | lonely
     excluded = pd.DataFrame(
         {
             "row": pd.Series([labels[i] for i in np.flatnonzero(drop)], dtype=object),
             "patient": p_id.to_numpy()[drop],
-            "session": s_no[drop].reset_index(drop=True),
+            "session": values.session[drop].reset_index(drop=True),
             "column": [", ".join(dict.fromkeys(culprits[i])) for i in np.flatnonzero(drop)],
             "reason": ["; ".join(dict.fromkeys(reasons[i])) for i in np.flatnonzero(drop)],
         },
         columns=list(EXCLUDED_COLUMNS),
     )
-    keep_rows = ~drop
+    return _Exclusions(
+        excluded=excluded,
+        keep_rows=~drop,
+        n_incomplete_kept=int(row_bad.sum()) if not drop_incomplete else 0,
+    )
 
-    # ---- assemble -------------------------------------------------------------------------
+
+def _assemble(
+    df: pd.DataFrame, roles: _Roles, values: _Values, keep_rows: np.ndarray
+) -> pd.DataFrame:
+    """The kept rows in canonical columns, with adherence computed from the counts."""
+    val, num_name, den_name = values.values, roles.num_name, roles.den_name
     out = pd.DataFrame(index=df.index[keep_rows])
-    out["therapist"] = t_id.to_numpy()[keep_rows]
-    out["patient"] = p_id.to_numpy()[keep_rows]
-    out["session"] = s_no[keep_rows].to_numpy(dtype="int64")
-    if arm is not None:
+    out["therapist"] = values.therapist.to_numpy()[keep_rows]
+    out["patient"] = values.patient.to_numpy()[keep_rows]
+    out["session"] = values.session[keep_rows].to_numpy(dtype="int64")
+    if roles.arm is not None:
         out["arm"] = val["arm"].to_numpy()[keep_rows]
     out["alliance"] = val["alliance"].to_numpy()[keep_rows]
     for role in ("age", "autonomy"):
@@ -587,16 +709,22 @@ def prepare(
         out[den_name] = dv
     else:
         out["adherence"] = val["adherence"].to_numpy()[keep_rows]
-    for c in keep:
+    for c in roles.keep:
         out[c] = df[c].to_numpy()[keep_rows]
+    return out
 
-    sessions_per_patient = out.groupby("patient", sort=False).size()
-    columns = {k: v for k, v in wanted.items() if not k.startswith("keep ")}
+
+def _reshape(out: pd.DataFrame, roles: _Roles, level: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """Session level: add the within/between split of alliance; patient level: aggregate.
+
+    Returns the frame and the clusters within which ``_cwc`` columns are centred.
+    """
+    num_name, den_name = roles.num_name, roles.den_name
     if level == "patient":
-        out = _aggregate(out, num_name, den_name, list(keep))
+        out = _aggregate(out, num_name, den_name, list(roles.keep))
         cluster = out["therapist"].to_numpy()
     else:
-        if arm is not None:
+        if roles.arm is not None:
             out["arm"] = (
                 out["arm"].astype("Int64")
                 if out["arm"].isna().any()
@@ -610,30 +738,40 @@ def prepare(
     if num_name:
         for c in (num_name, den_name):
             out[c] = out[c].astype("Int64") if out[c].isna().any() else out[c].astype("int64")
+    return out, cluster
 
-    _derived(out, center, center_within, standardize, cluster, level)
-    n_incomplete = int(row_bad.sum()) if not drop_incomplete else 0
+
+def _report(
+    df: pd.DataFrame,
+    out: pd.DataFrame,
+    roles: _Roles,
+    exclusions: _Exclusions,
+    sessions_per_patient: pd.Series,
+    *,
+    level: str,
+    scoring: Any,
+) -> DataReport:
+    """The DataReport: counts, and every excluded input row with its reason."""
     notes = []
     for rep in scoring if isinstance(scoring, list | tuple) else [scoring] if scoring else []:
         notes.append(
             f"{getattr(rep, 'name', 'scoring')}: {rep.n_nan} NaN score(s), "
             f"{rep.n_prorated} pro-rated"
         )
-    report = DataReport(
-        rows_in=n,
-        rows_used=int(keep_rows.sum()),
+    return DataReport(
+        rows_in=len(df),
+        rows_used=int(exclusions.keep_rows.sum()),
         rows_out=len(out),
         n_patients=int(out["patient"].nunique()),
         n_therapists=int(out["therapist"].nunique()),
         sessions_per_patient=sessions_per_patient,
-        excluded=excluded,
+        excluded=exclusions.excluded,
         level=level,
-        adherence=adherence_text,
-        columns=columns,
+        adherence=roles.adherence_text,
+        columns={k: v for k, v in roles.wanted.items() if not k.startswith("keep ")},
         notes=tuple(notes),
-        n_incomplete_kept=n_incomplete,
+        n_incomplete_kept=exclusions.n_incomplete_kept,
     )
-    return out, report
 
 
 def _aggregate(out: pd.DataFrame, num_name: str, den_name: str, keep: list[str]) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 
 Supported: CSV/TSV, Excel (.xlsx/.xlsm via openpyxl; legacy .xls needs xlrd), SPSS
 (.sav/.zsav) and Stata (.dta) via pyreadstat, pandas and polars data frames. REDCap flat
-exports are recognised and flattened (see :mod:`alliance_models.data.redcap`).
+exports are recognised and flattened (see :mod:`alliance_models.data.redcap`, which
+reshapes data frames and reads nothing). This is the package's only file reader.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any, Literal
 import pandas as pd
 
 from ..errors import DataValidationError
-from .redcap import is_redcap_export, read_redcap
+from .redcap import flatten_redcap, is_redcap_export
 
-__all__ = ["SUPPORTED_EXTENSIONS", "read_data"]
+__all__ = ["SUPPORTED_EXTENSIONS", "read_data", "read_redcap"]
 
 #: File extensions read_data understands, with the kind of file.
 SUPPORTED_EXTENSIONS: dict[str, str] = {
@@ -155,8 +156,67 @@ def read_data(
         cols = ", ".join(map(repr, list(df.columns)[:20])) or "none"
         raise DataValidationError(f"{where} has no data rows (columns: {cols})")
     if redcap is True or (redcap == "auto" and _needs_flattening(df)):
-        df = read_redcap(df)
+        df = flatten_redcap(df)
     return df
+
+
+def read_redcap(
+    source: str | os.PathLike[str] | pd.DataFrame,
+    *,
+    record_id: str | None = None,
+    merge_repeats: bool = False,
+    session: str = "session",
+) -> pd.DataFrame:
+    """Read a REDCap flat export as one row per repeat instance (session).
+
+    Parameters
+    ----------
+    source : path or pandas.DataFrame
+        A REDCap "records in rows" export (CSV or any format :func:`read_data` reads)
+        or the raw export already in a data frame.
+    record_id : str, optional
+        The record-identifier column; default ``"record_id"`` if present, otherwise the
+        first column (REDCap always exports the record id first).
+    merge_repeats : bool, default False
+        With several repeating instruments: False gives one row per instance of each
+        instrument (``redcap_repeat_instrument`` says which); True merges the
+        instruments by (record, event, instance) into one row per instance.
+    session : str, default "session"
+        Name of the output column that holds the repeat instance; it must not be the
+        name of a field in the export.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`alliance_models.data.redcap.flatten_redcap` describes: one row per
+        (record, repeat instance) with the record-level fields carried onto each, and
+        ``df.attrs["redcap"]`` recording what was done.
+
+    Raises
+    ------
+    DataValidationError
+        Any error of :func:`read_data` for a path; any error of
+        :func:`~alliance_models.data.redcap.flatten_redcap` (which names the file).
+
+    Examples
+    --------
+    >>> raw = pd.DataFrame({
+    ...     "record_id": ["p1", "p1", "p1"],
+    ...     "redcap_event_name": ["baseline_arm_1", "treatment_arm_1", "treatment_arm_1"],
+    ...     "redcap_repeat_instrument": [None, "session", "session"],
+    ...     "redcap_repeat_instance": [None, 1, 2],
+    ...     "age": [61, None, None],
+    ...     "wai_1": [None, 4, 5],
+    ... })
+    >>> read_redcap(raw)[["record_id", "session", "age", "wai_1"]].to_numpy().tolist()
+    [['p1', 1, 61, 4], ['p1', 2, 61, 5]]
+    """
+    if isinstance(source, pd.DataFrame):
+        raw, where = source, "the data"
+    else:
+        raw, where = read_data(source, redcap=False), f"'{Path(source)}'"
+    return flatten_redcap(raw, record_id=record_id, merge_repeats=merge_repeats,
+                          session=session, source=where)
 
 
 def _needs_flattening(df: pd.DataFrame) -> bool:

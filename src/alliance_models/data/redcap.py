@@ -3,26 +3,27 @@
 A REDCap "flat" export (CSV, records in rows) mixes row types: for each record, one row
 per event holding that event's non-repeating forms, and one row per instance of each
 repeating instrument (``redcap_repeat_instrument``, ``redcap_repeat_instance``); every
-other column of a row is blank. :func:`read_redcap` turns this into an analysable table:
-one row per (record, repeat instance) with the record's non-repeating fields (baseline,
-discharge, ...) carried onto every one of its rows.
+other column of a row is blank. :func:`flatten_redcap` turns such a data frame into an
+analysable table: one row per (record, repeat instance) with the record's non-repeating
+fields (baseline, discharge, ...) carried onto every one of its rows.
 
 Nothing is hard-coded to a particular project: which fields belong to which row type is
-discovered from the rows that hold values.
+discovered from the rows that hold values. Nothing here reads a file:
+:func:`alliance_models.read_redcap` (in :mod:`alliance_models.data.readers`) reads the
+export and calls :func:`flatten_redcap`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .._format import fmt_value
 from ..errors import DataValidationError, format_rows
 
-__all__ = ["is_redcap_export", "read_redcap"]
+__all__ = ["flatten_redcap", "is_redcap_export"]
 
 EVENT = "redcap_event_name"
 INSTRUMENT = "redcap_repeat_instrument"
@@ -57,12 +58,6 @@ def _blank_to_nan(s: pd.Series) -> pd.Series:
     return s
 
 
-def _fmt(v: object) -> str:
-    if isinstance(v, float | np.floating) and float(v).is_integer():
-        return str(int(v))
-    return repr(v) if isinstance(v, str) else str(v)
-
-
 def _instances(raw: pd.DataFrame) -> pd.Series:
     """Return the repeat instance as float (NaN on non-repeating rows), validated."""
     if INSTANCE not in raw.columns:
@@ -73,7 +68,7 @@ def _instances(raw: pd.DataFrame) -> pd.Series:
     x = num.to_numpy()
     bad = np.flatnonzero(given & (np.isnan(x) | (x < 1) | (x != np.round(np.nan_to_num(x)))))
     if bad.size:
-        vals = ", ".join(_fmt(v) for v in s.iloc[bad[:5]])
+        vals = ", ".join(fmt_value(v) for v in s.iloc[bad[:5]])
         raise DataValidationError(
             f"column {INSTANCE!r} {format_rows(list(raw.index[bad]))} "
             f"{'has' if bad.size == 1 else 'have'} {vals}; repeat instances are whole "
@@ -82,20 +77,20 @@ def _instances(raw: pd.DataFrame) -> pd.Series:
     return num
 
 
-def read_redcap(
-    source: str | os.PathLike[str] | pd.DataFrame,
+def flatten_redcap(
+    raw: pd.DataFrame,
     *,
     record_id: str | None = None,
     merge_repeats: bool = False,
     session: str = "session",
+    source: str = "the data",
 ) -> pd.DataFrame:
-    """Read a REDCap flat export as one row per repeat instance (session).
+    """Flatten a REDCap flat export (a data frame) to one row per repeat instance (session).
 
     Parameters
     ----------
-    source : path or pandas.DataFrame
-        A REDCap "records in rows" export (CSV or any format :func:`read_data` reads)
-        or the raw export already in a data frame.
+    raw : pandas.DataFrame
+        A REDCap "records in rows" export as read (not changed).
     record_id : str, optional
         The record-identifier column; default ``"record_id"`` if present, otherwise the
         first column (REDCap always exports the record id first).
@@ -106,6 +101,8 @@ def read_redcap(
     session : str, default "session"
         Name of the output column that holds the repeat instance; it must not be the
         name of a field in the export.
+    source : str, default "the data"
+        How error messages name the export (e.g. the quoted path it was read from).
 
     Returns
     -------
@@ -150,17 +147,11 @@ def read_redcap(
     ...     "age": [61, None, None],
     ...     "wai_1": [None, 4, 5],
     ... })
-    >>> read_redcap(raw)[["record_id", "session", "age", "wai_1"]].to_numpy().tolist()
+    >>> flatten_redcap(raw)[["record_id", "session", "age", "wai_1"]].to_numpy().tolist()
     [['p1', 1, 61, 4], ['p1', 2, 61, 5]]
     """
-    if isinstance(source, pd.DataFrame):
-        raw = source.copy()
-        where = "the data"
-    else:
-        from .readers import read_data
-
-        raw = read_data(source, redcap=False)
-        where = f"'{Path(source)}'"
+    raw = raw.copy()
+    where = source
     raw.columns = [str(c) for c in raw.columns]
     if not raw.columns.is_unique:
         dup = sorted({c for c in raw.columns if list(raw.columns).count(c) > 1})
@@ -256,7 +247,7 @@ def read_redcap(
     if dup.any():
         first = rep.loc[dup].iloc[0]
         raise DataValidationError(
-            f"record {_fmt(first[id_col])} has instance {_fmt(first[session])} of "
+            f"record {fmt_value(first[id_col])} has instance {fmt_value(first[session])} of "
             f"{first['_form']!r} more than once ({format_rows(list(rep.index[dup]))}); "
             "each (record, event, instrument, instance) must be unique"
         )
@@ -338,7 +329,7 @@ def _raise_conflict(
     sub = src.loc[(src[id_col] == rid) & src[field].notna()]
     events = sub[EVENT].tolist() if has_event else [None] * len(sub)
     pairs = ", ".join(
-        f"{_fmt(v)} ({ev})" if ev is not None else _fmt(v)
+        f"{fmt_value(v)} ({ev})" if ev is not None else fmt_value(v)
         for v, ev in zip(sub[field], events, strict=True)
     )
     more = ""
@@ -346,9 +337,9 @@ def _raise_conflict(
         others = bad[1:]
         word = "records" if len(others) > 1 else "record"
         extra = f" (and {len(others) - 5} more)" if len(others) > 5 else ""
-        more = f"; also {word} {', '.join(_fmt(r) for r in others[:5])}{extra}"
+        more = f"; also {word} {', '.join(fmt_value(r) for r in others[:5])}{extra}"
     raise DataValidationError(
-        f"record {_fmt(rid)} has conflicting values for field {field!r} across events: "
+        f"record {fmt_value(rid)} has conflicting values for field {field!r} across events: "
         f"{pairs}{more}. A non-repeating field must have one value per record (if each "
         "event is a visit, read with redcap=False and reshape by redcap_event_name)"
     )

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from .._probing_core import table_text
+from .._format import fmt_num, table_text
 from ..errors import (
     ConvergenceWarning,
     DataValidationError,
@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..formula import parse_formula
 from ..spec import MIN_CLUSTERS, ModelFrame, ModelSpec
-from .results import StatsmodelsFitMixin
+from .interface import StatsmodelsFitMixin
 
 
 def _working_structure(kind: str, trials: np.ndarray) -> Any:
@@ -196,9 +196,9 @@ class GEEFit(StatsmodelsFitMixin):
             f"response: {resp}; n = {self.frame.n_obs} rows in {self.n_clusters} clusters "
             f"of {self.groups!r} (excluded for missing values: {self.frame.n_dropped})",
             f"working correlation: {self.cov_struct}"
-            + (f" (rho = {self.working_correlation:.4f})"
+            + (f" (rho = {fmt_num(self.working_correlation)})"
                if self.cov_struct == "exchangeable" else "")
-            + f"; scale = {self.scale:.4f}",
+            + f"; scale = {fmt_num(self.scale)}",
             f"standard errors: {'robust (sandwich)' if self.robust else 'model-based'}; "
             f"Wald z tests, {100 * (1 - self.alpha):g}% CI",
             "",

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._format import fmt_num, table_text
 from ..errors import ConvergenceWarning, ModelSpecError, SingularFitWarning
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec, RandomTerm
@@ -334,24 +335,24 @@ class MixedFit:
         rows = [("Group", "Name", "Variance", "Std.Dev.", "Corr")]
         for r in vc.itertuples(index=False):
             if r.var2:
-                rows.append((r.group, f"{r.var1} ~ {r.var2}", "", "", f"{r.sdcor:.3f}"))
+                rows.append((r.group, f"{r.var1} ~ {r.var2}", "", "", fmt_num(r.sdcor)))
             else:
-                rows.append((r.group, r.var1, f"{r.vcov:.5g}", f"{r.sdcor:.5g}", ""))
+                rows.append((r.group, r.var1, fmt_num(r.vcov), fmt_num(r.sdcor), ""))
         widths = [max(len(x[i]) for x in rows) for i in range(5)]
         for r in rows:
             lines.append(" " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
         lines += ["", "Fixed effects:"]
         tab = self.fixed.copy()
         tab.columns = ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)", "2.5 %", "97.5 %"]
-        lines.append(tab.to_string(float_format=lambda v: f"{v:.5g}"))
+        lines.append(table_text(tab))
         if len(self.icc):
             lines += ["", "Intraclass correlations:"]
-            lines.append(self.icc.to_string(float_format=lambda v: f"{v:.4g}"))
+            lines.append(table_text(self.icc))
         lines += [
             "",
-            f"R2 (Nakagawa): marginal {self.r2_marginal:.4f}, conditional "
-            f"{self.r2_conditional:.4f}",
-            f"logLik {self.loglik:.3f}, AIC {self.aic:.2f}, BIC {self.bic:.2f}"
+            f"R2 (Nakagawa): marginal {fmt_num(self.r2_marginal)}, conditional "
+            f"{fmt_num(self.r2_conditional)}",
+            f"logLik {fmt_num(self.loglik)}, AIC {fmt_num(self.aic)}, BIC {fmt_num(self.bic)}"
             + (" (REML: compare fixed effects only with reml=False)" if self.reml else ""),
         ]
         if self.messages:

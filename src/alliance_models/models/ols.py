@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .._probing_core import split_term, table_text
+from .._format import fmt_num, fmt_p, table_text
+from .._terms import design_columns
 from .._utils import RNGLike, as_generator
 from ..errors import ModelSpecError
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec
 from .mixed import _check_finite
-from .results import StatsmodelsFitMixin
+from .interface import StatsmodelsFitMixin
 
 __all__ = ["OLSFit", "fit_ols", "hc_covariance"]
 
@@ -168,7 +169,8 @@ class OLSFit(StatsmodelsFitMixin):
         (``x:w + x:z``); model 3: ``x:w:z`` with all its two-way products. Other main
         effects (covariates) are allowed.
         """
-        terms = [frozenset(split_term(n)) for n in self.frame.x_names if n != "Intercept"]
+        columns = design_columns(self.frame.fixed_model_spec)
+        terms = [frozenset(c.factors) for c in columns if c.factors]
         mains = {next(iter(t)) for t in terms if len(t) == 1}
         two = [t for t in terms if len(t) == 2]
         three = [t for t in terms if len(t) == 3]
@@ -243,12 +245,13 @@ class OLSFit(StatsmodelsFitMixin):
             f"t tests on df = {self.df_resid:g}",
         ]
         if self.centering:
-            cent = ", ".join(f"{k} (mean {v:.4g})" for k, v in self.centering.items())
+            cent = ", ".join(f"{k} (mean {fmt_num(v)})" for k, v in self.centering.items())
             lines.append(f"Mean-centred before fitting: {cent}")
         mt = self.model_test
         lines.append(
-            f"R2 = {self.r2:.4f}, adj. R2 = {self.r2_adj:.4f}, "
-            f"F({mt['df1']:g}, {mt['df2']:g}) = {mt['F']:.4f}, p = {mt['p']:.4g}"
+            f"R2 = {fmt_num(self.r2)}, adj. R2 = {fmt_num(self.r2_adj)}, "
+            f"F({fmt_num(mt['df1'])}, {fmt_num(mt['df2'])}) = {fmt_num(mt['F'])}, "
+            f"p = {fmt_p(mt['p'])}"
         )
         lines += ["", table_text(self.to_frame())]
         if self.r2_change is not None:
@@ -439,7 +442,7 @@ def fit_ols(
     else:
         model_test = {"F": math.nan, "df1": 0.0, "df2": df2, "p": math.nan}
 
-    orders = [len(split_term(nm)) if nm != "Intercept" else 0 for nm in names]
+    orders = [len(c.factors) for c in design_columns(frame.fixed_model_spec)]
     top = max(orders) if orders else 0
     r2_change = None
     if top >= 2:

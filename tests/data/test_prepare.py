@@ -428,7 +428,7 @@ def test_empty_and_non_frame_input():
 
 
 def test_redcap_record_without_sessions_is_excluded_with_reason():
-    from alliance_models.data.redcap import read_redcap
+    from alliance_models.data.readers import read_redcap
 
     raw = pd.DataFrame(
         {

@@ -3,7 +3,8 @@
 :func:`report` writes ``index.html``: CSS inline, every plot embedded as a base64 PNG
 data URI, no script or style loaded from elsewhere, so the file can be e-mailed, archived
 with a paper's supplementary material or opened offline. All text taken from data or
-results is escaped with :func:`html.escape` (pandas tables are escaped by ``to_html``).
+results, table cells included, is escaped with :func:`html.escape`; table cells are
+written with :func:`alliance_models._format.fmt_cell`, the rule every summary uses.
 
 The page holds, when given: a data summary and the :class:`~alliance_models.DataReport`
 (with its table of excluded rows), the model table, simple-slopes tables with their
@@ -20,9 +21,7 @@ import base64
 import html
 import io
 import os
-import sys
 import tempfile
-import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .._format import fmt_cell, fmt_num
 
 __all__ = ["report"]
 
@@ -106,7 +107,7 @@ class _Page:
             f'<section id="{esc(sid)}">\n<h2>{esc(head)}</h2>\n{content}\n</section>'
             for sid, head, content in self.sections
         )
-        from . import __version__
+        from .. import __version__
 
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         return (
@@ -131,27 +132,6 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-def _fmt(x: object) -> str:
-    """Format one table cell: integers as such, floats to 4 decimals or 4 significant."""
-    if x is None or (isinstance(x, float | np.floating) and np.isnan(x)):
-        return ""
-    if isinstance(x, bool | np.bool_):
-        return str(bool(x))
-    if isinstance(x, int | np.integer):
-        return str(int(x))
-    if isinstance(x, float | np.floating):
-        v = float(x)
-        if np.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        if v.is_integer() and abs(v) < 1e6:
-            return str(int(v))
-        ax = abs(v)
-        if ax < 1e-3 or ax >= 1e6:
-            return f"{v:.3e}"
-        return f"{v:.4f}"
-    return str(x)
-
-
 def _is_num(x: object) -> bool:
     return isinstance(x, int | float | np.integer | np.floating) and not isinstance(
         x, bool | np.bool_
@@ -174,10 +154,10 @@ def _table(df: pd.DataFrame, *, index: bool = True, max_rows: int = MAX_TABLE_RO
     lines = ['<div class="scroll"><table class="am">', f"<thead><tr>{header}</tr></thead>",
              "<tbody>"]
     for label, row in zip(df.index, df.itertuples(index=False, name=None), strict=True):
-        cells = [f"<th>{esc(_fmt(label))}</th>"] if index else []
+        cells = [f"<th>{esc(fmt_cell(label))}</th>"] if index else []
         for v in row:
             cls = ' class="num"' if _is_num(v) else ""
-            cells.append(f"<td{cls}>{esc(_fmt(v))}</td>")
+            cells.append(f"<td{cls}>{esc(fmt_cell(v))}</td>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
     lines.append("</tbody></table></div>")
     return "\n".join(lines) + extra
@@ -317,14 +297,14 @@ def _key_results(fit: Any, jns: list[Any], bayes: Any) -> str:
         rng = getattr(j, "observed_range", None)
         if not (focal and mod) or inside is None or rng is None:
             continue
-        where = (", ".join(f"[{_fmt(float(a))}, {_fmt(float(b))}]" for a, b in inside)
+        where = (", ".join(f"[{fmt_num(a)}, {fmt_num(b)}]" for a, b in inside)
                  if inside else "nowhere")
         alpha = float(getattr(j, "alpha", 0.05))
         claim = (f"its {100 * (1 - alpha):g}% HDI excludes zero"
                  if getattr(j, "method", "") == "bayes" else f"p < {alpha:g}")
         sentences.append(
             f"Effect of {focal}: {claim} for {mod} in {where} "
-            f"(observed {mod}: {_fmt(float(rng[0]))} to {_fmt(float(rng[1]))})."
+            f"(observed {mod}: {fmt_num(rng[0])} to {fmt_num(rng[1])})."
         )
     if sentences:
         parts.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in sentences)
@@ -390,7 +370,7 @@ def _fit_section(fit: Any) -> str:
 
 
 def _interaction_plot(fit: Any, s: Any) -> Any:
-    from .plots import plot_interaction
+    from ..probing.conditional import plot_interaction
 
     focal = s.focal
     moderator = s.moderator
@@ -402,7 +382,7 @@ def _interaction_plot(fit: Any, s: Any) -> Any:
 def _jn_plot(j: Any) -> Any:
     if hasattr(j, "plot"):
         return j.plot()
-    from .plots import plot_johnson_neyman
+    from ..plots import plot_johnson_neyman
 
     return plot_johnson_neyman(j)
 
@@ -614,19 +594,3 @@ def report(
 
     out.write_text(page.render(), encoding="utf-8")
     return out
-
-
-class _CallableModule(types.ModuleType):
-    """The report module, callable as :func:`report`.
-
-    The public name ``alliance_models.report`` is both this module and the function.
-    Importing the submodule (``from alliance_models.report import report``) makes Python
-    bind the *module* to ``alliance_models.report``; making the module callable keeps
-    ``am.report(...)`` working whatever the import order.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Path:
-        return report(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

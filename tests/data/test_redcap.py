@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import alliance_models as am
 from alliance_models import DataValidationError
-from alliance_models.data.redcap import is_redcap_export, read_redcap
+from alliance_models.data.readers import read_redcap
+from alliance_models.data.redcap import flatten_redcap, is_redcap_export
 
 BASE = ["therapist_id", "age", "sex", "hccq_1"]
 SESS = ["session_date", "attended", "scheduled", "wai_1", "wai_2"]
@@ -121,6 +122,22 @@ def test_example_layout_from_csv(tmp_path):
     assert info["repeat_fields"] == {"session": SESS}
     # complete whole-number columns come back as integers; gaps keep float
     assert flat["age"].dtype == np.int64 and flat["wai_1"].dtype == np.float64
+
+
+def test_flatten_is_the_frame_step_of_reading(tmp_path):
+    # read_redcap(path) = read the file, then flatten_redcap (which reads nothing)
+    raw = build_export(example_records())
+    path = tmp_path / "export.csv"
+    raw.to_csv(path, index=False)
+    before = raw.copy()
+    flat = flatten_redcap(raw)
+    pd.testing.assert_frame_equal(raw, before)  # the input is not changed
+    pd.testing.assert_frame_equal(flat, read_redcap(path))
+    assert flat.attrs["redcap"] == read_redcap(path).attrs["redcap"]
+    with pytest.raises(DataValidationError, match=f"'nope' is not in '{path}'"):
+        read_redcap(path, record_id="nope")  # messages name the file it came from
+    with pytest.raises(DataValidationError, match="'nope' is not in my export"):
+        flatten_redcap(raw, record_id="nope", source="my export")
 
 
 def test_session_is_integer_when_every_record_has_sessions():

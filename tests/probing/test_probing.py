@@ -16,13 +16,15 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from formulaic import Formula
 from scipy import optimize, special, stats
 
 import alliance_models as am
-from alliance_models import _probing_core as core
+from alliance_models import _format
+from alliance_models.probing import _core as core
 from alliance_models.errors import ModelSpecError
 
-R_DIR = Path(__file__).parent / "r"
+R_DIR = Path(__file__).parents[1] / "r"
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,19 @@ def _ols_by_hand(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return b, (e @ e) / (n - p) * np.linalg.inv(X.T @ X), n - p
 
 
+def _encoding(formula: str):
+    """The formulaic encoding of ``formula`` (what a real fit keeps as fixed_model_spec)."""
+    d = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0], "m": [1.0, 0.0, 3.0, 2.0]})
+    return Formula(formula).get_model_matrix(d).model_spec
+
+
 @dataclass
 class FakeFit:
-    """A minimal fit object: params, covariance, df (constant or by contrast), draws."""
+    """A minimal fit object: params, covariance, df (constant or by contrast), draws.
+
+    Its frame carries a real formulaic encoding of ``formula``, whose columns must be
+    ``x_names``: probing reads the term structure from it.
+    """
 
     x_names: tuple[str, ...]
     b: np.ndarray
@@ -48,6 +60,7 @@ class FakeFit:
     data: pd.DataFrame
     df: object = np.inf
     draws: pd.DataFrame | None = None
+    formula: str = "x * m"
 
     def __post_init__(self):
         X = np.column_stack([
@@ -55,7 +68,8 @@ class FakeFit:
             for n in self.x_names
         ])
         self.frame = SimpleNamespace(x_names=self.x_names, data=self.data, X=X,
-                                     y=np.zeros(len(self.data)), fixed_model_spec=None)
+                                     y=np.zeros(len(self.data)),
+                                     fixed_model_spec=_encoding(self.formula))
         self.spec = None
 
     @property
@@ -478,8 +492,7 @@ def test_bayesian_johnson_neyman_bounds_flip_hdi():
 def test_bayesian_conditional_effects():
     fit, draws = _bayes_fake(4)
     fit.frame.data["x"] = np.linspace(-1, 1, len(fit.data))
-    # no formulaic spec on the fake: give fixed_design by hand
-    fit.frame.fixed_model_spec = SimpleNamespace(required_variables={"x", "m"})
+    # the fake has no fixed_design: give it by hand
     fit.frame.fixed_design = lambda nd: np.column_stack(
         [np.ones(len(nd)), nd["x"], nd["m"], nd["x"] * nd["m"]])
     fit.spec = SimpleNamespace(response="y", variables=("y", "x", "m"))
@@ -705,7 +718,7 @@ def test_tiny_p_values_are_not_printed_as_zero():
     text = ss.summary()
     assert text.count("<1e-12") == 3
     assert "<1e-12" in fit.summary()
-    assert core.fmt_p(0.0312) == "0.0312" and core.fmt_p(2e-13) == "<1e-12"
+    assert _format.fmt_p(0.0312) == "0.0312" and _format.fmt_p(2e-13) == "<1e-12"
 
 
 def _significant_by_region(m, region, bounds):

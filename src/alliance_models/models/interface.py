@@ -2,6 +2,7 @@
 
 Every backend's result (``MixedFit``, ``OLSFit``, ``GEEFit``, ``BayesFit``) satisfies
 :class:`FixedEffectsFit`, so :mod:`alliance_models.probing` is written once.
+It is the type probing is written against; nothing here imports probing.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Plain-numpy core of probing: effect weights, Johnson-Neyman roots, HDIs.
 
-Nothing here knows about pandas, statsmodels or PyMC. The public layer
-(:mod:`alliance_models.probing`) extracts ``(b, V, df)`` from a fit and calls these.
+Nothing here knows about pandas, statsmodels, PyMC or how numbers are printed. The
+public layer (:mod:`alliance_models.probing`) extracts ``(b, V, df)`` and the factors of
+each design column from a fit and calls these.
 
 A conditional effect is a linear contrast ``w' b`` of the fixed effects. For a focal
 variable ``x`` the weight of a term is the derivative of that term with respect to ``x``:
@@ -13,7 +14,6 @@ roots of a quadratic.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,128 +21,51 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .errors import ModelSpecError
+from ..errors import ModelSpecError
 
 __all__ = [
     "JNSolution",
     "affine_weights",
     "bayes_jn",
     "clip_intervals",
-    "fmt_num",
-    "fmt_p",
-    "table_text",
     "prob_direction",
     "effect_weights",
     "hdi",
     "jn_quadratic",
     "jn_solve",
     "significant_intervals",
-    "split_term",
     "t_critical",
 ]
 
 REGIONS = ("inside", "outside", "above", "below", "all", "none")
 
 
-def fmt_num(v: float) -> str:
-    """Format a table number: 4 decimals, scientific for tiny values, whole df as integers.
-
-    Examples
-    --------
-    >>> [fmt_num(x) for x in (0.12345, 0.0000123, 92.0, 1e-17, float("inf"))]
-    ['0.1235', '1.230e-05', '92', '0', 'inf']
-    """
-    v = float(v)
-    if not np.isfinite(v):
-        return str(v)
-    if abs(v) < 1e-12:
-        return "0"
-    if v.is_integer() and abs(v) < 1e9:
-        return f"{v:.0f}"
-    if abs(v) >= 1e-3:
-        return f"{v:.4f}"
-    return f"{v:.3e}"
-
-
-def fmt_p(v: float) -> str:
-    """Format a p-value: like :func:`fmt_num`, but a p below ``1e-12`` reads ``<1e-12``.
-
-    Examples
-    --------
-    >>> [fmt_p(x) for x in (0.0312, 2.6e-17, 0.0, 1.0)]
-    ['0.0312', '<1e-12', '<1e-12', '1']
-    """
-    v = float(v)
-    if np.isfinite(v) and 0.0 <= v < 1e-12:
-        return "<1e-12"
-    return fmt_num(v)
-
-
-def table_text(frame: Any, *, index: bool = True) -> str:
-    """Render a result table with :func:`fmt_num`, p-value columns with :func:`fmt_p`.
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> print(table_text(pd.DataFrame({"t": [9.1], "p": [3e-18]}), index=False))
-         t      p
-    9.1000 <1e-12
-    """
-    p_cols = {c: fmt_p for c in frame.columns if c in ("p", "p_hc")}
-    return str(frame.to_string(index=index, float_format=fmt_num, formatters=p_cols))
-
-
-def split_term(name: str) -> tuple[str, ...]:
-    """Split a formulaic column name into its factors at top-level colons.
-
-    Examples
-    --------
-    >>> split_term("alliance:age")
-    ('alliance', 'age')
-    >>> split_term("C(arm)[T.1]:alliance")
-    ('C(arm)[T.1]', 'alliance')
-    """
-    parts: list[str] = []
-    cur: list[str] = []
-    depth = 0
-    for ch in name:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        if ch == ":" and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur))
-    return tuple(parts)
-
-
-def _mentions(factor: str, var: str) -> bool:
-    """Whether ``var`` occurs as a whole word inside ``factor``."""
-    return re.search(rf"(?<![\w.]){re.escape(var)}(?![\w])", factor) is not None
-
-
 def effect_weights(
-    x_names: Sequence[str], wrt: Sequence[str], values: Mapping[str, float]
+    columns: Sequence[Sequence[str]],
+    wrt: Sequence[str],
+    values: Mapping[str, float],
+    reads: Mapping[str, Sequence[str]] | None = None,
 ) -> np.ndarray:
     """Weights ``w`` such that ``w' b`` is the (cross-)derivative of the linear predictor.
 
     Parameters
     ----------
-    x_names : sequence of str
-        Column names of the fixed-effects design.
+    columns : sequence of sequence of str
+        For each column of the fixed-effects design, the factors whose product it is
+        (``()`` for the intercept, ``("x", "m")`` for ``x:m``).
     wrt : sequence of str
         Variables to differentiate by: ``[focal]`` gives the conditional effect of
         ``focal``; ``[focal, moderator]`` the conditional ``focal x moderator``
         interaction (used for moderated moderation).
     values : mapping
         Value of every other factor that multiplies a ``wrt`` variable in some term.
+    reads : mapping of str to sequence of str, optional
+        The data variables each factor reads (``{"I(x ** 2)": ["x"]}``), to reject a
+        ``wrt`` variable that enters a factor other than itself.
 
     Returns
     -------
-    ndarray, shape (len(x_names),)
+    ndarray, shape (len(columns),)
 
     Raises
     ------
@@ -152,15 +75,17 @@ def effect_weights(
 
     Examples
     --------
-    >>> effect_weights(["Intercept", "x", "m", "x:m"], ["x"], {"m": 2.0}).tolist()
+    >>> effect_weights([(), ("x",), ("m",), ("x", "m")], ["x"], {"m": 2.0}).tolist()
     [0.0, 1.0, 0.0, 2.0]
     """
-    w = np.zeros(len(x_names))
-    for j, name in enumerate(x_names):
-        factors = split_term(name)
+    reads = reads or {}
+    w = np.zeros(len(columns))
+    for j, factors in enumerate(columns):
+        factors = tuple(factors)
+        name = ":".join(factors)
         for v in wrt:
             for f in factors:
-                if f != v and _mentions(f, v):
+                if f != v and v in reads.get(f, ()):
                     raise ModelSpecError(
                         f"{v!r} enters term {name!r} through {f!r}, not linearly; the "
                         "conditional effect is then not a linear contrast of the "
@@ -185,20 +110,24 @@ def effect_weights(
 
 
 def affine_weights(
-    x_names: Sequence[str], wrt: Sequence[str], moderator: str, values: Mapping[str, float]
+    columns: Sequence[Sequence[str]],
+    wrt: Sequence[str],
+    moderator: str,
+    values: Mapping[str, float],
+    reads: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(a, c)`` with ``effect_weights(..., moderator=m) == a + m c``.
 
     Examples
     --------
-    >>> a, c = affine_weights(["x", "m", "x:m"], ["x"], "m", {})
+    >>> a, c = affine_weights([("x",), ("m",), ("x", "m")], ["x"], "m", {})
     >>> a.tolist(), c.tolist()
     ([1.0, 0.0, 0.0], [0.0, 0.0, 1.0])
     """
     v0 = {**values, moderator: 0.0}
     v1 = {**values, moderator: 1.0}
-    a = effect_weights(x_names, wrt, v0)
-    c = effect_weights(x_names, wrt, v1) - a
+    a = effect_weights(columns, wrt, v0, reads)
+    c = effect_weights(columns, wrt, v1, reads) - a
     return a, c
 
 

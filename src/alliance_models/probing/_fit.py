@@ -1,0 +1,270 @@
+"""What probing reads from a fit: checks, term structure, probe values, result rows.
+
+Shared by :mod:`.slopes`, :mod:`.johnson_neyman` and :mod:`.conditional`. A fit is used
+only through the small interface of
+:class:`alliance_models.models.interface.FixedEffectsFit`; the term structure (which
+factors multiply which) comes from the formulaic encoding the fit kept
+(``frame.fixed_model_spec``), never from the look of a column name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .._format import fmt_num
+from .._terms import DesignColumn, design_columns
+from ..errors import ModelSpecError
+from . import _core as core
+
+__all__ = [
+    "Terms",
+    "bayes_rows",
+    "check_alpha",
+    "check_fit",
+    "check_terms",
+    "factor_values",
+    "freq_rows",
+    "held_note",
+    "held_values",
+    "posterior_draws",
+    "probe_values",
+]
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The fixed-effects design of a fit, column by column.
+
+    Attributes
+    ----------
+    names : tuple of str
+        Column names, in design order.
+    factors : tuple of tuple of str
+        The factors each column is the product of (``()`` for the intercept).
+    reads : dict of str to tuple of str
+        The data variables each factor reads.
+    columns : tuple of DesignColumn
+        The full description.
+    """
+
+    names: tuple[str, ...]
+    factors: tuple[tuple[str, ...], ...]
+    reads: dict[str, tuple[str, ...]]
+    columns: tuple[DesignColumn, ...]
+
+    @classmethod
+    def of(cls, frame: Any) -> Terms:
+        """Read the term structure from ``frame.fixed_model_spec``."""
+        columns = design_columns(frame.fixed_model_spec)
+        names = tuple(c.name for c in columns)
+        if names != tuple(frame.x_names):
+            raise ModelSpecError(
+                f"the fit's design columns {list(frame.x_names)} do not match its encoding "
+                f"{list(names)}"
+            )
+        reads = {f: r for c in columns for f, r in zip(c.factors, c.reads, strict=True)}
+        return cls(names, tuple(c.factors for c in columns), reads, columns)
+
+    def weights(self, wrt: Sequence[str], values: Mapping[str, float]) -> np.ndarray:
+        """Effect weights (:func:`._core.effect_weights`) on this design."""
+        return core.effect_weights(self.factors, wrt, values, self.reads)
+
+    def affine(
+        self, wrt: Sequence[str], moderator: str, values: Mapping[str, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Affine effect weights (:func:`._core.affine_weights`) on this design."""
+        return core.affine_weights(self.factors, wrt, moderator, values, self.reads)
+
+
+def check_fit(fit: Any) -> None:
+    """Raise unless ``fit`` has the attributes probing uses."""
+    for attr in ("params", "cov_params", "contrast_df", "frame"):
+        if not hasattr(fit, attr):
+            raise ModelSpecError(
+                f"probing needs a fitted model (fit_mixed, fit_ols, fit_gee, fit_bayes); "
+                f"the object of type {type(fit).__name__} has no {attr!r}"
+            )
+
+
+def check_alpha(alpha: float) -> None:
+    """Raise unless ``0 < alpha < 1``."""
+    if not (isinstance(alpha, float | int) and 0 < alpha < 1):
+        raise ModelSpecError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+
+
+def posterior_draws(fit: Any) -> np.ndarray | None:
+    """Draws of the fixed effects in design order, or ``None`` for a frequentist fit."""
+    d = getattr(fit, "fixed_draws", None)
+    if d is None:
+        return None
+    names = list(fit.frame.x_names)
+    missing = [n for n in names if n not in d.columns]
+    if missing:
+        raise ModelSpecError(f"fixed_draws lacks columns {missing}; expected {names}")
+    return np.asarray(d[names], dtype=float)
+
+
+def check_terms(terms: Terms, focal: str, moderators: Sequence[str]) -> None:
+    """Raise unless ``focal`` and each moderator are factors that interact in the model."""
+    allf = {f for fs in terms.factors for f in fs}
+    listed = ", ".join(terms.names)
+    for role, name in [("focal", focal)] + [("moderator", m) for m in moderators]:
+        if not isinstance(name, str) or name not in allf:
+            raise ModelSpecError(
+                f"{role} {name!r} is not a variable of the model; the model terms are: {listed}"
+            )
+    for m in moderators:
+        if m == focal:
+            raise ModelSpecError(f"moderator {m!r} is the focal variable; choose another")
+        if not any(focal in fs and m in fs for fs in terms.factors):
+            raise ModelSpecError(
+                f"focal {focal!r} and moderator {m!r} do not interact in the model (no term "
+                f"'{focal}:{m}'), so the effect of {focal!r} does not depend on {m!r}; "
+                f"the model terms are: {listed}"
+            )
+
+
+def factor_values(frame: Any, name: str) -> np.ndarray:
+    """Observed values of a factor: a numeric data column or a design column."""
+    data = frame.data
+    if name in data.columns and pd.api.types.is_numeric_dtype(data[name]):
+        return np.asarray(data[name], dtype=float)
+    if name in frame.x_names:
+        return np.asarray(frame.X[:, list(frame.x_names).index(name)], dtype=float)
+    raise ModelSpecError(
+        f"{name!r} is neither a numeric data column nor a design column; "
+        f"design columns: {', '.join(frame.x_names)}"
+    )
+
+
+def _label(v: float) -> str:
+    return f"{v:g}"
+
+
+def probe_values(frame: Any, name: str, at: Any, argname: str = "at") -> tuple[np.ndarray, list]:
+    """Moderator values to probe at and their labels."""
+    obs = factor_values(frame, name)
+    if np.ptp(obs) == 0:
+        raise ModelSpecError(
+            f"moderator {name!r} is constant ({obs[0]:g} in all {obs.size} rows); "
+            "there is nothing to probe"
+        )
+    uniq = np.unique(obs)
+    if isinstance(at, str):
+        if at == "meansd":
+            if uniq.size == 2:
+                return uniq.astype(float), [_label(v) for v in uniq]
+            m, s = float(obs.mean()), float(obs.std(ddof=1))
+            return np.array([m - s, m, m + s]), ["-1 SD", "mean", "+1 SD"]
+        if at == "percentiles":
+            if uniq.size == 2:
+                return uniq.astype(float), [_label(v) for v in uniq]
+            return np.percentile(obs, [16, 50, 84]), ["p16", "p50", "p84"]
+        raise ModelSpecError(
+            f"{argname}={at!r} is not allowed; use 'meansd', 'percentiles' or a list of "
+            f"numbers (values of {name!r})"
+        )
+    vals = np.atleast_1d(np.asarray(at, dtype=object))
+    if vals.size == 0:
+        raise ModelSpecError(f"{argname}= is empty; give at least one value of {name!r}")
+    try:
+        out = vals.astype(float)
+    except (TypeError, ValueError):
+        bad = [v for v in vals if not isinstance(v, int | float | np.number)]
+        raise ModelSpecError(
+            f"{argname}= values for {name!r} must be numbers; got {bad[:5]!r}"
+        ) from None
+    bad_idx = np.flatnonzero(~np.isfinite(out))
+    if bad_idx.size:
+        raise ModelSpecError(
+            f"{argname}= values for {name!r} must be finite numbers; got {out[bad_idx][:5]!r}"
+        )
+    return out, [_label(v) for v in out]
+
+
+def held_values(
+    fit: Any,
+    terms: Terms,
+    focal: str,
+    probed: Sequence[str],
+    at_values_other: Mapping[str, float] | None,
+) -> dict[str, float]:
+    """Values of every other factor that multiplies the focal variable."""
+    others: list[str] = []
+    for fs in terms.factors:
+        if focal in fs:
+            for f in fs:
+                if f != focal and f not in probed and f not in others:
+                    others.append(f)
+    given = dict(at_values_other or {})
+    for k, v in given.items():
+        if k not in others:
+            raise ModelSpecError(
+                f"at_values_other: {k!r} does not interact with {focal!r} (or is probed); "
+                f"variables held fixed here: {', '.join(others) or 'none'}"
+            )
+        if not np.isfinite(float(v)):
+            raise ModelSpecError(f"at_values_other[{k!r}] must be a finite number, got {v!r}")
+    return {f: float(given[f]) if f in given else float(factor_values(fit.frame, f).mean())
+            for f in others}
+
+
+def freq_rows(fit: Any, W: np.ndarray, alpha: float) -> pd.DataFrame:
+    """Estimate, SE, df, t/z, p and CI for each weight row of ``W``."""
+    names = list(fit.frame.x_names)
+    b = np.asarray(fit.params[names], float)
+    V = np.asarray(fit.cov_params().loc[names, names], float)
+    est = W @ b
+    se = np.sqrt(np.einsum("ij,jk,ik->i", W, V, W))
+    dfs = np.array([float(fit.contrast_df(w)) for w in W])
+    stat = est / se
+    p = np.where(np.isinf(dfs), 2 * stats.norm.sf(np.abs(stat)),
+                 2 * stats.t.sf(np.abs(stat), np.where(np.isinf(dfs), 1.0, dfs)))
+    q = np.array([core.t_critical(d, alpha) for d in dfs])
+    return pd.DataFrame(
+        {
+            "estimate": est,
+            "se": se,
+            "df": dfs,
+            "z" if np.all(np.isinf(dfs)) else "t": stat,
+            "p": p,
+            "ci_lower": est - q * se,
+            "ci_upper": est + q * se,
+        }
+    )
+
+
+def bayes_rows(draws: np.ndarray, W: np.ndarray, alpha: float) -> pd.DataFrame:
+    """Posterior median, mean, SD, HDI and probability of direction of ``W b``."""
+    eff = draws @ W.T  # (S, k)
+    h = [core.hdi(eff[:, k], 1 - alpha) for k in range(W.shape[0])]
+    return pd.DataFrame(
+        {
+            "estimate": np.median(eff, axis=0),
+            "mean": eff.mean(axis=0),
+            "sd": eff.std(axis=0, ddof=1),
+            "hdi_lower": [x[0] for x in h],
+            "hdi_upper": [x[1] for x in h],
+            "pd": [core.prob_direction(eff[:, k]) for k in range(W.shape[0])],
+        }
+    )
+
+
+def held_note(held: Mapping[str, float], given: Mapping[str, float] | None) -> str:
+    """The sentence naming the values other interacting variables were held at."""
+    if not held:
+        return ""
+    given = given or {}
+    parts = [
+        f"{k} = {fmt_num(v)} ({'as given' if k in given else 'its mean'})"
+        for k, v in held.items()
+    ]
+    return "Other variables that interact with the focal variable are held at: " + ", ".join(
+        parts
+    )
