@@ -141,7 +141,7 @@ def test_ci_run_calls_make_test_and_passes_its_exit_status_on(tmp_path, status):
         "alliance_models.data.readers",
         "alliance_models.data.redcap",
         "alliance_models.data.prepare",
-        "alliance_models.data.report",
+        "alliance_models.data.data_report",
         "alliance_models.data.reshape",
         "alliance_models.datasets",
         "alliance_models.datasets._simulate_study",

@@ -14,6 +14,17 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "alliance_models"
 
+#: Violations left in code that other parts of the same redesign are moving (issue 12):
+#: the CLI and demo become a ``cli/`` package (console apart from both), and
+#: ``power/fast.py`` moves into ``models/lmm/``. Each entry must go when that work lands:
+#: the tests below fail on any violation not listed and on any listed one that is gone.
+PENDING_CYCLES: set[frozenset[str]] = {
+    frozenset({"alliance_models.cli", "alliance_models.demo"}),
+}
+PENDING_PRIVATE: set[tuple[str, str]] = {
+    ("alliance_models.power.fast", "alliance_models.models._reml_batched"),
+}
+
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC).with_suffix("").parts)
@@ -157,7 +168,7 @@ def _show(cycle: list[str], graph: dict[str, dict[str, int]]) -> str:
     ) + f" -> {cycle[-1]}"
 
 
-def private_imports(graph: dict[str, dict[str, int]]) -> list[str]:
+def private_imports(graph: dict[str, dict[str, int]]) -> list[tuple[str, str, int]]:
     """Imports of a ``_private`` module of a subpackage from outside that subpackage.
 
     ``alliance_models._format`` and the like (private modules of the top-level package)
@@ -171,7 +182,7 @@ def private_imports(graph: dict[str, dict[str, int]]) -> list[str]:
                 if parts[k].startswith("_") and not parts[k].startswith("__"):
                     owner = ".".join(parts[:k])
                     if m != owner and not m.startswith(owner + "."):
-                        found.append(f"{m} (line {line}) imports {t}")
+                        found.append((m, t, line))
                     break
     return found
 
@@ -196,15 +207,22 @@ def test_cycle_finder_reports_the_cycle():
 
 def test_private_import_finder():
     graph = {"p.a.x": {"p.b._y": 4, "p.a._z": 5, "p._w": 6}, "p.b.q": {}}
-    assert private_imports(graph) == ["p.a.x (line 4) imports p.b._y"]
+    assert private_imports(graph) == [("p.a.x", "p.b._y", 4)]
 
 
 def test_no_import_cycles():
     graph = _graph()
-    cycles = [_show(c, graph) for c in find_cycles(graph)]
-    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+    cycles = find_cycles(graph)
+    new = [_show(c, graph) for c in cycles if frozenset(c) not in PENDING_CYCLES]
+    assert not new, "import cycles:\n" + "\n".join(new)
+    gone = PENDING_CYCLES - {frozenset(c) for c in cycles}
+    assert not gone, f"fixed, so remove from PENDING_CYCLES: {[sorted(c) for c in gone]}"
 
 
 def test_no_private_imports_across_packages():
     found = private_imports(_graph())
-    assert not found, "private modules imported across packages:\n" + "\n".join(found)
+    new = [f"{m} (line {line}) imports {t}" for m, t, line in found
+           if (m, t) not in PENDING_PRIVATE]
+    assert not new, "private modules imported across packages:\n" + "\n".join(new)
+    gone = PENDING_PRIVATE - {(m, t) for m, t, _ in found}
+    assert not gone, f"fixed, so remove from PENDING_PRIVATE: {sorted(gone)}"

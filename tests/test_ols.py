@@ -17,8 +17,8 @@ from scipy import stats
 
 import alliance_models as am
 from alliance_models.errors import MissingDataWarning, ModelSpecError
-from alliance_models.models.ols import OLSFit, hc_covariance
 from alliance_models.models.interface import FixedEffectsFit
+from alliance_models.models.ols import OLSFit, hc_covariance
 
 R_DIR = Path(__file__).parent / "r"
 FORMULAS = ["y ~ x * w", "y ~ x * w + x * z", "y ~ x * w * z"]

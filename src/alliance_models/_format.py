@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fmt_cell", "fmt_num", "fmt_p", "fmt_value", "table_text"]
+__all__ = ["P_COLUMNS", "fmt_cell", "fmt_num", "fmt_p", "fmt_value", "table_text"]
 
 #: Column names whose values are p-values (formatted with :func:`fmt_p`).
 P_COLUMNS = ("p", "p_hc", "Pr(>|t|)")
@@ -67,13 +67,17 @@ def table_text(frame: Any, *, index: bool = True) -> str:
     return str(frame.to_string(index=index, float_format=fmt_num, formatters=p_cols))
 
 
-def fmt_cell(x: object) -> str:
+def fmt_cell(x: object, *, p_value: bool = False) -> str:
     """Format one table cell: missing as empty, numbers with :func:`fmt_num`, text as is.
+
+    With ``p_value=True`` numbers are written with :func:`fmt_p`.
 
     Examples
     --------
     >>> [fmt_cell(x) for x in (None, float("nan"), True, 3, 0.5, "a")]
     ['', '', 'True', '3', '0.5000', 'a']
+    >>> fmt_cell(3e-20, p_value=True)
+    '<1e-12'
     """
     if x is None or (isinstance(x, float | np.floating) and np.isnan(x)):
         return ""
@@ -82,7 +86,7 @@ def fmt_cell(x: object) -> str:
     if isinstance(x, int | np.integer):
         return str(int(x))
     if isinstance(x, float | np.floating):
-        return fmt_num(float(x))
+        return fmt_p(float(x)) if p_value else fmt_num(float(x))
     return str(x)
 
 

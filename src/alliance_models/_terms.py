@@ -45,7 +45,7 @@ class DesignColumn:
 
 @lru_cache(maxsize=256)
 def factor_variables(expr: str) -> tuple[str, ...]:
-    """Data variables read by one formula factor, by the package's formula rules.
+    """Return the data variables one formula factor reads, by the package's formula rules.
 
     Examples
     --------

@@ -14,15 +14,15 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from formulaic import Formula
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from formulaic import Formula
 from scipy import optimize, special, stats
 
 import alliance_models as am
 from alliance_models import _format
-from alliance_models.probing import _core as core
 from alliance_models.errors import ModelSpecError
+from alliance_models.probing import _core as core
 
 R_DIR = Path(__file__).parents[1] / "r"
 

@@ -14,13 +14,14 @@ import pandas as pd
 import pytest
 
 import alliance_models as am
+from alliance_models._format import fmt_cell
 
 URL_ATTR = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 CSS_URL = re.compile(r"url\(\s*['\"]?\s*(?:https?:)?//", re.IGNORECASE)
 IMG_SRC = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
-report_mod = importlib.import_module("alliance_models.report")
+report_mod = importlib.import_module("alliance_models.reporting.html")
 
 
 def external_refs(page: str) -> list[str]:
@@ -163,12 +164,12 @@ def test_long_tables_are_truncated():
     assert html.count("<tr") == report_mod.MAX_TABLE_ROWS + 1  # header + rows
 
 
-def test_report_callable_whatever_the_import_order(tmp_path):
-    # `alliance_models.report` names both the module and the function
-    import alliance_models.report
+def test_report_is_a_plain_function_whatever_the_import_order(tmp_path):
+    # the page writer lives in alliance_models.reporting.html; am.report is the function
+    import alliance_models.reporting.html
 
-    assert callable(alliance_models.report)
-    out = alliance_models.report(tmp_path, data=tiny_data())
+    assert am.report is alliance_models.reporting.html.report
+    out = am.report(tmp_path, data=tiny_data())
     assert out.name == "index.html"
 
 
@@ -197,10 +198,10 @@ def test_report_with_a_probed_fit(tmp_path, ols_results):
     model = page.split('<section id="model">')[1].split("</section>")[0]
     for name, value in fit.params.items():
         assert name in model
-        assert report_mod._fmt(float(value)) in model
+        assert fmt_cell(float(value)) in model
     ss = page.split('<section id="simple-slopes">')[1].split("</section>")[0]
     for value in slopes.to_frame()["estimate"]:
-        assert report_mod._fmt(float(value)) in ss
+        assert fmt_cell(float(value)) in ss
     # interaction plot + JN plot, both real PNGs
     pngs = embedded_pngs(page)
     assert len(pngs) == 2
@@ -286,13 +287,13 @@ def test_key_results_summarise_interactions_and_regions(full_report):
     inter = [t for t in freq.index if ":" in t]
     assert sorted(rows) == sorted(inter)
     for term in inter:
-        assert rows[term]["estimate"] == report_mod._fmt(float(freq.loc[term, "estimate"]))
-        assert rows[term]["p"] == report_mod._fmt(float(freq.loc[term, "p"]))
+        assert rows[term]["estimate"] == fmt_cell(float(freq.loc[term, "estimate"]))
+        assert rows[term]["p"] == fmt_cell(float(freq.loc[term, "p"]), p_value=True)
     # one sentence per Johnson-Neyman result, with the region inside the observed range
     for mod, j in parts["jn"].items():
         lo, hi = j.observed_range
         assert f"for {mod} in " in section
-        assert f"(observed {mod}: {report_mod._fmt(float(lo))} to" in section
+        assert f"(observed {mod}: {fmt_cell(float(lo))} to" in section
 
 
 def test_key_results_with_a_bayesian_fit(tmp_path, small_bayes_fit):
@@ -305,7 +306,7 @@ def test_key_results_with_a_bayesian_fit(tmp_path, small_bayes_fit):
     assert [r[0] for r in table[1:]] == ["alliance:autonomy"]
     # P(effect > 0) is the share of posterior draws above zero
     expected = float((b.fixed_draws["alliance:autonomy"] > 0).mean())
-    assert table[1][4] == report_mod._fmt(expected)
+    assert table[1][4] == fmt_cell(expected)
 
 
 def test_posterior_slopes_are_labelled_and_drawn_from_the_bayesian_fit(tmp_path,

@@ -170,7 +170,8 @@ def _counts(num: pd.Series, den: pd.Series, ncol: str, dcol: str) -> None:
         rows = _where(num.to_frame(), over)
         pos = np.flatnonzero(over)[:5]
         pairs = ", ".join(
-            f"{fmt_value(a)} > {fmt_value(b)}" for a, b in zip(num.iloc[pos], den.iloc[pos], strict=True)
+            f"{fmt_value(a)} > {fmt_value(b)}"
+            for a, b in zip(num.iloc[pos], den.iloc[pos], strict=True)
         )
         raise DataValidationError(
             f"column {ncol!r} exceeds {dcol!r} in {format_rows(rows)} ({pairs}); "
@@ -688,7 +689,7 @@ def _exclude(
 def _assemble(
     df: pd.DataFrame, roles: _Roles, values: _Values, keep_rows: np.ndarray
 ) -> pd.DataFrame:
-    """The kept rows in canonical columns, with adherence computed from the counts."""
+    """Put the kept rows in canonical columns, with adherence computed from the counts."""
     val, num_name, den_name = values.values, roles.num_name, roles.den_name
     out = pd.DataFrame(index=df.index[keep_rows])
     out["therapist"] = values.therapist.to_numpy()[keep_rows]
@@ -751,7 +752,7 @@ def _report(
     level: str,
     scoring: Any,
 ) -> DataReport:
-    """The DataReport: counts, and every excluded input row with its reason."""
+    """Build the DataReport: counts, and every excluded input row with its reason."""
     notes = []
     for rep in scoring if isinstance(scoring, list | tuple) else [scoring] if scoring else []:
         notes.append(

@@ -16,6 +16,7 @@ from scipy import special, stats
 
 from .._utils import RNGLike, as_generator
 from ..errors import DesignError
+from ..instruments.keys import EARS, HCCQ_SHORT, WAI_SR
 
 __all__ = [
     "EARS_REVERSED",
@@ -25,11 +26,13 @@ __all__ = [
     "simulate_study",
 ]
 
-HCCQ_SHORT_ITEMS: tuple[int, ...] = (1, 2, 4, 7, 10, 14)
-"""HCCQ items kept in the short form (Williams et al.; none reversed)."""
+HCCQ_SHORT_ITEMS: tuple[int, ...] = HCCQ_SHORT.items
+"""HCCQ items kept in the short form (the instrument's key in :mod:`..instruments.keys`)."""
 
-EARS_REVERSED: tuple[int, ...] = (2, 3, 5)
-"""EARS section B items that are negatively worded (Newman-Beinart et al. 2017)."""
+EARS_REVERSED: tuple[int, ...] = EARS.reversed
+"""EARS items that are negatively worded (the instrument's key)."""
+
+_N_WAI, _N_EARS = len(WAI_SR.items), len(EARS.items)
 
 WAI_SR_THRESHOLDS: tuple[float, ...] = (-2.2, -1.5, -0.8, 0.1)
 """Cut points of the latent item response for WAI-SR answers 1-5 (ceiling-skewed)."""
@@ -52,10 +55,10 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "session_date",
     "attended",
     "scheduled",
-    *(f"wai_{i}" for i in range(1, 13)),
+    *(f"wai_{i}" for i in WAI_SR.items),
     "ex_prescribed",
     "ex_completed",
-    *(f"ears_{i}" for i in range(1, 7)),
+    *(f"ears_{i}" for i in EARS.items),
 )
 """Columns of the simulated export, in order."""
 
@@ -402,7 +405,7 @@ def simulate_study(
     attended[noshow] = 0
     p_diary = special.expit(special.logit(diary_rate) + lp)
     completed = rng.binomial(prescribed_per_week, p_diary)
-    wai = ordinal_items(eta, 12, WAI_SR_THRESHOLDS, item_sd_wai, rng).astype(float)
+    wai = ordinal_items(eta, _N_WAI, WAI_SR_THRESHOLDS, item_sd_wai, rng).astype(float)
     wai[attended == 0] = np.nan
 
     # messes
@@ -411,7 +414,7 @@ def simulate_study(
         hit = att_idx[rng.random(len(att_idx)) < missing_items]
         for i in hit:
             n_blank = 1 if rng.random() < 0.7 else int(rng.integers(4, 7))
-            wai[i, rng.choice(12, size=n_blank, replace=False)] = np.nan
+            wai[i, rng.choice(_N_WAI, size=n_blank, replace=False)] = np.nan
     diary_blank = attended == 0
     if missing_diary > 0 and len(att_idx):
         diary_blank[att_idx[rng.random(len(att_idx)) < missing_diary]] = True
@@ -426,9 +429,9 @@ def simulate_study(
     # ---- discharge (EARS) ------------------------------------------------------------
     completers = np.flatnonzero(~drops)
     ears_lat = v[completers] / np.sqrt(sd_t**2 + sd_p**2)
-    ears = ordinal_items(ears_lat, 6, EARS_THRESHOLDS, 0.7, rng, low=0)
+    ears = ordinal_items(ears_lat, _N_EARS, EARS_THRESHOLDS, 0.7, rng, low=EARS.min)
     rev = np.asarray(EARS_REVERSED) - 1
-    ears[:, rev] = 4 - ears[:, rev]
+    ears[:, rev] = EARS.min + EARS.max - ears[:, rev]
 
     # ---- assemble the export ---------------------------------------------------------
     record = np.arange(1, n_pat + 1)
@@ -453,7 +456,7 @@ def simulate_study(
             "session_date": dates,
             "attended": attended,
             "scheduled": 1,
-            **{f"wai_{i + 1}": wai[:, i] for i in range(12)},
+            **{f"wai_{i}": wai[:, j] for j, i in enumerate(WAI_SR.items)},
             "ex_prescribed": np.where(diary_blank, np.nan, prescribed_per_week),
             "ex_completed": np.where(diary_blank, np.nan, completed),
             "_order": 1,
@@ -463,7 +466,7 @@ def simulate_study(
         {
             "record_id": record[completers],
             "redcap_event_name": "discharge_arm_1",
-            **{f"ears_{i + 1}": ears[:, i] for i in range(6)},
+            **{f"ears_{i}": ears[:, j] for j, i in enumerate(EARS.items)},
             "_order": 2,
         }
     )
@@ -478,10 +481,10 @@ def simulate_study(
         *(f"hccq_{i}" for i in HCCQ_SHORT_ITEMS),
         "attended",
         "scheduled",
-        *(f"wai_{i}" for i in range(1, 13)),
+        *(f"wai_{i}" for i in WAI_SR.items),
         "ex_prescribed",
         "ex_completed",
-        *(f"ears_{i}" for i in range(1, 7)),
+        *(f"ears_{i}" for i in EARS.items),
     ]
     for col in int_cols:
         out[col] = out[col].astype("Float64").astype("Int64")

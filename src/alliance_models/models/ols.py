@@ -27,8 +27,8 @@ from .._utils import RNGLike, as_generator
 from ..errors import ModelSpecError
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec
-from .mixed import _check_finite
 from .interface import StatsmodelsFitMixin
+from .mixed import _check_finite
 
 __all__ = ["OLSFit", "fit_ols", "hc_covariance"]
 

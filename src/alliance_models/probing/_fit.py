@@ -257,7 +257,7 @@ def bayes_rows(draws: np.ndarray, W: np.ndarray, alpha: float) -> pd.DataFrame:
 
 
 def held_note(held: Mapping[str, float], given: Mapping[str, float] | None) -> str:
-    """The sentence naming the values other interacting variables were held at."""
+    """Return the sentence naming the values other interacting variables were held at."""
     if not held:
         return ""
     given = given or {}

@@ -1,4 +1,4 @@
-"""Reports of a whole analysis: :func:`~alliance_models.reporting.html.report` writes one HTML page."""
+"""Reports of a whole analysis: :func:`~.html.report` writes it as one HTML page."""
 
 from __future__ import annotations
 

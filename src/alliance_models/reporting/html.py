@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._format import fmt_cell, fmt_num
+from .._format import P_COLUMNS, fmt_cell, fmt_num
 
 __all__ = ["report"]
 
@@ -141,7 +141,8 @@ def _is_num(x: object) -> bool:
 def _table(df: pd.DataFrame, *, index: bool = True, max_rows: int = MAX_TABLE_ROWS) -> str:
     """Render a DataFrame as an escaped HTML table (truncated to ``max_rows`` rows).
 
-    Numbers are right-aligned (class ``num``), text left-aligned.
+    Numbers are right-aligned (class ``num``), text left-aligned; p-value columns
+    (:data:`alliance_models._format.P_COLUMNS`) read ``<1e-12`` below that.
     """
     esc = html.escape
     extra = ""
@@ -153,11 +154,12 @@ def _table(df: pd.DataFrame, *, index: bool = True, max_rows: int = MAX_TABLE_RO
     header = "".join(f"<th>{h}</th>" for h in head)
     lines = ['<div class="scroll"><table class="am">', f"<thead><tr>{header}</tr></thead>",
              "<tbody>"]
+    is_p = [c in P_COLUMNS for c in cols]
     for label, row in zip(df.index, df.itertuples(index=False, name=None), strict=True):
         cells = [f"<th>{esc(fmt_cell(label))}</th>"] if index else []
-        for v in row:
+        for v, p in zip(row, is_p, strict=True):
             cls = ' class="num"' if _is_num(v) else ""
-            cells.append(f"<td{cls}>{esc(fmt_cell(v))}</td>")
+            cells.append(f"<td{cls}>{esc(fmt_cell(v, p_value=p))}</td>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
     lines.append("</tbody></table></div>")
     return "\n".join(lines) + extra
