@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "alliance_models"
 
@@ -226,3 +228,32 @@ def test_no_private_imports_across_packages():
     assert not new, "private modules imported across packages:\n" + "\n".join(new)
     gone = PENDING_PRIVATE - {(m, t) for m, t, _ in found}
     assert not gone, f"fixed, so remove from PENDING_PRIVATE: {sorted(gone)}"
+
+
+def _imports_of(graph: dict[str, dict[str, int]], prefix: str) -> dict[str, set[str]]:
+    return {m: set(ts) for m, ts in graph.items() if m == prefix or m.startswith(prefix + ".")}
+
+
+@pytest.mark.parametrize("lower,upper", [
+    ("alliance_models.models", "alliance_models.probing"),  # models format with _format
+    ("alliance_models.plots", "alliance_models.probing"),  # plots draw results only
+    ("alliance_models.data.redcap", "alliance_models.data.readers"),  # redcap reads nothing
+    ("alliance_models.probing", "alliance_models.reporting"),
+])
+def test_layers(lower, upper):
+    graph = _graph()
+    bad = {m: sorted(t for t in ts if t == upper or t.startswith(upper + "."))
+           for m, ts in _imports_of(graph, lower).items()}
+    assert not {m: t for m, t in bad.items() if t}, f"{lower} must not import {upper}"
+
+
+def test_probing_core_is_plain_numpy():
+    tree = ast.parse((SRC / PACKAGE / "probing" / "_core.py").read_text(encoding="utf-8"))
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+             for a in n.names}
+    names |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
+              if isinstance(n, ast.ImportFrom) and not n.level}
+    # no pandas, no formatting: the package modules it uses are checked just below
+    assert names <= {"__future__", "collections", "dataclasses", "typing", "numpy",
+                     "scipy"}, names
+    assert _graph()["alliance_models.probing._core"].keys() == {"alliance_models.errors"}

@@ -59,29 +59,37 @@ def factor_variables(expr: str) -> tuple[str, ...]:
 def _split(column: str, exprs: list[str]) -> tuple[str, ...]:
     """Cut ``column`` into the factor columns of a term with factors ``exprs`` (in order).
 
-    formulaic names a product column ``":".join(factor columns)``, and each factor column
-    is the factor's expression, followed by ``[...]`` when the factor gives several
-    columns (a categorical encoding, ``poly(x, 2)``).
+    formulaic names a product column ``":".join(factor columns)``; each factor column is
+    the factor's expression, followed by ``[...]`` when the factor gives several columns
+    (a categorical encoding, ``poly(x, 2)``). A level label may itself hold ``:`` or
+    brackets, so every cut that fits is tried in turn.
     """
-    parts: list[str] = []
-    pos = 0
-    for i, expr in enumerate(exprs):
-        if not column.startswith(expr, pos):
-            raise ModelSpecError(f"design column {column!r} does not follow its term {exprs}")
-        stop = pos + len(expr)
-        if i == len(exprs) - 1:
-            end = len(column)
-        elif column.startswith(":" + exprs[i + 1], stop):
-            end = stop
-        else:  # several columns of this factor: its name carries a [...] suffix
-            end = column.find(":" + exprs[i + 1], stop)
-            if end < 0:
-                raise ModelSpecError(
-                    f"design column {column!r} does not follow its term {exprs}"
-                )
-        parts.append(column[pos:end])
-        pos = end + 1
-    return tuple(parts)
+    found = _cuts(column, 0, exprs)
+    if found is None:
+        raise ModelSpecError(f"design column {column!r} does not follow its term {exprs}")
+    return found
+
+
+def _cuts(column: str, pos: int, exprs: list[str]) -> tuple[str, ...] | None:
+    expr = exprs[0]
+    if not column.startswith(expr, pos):
+        return None
+    stop = pos + len(expr)
+    last = len(exprs) == 1
+    ends = [len(column)] if last else []
+    if not last:
+        nxt = ":" + exprs[1]
+        ends = [k for k in range(stop, len(column)) if column.startswith(nxt, k)]
+    for end in ends:
+        part = column[pos:end]
+        if end > stop and not (column[stop] == "[" and part.endswith("]")):
+            continue  # a suffix is always a bracketed label
+        if last:
+            return (part,)
+        rest = _cuts(column, end + 1, exprs[1:])
+        if rest is not None:
+            return (part, *rest)
+    return None
 
 
 def design_columns(model_spec: Any) -> tuple[DesignColumn, ...]:

@@ -608,6 +608,21 @@ def test_categorical_moderator_by_design_column(data):
         am.simple_slopes(fit, focal="x", moderator="arm")
 
 
+def test_term_structure_comes_from_the_encoding_not_the_names(data):
+    # a level label with an unbalanced bracket: splitting the column names at top-level
+    # colons found no x:C(arm) term here; the fit's encoding names the factors
+    d = data.assign(arm=np.where(data.z > 0.5, "b) high", "a"))
+    fit = am.fit_ols("y ~ C(arm) * x", d, hc=None)
+    mod = "C(arm)[T.b) high]"
+    ss = am.simple_slopes(fit, focal="x", moderator=mod)
+    p = fit.params
+    np.testing.assert_allclose(ss.table["estimate"], [p["x"], p["x"] + p[f"{mod}:x"]],
+                               rtol=1e-12)
+    assert fit.process_model == 1
+    jn = am.johnson_neyman(fit, focal="x", moderator=mod)
+    assert jn.observed_range == (0.0, 1.0)
+
+
 def test_simple_slopes_on_mixed_fit_use_satterthwaite_df_per_value():
     rng = np.random.default_rng(8)
     pid = np.repeat(np.arange(14), 5)
