@@ -15,13 +15,15 @@ from alliance_models._format import fmt_cell, fmt_num, fmt_p, fmt_value, table_t
     (0.00012345, "1.234e-04"), (1e-13, "0"), (2.5e9, "2500000000.0000"),
     (float("inf"), "inf"), (float("-inf"), "-inf"), (float("nan"), "nan"),
     (np.float32(0.5), "0.5000"), (7, "7"),
+    # below 0.1: four significant digits, so a small coefficient keeps its precision
+    (0.0067997, "0.006800"), (-0.05, "-0.05000"), (0.0011411, "0.001141"),
 ])
 def test_fmt_num(value, text):
     assert fmt_num(value) == text
 
 
 @pytest.mark.parametrize("value,text", [
-    (0.0312, "0.0312"), (1e-12, "1.000e-12"), (9.9e-13, "<1e-12"), (0.0, "<1e-12"),
+    (0.0312, "0.03120"), (1e-12, "1.000e-12"), (9.9e-13, "<1e-12"), (0.0, "<1e-12"),
     (1.0, "1"), (float("nan"), "nan"),
 ])
 def test_fmt_p_never_prints_a_tiny_p_as_zero(value, text):

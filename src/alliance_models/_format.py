@@ -1,9 +1,11 @@
 """How numbers and values are written as text: one rule for every table and message.
 
 Model summaries, probing tables, the HTML report and error messages all format through
-these functions, so a number reads the same wherever it is shown: four decimals,
-scientific notation below ``1e-3``, whole numbers (such as degrees of freedom) without
-decimals, and a p-value below ``1e-12`` as ``<1e-12`` rather than a misleading zero.
+these functions, so a number reads the same wherever it is shown: four decimals (four
+significant digits for values below 0.1, so that a small coefficient keeps its
+precision), scientific notation below ``1e-3``, whole numbers (such as degrees of
+freedom) without decimals, and a p-value below ``1e-12`` as ``<1e-12`` rather than a
+misleading zero.
 """
 
 from __future__ import annotations
@@ -20,22 +22,27 @@ P_COLUMNS = ("p", "p_hc", "Pr(>|t|)")
 
 
 def fmt_num(v: float) -> str:
-    """Format a number: 4 decimals, scientific for tiny values, whole numbers as integers.
+    """Format a number: 4 decimals (4 significant digits below 0.1), scientific below 1e-3.
+
+    Whole numbers (counts, degrees of freedom) print without decimals and values below
+    ``1e-12`` in magnitude as ``0``.
 
     Examples
     --------
-    >>> [fmt_num(x) for x in (0.12345, 0.0000123, 92.0, 1e-17, float("inf"))]
-    ['0.1235', '1.230e-05', '92', '0', 'inf']
+    >>> [fmt_num(x) for x in (12.34567, 0.12345, 0.0067997, 0.0000123, 92.0, 1e-17)]
+    ['12.3457', '0.1235', '0.006800', '1.230e-05', '92', '0']
     """
     v = float(v)
     if not math.isfinite(v):
         return str(v)
-    if abs(v) < 1e-12:
+    a = abs(v)
+    if a < 1e-12:
         return "0"
-    if v.is_integer() and abs(v) < 1e9:
+    if v.is_integer() and a < 1e9:
         return f"{v:.0f}"
-    if abs(v) >= 1e-3:
-        return f"{v:.4f}"
+    if a >= 1e-3:
+        decimals = 4 if a >= 0.1 else 3 - math.floor(math.log10(a))
+        return f"{v:.{decimals}f}"
     return f"{v:.3e}"
 
 
@@ -45,7 +52,7 @@ def fmt_p(v: float) -> str:
     Examples
     --------
     >>> [fmt_p(x) for x in (0.0312, 2.6e-17, 0.0, 1.0)]
-    ['0.0312', '<1e-12', '<1e-12', '1']
+    ['0.03120', '<1e-12', '<1e-12', '1']
     """
     v = float(v)
     if math.isfinite(v) and 0.0 <= v < 1e-12:

@@ -733,7 +733,7 @@ def test_tiny_p_values_are_not_printed_as_zero():
     text = ss.summary()
     assert text.count("<1e-12") == 3
     assert "<1e-12" in fit.summary()
-    assert _format.fmt_p(0.0312) == "0.0312" and _format.fmt_p(2e-13) == "<1e-12"
+    assert _format.fmt_p(0.0312) == "0.03120" and _format.fmt_p(2e-13) == "<1e-12"
 
 
 def _significant_by_region(m, region, bounds):
