@@ -575,6 +575,24 @@ def _check_design(
             )
 
 
+class _Reasons:
+    """Per input row: why it cannot be analysed, and the input column(s) at fault."""
+
+    def __init__(self, n: int) -> None:
+        self.why: list[list[str]] = [[] for _ in range(n)]
+        self.columns: list[list[str]] = [[] for _ in range(n)]
+
+    def flag(self, mask: np.ndarray, column: Any, why: Any) -> None:
+        """Add a reason (text, or ``i -> text``) and its column to the rows in ``mask``."""
+        for i in np.flatnonzero(mask):
+            self.why[i].append(why(i) if callable(why) else why)
+            self.columns[i].append(column(i) if callable(column) else column)
+
+    def any(self) -> np.ndarray:
+        """Rows with at least one reason."""
+        return np.array([bool(r) for r in self.why])
+
+
 def _exclude(
     df: pd.DataFrame,
     roles: _Roles,
@@ -586,30 +604,63 @@ def _exclude(
 ) -> _Exclusions:
     """Flag every row that cannot be analysed with its column(s) and reason(s)."""
     n = len(df)
-    val, p_id, lonely = values.values, values.patient, values.lonely
-    alliance_col, wanted = roles.alliance, roles.wanted
-    num_name, den_name = roles.num_name, roles.den_name
-    reasons: list[list[str]] = [[] for _ in range(n)]
-    culprits: list[list[str]] = [[] for _ in range(n)]
-    labels = df.index.tolist()
     # which column says whether the session took place (for the "not attended" reason)
-    att_col = wanted["attended"] if roles.adherence == "attendance" else "attended"
+    att_col = roles.wanted["attended"] if roles.adherence == "attendance" else "attended"
     not_attended = np.zeros(n, dtype=bool)
     if att_col in df.columns:
         att = pd.to_numeric(df[att_col].astype(object), errors="coerce").to_numpy(float)
         not_attended = att == 0
+    reasons = _Reasons(n)
+    _flag_missing(reasons, df, roles, values, level=level, scoring=scoring,
+                  att_col=att_col, not_attended=not_attended)
+    if level == "patient":
+        _flag_unusable_patients(reasons, roles, values)
+    row_bad = reasons.any()
+    lonely = values.lonely
+    for i in np.flatnonzero(lonely):
+        reasons.why[i] = ["record has no session rows (REDCap export)"]
+        reasons.columns[i] = [roles.session]
+    row_bad = row_bad & ~lonely
+    drop = (row_bad if drop_incomplete else np.zeros(n, dtype=bool)) | lonely
+    rows = np.flatnonzero(drop)
+    labels = df.index.tolist()
+    excluded = pd.DataFrame(
+        {
+            "row": pd.Series([labels[i] for i in rows], dtype=object),
+            "patient": values.patient.to_numpy()[drop],
+            "session": values.session[drop].reset_index(drop=True),
+            "column": [", ".join(dict.fromkeys(reasons.columns[i])) for i in rows],
+            "reason": ["; ".join(dict.fromkeys(reasons.why[i])) for i in rows],
+        },
+        columns=list(EXCLUDED_COLUMNS),
+    )
+    return _Exclusions(
+        excluded=excluded,
+        keep_rows=~drop,
+        n_incomplete_kept=int(row_bad.sum()) if not drop_incomplete else 0,
+    )
+
+
+def _flag_missing(
+    reasons: _Reasons,
+    df: pd.DataFrame,
+    roles: _Roles,
+    values: _Values,
+    *,
+    level: str,
+    scoring: Any,
+    att_col: str,
+    not_attended: np.ndarray,
+) -> None:
+    """Rows missing a value the analysis needs (alliance, moderators, adherence, arm)."""
+    val, wanted, alliance_col = values.values, roles.wanted, roles.alliance
+    num_name, den_name = roles.num_name, roles.den_name
+    labels = df.index.tolist()
     alliance_why = _scoring_reasons(scoring, alliance_col)
     autonomy_why = _scoring_reasons(scoring, roles.autonomy) if roles.autonomy else {}
-
-    def flag(mask: np.ndarray, column: Any, why: Any) -> None:
-        for i in np.flatnonzero(mask):
-            reasons[i].append(why(i) if callable(why) else why)
-            culprits[i].append(column(i) if callable(column) else column)
-
-    alliance_missing = val["alliance"].isna().to_numpy()
     if level == "session":
-        flag(
-            alliance_missing,
+        reasons.flag(
+            val["alliance"].isna().to_numpy(),
             lambda i: att_col if not_attended[i] else alliance_col,
             lambda i: (
                 "session not attended"
@@ -621,7 +672,7 @@ def _exclude(
         if col is None:
             continue
         why_map = autonomy_why if role == "autonomy" else {}
-        flag(
+        reasons.flag(
             val[role].isna().to_numpy(),
             col,
             lambda i, c=col, m=why_map: m.get(labels[i], f"{c} missing"),
@@ -632,58 +683,40 @@ def _exclude(
         dmiss = val[den_name].isna().to_numpy()
         both = nmiss & dmiss
         # a session not attended has a blank diary too: say so rather than "missing"
-        flag(both & not_attended, att_col, "session not attended")
-        flag(both & ~not_attended, f"{ncol}, {dcol}", f"{ncol} and {dcol} missing")
-        flag(nmiss & ~dmiss, ncol, f"{ncol} missing")
-        flag(dmiss & ~nmiss, dcol, f"{dcol} missing")
+        reasons.flag(both & not_attended, att_col, "session not attended")
+        reasons.flag(both & ~not_attended, f"{ncol}, {dcol}", f"{ncol} and {dcol} missing")
+        reasons.flag(nmiss & ~dmiss, ncol, f"{ncol} missing")
+        reasons.flag(dmiss & ~nmiss, dcol, f"{dcol} missing")
         if level == "session":
             zero = (val[den_name] == 0).to_numpy()
-            flag(zero, dcol, f"{dcol} is 0: adherence undefined")
+            reasons.flag(zero, dcol, f"{dcol} is 0: adherence undefined")
     else:
-        flag(val["adherence"].isna().to_numpy(), roles.adherence, f"{roles.adherence} missing")
+        reasons.flag(val["adherence"].isna().to_numpy(), roles.adherence,
+                     f"{roles.adherence} missing")
     if roles.arm is not None:
-        flag(val["arm"].isna().to_numpy(), roles.arm, f"{roles.arm} missing")
+        reasons.flag(val["arm"].isna().to_numpy(), roles.arm, f"{roles.arm} missing")
 
-    row_bad = np.array([bool(r) for r in reasons])
-    if level == "patient":
-        # a patient without any rated session, or whose counts sum to 0, cannot be used
-        usable = ~row_bad
-        frame = pd.DataFrame({"p": p_id.to_numpy(), "rated": usable & ~alliance_missing})
-        n_rated = frame.groupby("p", sort=False)["rated"].transform("sum").to_numpy()
-        flag(
-            usable & (n_rated == 0),
-            alliance_col,
-            "patient has no session with an alliance score",
+
+def _flag_unusable_patients(reasons: _Reasons, roles: _Roles, values: _Values) -> None:
+    """Patient level: a patient without any rated session, or whose counts sum to 0."""
+    val, p_id = values.values, values.patient.to_numpy()
+    usable = ~reasons.any()
+    rated = pd.DataFrame({"p": p_id, "rated": usable & ~val["alliance"].isna().to_numpy()})
+    n_rated = rated.groupby("p", sort=False)["rated"].transform("sum").to_numpy()
+    reasons.flag(
+        usable & (n_rated == 0),
+        roles.alliance,
+        "patient has no session with an alliance score",
+    )
+    if roles.num_name:
+        dcol = roles.wanted[roles.den_name]
+        den_ok = np.where(usable, val[roles.den_name].fillna(0).to_numpy(), 0.0)
+        den_sum = pd.Series(den_ok).groupby(p_id).transform("sum").to_numpy()
+        reasons.flag(
+            usable & (n_rated > 0) & (den_sum == 0),
+            dcol,
+            f"patient's {dcol} sums to 0: adherence undefined",
         )
-        if num_name:
-            den_ok = np.where(usable, val[den_name].fillna(0).to_numpy(), 0.0)
-            den_sum = pd.Series(den_ok).groupby(p_id.to_numpy()).transform("sum").to_numpy()
-            flag(
-                usable & (n_rated > 0) & (den_sum == 0),
-                wanted[den_name],
-                f"patient's {wanted[den_name]} sums to 0: adherence undefined",
-            )
-        row_bad = np.array([bool(r) for r in reasons])
-
-    for i in np.flatnonzero(lonely):
-        reasons[i], culprits[i] = ["record has no session rows (REDCap export)"], [roles.session]
-    row_bad = row_bad & ~lonely
-    drop = (row_bad if drop_incomplete else np.zeros(n, dtype=bool)) | lonely
-    excluded = pd.DataFrame(
-        {
-            "row": pd.Series([labels[i] for i in np.flatnonzero(drop)], dtype=object),
-            "patient": p_id.to_numpy()[drop],
-            "session": values.session[drop].reset_index(drop=True),
-            "column": [", ".join(dict.fromkeys(culprits[i])) for i in np.flatnonzero(drop)],
-            "reason": ["; ".join(dict.fromkeys(reasons[i])) for i in np.flatnonzero(drop)],
-        },
-        columns=list(EXCLUDED_COLUMNS),
-    )
-    return _Exclusions(
-        excluded=excluded,
-        keep_rows=~drop,
-        n_incomplete_kept=int(row_bad.sum()) if not drop_incomplete else 0,
-    )
 
 
 def _assemble(
