@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEPS := pyproject.toml constraints.txt
 
-.PHONY: demo test test-slow test-portable lint lock venv clean bench
+.PHONY: demo test test-slow test-portable lint lock venv clean bench docs docs-check
 
 $(STAMP): $(DEPS)
 	@bash scripts/make_venv.sh $(VENV)
@@ -35,6 +35,14 @@ test-portable: $(STAMP)
 lock:
 	bash scripts/lock.sh
 
+# The documentation site (mkdocs.yml): executes the tutorials, fails on any warning or broken link.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 MPLBACKEND=Agg $(VENV)/bin/mkdocs build --strict
+
+# Build the site, then open every page in headless Chromium (tests/docs/test_docs_site.py).
+docs-check: docs
+	ALLIANCE_DOCS_SITE=site $(PY) -m pytest -q -m slow tests/docs/test_docs_site.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
@@ -44,4 +52,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bayes_speed.py
 
 clean:
-	rm -rf $(VENV) .venv-lock alliance_report .pytest_cache
+	rm -rf $(VENV) .venv-lock alliance_report .pytest_cache site

@@ -32,4 +32,4 @@ fi
 CONSTRAINTS=()
 if [ "${LOCK:-1}" != 0 ] && [ -f constraints.txt ]; then CONSTRAINTS=(-c constraints.txt); fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" -e ".[io,dask,fast,dev]"
+"$VENV/bin/python" -m pip install -q "${CONSTRAINTS[@]}" -e ".[io,dask,fast,dev,docs]"

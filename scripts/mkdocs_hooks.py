@@ -1,4 +1,4 @@
-"""MkDocs hooks for the documentation site (``make docs``).
+r"""MkDocs hooks for the documentation site (``make docs``).
 
 The API reference is generated from the public names only: ``alliance_models.__all__``,
 each resolved through the package's lazy ``__getattr__`` at build time. The page
@@ -7,7 +7,7 @@ does not break it; the resolved location is only handed to mkdocstrings, which r
 the docstrings statically. Names missing from :data:`SECTIONS` still appear (under
 "Other"), so a new public name is documented without editing this file.
 
-Maths is written in TeX (``\\( ... \\)`` inline, ``$$ ... $$`` displayed), marked up by
+Maths is written in TeX (``\( ... \)`` inline, ``$$ ... $$`` displayed), marked up by
 ``pymdownx.arithmatex`` and converted here to MathML with latex2mathml, which browsers
 render natively: no JavaScript and nothing fetched from a CDN when a page is viewed.
 """
@@ -22,8 +22,6 @@ import pkgutil
 import re
 import types
 from typing import Any
-
-from latex2mathml.converter import convert as tex_to_mathml
 
 import alliance_models as am
 
@@ -60,7 +58,7 @@ SECTIONS: dict[str, list[str]] = {
 
 
 def _function_in_package(module: types.ModuleType, name: str) -> Any | None:
-    """The function ``name`` defined in ``module`` or one of its submodules, if any."""
+    """Return the function ``name`` defined in ``module`` or a submodule (or None)."""
     own = getattr(module, name, None)
     if callable(own) and not inspect.ismodule(own):
         return own
@@ -104,7 +102,7 @@ def sections() -> dict[str, list[str]]:
 
 
 def api_markdown() -> str:
-    """The generated body of the API reference page."""
+    """Return the generated body of the API reference page."""
     parts = []
     for title, names in sections().items():
         parts.append(f"## {title}\n")
@@ -135,14 +133,27 @@ _MATH = re.compile(
 
 
 def _mathml(match: re.Match[str]) -> str:
+    from latex2mathml.converter import convert as tex_to_mathml
+
     if match.group("inline") is not None:
         return tex_to_mathml(html.unescape(match.group("inline")).strip())
     return tex_to_mathml(html.unescape(match.group("block")).strip(), display="block")
 
 
+#: a Sphinx role left in a numpydoc docstring, as Markdown renders it: :func:<code>~x.y</code>
+_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj):<code>(~?)([^<]*)</code>")
+
+
+def _role(match: re.Match[str]) -> str:
+    target = match.group(2)
+    if match.group(1):  # ~a.b.c shows as c
+        target = target.rsplit(".", 1)[-1]
+    return f"<code>{target}</code>"
+
+
 def on_page_content(content: str, page: Any, **kwargs: Any) -> str:
-    """Turn arithmatex's TeX spans into MathML."""
-    content = _MATH.sub(_mathml, content)
+    """Turn arithmatex's TeX spans into MathML and Sphinx roles into plain code."""
+    content = _ROLE.sub(_role, _MATH.sub(_mathml, content))
     if 'class="arithmatex"' in content:  # a warning fails the strict build
         log.warning("%s: maths that could not be converted to MathML", page.file.src_uri)
     return content

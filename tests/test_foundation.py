@@ -125,10 +125,11 @@ def test_ci_run_calls_make_test_and_passes_its_exit_status_on(tmp_path, status):
     )
     assert res.returncode == status
     # make test runs first, in the repository, with a headless backend; a failure stops
-    # the run there, a pass goes on to the second-BLAS-kernel run
+    # the run there, a pass goes on to the second-BLAS-kernel run and the docs site check
     calls = [line.split() for line in log.read_text().splitlines()]
     assert calls[0] == [str(ROOT), "test", "Agg"]
-    assert calls[1:] == ([[str(ROOT), "test-portable", "Agg"]] if status == 0 else [])
+    assert calls[1:] == ([[str(ROOT), "test-portable", "Agg"], [str(ROOT), "docs-check", "Agg"]]
+                         if status == 0 else [])
 
 
 # --------------------------------------------------------------------------- docstrings
