@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import html
 import importlib.util
+import logging
 import os
 import re
 import subprocess
@@ -141,6 +142,41 @@ def test_api_reference_lists_every_public_name():
     assert hooks.MARKER in (DOCS / "api.md").read_text()
     assert hooks.resolve("report") == ("alliance_models.report.report", "function")
     assert hooks.resolve("datasets") == ("alliance_models.datasets", "module")
+
+
+def _griffe_warnings(caplog, objects) -> list[str]:
+    """Parse the numpydoc docstrings of ``objects`` as mkdocstrings does; return warnings."""
+    import griffe
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="griffe"):
+        for obj in objects:
+            if obj.docstring is not None:
+                obj.docstring.parse(griffe.Parser.numpy)
+    return [r.getMessage() for r in caplog.records if r.name.startswith("griffe")]
+
+
+def test_public_docstrings_render_without_warnings(caplog):
+    """What the strict build checks on the API page, in a second (no tutorials run)."""
+    griffe = pytest.importorskip("griffe")
+    hooks = _hooks()
+    loader = griffe.GriffeLoader(search_paths=[str(ROOT / "src")])
+    package = loader.load("alliance_models")
+    objects = []
+    for name in am.__all__:
+        path, _ = hooks.resolve(name)
+        obj = package[path.removeprefix("alliance_models.")]
+        objects.append(obj)
+        if obj.is_class or obj.is_module:  # members rendered on the page (filters "!^_")
+            objects += [m for n, m in obj.members.items()
+                        if not n.startswith("_") and not m.is_alias]
+    assert len(objects) > len(am.__all__)
+    assert _griffe_warnings(caplog, objects) == []
+    # the check can fail: a parameter the signature does not have
+    bad = griffe.Docstring("Summary.\n\nParameters\n----------\nnot_a_param : int\n    No.\n",
+                           parent=package["parse_formula"])
+    holder = type("Holder", (), {"docstring": bad})
+    assert any("not_a_param" in w for w in _griffe_warnings(caplog, [holder]))
 
 
 def test_sphinx_roles_and_maths_are_converted():
