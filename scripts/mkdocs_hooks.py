@@ -140,8 +140,11 @@ def _mathml(match: re.Match[str]) -> str:
     return tex_to_mathml(html.unescape(match.group("block")).strip(), display="block")
 
 
-#: a Sphinx role left in a numpydoc docstring, as Markdown renders it: :func:<code>~x.y</code>
-_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj):<code>(~?)([^<]*)</code>")
+#: a Sphinx role left in a numpydoc docstring, as Markdown renders it: :func:<code>~x.y</code>,
+#: or as it stays inside a type rendered as code: :func:`~x.y`
+_ROLES = "func|class|meth|mod|attr|data|exc|obj"
+_ROLE = re.compile(rf":(?:py:)?(?:{_ROLES}):<code>(~?)([^<]*)</code>")
+_ROLE_IN_CODE = re.compile(rf":(?:py:)?(?:{_ROLES}):`(~?)([^`<]*)`")
 
 
 def _role(match: re.Match[str]) -> str:
@@ -151,9 +154,14 @@ def _role(match: re.Match[str]) -> str:
     return f"<code>{target}</code>"
 
 
+def _role_in_code(match: re.Match[str]) -> str:
+    target = match.group(2)
+    return target.rsplit(".", 1)[-1] if match.group(1) else target
+
+
 def on_page_content(content: str, page: Any, **kwargs: Any) -> str:
     """Turn arithmatex's TeX spans into MathML and Sphinx roles into plain code."""
-    content = _ROLE.sub(_role, _MATH.sub(_mathml, content))
+    content = _ROLE_IN_CODE.sub(_role_in_code, _ROLE.sub(_role, _MATH.sub(_mathml, content)))
     if 'class="arithmatex"' in content:  # a warning fails the strict build
         log.warning("%s: maths that could not be converted to MathML", page.file.src_uri)
     return content
