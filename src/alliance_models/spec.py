@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from .errors import (
-    AllianceModelsError,
     DataValidationError,
     FewClustersWarning,
     MissingDataWarning,
@@ -386,12 +385,13 @@ class ModelFrame:
         mm = self.fixed_model_spec.get_model_matrix(newdata, na_action="raise")
         return np.asarray(mm, dtype=float)
 
-    def check_finite(self, extra: dict[str, np.ndarray] | None = None, *,
-                     error: type[AllianceModelsError] = ModelSpecError) -> None:
-        """Raise ``error`` naming the column, rows and value of any non-finite entry.
+    def check_finite(self, extra: dict[str, np.ndarray] | None = None) -> None:
+        """Raise ``ModelSpecError`` naming the column, rows and value of a non-finite entry.
 
         Checks the response, every fixed-effects column, every random-effects column
-        and the ``extra`` arrays (e.g. a trials column), in that order.
+        and the ``extra`` arrays (e.g. a trials column), in that order. Every fitting
+        function (``fit_mixed``, ``fit_ols``, ``fit_gee``, ``fit_bayes``) uses this check,
+        so the same input raises the same error.
 
         Examples
         --------
@@ -412,7 +412,7 @@ class ModelFrame:
             if bad.any():
                 first = a[bad][0]
                 shown = repr(float(first[0])) if first.size == 1 else str(first.tolist())
-                raise error(
+                raise ModelSpecError(
                     f"{name!r} has non-finite values ({format_rows(list(self.data.index[bad]))}"
                     f": {shown}); only finite numbers can be fitted: recode or remove them"
                 )

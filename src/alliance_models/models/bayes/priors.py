@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ModelSpecError
+from ...errors import ModelSpecError
 
 __all__ = ["DISTRIBUTIONS", "Prior", "default_prior", "parse_prior"]
 
