@@ -407,9 +407,10 @@ def _check_data(frame: ModelFrame, family: str, trials: str | None) -> np.ndarra
     fitting function shares (one error class, ``ModelSpecError``, for the same input);
     counts and a constant gaussian outcome are checked after it.
     """
-    numeric_trials = trials is not None and pd.api.types.is_numeric_dtype(frame.data[trials])
-    frame.check_finite({trials: frame.data[trials].to_numpy(dtype=float)}
-                       if numeric_trials else None)
+    extra = None
+    if trials is not None and pd.api.types.is_numeric_dtype(frame.data[trials]):
+        extra = {trials: frame.data[trials].to_numpy(dtype=float)}
+    frame.check_finite(extra)
     n_trials = None if trials is None else _trial_counts(frame, trials)
     if family == "gaussian" and np.ptp(frame.y) == 0:
         raise ModelSpecError(
