@@ -5,8 +5,8 @@ intercepts for therapist and patient, ``adherence ~ alliance * (age + autonomy)`
 testing ``alliance:autonomy``. Everything is measured in this one run on this machine:
 
 * fast engine: simulate B replicates (vectorised numpy simulator below, seeded) and fit
-  them with :func:`alliance_models.power.fast.fit_batch` (REML, Satterthwaite df for the
-  tested term), end to end; also the fit alone, and with the package's own simulator
+  them with :func:`alliance_models.models.lmm.batch_fit.fit_batch` (REML, Satterthwaite df
+  for the tested term), end to end; also the fit alone, and with the package's own simulator
   (``power.simulate.batch_arrays``) when it is importable;
 * statsmodels MixedLM: a loop over replicates (data frame + ``MixedLM`` with a patient
   variance component, REML; Wald z only, it has no small-sample df);
@@ -79,7 +79,7 @@ def timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
 
 
 def bench_fast(B: int, repeats: int) -> tuple[float, float]:
-    from alliance_models.power.fast import fit_batch
+    from alliance_models.models.lmm.batch_fit import fit_batch
 
     rng = np.random.default_rng(1)
 
@@ -101,7 +101,7 @@ def bench_fast(B: int, repeats: int) -> tuple[float, float]:
 def bench_package_simulator(B: int, repeats: int) -> float | None:
     try:
         from alliance_models._utils import spawn_seeds
-        from alliance_models.power.fast import fit_batch
+        from alliance_models.models.lmm.batch_fit import fit_batch
         from alliance_models.power.simulate import batch_arrays
     except ImportError as err:
         print(f"  package simulator: not importable ({err})")

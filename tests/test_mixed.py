@@ -32,8 +32,9 @@ from alliance_models.errors import (
     ModelSpecError,
     SingularFitWarning,
 )
-from alliance_models.models import _lmm, mixed
+from alliance_models.models import mixed
 from alliance_models.models.interface import FixedEffectsFit
+from alliance_models.models.lmm import dense
 
 R_DIR = Path(__file__).parent / "r"
 RTOL_FE, RTOL_SE, RTOL_VC, RTOL_DF, ATOL_LL, RTOL_R2 = 1e-4, 1e-3, 1e-3, 1e-2, 1e-3, 1e-3
@@ -248,10 +249,10 @@ def test_nested_icc_from_variance_components(fits):
 def test_core_gradient_and_vcov_jacobian_match_finite_differences():
     d = _read("unbalanced", "data")
     fit = am.fit_mixed(CASES["unbalanced"], d)
-    prob = _lmm.LMMProblem(
+    prob = dense.LMMProblem(
         fit.frame.y,
         fit.frame.X,
-        [_lmm.RandomBlock(fit.frame.Z["(1 + x | g)"], fit.frame.groups["g"], 20)],
+        [dense.RandomBlock(fit.frame.Z["(1 + x | g)"], fit.frame.groups["g"], 20)],
     )
     theta = fit.theta + np.array([0.1, -0.05, 0.02])
     h = 1e-6
@@ -277,7 +278,7 @@ def test_core_deviance_matches_dense_marginal_likelihood():
     X = np.column_stack([np.ones(n), rng.normal(size=n)])
     Zs = np.column_stack([np.ones(n), rng.normal(size=n)])
     y = rng.normal(size=n)
-    prob = _lmm.LMMProblem(y, X, [_lmm.RandomBlock(Zs, g, 6)])
+    prob = dense.LMMProblem(y, X, [dense.RandomBlock(Zs, g, 6)])
     assert len(prob.components) == 6  # one independent block of A per group
     theta, sigma = np.array([0.7, 0.2, 0.4]), 1.3
     lam = prob.lambdas(theta)[0]
@@ -352,8 +353,8 @@ def test_block_algebra_equals_dense_formula(seed, structure):
             (np.column_stack([one[:, 0], x]), outer, n_outer, False, 2),
             (one, inner, sizes.size, True, 1),
         ]
-    blocks = [_lmm.RandomBlock(Z, c, G, corr) for Z, c, G, corr, _ in spec]
-    prob = _lmm.LMMProblem(y, X, blocks)
+    blocks = [dense.RandomBlock(Z, c, G, corr) for Z, c, G, corr, _ in spec]
+    prob = dense.LMMProblem(y, X, blocks)
     theta = np.abs(rng.normal(size=prob.n_theta)) + 0.1
     sigma = float(rng.uniform(0.5, 2.0))
     covs = [sigma**2 * lam @ lam.T for lam in prob.lambdas(theta)]
@@ -526,7 +527,7 @@ def test_fallback_optimizer_is_recorded(monkeypatch):
 def test_unconverged_optimizer_is_followed_by_the_next(monkeypatch):
     """An optimiser that ends without converging (no exception) hands over to the next one;
     the result records the one that converged and no warning is raised."""
-    real = _lmm.newton_polish
+    real = dense.newton_polish
     calls: list[int] = []
 
     def first_stalls(problem, theta, *, reml=True, maxiter=50):
@@ -535,7 +536,7 @@ def test_unconverged_optimizer_is_followed_by_the_next(monkeypatch):
             return np.asarray(theta, float), 1.0  # lbfgs: gradient far above CONVERGED_GRAD
         return real(problem, theta, reml=reml, maxiter=maxiter)
 
-    monkeypatch.setattr(_lmm, "newton_polish", first_stalls)
+    monkeypatch.setattr(dense, "newton_polish", first_stalls)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fit = am.fit_mixed(CASES["sleepstudy"], _read("sleepstudy", "data"))

@@ -14,7 +14,7 @@ from alliance_models.power import analytic
 from alliance_models.power.engine import wilson_interval
 from alliance_models.power.simulate import age_moments
 
-HAS_FAST = importlib.util.find_spec("alliance_models.power.fast") is not None
+HAS_FAST = importlib.util.find_spec("alliance_models.models.lmm.batch_fit") is not None
 
 # independent observations: one patient per therapist, one session, no clustering
 INDEP = am.Design(therapists=60, patients_per_therapist=1, sessions=1, icc_therapist=0.0,

@@ -262,7 +262,7 @@ def test_padded_layout_holds_each_replicate():
 def test_padded_batch_fit_equals_compact_fits():
     # patient slots without any observed row leave the REML fit unchanged: the padded
     # batch gives each replicate's compact fit up to rounding
-    from alliance_models.power.fast import fit_batch
+    from alliance_models.models.lmm.batch_fit import fit_batch
 
     names = ("Intercept", "alliance", "autonomy", "alliance:autonomy")
     seeds = np.random.SeedSequence(21).spawn(5)

@@ -9,7 +9,7 @@ encodes the data (:meth:`ModelSpec.build`) and fits by REML (or ML):
    (``(1 | g1/g2)``, ``(1 | g1) + (1 | g1:g2)``) as variance components. Its own
    boundary and convergence warnings are suppressed: the verdicts below replace them.
 2. The estimate is **polished on the exact profiled REML/ML criterion** of the numpy
-   core (:mod:`alliance_models.models._lmm`, lme4's parameterisation) with the analytic
+   core (:mod:`alliance_models.models.lmm.dense`, lme4's parameterisation) with the analytic
    gradient: bounded L-BFGS-B then Newton steps until ``max |gradient| < 1e-8``. A fit
    counts as converged when the projected gradient is below ``1e-6``. Crossed or
    otherwise non-nested factors, ``||`` terms and slopes at inner levels are fitted by
@@ -39,7 +39,7 @@ from .._format import fmt_num, table_text
 from ..errors import ConvergenceWarning, ModelSpecError, SingularFitWarning
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec, RandomTerm
-from . import _lmm
+from .lmm import dense, satterthwaite, search
 
 __all__ = ["MixedFit", "fit_mixed"]
 
@@ -148,7 +148,7 @@ class MixedFit:
     random_effects: dict[str, pd.DataFrame]
     sm_result: Any = None
     messages: tuple[str, ...] = ()
-    _satt: _lmm.SatterthwaiteSetup | None = field(default=None, repr=False)
+    _satt: satterthwaite.SatterthwaiteSetup | None = field(default=None, repr=False)
 
     # -- FixedEffectsFit protocol ----------------------------------------------------
     @property
@@ -190,7 +190,7 @@ class MixedFit:
         if self.ddf == "residual":
             return float(self.n_obs - len(self.fixed))
         assert self._satt is not None
-        return _lmm.satterthwaite_df(self._satt, L)
+        return satterthwaite.contrast_df(self._satt, L)
 
     def _check_L(self, L: np.ndarray) -> np.ndarray:
         arr = np.asarray(L, dtype=float).ravel()
@@ -481,36 +481,31 @@ def _fit_statsmodels(
 
 
 def _run(
-    problem: _lmm.LMMProblem,
+    problem: dense.LMMProblem,
     frame: ModelFrame,
     reml: bool,
     chain: tuple[str, ...],
     maxiter: int,
 ) -> tuple[np.ndarray, str, bool, float, Any]:
-    """Optimise (:func:`_run_chain`), then move to a better optimum on a face if any.
+    """Local optimum (:func:`_run_chain`), then the boundary/optimum search.
 
-    A converged solution inside can be a local optimum with a better one where a
-    random-intercept variance is zero (:func:`_lmm.better_face`), and a solution on a
-    face one with a better one inside (:func:`_lmm.better_inside`); lme4 would stop at
-    the first, the REML estimate is the better one.
+    A converged solution can be a local optimum with a better one on a face (a variance
+    at zero) or inside; lme4 would stop at the first, the REML estimate is the better
+    one. :func:`alliance_models.models.lmm.search.search` looks for it (the same search
+    as the batched engine's).
     """
     theta, method, converged, gmax, res = _run_chain(problem, frame, reml, chain, maxiter)
-    face = _lmm.better_face(problem, theta, reml=reml, maxiter=maxiter)
-    if face is not None:
-        cand, g2 = _lmm.newton_polish(problem, face, reml=reml, maxiter=min(50, maxiter))
-        if problem.deviance(cand, reml=reml) < problem.deviance(theta, reml=reml):
-            theta, gmax = cand, g2
-            converged = gmax < CONVERGED_GRAD
-    inside = _lmm.better_inside(problem, theta, reml=reml, maxiter=maxiter)
-    if inside is not None:
-        theta = inside
-        gmax = float(np.abs(_lmm.projected_gradient(problem, theta, reml=reml)).max())
+    crit = dense.DenseCriterion(problem, reml=reml, maxiter=maxiter)
+    found = search.search(crit, theta[None, :], np.array([converged]))[0][0]
+    if not np.array_equal(found, theta):
+        theta = found
+        gmax = float(np.abs(dense.projected_gradient(problem, theta, reml=reml)).max())
         converged = gmax < CONVERGED_GRAD
     return theta, method, converged, gmax, res
 
 
 def _run_chain(
-    problem: _lmm.LMMProblem,
+    problem: dense.LMMProblem,
     frame: ModelFrame,
     reml: bool,
     chain: tuple[str, ...],
@@ -531,10 +526,10 @@ def _run_chain(
                     warnings.simplefilter("ignore")
                     res, covs, scale = _fit_statsmodels(frame, layout, reml, method, maxiter)
                 theta0 = problem.theta_from_cov(covs, scale)
-                theta, _ = _lmm.optimize_theta(
+                theta, _ = dense.optimize_theta(
                     problem, theta0, reml=reml, method="lbfgs", maxiter=maxiter
                 )
-                theta, gmax = _lmm.newton_polish(
+                theta, gmax = dense.newton_polish(
                     problem, theta, reml=reml, maxiter=min(50, maxiter)
                 )
             except Exception as err:  # statsmodels only provides the start: fall back
@@ -547,10 +542,10 @@ def _run_chain(
                 return theta, method, True, gmax, res
     for method in chain:
         try:
-            theta, _ = _lmm.optimize_theta(
+            theta, _ = dense.optimize_theta(
                 problem, problem.default_theta(), reml=reml, method=method, maxiter=maxiter
             )
-            theta, gmax = _lmm.newton_polish(problem, theta, reml=reml, maxiter=min(50, maxiter))
+            theta, gmax = dense.newton_polish(problem, theta, reml=reml, maxiter=min(50, maxiter))
         except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:
             attempts.append((method, str(err)))
             continue
@@ -676,8 +671,8 @@ def fit_mixed(
                 f"the random effects in {t} cannot be told apart from the residual; "
                 "drop the term or check the grouping column"
             )
-        blocks.append(_lmm.RandomBlock(frame.Z[str(t)], codes, n_lev, t.correlated))
-    problem = _lmm.LMMProblem(frame.y, frame.X, blocks)
+        blocks.append(dense.RandomBlock(frame.Z[str(t)], codes, n_lev, t.correlated))
+    problem = dense.LMMProblem(frame.y, frame.X, blocks)
 
     with _blas_threads(problem.q):
         theta, opt_name, converged, gmax, sm_res = _run(problem, frame, reml, chain, maxiter)
@@ -706,7 +701,7 @@ def _blas_threads(q: int) -> contextlib.AbstractContextManager[Any]:
 def _assemble(
     spec: ModelSpec,
     frame: ModelFrame,
-    problem: _lmm.LMMProblem,
+    problem: dense.LMMProblem,
     theta: np.ndarray,
     reml: bool,
     ddf: str,
@@ -721,12 +716,12 @@ def _assemble(
     sigma2 = problem.sigma2(ev, reml=reml)
     sigma = float(np.sqrt(sigma2))
     names = list(frame.x_names)
-    satt = _lmm.satterthwaite_setup(problem, theta, reml=reml)
+    satt = dense.satterthwaite_setup(problem, theta, reml=reml)
     V = satt.vcov
     se = np.sqrt(np.diag(V))
     p = len(names)
     if ddf == "satterthwaite":
-        dfs = np.array([_lmm.satterthwaite_df(satt, row) for row in np.eye(p)])
+        dfs = np.array([satterthwaite.contrast_df(satt, row) for row in np.eye(p)])
     elif ddf == "residual":
         dfs = np.full(p, float(frame.n_obs - p))
     else:
@@ -793,7 +788,7 @@ def _assemble(
     else:
         icc = pd.DataFrame(columns=["variance", "share", "icc"], dtype=float)
 
-    r2m, r2c = _lmm.nakagawa_r2(
+    r2m, r2c = dense.nakagawa_r2(
         frame.X, ev.beta, [frame.Z[str(t)] for t in spec.random], covs, sigma2
     )
     loglik = -0.5 * problem.deviance_from(ev, reml=reml)
@@ -802,7 +797,7 @@ def _assemble(
     bic = -2 * loglik + np.log(frame.n_obs) * k
 
     # diagnostics
-    singular = _lmm.is_singular(problem, theta)
+    singular = dense.is_singular(problem, theta)
     if not converged:
         messages.append(
             (
@@ -818,13 +813,13 @@ def _assemble(
         for t, blk, s in zip(spec.random, problem.blocks, problem.theta_slices, strict=True):
             vals = theta[s]
             for v, (r, c) in zip(vals, blk.theta_index, strict=True):
-                if r == c and v < _lmm.SINGULAR_TOL:
+                if r == c and v < search.SINGULAR_TOL:
                     low.append(f"{t.coef_names[r]} in {t}")
         messages.append(
             (
                 f"singular fit: the random-effect SD of {', '.join(low)} is estimated at "
                 "(or next to) zero relative to the residual SD (lme4's isSingular, "
-                f"theta < {_lmm.SINGULAR_TOL:g}). The data do not support that term: "
+                f"theta < {search.SINGULAR_TOL:g}). The data do not support that term: "
                 "simplify the random part (drop the term, its slope or correlation) or, "
                 "with few clusters, use a Bayesian fit with a weakly informative prior",
                 SingularFitWarning,

@@ -12,7 +12,7 @@ import sys
 import types
 from typing import Any
 
-_SUBMODULES = ("analytic", "design", "engine", "fast", "simulate")
+_SUBMODULES = ("analytic", "design", "engine", "simulate")
 
 
 class _CallablePackage(types.ModuleType):

@@ -341,7 +341,7 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
     arrays when possible and from a data frame (formulaic terms such as ``C(arm)``)
     otherwise; a replicate that cannot be fitted is recorded as failed.
     """
-    from . import fast
+    from ..models.lmm import batch_fit as fast
 
     spec = parse_formula(job.formula)
     groups = _groups_for(spec)
@@ -755,7 +755,7 @@ def _resolve_method(method: str | Callable[..., Any], spec: ModelSpec,
         ok = False
         if design.family == "gaussian" and spec.has_random:
             try:
-                from . import fast
+                from ..models.lmm import batch_fit as fast
 
                 ok = bool(fast.qualifies(spec))
             except ImportError:
@@ -804,7 +804,7 @@ def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
     the first replicate (457 replicates on design R1), so each batch is one vectorised
     fit, per-batch costs are spread over many replicates and memory stays bounded.
     """
-    from . import fast
+    from ..models.lmm import batch_fit as fast
 
     groups = _groups_for(spec)
     if (groups is None or not design.has_fixed_structure or spec.response not in sa.columns

@@ -42,25 +42,20 @@ with profile groups); its Cholesky factor gives
 constant) is ``nu log R + log|H| [+ log|X'H^{-1}X|]`` with ``nu = n - p`` (REML) or
 ``n`` (ML).
 
-Optimisation: a method-of-moments (ANOVA) start from the OLS residuals (a small grid of
-``s`` values where the criterion fails there), then quasi-Newton steps on the
-profiled criterion, all replicates at once: the gradient is analytic (contracted from
-the sufficient statistics), the Hessian starts as a forward difference of that gradient
-(eigenvalues made positive) and is then updated by BFGS (refreshed by a new difference
-when the curvature condition fails), steps are capped and backtracked (Armijo).
-Components that end within ``1e-5`` of zero are set to exactly zero when that does not
-increase the criterion, and the boundary faces (one or all variances zero) are searched
-for a better local optimum (see ``_faces``).
+Optimisation: a method-of-moments (ANOVA) start from the OLS residuals (the best
+interior grid point where the criterion fails there), then quasi-Newton steps on the
+profiled criterion, all replicates at once (:func:`_newton`): the gradient is analytic
+(contracted from the sufficient statistics), the Hessian starts as a forward difference
+of that gradient (eigenvalues made positive) and is then updated by BFGS (refreshed by
+a new difference when the curvature condition fails), steps are capped and backtracked
+(Armijo). The solutions then go through the boundary/optimum search shared with the
+dense engine (:mod:`.search`, through :class:`BatchedCriterion`).
 
-Satterthwaite df (lmerTest's method and parametrisation): the variance parameters are
-``phi = (s, sigma)``; the Hessian of the unprofiled deviance
-``D = nu log(2 pi sigma^2) + log|H| [+ log|X'H^{-1}X|] + R / sigma^2`` in ``phi`` is
-assembled from derivatives of ``R`` and of the log-determinants in ``s`` (central
-differences of their analytic first derivatives) and the closed-form
-``sigma`` parts; ``A = 2 D''^{-1}``, ``g = d Var(L beta) / d phi`` and
-``df = 2 Var(L beta)^2 / (g' A g)``. A component estimated at exactly zero is held
-fixed (dropped from ``phi``), as lmerTest effectively does (the deviance is even in
-``s`` so its gradient there is zero and it decouples) and as ``fit_mixed`` does.
+Satterthwaite df (:mod:`.satterthwaite`): the Hessian of the unprofiled deviance
+``D = nu log(2 pi sigma^2) + log|H| [+ log|X'H^{-1}X|] + R / sigma^2`` in
+``phi = (s, sigma)`` is assembled from derivatives of ``R`` and of the log-determinants
+in ``s`` (central differences of their analytic first derivatives) and the closed-form
+``sigma`` parts, and ``g = d Var(L beta) / d phi`` by the same differences.
 """
 
 from __future__ import annotations
@@ -69,12 +64,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DataValidationError, format_rows
+from ...errors import DataValidationError, format_rows
+from .satterthwaite import DF_STEP, central_jacobian, degrees_of_freedom
+from .search import GRAD_TOL, GRID, HELD_TOL, SINGULAR_TOL, search
 
 __all__ = [
-    "BOUNDARY_SNAP",
-    "GRAD_TOL",
-    "SINGULAR_TOL",
+    "BatchedCriterion",
     "ClusterLayout",
     "SuffStats",
     "batched_fit",
@@ -84,26 +79,12 @@ __all__ = [
     "sufficient_stats",
 ]
 
-#: lme4's ``isSingular`` tolerance on the relative standard deviations ``s``.
-SINGULAR_TOL = 1e-4
 #: A replicate whose scaled X'X has eigenvalue ratio below this is rank deficient.
 RANK_TOL = 1e-10
-#: Relative SDs below this are tried at exactly zero after the Newton iterations.
-BOUNDARY_SNAP = 1e-5
-#: Faces whose grid value is within this (deviance units) of the optimum are searched.
-FACE_MARGIN = 3.0
-#: Start grid of relative SDs (zero is excluded: it is a stationary point in ``s``).
-_GRID = (0.1, 0.3, 0.8, 2.0)
-#: Further relative SDs tried inside for solutions left on a face (tiny designs can
-#: have their optimum at variance ratios near 100 and a local one at zero).
-_FAR_GRID = (5.0, 10.0)
+#: Iterations of the quasi-Newton optimiser.
 _MAX_ITER = 60
-#: Central-difference step (times ``max(1, |s|)``) for Hessians of the analytic gradient.
+#: Forward-difference step (times ``max(1, |s|)``) for the Newton Hessians.
 _NEWTON_STEP = 1e-5
-#: Convergence: largest |d criterion / d s| (the criterion is -2 log L).
-GRAD_TOL = 1e-8
-#: Central-difference step (times ``max(1, |s|)``) for the Hessian used by the df.
-_DF_STEP = 1e-4
 
 
 # ----------------------------------------------------------------------------------
@@ -793,11 +774,6 @@ def _finite_chol(L: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------
 # optimisation
 # ----------------------------------------------------------------------------------
-def _faces_of(k: int) -> list[tuple[int, ...]]:
-    """Boundary faces: tuples of the components held at zero."""
-    return [(0,)] if k == 1 else [(0,), (1,), (0, 1)]
-
-
 def _moment_start(st: SuffStats) -> np.ndarray:
     """ANOVA (method-of-moments) estimates of the relative SDs, as Newton's start (B, k).
 
@@ -843,46 +819,22 @@ def _moment_start(st: SuffStats) -> np.ndarray:
     return np.sqrt(g)
 
 
-def _start(
-    st: SuffStats, reml: bool
-) -> tuple[np.ndarray, dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]]]:
-    """Moment-estimate start per replicate, and the best grid point on every face.
+def _start(st: SuffStats, reml: bool) -> np.ndarray:
+    """Moment-estimate start per replicate (B, k).
 
-    Returns ``s0`` (B, k) and ``{face: (f (B,), s (B, k))}``.
+    Where the criterion fails at the moment estimate, the best point of the interior of
+    the search grid (:data:`.search.GRID` without zero) is the start instead.
     """
     k = st.n_levels
-    B = st.n_rep
-    grid = np.array(_GRID)
-
-    def best_of(cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        best = np.full(B, np.inf)
-        arg = np.tile(cands[0], (B, 1))
-        for c in cands:
-            f = criterion(st, np.tile(c, (B, 1)), reml=reml)[0]
-            better = f < best
-            best = np.where(better, f, best)
-            arg[better] = c
-        return best, arg
-
     s0 = _moment_start(st)
-    bad = ~np.isfinite(criterion(st, s0, reml=reml)[0])
-    if bad.any():  # a start where the criterion fails: fall back to the interior grid
-        if k == 1:
-            interior = grid[:, None]
-        else:
-            g1, g2 = np.meshgrid(grid, grid, indexing="ij")
-            interior = np.column_stack([g1.ravel(), g2.ravel()])
-        s0[bad] = best_of(interior)[1][bad]
-    faces = {}
-    for zero in _faces_of(k):
-        free = [i for i in range(k) if i not in zero]
-        if free:
-            cands = np.zeros((grid.size, k))
-            cands[:, free[0]] = grid
-        else:
-            cands = np.zeros((1, k))
-        faces[zero] = best_of(cands)
-    return s0, faces
+    bad = np.flatnonzero(~np.isfinite(criterion(st, s0, reml=reml)[0]))
+    if bad.size:
+        g1 = np.array([v for v in GRID if v > 0.0])
+        pts = np.stack(np.meshgrid(*[g1] * k, indexing="ij"), -1).reshape(-1, k)
+        sub = st.take(np.repeat(bad, pts.shape[0]))
+        fg = criterion(sub, np.tile(pts, (bad.size, 1)), reml=reml)[0]
+        s0[bad] = pts[fg.reshape(bad.size, pts.shape[0]).argmin(axis=1)]
+    return s0
 
 
 def _fd_hessian(
@@ -1025,140 +977,58 @@ def _newton(
     return s, conv
 
 
-def _faces(
-    st: SuffStats,
-    s: np.ndarray,
-    conv: np.ndarray,
-    face_grid: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]],
-    reml: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Compare the Newton solution with the best solutions on the boundary faces.
+class BatchedCriterion:
+    """The batched engine as :func:`.search.search` sees it: many replicates at once.
 
-    The restricted likelihood of random-intercept models can have a second local
-    optimum on a face where one variance is zero (e.g. therapist variance zero versus
-    patient variance zero in a small design). A face is searched -- Newton from its best
-    start-grid point with the face's zero components held at exactly zero -- when the
-    face's grid value is within ``FACE_MARGIN`` of the Newton solution's criterion
-    (about a tenth of the replicates on design R1). The better solution is kept. A
-    solution on a face -- from the face search, or Newton's own when a step landed on
-    exactly zero, a stationary point of the even criterion -- that is not a minimum
-    across the face (the criterion falls when the zero component grows) is refined by a
-    further Newton run from just inside the face.
-    A boundary solution that is a local minimum is compared with the interior start grid
-    (extended to relative SDs of 5 and 10), and Newton runs from the best grid point
-    unless that is worse by ``FACE_MARGIN`` or more (a better optimum well inside).
+    Its local optimiser is :func:`_newton` (components held at zero stay there).
+
+    Parameters
+    ----------
+    st : SuffStats
+    reml : bool
+
+    Examples
+    --------
+    >>> from alliance_models.models.lmm.search import search
+    >>> rng = np.random.default_rng(1)
+    >>> g = np.repeat(np.arange(10), 4)
+    >>> Y = (2.0 * rng.normal(size=10)[g] + rng.normal(size=40))[None, :]
+    >>> crit = BatchedCriterion(sufficient_stats(np.ones((40, 1)), Y, make_layout(g)), True)
+    >>> s, _ = search(crit, np.array([[0.0]]), np.array([True]))  # zero: no optimum
+    >>> bool(s[0, 0] > 1.0)
+    True
     """
-    B, k = s.shape
-    f_main = criterion(st, s, reml=reml)[0]
-    best_s, best_f, best_c = s.copy(), f_main.copy(), conv.copy()
-    for zero, (fg, start) in face_grid.items():
-        # (an interior solution can be beaten by a face optimum well below the face's
-        # coarse grid values too)
-        cand = np.flatnonzero(fg < f_main + FACE_MARGIN)
-        if cand.size == 0:
-            continue
-        sub = st.take(cand)
-        if len(zero) < k:
-            sf, cf = _newton(sub, start[cand], reml, fixed=zero)
-        else:
-            sf, cf = start[cand], np.ones(cand.size, dtype=bool)
-        ff = criterion(sub, sf, reml=reml)[0]
-        take = ff < best_f[cand] - 1e-10 * np.maximum(1.0, np.abs(ff))
-        idx = cand[take]
-        best_s[idx], best_f[idx], best_c[idx] = sf[take], ff[take], cf[take]
-    # a solution on a face must be a minimum across the face too
-    moved = np.flatnonzero(np.any(best_s == 0.0, axis=1))
-    if moved.size:
-        sub = st.take(moved)
-        sm = best_s[moved]
-        x = np.where(sm == 0.0, 1e-2, sm)
-        fm = best_f[moved]
-        inward = criterion(sub, x, reml=reml)[0] < fm - 1e-9 * np.maximum(1.0, np.abs(fm))
-        if inward.any():
-            idx = moved[inward]
-            s2, c2 = _newton(st.take(idx), np.where(best_s[idx] == 0.0, 0.1, best_s[idx]), reml)
-            f2 = criterion(st.take(idx), s2, reml=reml)[0]
-            ok = f2 < best_f[idx]
-            best_s[idx[ok]], best_f[idx[ok]], best_c[idx[ok]] = s2[ok], f2[ok], c2[ok]
-    # a boundary solution can be a local minimum with a better one well inside (the
-    # criterion rises from zero, then falls again): the interior start grid is tried for
-    # the replicates still on a face, and Newton runs from a grid point that beats them
-    edge = np.flatnonzero(np.any(best_s == 0.0, axis=1))
-    if edge.size:
-        g1 = np.array(_GRID + _FAR_GRID)
-        pts = (g1[:, None] if k == 1
-               else np.stack(np.meshgrid(g1, g1, indexing="ij"), -1).reshape(-1, 2))
-        # every (replicate, grid point) pair in one call: row e * len(pts) + j
-        rep = np.repeat(edge, pts.shape[0])
-        grid = np.broadcast_to(pts, (edge.size, *pts.shape)).reshape(-1, k)
-        fg = criterion(st.take(rep), grid, reml=reml)[0]
-        fg = fg.reshape(edge.size, pts.shape[0])
-        fe = best_f[edge]
-        # a coarse grid point can lie well above the optimum near it (FACE_MARGIN)
-        better = fg.min(axis=1) < fe + FACE_MARGIN
-        if better.any():
-            idx = edge[better]
-            s2, c2 = _newton(st.take(idx), pts[fg[better].argmin(axis=1)], reml)
-            f2 = criterion(st.take(idx), s2, reml=reml)[0]
-            ok = f2 < best_f[idx]
-            best_s[idx[ok]], best_f[idx[ok]], best_c[idx[ok]] = s2[ok], f2[ok], c2[ok]
-    return best_s, best_c
 
+    def __init__(self, st: SuffStats, reml: bool) -> None:
+        self.st = st
+        self.reml = reml
+        self.n_rep = st.n_rep
+        self.k = st.n_levels
+        self.bounded = np.ones(self.k, dtype=bool)
+        self.scalar = np.ones(self.k, dtype=bool)
 
-def _snap_boundary(st: SuffStats, s: np.ndarray, reml: bool) -> np.ndarray:
-    """Set near-zero relative SDs to exactly zero when the criterion does not rise.
+    def _sub(self, rep: np.ndarray) -> SuffStats:
+        whole = rep.size == self.n_rep and np.array_equal(rep, np.arange(self.n_rep))
+        return self.st if whole else self.st.take(rep)
 
-    Only the replicates with a near-zero component are evaluated.
-    """
-    s = np.abs(s)
-    near_any = np.flatnonzero(np.any(s < BOUNDARY_SNAP, axis=1))
-    if near_any.size == 0:
-        return s
-    sub = st.take(near_any) if near_any.size < s.shape[0] else st
-    ss = s[near_any]
-    f, _, _ = criterion(sub, ss, reml=reml)
-    for i in range(ss.shape[1]):
-        near = ss[:, i] < BOUNDARY_SNAP
-        if not near.any():
-            continue
-        x = ss.copy()
-        x[near, i] = 0.0
-        fx, _, _ = criterion(sub, x, reml=reml)
-        ok = near & (fx <= f + 1e-9 * np.maximum(1.0, np.abs(f)))
-        ss[ok, i] = 0.0
-        f = np.where(ok, fx, f)
-    s[near_any] = ss
-    return s
+    def values(self, rep: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Profiled criterion of replicate ``rep[i]`` at ``s[i]``."""
+        return criterion(self._sub(rep), s, reml=self.reml)[0]
 
-
-# ----------------------------------------------------------------------------------
-# Satterthwaite
-# ----------------------------------------------------------------------------------
-def _central_jac(fun, s: np.ndarray, step: np.ndarray) -> list[np.ndarray]:  # noqa: ANN001
-    """Central-difference Jacobians in ``s`` of each output of ``fun(s) -> tuple``.
-
-    The outputs are analytic first derivatives (and ``Var(L beta)``), so the truncation
-    error is O(step^2) relative (about 1e-8 at the default step) and the rounding error
-    about 1e-12 / step. Returns arrays of shape (B, k, ...).
-    """
-    k = s.shape[1]
-    cols: list[list[np.ndarray]] = []
-    for i in range(k):
-        xp, xm = s.copy(), s.copy()
-        xp[:, i] += step[:, i]
-        xm[:, i] -= step[:, i]
-        op, om = fun(xp), fun(xm)
-        cols.append(
-            [(a - b) / (2.0 * step[:, i].reshape((-1,) + (1,) * (a.ndim - 1)))
-             for a, b in zip(op, om, strict=True)]
-        )
-    return [np.stack([c[o] for c in cols], axis=1) for o in range(len(cols[0]))]
+    def polish(
+        self, rep: np.ndarray, s0: np.ndarray, held: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Quasi-Newton from ``s0[i]`` for ``rep[i]``; ``held`` stays at zero."""
+        return _newton(self._sub(rep), s0, self.reml, fixed=held)
 
 
 def batched_fit(
     st: SuffStats, Lrows: np.ndarray, *, reml: bool = True
 ) -> dict[str, np.ndarray]:
     """Fit every replicate in ``st`` and compute the Satterthwaite df for ``Lrows``.
+
+    The local optimum from the moment start (:func:`_newton`) goes through the search of
+    :func:`.search.search`; the df come from :func:`.satterthwaite.degrees_of_freedom`.
 
     Parameters
     ----------
@@ -1174,9 +1044,7 @@ def batched_fit(
     dict
         ``beta`` (B, p), ``se`` (B, p), ``var_l`` (B, r) ``Var(L beta)``, ``df`` (B, r),
         ``sigma2`` (B,), ``tau2`` (B, k), ``theta`` (B, k) relative SDs, ``loglik`` (B,),
-        ``converged`` (B,), ``singular`` (B,), and ``hess_phi`` (B, k + 1, k + 1), the
-        Hessian of the deviance in ``phi = (s, sigma)`` used for the df (rows and columns
-        of components held at zero replaced by the identity).
+        ``converged`` (B,) and ``singular`` (B,).
 
     Examples
     --------
@@ -1192,11 +1060,8 @@ def batched_fit(
     B = st.n_rep
     k = st.n_levels
     p = st.p
-    s0, face_grid = _start(st, reml)
-    s, conv = _newton(st, s0, reml)
-    s = _snap_boundary(st, s, reml)
-    s, conv = _faces(st, s, conv, face_grid, reml)
-    s = _snap_boundary(st, s, reml)
+    s, conv = _newton(st, _start(st, reml), reml)
+    s, conv = search(BatchedCriterion(st, reml), s, conv)
     f, R, h, Lc0, gR, _ = _evaluate(st, s, reml, grad=True)
     nu = st.n - p if reml else st.n
     sigma2 = R / nu
@@ -1208,9 +1073,9 @@ def batched_fit(
     h_orig = h - (2.0 * np.log(st.scale).sum(axis=1) if reml else 0.0)
     loglik = -0.5 * (nu * (1.0 + np.log(2.0 * np.pi * R / nu)) + h_orig)
 
-    # Satterthwaite: Hessian of the unprofiled deviance in phi = (s, sigma)
-    step = _DF_STEP * np.maximum(1.0, s)
-
+    # Satterthwaite: Hessian of the unprofiled deviance in phi = (s, sigma), assembled
+    # from differences of the analytic derivatives of R and h in s and closed-form
+    # sigma parts; the gradient of Var(L beta) by the same differences
     Lr = np.asarray(Lrows, dtype=float)
 
     def fun(x: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -1219,7 +1084,7 @@ def batched_fit(
         Zc = np.linalg.solve(_finite_chol(Lc)[:, :p, :p], np.swapaxes(Lt, 1, 2))
         return dRx, dhx, (Zc**2).sum(axis=1)
 
-    jR, jh, gc = _central_jac(fun, s, step)
+    jR, jh, gc = central_jacobian(fun, s, DF_STEP * np.maximum(1.0, s))
     # jR[:, i, j] = d(dR/ds_j)/ds_i: symmetric Hessians of R and h; gc: (B, k, r)
     HR = 0.5 * (jR + np.swapaxes(jR, 1, 2))
     Hh = 0.5 * (jh + np.swapaxes(jh, 1, 2))
@@ -1233,23 +1098,8 @@ def batched_fit(
     G = np.empty((B, k + 1, cvals_s.shape[1]))
     G[:, :k, :] = sigma2[:, None, None] * gc
     G[:, k, :] = 2.0 * sig[:, None] * cvals_s
-    # components at zero are held fixed
-    fixed = np.concatenate([s == 0.0, np.zeros((B, 1), dtype=bool)], axis=1)
-    Hd = np.where(fixed[:, :, None] | fixed[:, None, :], 0.0, Hd)
-    Hd[:, np.arange(k + 1), np.arange(k + 1)] = np.where(
-        fixed, 1.0, Hd[:, np.arange(k + 1), np.arange(k + 1)]
-    )
-    G = np.where(fixed[:, :, None], 0.0, G)
-    finite = np.all(np.isfinite(Hd), axis=(1, 2))
-    Hd[~finite] = np.eye(k + 1)
-    try:
-        HinvG = np.linalg.solve(Hd, G)
-    except np.linalg.LinAlgError:
-        HinvG = np.einsum("bij,bjr->bir", np.linalg.pinv(Hd), G)
-    denom = 2.0 * (G * HinvG).sum(axis=1)  # g' A g with A = 2 H^{-1}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = 2.0 * var_l**2 / denom
-    df = np.where(finite[:, None] & (denom > 0), df, np.nan)
+    held = np.concatenate([s <= HELD_TOL, np.zeros((B, 1), dtype=bool)], axis=1)
+    df = degrees_of_freedom(var_l, G, Hd, held)
     ok = np.all(np.isfinite(beta), axis=1) & np.isfinite(loglik) & st.full_rank
     conv = conv & ok
     # rank-deficient replicates (lme4 would drop columns): no estimates, not converged
@@ -1268,5 +1118,4 @@ def batched_fit(
         "loglik": loglik,
         "converged": conv,
         "singular": singular,
-        "hess_phi": Hd,
     }

@@ -5,7 +5,7 @@ models whose random part is random intercepts only -- one grouping factor
 (``(1 | therapist)``) or two nested ones (``(1 | therapist/patient)`` or
 ``(1 | therapist) + (1 | therapist:patient)``) -- :func:`fit_batch` fits a whole batch
 of replicates at once with the vectorised estimator of
-:mod:`alliance_models.models._reml_batched`: per-cluster sufficient statistics,
+:mod:`alliance_models.models.lmm.batched`: per-cluster sufficient statistics,
 closed-form (Woodbury) inverses, a Newton iteration over the relative standard
 deviations for all replicates together, and lmerTest's Satterthwaite df for the tested
 term. Results match ``fit_mixed`` (lme4's estimates) replicate by replicate.
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..errors import DataValidationError, ModelSpecError, format_rows
-from ..models import _reml_batched as core
-from ..spec import ModelFrame, ModelSpec
+from ...errors import DataValidationError, ModelSpecError, format_rows
+from ...spec import ModelFrame, ModelSpec
+from . import batched as core
 
 __all__ = ["BatchFit", "chunk_size", "fit_batch", "frame_codes", "qualifies"]
 

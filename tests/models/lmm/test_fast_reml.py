@@ -1,4 +1,4 @@
-"""Tests of the batched REML engine (models/_reml_batched.py, power/fast.py).
+"""Tests of the batched REML engine (models/lmm/batched.py, models/lmm/batch_fit.py).
 
 References, each independent of the engine:
 
@@ -11,7 +11,7 @@ References, each independent of the engine:
 * lme4 1.1-31 + lmerTest 3.1-3 values in ``tests/r/fast_reml_reference.csv`` (written by
   ``tests/r/fast_reml_reference.R``);
 * statsmodels MixedLM (looser tolerance: it stops earlier);
-* ``models/_lmm.py``, the dense lme4-style core behind ``fit_mixed``; and ``fit_mixed``
+* ``models/lmm/dense.py``, the dense lme4-style core behind ``fit_mixed``; and ``fit_mixed``
   itself once it is importable.
 
 Tolerances (from the issue): fixed effects rtol 1e-6 (absolute floor 1e-6 x SE for
@@ -33,9 +33,9 @@ from scipy import optimize, stats
 
 from alliance_models import parse_formula
 from alliance_models.errors import DataValidationError, ModelSpecError, SingularFitWarning
-from alliance_models.models import _lmm
-from alliance_models.models import _reml_batched as core
-from alliance_models.power.fast import (
+from alliance_models.models.lmm import batched as core
+from alliance_models.models.lmm import dense, satterthwaite, search
+from alliance_models.models.lmm.batch_fit import (
     BatchFit,
     chunk_size,
     fit_batch,
@@ -43,7 +43,7 @@ from alliance_models.power.fast import (
     qualifies,
 )
 
-R_DIR = Path(__file__).parent / "r"
+R_DIR = Path(__file__).parents[2] / "r"
 
 BETA_RTOL, SE_RTOL, DF_RTOL = 1e-6, 1e-4, 1e-3
 
@@ -368,24 +368,26 @@ def test_two_local_optima_global_one_everywhere(case):
     _check_fit_mixed(case)
 
 
-def test_better_face_moves_fit_mixed_core_off_an_inner_local_optimum():
+def test_search_moves_fit_mixed_core_off_an_inner_local_optimum():
     two, n_outer, inner_per, sizes, sd_outer, sd_inner, effect, dropout, seed = (
         FACE_BEATS_INNER)
     rng = np.random.default_rng(seed)
     X, outer, inner = make_design(rng, n_outer, inner_per, sizes, two)
     Y = simulate_y(rng, X, outer, inner, np.array([1.0, effect, 0.01, effect / 2]),
                    sd_outer, sd_inner, 2)
-    prob = _lmm.LMMProblem(Y[1], X, [_lmm.RandomBlock(np.ones((X.shape[0], 1)), c,
-                                                      int(c.max()) + 1)
-                                     for c in (inner, outer)])
+    prob = dense.LMMProblem(Y[1], X, [dense.RandomBlock(np.ones((X.shape[0], 1)), c,
+                                                        int(c.max()) + 1)
+                                      for c in (inner, outer)])
     # the inner local optimum lme4's start leads to (theta in lme4's order: patient,
     # therapist), polished to a zero gradient
-    inner_opt, gmax = _lmm.newton_polish(prob, np.array([1.38, 1.47]))
+    inner_opt, gmax = dense.newton_polish(prob, np.array([1.38, 1.47]))
     assert gmax < 1e-6 and np.all(inner_opt > 1.0)
-    face = _lmm.better_face(prob, inner_opt)
-    assert face is not None and face[1] == 0.0 and face[0] > 1.5
+    crit = dense.DenseCriterion(prob, reml=True)
+    face = search.search(crit, inner_opt[None], np.array([True]))[0][0]
+    assert face[1] == 0.0 and face[0] > 1.5
     assert prob.deviance(face) < prob.deviance(inner_opt) - 0.03
-    assert _lmm.better_face(prob, face) is None  # nothing better from there
+    again = search.search(crit, face[None], np.array([True]))[0][0]
+    np.testing.assert_array_equal(again, face)  # nothing better from there
 
 
 def test_ml_and_contrast_vector_against_dense_reference():
@@ -466,18 +468,20 @@ def test_against_statsmodels_mixedlm():
 
 
 def _lmm_fit(y, X, groups, L):
-    blocks = [_lmm.RandomBlock(np.ones((len(y), 1)), g, int(g.max()) + 1) for g in groups]
-    prob = _lmm.LMMProblem(y, X, blocks)
-    theta = _lmm.optimize_theta(prob, prob.default_theta(), reml=True)[0]
-    out = _lmm.newton_polish(prob, theta, reml=True)
-    theta = out[0] if isinstance(out, tuple) else out
-    setup = _lmm.satterthwaite_setup(prob, theta, reml=True)
+    blocks = [dense.RandomBlock(np.ones((len(y), 1)), g, int(g.max()) + 1) for g in groups]
+    prob = dense.LMMProblem(y, X, blocks)
+    theta = dense.optimize_theta(prob, prob.default_theta(), reml=True)[0]
+    theta = dense.newton_polish(prob, theta, reml=True)[0]
+    theta = search.search(dense.DenseCriterion(prob, reml=True), theta[None],
+                          np.array([True]))[0][0]
+    setup = dense.satterthwaite_setup(prob, theta, reml=True)
     ev = prob.evaluate(theta)
-    return ev.beta, np.sqrt(np.diag(setup.vcov)), _lmm.satterthwaite_df(setup, L), theta
+    return (ev.beta, np.sqrt(np.diag(setup.vcov)), satterthwaite.contrast_df(setup, L),
+            theta)
 
 
 def test_replicate_by_replicate_against_fit_mixed_core_with_dropout():
-    # the dense lme4-formulation core that fit_mixed uses (models/_lmm.py)
+    # the dense lme4-formulation core that fit_mixed uses (models/lmm/dense.py)
     rng = np.random.default_rng(2026)
     X, outer, inner = make_design(rng, 10, [3] * 10, list(rng.integers(2, 7, size=30)))
     Y = simulate_y(rng, X, outer, inner, np.array([0.5, 0.2, 0.01, 0.15]), 0.4, 0.6, 6)

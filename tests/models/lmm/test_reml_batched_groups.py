@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from alliance_models.models import _reml_batched as core
+from alliance_models.models.lmm import batched as core
+from alliance_models.models.lmm import search
 
 
 def _design(rng, n_outer, n_inner, size, B, *, shared_x=True):
@@ -190,7 +191,7 @@ def test_face_newton_holds_the_zero_component_and_finds_the_face_optimum():
     assert conv.all()
     assert np.all(s[:, 0] == 0.0)
     g = core.gradient(st, s)
-    assert np.all(np.abs(g[:, 1]) <= core.GRAD_TOL)
+    assert np.all(np.abs(g[:, 1]) <= search.GRAD_TOL)
     for b in range(3):
         sub = st.take(np.array([b]))
         res = optimize.minimize_scalar(
@@ -202,7 +203,7 @@ def test_face_newton_holds_the_zero_component_and_finds_the_face_optimum():
 
 def test_a_solution_stuck_on_zero_that_is_no_minimum_is_refined():
     # zero is a stationary point of the criterion in each relative SD, so a Newton step
-    # that lands on exactly 0.0 reports convergence there; _faces must notice that the
+    # that lands on exactly 0.0 reports convergence there; the search must notice that the
     # criterion falls inward and move to the interior optimum of the full fit
     rng = np.random.default_rng(22)
     X, Y, outer, inner = _design(rng, 40, 3, 3, 4)
@@ -214,8 +215,7 @@ def test_a_solution_stuck_on_zero_that_is_no_minimum_is_refined():
     stuck[:, 0] = 0.0  # pretend Newton ended with the therapist SD at exactly zero
     f_stuck = core.criterion(st, stuck)[0]
     assert np.all(core.criterion(st, theta)[0] < f_stuck)  # it is not the optimum
-    no_faces = {face: (np.full(4, np.inf), stuck) for face in core._faces_of(2)}
-    s, conv = core._faces(st, stuck, np.ones(4, dtype=bool), no_faces, True)
+    s, conv = search.search(core.BatchedCriterion(st, True), stuck, np.ones(4, dtype=bool))
     assert conv.all()
     np.testing.assert_allclose(s, theta, rtol=1e-6)
 

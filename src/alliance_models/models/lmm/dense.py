@@ -1,4 +1,4 @@
-"""Plain-numpy core of the linear mixed model (lme4's formulation, blockwise dense algebra).
+"""The dense engine: lme4's formulation of the linear mixed model, blockwise dense algebra.
 
 The model is ``y = X beta + Z b + e`` with ``b = Lambda(theta) u``, ``u ~ N(0, sigma^2 I)``
 and ``e ~ N(0, sigma^2 I)``. ``Lambda`` is block diagonal: every random term ``k`` has a
@@ -12,15 +12,15 @@ What lives here (no pandas, no statsmodels):
 
 * :class:`LMMProblem` -- cross-products precomputed once from ``y``, ``X`` and the
   random-effect blocks; :meth:`LMMProblem.evaluate` solves the penalised least-squares
-  problem for one ``theta``.
+  problem for one ``theta``;
 * the profiled REML / ML deviance and its analytic gradient in ``theta``;
-* :func:`optimize_theta` (bounded L-BFGS-B, BFGS, Powell or Nelder-Mead) and
-  :func:`newton_polish` (Newton steps on the exact criterion until the gradient is
-  below ``1e-8``);
-* :func:`satterthwaite_setup` / :func:`satterthwaite_df` -- the Jacobian of
-  ``vcov(beta)`` in the variance parameters ``(theta, sigma)`` and their asymptotic
-  covariance ``2 H^{-1}`` are computed once, so a df for any contrast ``L`` costs a few
-  small matrix products (lmerTest's method, same parameterisation);
+* the local optimiser: :func:`optimize_theta` (bounded L-BFGS-B, BFGS, Powell or
+  Nelder-Mead, optionally on a face) and :func:`newton_polish` (Newton steps on the
+  exact criterion until the gradient is below ``GRAD_TOL``); :class:`DenseCriterion`
+  hands both to the one boundary/optimum search of :mod:`.search`;
+* :func:`satterthwaite_setup` -- the Jacobian of ``vcov(beta)`` in the variance
+  parameters ``(theta, sigma)`` and the Hessian of the deviance, computed once for
+  :func:`.satterthwaite.contrast_df`;
 * :func:`nakagawa_r2` and :func:`is_singular` (lme4's scale-free ``isSingular``).
 """
 
@@ -34,26 +34,22 @@ import scipy.optimize as sopt
 import scipy.sparse as sp
 from scipy.sparse import csgraph
 
+from .satterthwaite import DF_STEP, SatterthwaiteSetup, central_jacobian
+from .search import GRAD_TOL, HELD_TOL, SINGULAR_TOL
+
 __all__ = [
-    "GRAD_TOL",
-    "SINGULAR_TOL",
+    "DenseCriterion",
     "Evaluation",
     "LMMProblem",
     "RandomBlock",
-    "SatterthwaiteSetup",
+    "canonical_theta",
     "is_singular",
     "nakagawa_r2",
     "newton_polish",
     "optimize_theta",
-    "snap_to_boundary",
-    "satterthwaite_df",
+    "projected_gradient",
     "satterthwaite_setup",
 ]
-
-#: Convergence target: max |d deviance / d theta| over free parameters after polishing.
-GRAD_TOL = 1e-8
-#: lme4's ``isSingular`` tolerance on the bounded (diagonal) entries of theta.
-SINGULAR_TOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -471,8 +467,9 @@ def optimize_theta(
     reml: bool = True,
     method: str = "lbfgs",
     maxiter: int = 1000,
+    held: tuple[int, ...] = (),
 ) -> tuple[np.ndarray, bool]:
-    """Minimise the profiled deviance over ``theta`` from ``theta0``.
+    """Minimise the profiled deviance over ``theta`` from ``theta0`` (one local run).
 
     Parameters
     ----------
@@ -486,6 +483,8 @@ def optimize_theta(
         result is mapped back to non-negative diagonals), bounded Powell or bounded
         Nelder-Mead.
     maxiter : int
+    held : tuple of int
+        Entries kept at their value in ``theta0`` (a face of the domain).
 
     Returns
     -------
@@ -495,160 +494,24 @@ def optimize_theta(
     """
     lo = problem.lower
     x0 = np.maximum(np.asarray(theta0, dtype=float), np.where(np.isfinite(lo), lo, -np.inf))
-    bounds = [(None if not np.isfinite(v) else v, None) for v in lo]
+    free = np.flatnonzero(~np.isin(np.arange(problem.n_theta), held))
+    if free.size == 0:
+        return x0, True
+    bounds = [(None if not np.isfinite(lo[j]) else lo[j], None) for j in free]
+
+    def full(t: np.ndarray) -> np.ndarray:
+        out = x0.copy()
+        out[free] = t
+        return out
 
     def f(t: np.ndarray) -> float:
-        return problem.deviance(t, reml=reml)
+        return problem.deviance(full(t), reml=reml)
 
     def g(t: np.ndarray) -> np.ndarray:
-        return problem.gradient(t, reml=reml)
+        return problem.gradient(full(t), reml=reml)[free]
 
-    for _restart in range(5):
-        theta, ok = _minimize(f, g, x0, bounds, method, maxiter)
-        theta = canonical_theta(problem, theta)
-        # the deviance is even in a 1x1 Lambda_k, so its gradient is exactly zero at a
-        # bound of 0 even when that is a maximum: probe inwards before accepting it
-        escaped = escape_boundary(problem, theta, reml=reml)
-        if escaped is None:
-            return theta, ok
-        x0 = escaped
-    return theta, ok
-
-
-def escape_boundary(problem: LMMProblem, theta: np.ndarray, *, reml: bool,
-                    hold: tuple[int, ...] = ()) -> np.ndarray | None:
-    """Return a better point with a bounded entry moved off zero (``None`` if none).
-
-    Entries in ``hold`` stay where they are.
-    """
-    theta = np.asarray(theta, dtype=float)
-    f0 = problem.deviance(theta, reml=reml)
-    # the deviance is computed to ~1e-14 relative; a very flat inner optimum (a variance
-    # just above zero) lowers it by only ~1e-10 relative at the first probe
-    best, fbest = None, f0 - 1e-12 * max(1.0, abs(f0))
-    at_zero = np.isfinite(problem.lower) & (theta <= problem.lower + 1e-8)
-    at_zero[list(hold)] = False
-    for i in np.flatnonzero(at_zero):
-        for h in (1e-3, 1e-2, 0.1, 0.5, 1.0, 3.0, 10.0):  # relative SDs; far out too
-            cand = theta.copy()
-            cand[i] = h
-            fc = problem.deviance(cand, reml=reml)
-            if fc < fbest:
-                best, fbest = cand, fc
-    return best
-
-
-def better_face(
-    problem: LMMProblem, theta: np.ndarray, *, reml: bool = True, maxiter: int = 1000
-) -> np.ndarray | None:
-    """Return the best optimum on a face with one random-intercept SD at zero, if better.
-
-    The profiled deviance of variance components can have a local minimum inside and
-    a better one on a face where one variance is zero (e.g. few therapists with a few
-    patients each: therapist or patient variance at zero). An optimiser started inside
-    stops at the inner one, as lme4 does. For every scalar term (a ``1 x 1``
-    ``Lambda_k``) not already at zero, the deviance is minimised with that entry held
-    at zero; the best such optimum is returned when it beats ``theta`` (by more than
-    rounding), else ``None``.
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(0)
-    >>> g = np.repeat(np.arange(8), 5)
-    >>> X = np.ones((40, 1))
-    >>> y = rng.normal(size=8)[g] + rng.normal(size=40)
-    >>> prob = LMMProblem(y, X, [RandomBlock(X, g, 8)])
-    >>> better_face(prob, np.array([1.0])) is None  # the optimum is inside here
-    True
-    """
-    theta = np.asarray(theta, dtype=float)
-    f0 = problem.deviance(theta, reml=reml)
-    best, fbest = None, f0 - 1e-9 * max(1.0, abs(f0))
-    lo = problem.lower
-    for b, sl in zip(problem.blocks, problem.theta_slices, strict=True):
-        i = sl.start
-        if b.q != 1 or theta[i] == 0.0:
-            continue
-        x0 = theta.copy()
-        # the other variances at zero start inside (the deviance is even in a 1 x 1
-        # Lambda_k: zero is a stationary point an optimiser would not leave)
-        x0[np.isfinite(lo) & (x0 <= lo)] = 1.0
-        x0[i] = 0.0
-        free = np.flatnonzero(np.arange(theta.size) != i)
-        if free.size:
-            def f(t: np.ndarray, free: np.ndarray = free, x0: np.ndarray = x0) -> float:
-                full = x0.copy()
-                full[free] = t
-                return problem.deviance(full, reml=reml)
-
-            def g(t: np.ndarray, free: np.ndarray = free, x0: np.ndarray = x0) -> np.ndarray:
-                full = x0.copy()
-                full[free] = t
-                return problem.gradient(full, reml=reml)[free]
-
-            bounds = [(None if not np.isfinite(lo[j]) else lo[j], None) for j in free]
-            start = x0[free]
-            for _restart in range(5):
-                x, _ = _minimize(f, g, start, bounds, "lbfgs", maxiter)
-                x0[free] = x
-                x0 = canonical_theta(problem, x0)
-                # a first long step can land on a free zero (a stationary point): probe
-                # inwards, as optimize_theta does
-                escaped = escape_boundary(problem, x0, reml=reml, hold=(i,))
-                if escaped is None:
-                    break
-                start = escaped[free]
-        fx = problem.deviance(x0, reml=reml)
-        if np.isfinite(fx) and fx < fbest:
-            best, fbest = x0, fx
-    return best
-
-
-#: relative SDs of the interior grid that :func:`better_inside` tries
-_INSIDE_GRID = (0.1, 0.3, 0.8, 2.0)
-
-
-def better_inside(
-    problem: LMMProblem, theta: np.ndarray, *, reml: bool = True, maxiter: int = 1000
-) -> np.ndarray | None:
-    """Return a better optimum inside than a solution with a variance at zero, if any.
-
-    A solution on a face can be a local optimum while a better one lies well inside
-    (in no direction a probe from the face would try). For models whose random part is
-    scalar terms only (random intercepts; at most three), the deviance is evaluated on
-    a grid of relative SDs (``_INSIDE_GRID`` in every component); unless every grid
-    point is worse than ``theta`` by 3 or more, the optimiser runs from the best one and
-    its optimum is returned when it is better than ``theta`` (by more than rounding).
-    Otherwise ``None``.
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(1)
-    >>> g = np.repeat(np.arange(10), 4)
-    >>> X = np.ones((40, 1))
-    >>> y = 2.0 * rng.normal(size=10)[g] + rng.normal(size=40)
-    >>> prob = LMMProblem(y, X, [RandomBlock(X, g, 10)])
-    >>> better = better_inside(prob, np.array([0.0]))  # zero is no optimum here
-    >>> bool(better[0] > 1.0)
-    True
-    """
-    theta = np.asarray(theta, dtype=float)
-    k = theta.size
-    if (k > 3 or not all(b.q == 1 for b in problem.blocks)
-            or not np.any(theta <= problem.lower)):
-        return None
-    f0 = problem.deviance(theta, reml=reml)
-    tol = 1e-9 * max(1.0, abs(f0))
-    grid = np.array(np.meshgrid(*[_INSIDE_GRID] * k, indexing="ij")).reshape(k, -1).T
-    fg = np.array([problem.deviance(pt, reml=reml) for pt in grid])
-    # a coarse grid point can be well above the optimum near it: optimise from the best
-    # one unless it is far worse (the fast engine's FACE_MARGIN, deviance units)
-    if not np.isfinite(fg).any() or np.nanmin(fg) >= f0 + 3.0:
-        return None
-    cand, _ = optimize_theta(problem, grid[int(np.nanargmin(fg))], reml=reml,
-                             maxiter=maxiter)
-    cand, _ = newton_polish(problem, cand, reml=reml, maxiter=min(50, maxiter))
-    return cand if problem.deviance(cand, reml=reml) < f0 - tol else None
+    x, ok = _minimize(f, g, x0[free], bounds, method, maxiter)
+    return canonical_theta(problem, full(x)), ok
 
 
 def _minimize(f, g, x0, bounds, method, maxiter):  # noqa: ANN001, ANN202
@@ -699,10 +562,14 @@ def canonical_theta(problem: LMMProblem, theta: np.ndarray) -> np.ndarray:
     return theta
 
 
-def _free_mask(problem: LMMProblem, theta: np.ndarray, grad: np.ndarray) -> np.ndarray:
+def _free_mask(
+    problem: LMMProblem, theta: np.ndarray, grad: np.ndarray, held: tuple[int, ...] = ()
+) -> np.ndarray:
     """Parameters not held at their lower bound (KKT: at the bound and gradient >= 0)."""
     at_bound = np.isfinite(problem.lower) & (theta <= problem.lower + 1e-10)
-    return ~(at_bound & (grad >= -1e-10))
+    free = ~(at_bound & (grad >= -1e-10))
+    free[list(held)] = False
+    return free
 
 
 def projected_gradient(problem: LMMProblem, theta: np.ndarray, *, reml: bool) -> np.ndarray:
@@ -715,31 +582,28 @@ def numeric_hessian(
     fun,  # noqa: ANN001
     x: np.ndarray,
     rel_step: float = 1e-5,
-    floor: np.ndarray | None = None,
 ) -> np.ndarray:
     """Symmetrised central-difference Jacobian of a gradient function ``fun`` at ``x``.
 
-    The step for ``x[i]`` is ``rel_step * max(floor[i], |x[i]|)``; ``floor`` defaults to 1,
-    right for the scale-free ``theta`` but not for ``sigma``, whose floor must carry the
-    outcome's units (else a small-scale outcome gets a far too large step).
+    The step for ``x[i]`` is ``rel_step * max(1, |x[i]|)`` (``theta`` is scale-free).
     """
     x = np.asarray(x, dtype=float)
-    k = x.size
-    fl = np.ones(k) if floor is None else np.asarray(floor, dtype=float)
-    H = np.empty((k, k))
-    for i in range(k):
-        h = rel_step * max(fl[i], abs(x[i]))
-        xp, xm = x.copy(), x.copy()
-        xp[i] += h
-        xm[i] -= h
-        H[:, i] = (fun(xp) - fun(xm)) / (2 * h)
+    step = (rel_step * np.maximum(1.0, np.abs(x)))[None, :]
+    H = central_jacobian(lambda t: (np.array([fun(t[0])]),), x[None, :], step)[0][0].T
     return (H + H.T) / 2
 
 
 def newton_polish(
-    problem: LMMProblem, theta: np.ndarray, *, reml: bool = True, maxiter: int = 50
+    problem: LMMProblem,
+    theta: np.ndarray,
+    *,
+    reml: bool = True,
+    maxiter: int = 50,
+    held: tuple[int, ...] = (),
 ) -> tuple[np.ndarray, float]:
     """Newton steps on the exact profiled criterion (bounded parameters kept feasible).
+
+    Entries in ``held`` stay where they are.
 
     Returns
     -------
@@ -752,7 +616,7 @@ def newton_polish(
     f0 = problem.deviance(theta, reml=reml)
     for _ in range(maxiter):
         g = problem.gradient(theta, reml=reml)
-        free = _free_mask(problem, theta, g)
+        free = _free_mask(problem, theta, g, held)
         gmax = float(np.abs(g[free]).max()) if free.any() else 0.0
         if gmax < GRAD_TOL:
             break
@@ -786,118 +650,109 @@ def newton_polish(
             theta = cand
             break
         theta, f0 = cand, fc
-    theta = snap_to_boundary(problem, theta, reml=reml)
-    g = projected_gradient(problem, theta, reml=reml)
+    g = problem.gradient(theta, reml=reml)
+    g = np.where(_free_mask(problem, theta, g, held), g, 0.0)
     return theta, float(np.abs(g).max()) if g.size else 0.0
 
 
-def snap_to_boundary(
-    problem: LMMProblem, theta: np.ndarray, *, reml: bool, tol: float = 1e-5
-) -> np.ndarray:
-    """Set bounded entries below ``tol`` to exactly zero when the deviance does not rise.
+class DenseCriterion:
+    """The dense engine as :func:`.search.search` sees it (one replicate).
 
-    An optimiser approaching a zero variance from inside can stop a hair above it; the
-    estimate on the boundary is then the better (and reproducible) answer.
-    """
-    theta = np.array(theta, dtype=float)
-    f0 = problem.deviance(theta, reml=reml)
-    near = np.isfinite(problem.lower) & (theta > problem.lower) & (theta < tol)
-    for i in np.flatnonzero(near):
-        cand = theta.copy()
-        cand[i] = 0.0
-        fc = problem.deviance(cand, reml=reml)
-        if fc <= f0:
-            theta, f0 = cand, fc
-    return theta
+    Its local optimiser is bounded L-BFGS-B on the free entries followed by
+    :func:`newton_polish`.
 
-
-# -- inference ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SatterthwaiteSetup:
-    """Precomputed pieces for Satterthwaite df of any contrast (lmerTest's method).
-
-    Attributes
+    Parameters
     ----------
-    vcov : ndarray, shape (p, p)
-        ``vcov(beta)`` at the estimate.
-    jac : ndarray, shape (m, p, p)
-        ``d vcov(beta) / d phi`` over the ``m`` variance parameters kept (theta entries
-        not on their boundary, and sigma).
-    acov : ndarray, shape (m, m)
-        Asymptotic covariance of those parameters, ``2 H^{-1}`` with ``H`` the Hessian of
-        the (non-profiled) deviance in ``(theta, sigma)``.
-    hessian_eigmin : float
-        Smallest eigenvalue of the theta block of ``H`` divided by ``max(1, largest)``
-        (scale-free; ``<= 0`` means not positive definite).
-    """
-
-    vcov: np.ndarray
-    jac: np.ndarray
-    acov: np.ndarray
-    hessian_eigmin: float
-
-
-def satterthwaite_setup(
-    problem: LMMProblem, theta: np.ndarray, *, reml: bool = True, boundary_tol: float = 1e-8
-) -> SatterthwaiteSetup:
-    """Compute once what :func:`satterthwaite_df` needs.
-
-    Variance parameters are ``phi = (theta, sigma)`` as in lmerTest. Entries of ``theta``
-    estimated on their lower bound (a zero variance) are held fixed (dropped from
-    ``phi``): the deviance is flat to first order there and they carry no sampling
-    variance.
-    """
-    ev = problem.evaluate(theta)
-    sigma = float(np.sqrt(problem.sigma2(ev, reml=reml)))
-    phi = np.append(np.asarray(theta, dtype=float), sigma)
-    keep = np.append(
-        ~(np.isfinite(problem.lower) & (np.asarray(theta) <= problem.lower + boundary_tol)), True
-    )
-    idx = np.flatnonzero(keep)
-
-    def gsub(t: np.ndarray) -> np.ndarray:
-        full = phi.copy()
-        full[idx] = t
-        return problem.gradient_vp(full, reml=reml)[idx]
-
-    # theta is relative to sigma (scale-free); sigma's step must scale with sigma itself
-    floor = np.append(np.ones(len(theta)), sigma)[idx]
-    H = numeric_hessian(gsub, phi[idx], floor=floor)
-    # scale-free identifiability check on the theta block (theta is relative to sigma)
-    if idx.size > 1:
-        w = np.linalg.eigvalsh(H[:-1, :-1])
-        eigmin = float(w.min() / max(1.0, np.abs(w).max()))
-    else:
-        eigmin = 1.0
-    try:
-        acov = 2.0 * np.linalg.inv(H)
-    except np.linalg.LinAlgError:
-        acov = 2.0 * np.linalg.pinv(H)
-    jac = problem.vcov_jacobian(np.asarray(theta, dtype=float), sigma, reml=reml)[idx]
-    vcov = sigma**2 * np.linalg.inv(ev.M)
-    return SatterthwaiteSetup(vcov=(vcov + vcov.T) / 2, jac=jac, acov=acov, hessian_eigmin=eigmin)
-
-
-def satterthwaite_df(setup: SatterthwaiteSetup, L: np.ndarray) -> float:
-    """Satterthwaite denominator df of the contrast ``L @ beta``.
-
-    ``df = 2 (L V L')^2 / (g' A g)`` with ``g_i = L (dV/dphi_i) L'`` and ``A`` the
-    asymptotic covariance of ``phi``. Returns ``inf`` when the denominator is not
-    positive.
+    problem : LMMProblem
+    reml : bool
+    maxiter : int
+        Iterations of each L-BFGS-B run.
 
     Examples
     --------
-    >>> s = SatterthwaiteSetup(np.eye(1), np.ones((1, 1, 1)), np.array([[0.2]]), 1.0)
-    >>> satterthwaite_df(s, np.array([1.0]))
-    10.0
+    >>> from alliance_models.models.lmm.search import search
+    >>> rng = np.random.default_rng(1)
+    >>> g = np.repeat(np.arange(10), 4)
+    >>> X = np.ones((40, 1))
+    >>> y = 2.0 * rng.normal(size=10)[g] + rng.normal(size=40)
+    >>> crit = DenseCriterion(LMMProblem(y, X, [RandomBlock(X, g, 10)]), reml=True)
+    >>> theta, _ = search(crit, np.array([[0.0]]), np.array([True]))  # zero: no optimum
+    >>> bool(theta[0, 0] > 1.0)
+    True
     """
-    L = np.asarray(L, dtype=float).ravel()
-    var = float(L @ setup.vcov @ L)
-    g = np.einsum("i,kij,j->k", L, setup.jac, L)
-    denom = float(g @ setup.acov @ g)
-    if not denom > 0:
-        return float("inf")
-    return 2.0 * var * var / denom
+
+    n_rep = 1
+
+    def __init__(self, problem: LMMProblem, *, reml: bool, maxiter: int = 1000) -> None:
+        self.problem = problem
+        self.reml = reml
+        self.maxiter = maxiter
+        self.k = problem.n_theta
+        self.bounded = np.isfinite(problem.lower)
+        scalar = np.zeros(self.k, dtype=bool)
+        for b, s in zip(problem.blocks, problem.theta_slices, strict=True):
+            scalar[s] = b.q == 1
+        self.scalar = scalar
+
+    def values(self, rep: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """Profiled deviance at every row of ``theta``."""
+        return np.array([self.problem.deviance(t, reml=self.reml) for t in theta])
+
+    def polish(
+        self, rep: np.ndarray, theta0: np.ndarray, held: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """L-BFGS-B and Newton steps from every row of ``theta0``, ``held`` at zero."""
+        out = np.empty_like(theta0, dtype=float)
+        conv = np.zeros(len(theta0), dtype=bool)
+        for i, t0 in enumerate(theta0):
+            start = np.array(t0, dtype=float)
+            start[list(held)] = 0.0
+            t, _ = optimize_theta(self.problem, start, reml=self.reml, maxiter=self.maxiter,
+                                  held=held)
+            out[i], gmax = newton_polish(self.problem, t, reml=self.reml,
+                                         maxiter=min(50, self.maxiter), held=held)
+            conv[i] = gmax < GRAD_TOL
+        return out, conv
+
+
+# -- inference ------------------------------------------------------------------------
+def satterthwaite_setup(
+    problem: LMMProblem, theta: np.ndarray, *, reml: bool = True
+) -> SatterthwaiteSetup:
+    """Compute once what :func:`.satterthwaite.contrast_df` needs for this fit.
+
+    Variance parameters are ``phi = (theta, sigma)`` as in lmerTest; entries of
+    ``theta`` at their lower bound (a zero variance) are held fixed.
+    """
+    theta = np.asarray(theta, dtype=float)
+    ev = problem.evaluate(theta)
+    sigma = float(np.sqrt(problem.sigma2(ev, reml=reml)))
+    phi = np.append(theta, sigma)
+    held = np.append(np.isfinite(problem.lower) & (theta <= problem.lower + HELD_TOL), False)
+    idx = np.flatnonzero(~held)
+
+    def gsub(t: np.ndarray) -> tuple[np.ndarray]:
+        full = phi.copy()
+        full[idx] = t[0]
+        return (problem.gradient_vp(full, reml=reml)[idx][None],)
+
+    # theta is relative to sigma (scale-free); sigma's step must scale with sigma itself
+    floor = np.append(np.ones(len(theta)), sigma)[idx]
+    step = (DF_STEP * np.maximum(floor, np.abs(phi[idx])))[None]
+    Hk = central_jacobian(gsub, phi[idx][None], step)[0][0]
+    Hk = (Hk + Hk.T) / 2
+    H = np.eye(phi.size)
+    H[np.ix_(idx, idx)] = Hk
+    # scale-free identifiability check on the theta block (theta is relative to sigma)
+    if idx.size > 1:
+        w = np.linalg.eigvalsh(Hk[:-1, :-1])
+        eigmin = float(w.min() / max(1.0, np.abs(w).max()))
+    else:
+        eigmin = 1.0
+    jac = problem.vcov_jacobian(theta, sigma, reml=reml)
+    vcov = sigma**2 * np.linalg.inv(ev.M)
+    return SatterthwaiteSetup(vcov=(vcov + vcov.T) / 2, jac=jac, hessian=H, held=held,
+                              hessian_eigmin=eigmin)
 
 
 def nakagawa_r2(

@@ -13,7 +13,7 @@ import pytest
 
 import alliance_models as am
 
-R_DIR = Path(__file__).parent / "r"
+R_DIR = Path(__file__).parents[2] / "r"
 FORMULA = "y ~ x * m + (1 | therapist/patient)"
 
 

@@ -1,0 +1,288 @@
+"""The search for the REML / ML optimum over relative standard deviations (both engines).
+
+The profiled criterion of a linear mixed model is a function of ``theta``, the relative
+covariance factors (for a random intercept: its SD over the residual SD). It is even in
+the SD of every scalar term, so zero is a stationary point an optimiser started inside
+never leaves and one started at zero never leaves either, and it can have a local
+optimum inside and a better one on a face (one or more variances at zero), or the
+reverse. An optimiser from one start finds one of them. The search here is the one
+strategy both engines use (:mod:`.dense` behind ``fit_mixed``, :mod:`.batched` behind
+the power engine), written against a :class:`Criterion` -- the engine's criterion for
+any (replicate, point) pairs and its local optimiser with some components held at zero:
+
+1. **Local optimum.** The engine runs its optimiser from its own start (lme4's start
+   or statsmodels' estimate for the dense engine, a moment estimate for the batched
+   one); :func:`search` starts from that solution.
+2. **Grid over every face** (at most :data:`MAX_GRID_TERMS` components, all scalar
+   SDs): the criterion is evaluated on the product grid :data:`GRID` of relative SDs,
+   which includes 0 in every component, so every face (set of components at zero) has
+   grid points. For every zero pattern other than the solution's own, the best grid
+   point of that pattern is polished -- the local optimiser runs from it with the
+   pattern's zeros held -- when it lies within :data:`FACE_MARGIN` of the current
+   solution (a coarse grid point can lie well above the optimum near it), and the
+   polished point replaces the solution when it is better. Larger problems (more terms,
+   random slopes) get the face checks instead: for every scalar SD not at zero, the
+   optimiser runs from the solution with that SD held at zero.
+3. **Across the face.** A solution with a component at exactly zero is a stationary
+   point in that component even when the criterion falls inward. Each such component is
+   moved to the probe values :data:`INWARD` (very small to far out) in turn; when a
+   probe beats the solution, the free optimiser runs from the best probe. Repeated up to
+   :data:`INWARD_ROUNDS` times.
+4. **Snap.** Bounded components below :data:`BOUNDARY_SNAP` are set to exactly zero
+   when the criterion does not rise (:func:`snap`).
+
+Every comparison ignores differences below :data:`ROUNDING` (relative to the
+criterion), the level to which both engines compute it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Protocol
+
+import numpy as np
+
+__all__ = [
+    "BOUNDARY_SNAP",
+    "FACE_MARGIN",
+    "GRAD_TOL",
+    "GRID",
+    "HELD_TOL",
+    "INWARD",
+    "INWARD_ROUNDS",
+    "MAX_GRID_TERMS",
+    "ROUNDING",
+    "SINGULAR_TOL",
+    "Criterion",
+    "search",
+    "snap",
+]
+
+# -- the one table of constants ----------------------------------------------------
+#: Convergence target of the local optimisers: max |d criterion / d theta| (free entries).
+GRAD_TOL = 1e-8
+#: lme4's ``isSingular``: a bounded theta entry (relative SD) below this is singular.
+SINGULAR_TOL = 1e-4
+#: Bounded entries below this are tried at exactly zero (:func:`snap`).
+BOUNDARY_SNAP = 1e-5
+#: A grid point within this (criterion units, ``-2 log L``) of the solution is polished.
+FACE_MARGIN = 3.0
+#: Relative SDs of the search grid, per component; 0 puts grid points on every face and
+#: the far values catch optima at variance ratios near 100 in tiny designs.
+GRID = (0.0, 0.1, 0.3, 0.8, 2.0, 5.0, 10.0)
+#: Problems with at most this many components (all scalar SDs) are searched on the grid.
+MAX_GRID_TERMS = 3
+#: Relative SDs probed inward from a zero component (very flat optima lie near 1e-3).
+INWARD = (1e-3, 1e-2, 0.1, 0.5, 1.0, 3.0, 10.0)
+#: Rounds of the inward check (each may end on another face).
+INWARD_ROUNDS = 3
+#: Relative rounding level of the criterion: smaller differences are ties.
+ROUNDING = 1e-12
+#: Components at or below this are held at zero in the Satterthwaite df.
+HELD_TOL = 1e-8
+
+
+class Criterion(Protocol):
+    """What :func:`search` needs from an engine.
+
+    Attributes
+    ----------
+    n_rep : int
+        Replicates (1 for the dense engine).
+    k : int
+        Components of theta.
+    bounded : ndarray of bool, shape (k,)
+        Entries with a lower bound of zero (SDs, diagonals of the covariance factors).
+    scalar : ndarray of bool, shape (k,)
+        Entries that are the SD of a scalar term (the criterion is even in them).
+    """
+
+    n_rep: int
+    k: int
+    bounded: np.ndarray
+    scalar: np.ndarray
+
+    def values(self, rep: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """Criterion (``-2 log L`` up to a constant) of replicate ``rep[i]`` at ``theta[i]``."""
+        ...
+
+    def polish(
+        self, rep: np.ndarray, theta0: np.ndarray, held: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Local optimum from ``theta0[i]`` for ``rep[i]`` with ``held`` kept at zero.
+
+        Returns the optima (m, k) and whether each converged (m,).
+        """
+        ...
+
+
+def _tol(f: np.ndarray) -> np.ndarray:
+    return ROUNDING * np.maximum(1.0, np.abs(f))
+
+
+def snap(crit: Criterion, rep: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Set bounded entries below :data:`BOUNDARY_SNAP` to zero when the criterion does not rise.
+
+    An optimiser approaching a zero variance from inside can stop a hair above it; the
+    estimate on the boundary is then the better (and reproducible) answer. Negative
+    scalar SDs (the criterion is even in them) become positive first.
+
+    Examples
+    --------
+    >>> class Quad:  # minimum at zero in the second component
+    ...     n_rep, k = 1, 2
+    ...     bounded = scalar = np.array([True, True])
+    ...     def values(self, rep, t):
+    ...         return (t[:, 0] - 1.0) ** 2 + t[:, 1] ** 2
+    >>> snap(Quad(), np.array([0]), np.array([[1.0, 3e-6]])).tolist()
+    [[1.0, 0.0]]
+    """
+    theta = np.array(theta, dtype=float)
+    theta[:, crit.scalar] = np.abs(theta[:, crit.scalar])
+    near = crit.bounded[None, :] & (theta > 0.0) & (theta < BOUNDARY_SNAP)
+    rows = np.flatnonzero(near.any(axis=1))
+    if rows.size == 0:
+        return theta
+    t, f = theta[rows], crit.values(rep[rows], theta[rows])
+    for i in np.flatnonzero(near[rows].any(axis=0)):
+        sel = np.flatnonzero(near[rows, i])
+        x = t[sel].copy()
+        x[:, i] = 0.0
+        fx = crit.values(rep[rows][sel], x)
+        ok = fx <= f[sel]
+        t[sel[ok], i] = 0.0
+        f[sel[ok]] = fx[ok]
+    theta[rows] = t
+    return theta
+
+
+def _accept(
+    crit: Criterion,
+    state: tuple[np.ndarray, np.ndarray, np.ndarray],
+    idx: np.ndarray,
+    cand: np.ndarray,
+    conv: np.ndarray,
+) -> None:
+    """Replace the solutions ``idx`` by ``cand`` where it is better (in place)."""
+    theta, f, converged = state
+    cand = snap(crit, idx, cand)
+    fc = crit.values(idx, cand)
+    ok = fc < f[idx] - _tol(f[idx])
+    theta[idx[ok]], f[idx[ok]], converged[idx[ok]] = cand[ok], fc[ok], conv[ok]
+
+
+def _grid_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Step 2 on the grid: polish the best grid point of every other zero pattern."""
+    theta, f, _ = state
+    k = crit.k
+    pts = np.array(list(itertools.product(GRID, repeat=k)), dtype=float)
+    zero_of = pts == 0.0
+    own = theta == 0.0  # the local solution's zero pattern
+    for pattern in np.unique(zero_of, axis=0):
+        cols = np.flatnonzero((zero_of == pattern).all(axis=1))
+        reps = np.flatnonzero(~(own == pattern).all(axis=1))
+        if reps.size == 0:
+            continue
+        rep = np.repeat(reps, cols.size)
+        fg = crit.values(rep, np.tile(pts[cols], (reps.size, 1))).reshape(reps.size, cols.size)
+        best = fg.argmin(axis=1)
+        fb = fg[np.arange(reps.size), best]
+        near = fb < f[reps] + FACE_MARGIN
+        if not near.any():
+            continue
+        idx, start = reps[near], pts[cols[best[near]]]
+        held = tuple(int(i) for i in np.flatnonzero(pattern))
+        if len(held) == k:
+            cand, conv = start, np.ones(idx.size, dtype=bool)
+        else:
+            cand, conv = crit.polish(idx, start, held)
+        _accept(crit, state, idx, cand, conv)
+
+
+def _face_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Step 2 without the grid: every scalar SD not at zero is held at zero in turn."""
+    theta, _, _ = state
+    for i in np.flatnonzero(crit.scalar):
+        idx = np.flatnonzero(theta[:, i] != 0.0)
+        if idx.size == 0:
+            continue
+        start = theta[idx].copy()
+        # other components at zero start inside (zero is a stationary point)
+        start[(start == 0.0) & crit.bounded[None, :]] = 1.0
+        start[:, i] = 0.0
+        cand, conv = crit.polish(idx, start, (int(i),))
+        _accept(crit, state, idx, cand, conv)
+
+
+def _inward_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> bool:
+    """Step 3: probe inward from every zero component; True if a solution moved."""
+    theta, f, _ = state
+    at_zero = (theta == 0.0) & crit.bounded[None, :]
+    reps, comps = np.nonzero(at_zero)
+    if reps.size == 0:
+        return False
+    h = np.array(INWARD)
+    x = np.repeat(theta[reps], h.size, axis=0)
+    x[np.arange(x.shape[0]), np.repeat(comps, h.size)] = np.tile(h, reps.size)
+    fx = crit.values(np.repeat(reps, h.size), x).reshape(reps.size, h.size)
+    j = fx.argmin(axis=1)
+    fbest = fx[np.arange(reps.size), j]
+    # the best probe per replicate (over its zero components)
+    order = np.lexsort((fbest, reps))
+    first = order[np.r_[True, reps[order][1:] != reps[order][:-1]]]
+    lower = fbest[first] < f[reps[first]] - _tol(f[reps[first]])
+    if not lower.any():
+        return False
+    pick = first[lower]
+    idx = reps[pick]
+    start = x.reshape(reps.size, h.size, crit.k)[pick, j[pick]]
+    cand, conv = crit.polish(idx, start, ())
+    before = theta[idx].copy()
+    _accept(crit, state, idx, cand, conv)
+    return bool(np.any(theta[idx] != before))
+
+
+def search(
+    crit: Criterion, theta: np.ndarray, converged: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move local solutions to the best optimum the strategy finds (module docstring).
+
+    Parameters
+    ----------
+    crit : Criterion
+        The engine.
+    theta : ndarray, shape (n_rep, k)
+        The engine's local solutions (step 1).
+    converged : ndarray of bool, shape (n_rep,)
+        Whether the local optimiser converged there.
+
+    Returns
+    -------
+    theta : ndarray, shape (n_rep, k)
+    converged : ndarray of bool, shape (n_rep,)
+        Of the returned solution's local run.
+
+    Examples
+    --------
+    >>> class TwoWells:  # stationary at 0, the minimum at sqrt(4.5) (even in t)
+    ...     n_rep, k = 1, 1
+    ...     bounded = scalar = np.array([True])
+    ...     def values(self, rep, t):
+    ...         return t[:, 0] ** 2 * (t[:, 0] ** 2 - 9.0) / 10
+    ...     def polish(self, rep, t0, held):
+    ...         return np.full_like(t0, np.sqrt(4.5)), np.ones(len(t0), bool)
+    >>> theta, conv = search(TwoWells(), np.array([[0.0]]), np.array([True]))
+    >>> round(float(theta[0, 0]), 3)
+    2.121
+    """
+    theta = snap(crit, np.arange(crit.n_rep), theta)
+    everyone = np.arange(crit.n_rep)
+    state = (theta, crit.values(everyone, theta), np.array(converged, dtype=bool))
+    if crit.k <= MAX_GRID_TERMS and crit.scalar.all():
+        _grid_step(crit, state)
+    else:
+        _face_step(crit, state)
+    for _ in range(INWARD_ROUNDS):
+        if not _inward_step(crit, state):
+            break
+    return state[0], state[2]
