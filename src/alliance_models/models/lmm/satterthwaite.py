@@ -91,7 +91,7 @@ def degrees_of_freedom(
     --------
     >>> degrees_of_freedom(np.ones((1, 1)), np.ones((1, 2, 1)), 20 * np.eye(2)[None],
     ...                    np.array([[False, True]])).tolist()
-    [[10.0]]
+    [[20.0]]
     """
     B, m = held.shape
     diag = np.arange(m)
