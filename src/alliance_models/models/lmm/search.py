@@ -171,6 +171,20 @@ def _accept(
     theta[idx[ok]], f[idx[ok]], converged[idx[ok]] = cand[ok], fc[ok], conv[ok]
 
 
+def _grid_values(crit: Criterion, reps: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Criterion of every replicate in ``reps`` at every point ``pts``, shape (reps, pts).
+
+    Most replicates: one call per point over all of them (no copies of their data); a
+    few: one call over every (replicate, point) pair.
+    """
+    if 2 * reps.size > crit.n_rep:
+        every = np.arange(crit.n_rep)
+        f = [crit.values(every, np.broadcast_to(p, (crit.n_rep, p.size))) for p in pts]
+        return np.column_stack(f)[reps]
+    f = crit.values(np.repeat(reps, len(pts)), np.tile(pts, (reps.size, 1)))
+    return f.reshape(reps.size, len(pts))
+
+
 def _grid_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     """Step 2 on the grid: polish the best grid point of every other zero pattern."""
     theta, f, _ = state
@@ -183,8 +197,7 @@ def _grid_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]
         reps = np.flatnonzero(~(own == pattern).all(axis=1))
         if reps.size == 0:
             continue
-        rep = np.repeat(reps, cols.size)
-        fg = crit.values(rep, np.tile(pts[cols], (reps.size, 1))).reshape(reps.size, cols.size)
+        fg = _grid_values(crit, reps, pts[cols])
         best = fg.argmin(axis=1)
         fb = fg[np.arange(reps.size), best]
         near = fb < f[reps] + FACE_MARGIN
