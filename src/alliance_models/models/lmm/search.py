@@ -117,7 +117,8 @@ class Criterion(Protocol):
 
 
 def _tol(f: np.ndarray) -> np.ndarray:
-    return ROUNDING * np.maximum(1.0, np.abs(f))
+    """Ties: :data:`ROUNDING` relative (0 where the criterion failed, ``inf``)."""
+    return ROUNDING * np.maximum(1.0, np.abs(np.where(np.isfinite(f), f, 0.0)))
 
 
 def snap(crit: Criterion, rep: np.ndarray, theta: np.ndarray) -> np.ndarray:
