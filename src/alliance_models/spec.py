@@ -67,6 +67,21 @@ class RandomTerm:
         """Names of the random coefficients, ``"(Intercept)"`` first when present."""
         return (("(Intercept)",) if self.intercept else ()) + self.slopes
 
+    def group_keys(self, data: pd.DataFrame) -> pd.Series:
+        """Group label of every row of ``data``: the factors' values joined by ``":"``.
+
+        Examples
+        --------
+        >>> t = RandomTerm("1", "t:p", ("t", "p"), True)
+        >>> t.group_keys(pd.DataFrame({"t": ["a", "b"], "p": [1, 2]})).tolist()
+        ['a:1', 'b:2']
+        """
+        # vectorised string join (a row-wise agg was ~50x slower on 1,440 rows)
+        keys = data[self.factors[0]].astype(str)
+        for f in self.factors[1:]:
+            keys = keys + ":" + data[f].astype(str)
+        return keys
+
     def __str__(self) -> str:
         bar = "|" if self.correlated else "||"
         return f"({self.expr} {bar} {self.group})"
@@ -270,11 +285,7 @@ class ModelSpec:
         for t in self.random:
             if t.group in groups:
                 continue
-            # vectorised string join (a row-wise agg was ~50x slower on 1,440 rows)
-            keys = df[t.factors[0]].astype(str)
-            for f in t.factors[1:]:
-                keys = keys + ":" + df[f].astype(str)
-            codes, uniques = pd.factorize(keys, sort=True)
+            codes, uniques = pd.factorize(t.group_keys(df), sort=True)
             if len(uniques) < 2:
                 raise ModelSpecError(
                     f"grouping factor {t.group!r} has only one level ({uniques[0]!r}); "

@@ -299,7 +299,7 @@ class MixedFit:
                         f"{', '.join(map(repr, missing))} for {t}"
                     )
                 Z = _term_design(t, data)
-                keys = _group_keys(t, data)
+                keys = pd.Index(t.group_keys(data))
                 re = self.random_effects[str(t)]
                 pos = re.index.get_indexer(keys)
                 coef = re.to_numpy()
@@ -364,13 +364,6 @@ class MixedFit:
 
 
 # ---------------------------------------------------------------------------------------
-def _group_keys(t: RandomTerm, data: pd.DataFrame) -> pd.Index:
-    """Group labels of ``data`` for term ``t`` (as in ``ModelSpec.build``)."""
-    if len(t.factors) > 1:
-        return pd.Index(data[list(t.factors)].astype(str).agg(":".join, axis=1))
-    return pd.Index(data[t.factors[0]].astype(str))
-
-
 def _term_design(t: RandomTerm, data: pd.DataFrame) -> np.ndarray:
     """Random-effect columns of term ``t`` for ``data`` (intercept, then slopes)."""
     from formulaic import Formula
