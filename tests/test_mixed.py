@@ -379,12 +379,16 @@ def test_satterthwaite_df_for_unit_contrasts_equals_table(fits):
 
 
 def test_blups_match_statsmodels_random_effects(fits):
+    import statsmodels.formula.api as smf
+
     fit = fits[("sleepstudy", True)]
-    sm_re = fit.sm_result.random_effects  # independent implementation (statsmodels)
+    # an independent implementation: statsmodels MixedLM fitted here
+    sm = smf.mixedlm("Reaction ~ Days", fit.frame.data, groups="Subject",
+                     re_formula="~Days").fit(reml=True, method="lbfgs")
     ours = fit.random_effects["(Days | Subject)"]
-    for code, label in enumerate(fit.frame.group_labels["Subject"]):
+    for label, re in sm.random_effects.items():
         np.testing.assert_allclose(
-            ours.loc[label].to_numpy(), np.asarray(sm_re[code]), rtol=1e-3, atol=1e-3
+            ours.loc[str(label)].to_numpy(), np.asarray(re), rtol=1e-3, atol=1e-3
         )
 
 
@@ -510,15 +514,18 @@ def test_no_singular_warning_for_small_but_real_variance_in_small_units():
 
 
 def test_fallback_optimizer_is_recorded(monkeypatch):
-    real = mixed._fit_statsmodels
+    real = dense.optimize_theta
+    calls: list[str] = []
 
-    def flaky(frame, layout, reml, method, maxiter):
-        if method == "lbfgs":
+    def flaky(problem, theta0, *, method="lbfgs", **kwargs):
+        calls.append(method)
+        if len(calls) == 1:  # the first optimiser of the chain fails
             raise np.linalg.LinAlgError("Singular matrix")
-        return real(frame, layout, reml, method, maxiter)
+        return real(problem, theta0, method=method, **kwargs)
 
-    monkeypatch.setattr(mixed, "_fit_statsmodels", flaky)
+    monkeypatch.setattr(dense, "optimize_theta", flaky)
     fit = am.fit_mixed(CASES["sleepstudy"], _read("sleepstudy", "data"))
+    assert calls[:2] == ["lbfgs", "bfgs"]
     assert fit.optimizer == "bfgs"
     ref = _read("sleepstudy", "fixef")
     np.testing.assert_allclose(fit.fixed["estimate"], ref["estimate"], rtol=RTOL_FE)
@@ -547,11 +554,8 @@ def test_unconverged_optimizer_is_followed_by_the_next(monkeypatch):
     np.testing.assert_allclose(fit.fixed["df"], ref["df"], rtol=RTOL_DF)
 
 
-def test_statsmodels_failing_everywhere_falls_back_to_the_core(monkeypatch):
-    def broken(*args, **kwargs):
-        raise np.linalg.LinAlgError("Singular matrix")
-
-    monkeypatch.setattr(mixed, "_fit_statsmodels", broken)
+def test_nested_fit_needs_no_statsmodels_start():
+    # the core reaches lme4's optimum from lme4's start (no statsmodels MixedLM start)
     fit = am.fit_mixed(CASES["nested"], _read("nested", "data"))
     assert fit.sm_result is None and fit.converged and fit.optimizer == "lbfgs"
     ref = _read("nested", "fixef")

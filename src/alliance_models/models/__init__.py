@@ -1,4 +1,4 @@
-"""Model backends: mixed (statsmodels MixedLM), ols, gee and bayes (PyMC).
+"""Model backends: mixed (numpy REML core in ``lmm/``), ols, gee and bayes (PyMC).
 
 Only this subpackage imports statsmodels or PyMC.
 """

@@ -3,20 +3,17 @@
 :func:`fit_mixed` parses the formula once (:func:`alliance_models.formula.parse_formula`),
 encodes the data (:meth:`ModelSpec.build`) and fits by REML (or ML):
 
-1. **statsmodels MixedLM** gives the starting estimate when it can express the random
-   part: one grouping factor with a random intercept and/or correlated slopes
-   (``groups`` + ``exog_re``), plus random intercepts of factors nested in it
-   (``(1 | g1/g2)``, ``(1 | g1) + (1 | g1:g2)``) as variance components. Its own
-   boundary and convergence warnings are suppressed: the verdicts below replace them.
-2. The estimate is **polished on the exact profiled REML/ML criterion** of the numpy
-   core (:mod:`alliance_models.models.lmm.dense`, lme4's parameterisation) with the analytic
-   gradient: bounded L-BFGS-B then Newton steps until ``max |gradient| < 1e-8``. A fit
-   counts as converged when the projected gradient is below ``1e-6``. Crossed or
-   otherwise non-nested factors, ``||`` terms and slopes at inner levels are fitted by
-   the core alone. The core works block by block (one block of random effects per
+1. The **numpy core** (:mod:`alliance_models.models.lmm.dense`, lme4's parameterisation)
+   minimises the exact profiled REML/ML criterion from lme4's start with the analytic
+   gradient: the optimiser (bounded L-BFGS-B by default), then Newton steps until
+   ``max |gradient| < 1e-8``. A fit counts as converged when the projected gradient is
+   below ``1e-6``. The core works block by block (one block of random effects per
    therapist for nested factors); crossed factors form one dense block.
-3. Optimisers are tried in turn (``lbfgs -> bfgs -> powell -> nm``) until one converges;
+2. Optimisers are tried in turn (``lbfgs -> bfgs -> powell -> nm``) until one converges;
    :attr:`MixedFit.optimizer` records which.
+3. The **boundary/optimum search** shared with the batched power engine
+   (:mod:`alliance_models.models.lmm.search`) moves the solution to a better optimum on
+   a face (a variance at zero) or inside when there is one.
 
 Inference: ``vcov(beta) = sigma^2 (X' W^{-1} X)^{-1}``; denominator df by Satterthwaite's
 method in lmerTest's parameterisation ``(theta, sigma)`` with an analytic Jacobian of
@@ -101,8 +98,9 @@ class MixedFit:
         Residual SD.
     random_effects : dict of str to DataFrame
         Conditional modes (BLUPs) per random term, one row per level.
-    sm_result : statsmodels MixedLMResults or None
-        The statsmodels fit used as the start (``None`` for core-only structures).
+    sm_result : None
+        Always ``None``: fits no longer start from a statsmodels MixedLM (the numpy core
+        reaches lme4's optimum from lme4's start); kept so existing code still runs.
     messages : tuple of str
         The diagnostics warned about during the fit.
 
@@ -414,72 +412,13 @@ def _check_binomial(spec: ModelSpec, family: str) -> None:
         raise ModelSpecError(f"response {spec.response!r} looks binomial; {hint}")
 
 
-def _sm_layout(spec: ModelSpec) -> tuple[RandomTerm, list[RandomTerm]] | None:
-    """(outer term, nested intercept terms) if statsmodels MixedLM can express the model."""
-    for t0 in spec.random:
-        if not t0.correlated and t0.n_coef > 1:
-            continue
-        k = len(t0.factors)
-        rest = [t for t in spec.random if t is not t0]
-        if all(
-            t.factors[:k] == t0.factors and len(t.factors) > k and t.intercept and not t.slopes
-            for t in rest
-        ):
-            return t0, rest
-    return None
-
-
-def _fit_statsmodels(
-    frame: ModelFrame,
-    layout: tuple[RandomTerm, list[RandomTerm]],
-    reml: bool,
-    method: str,
-    maxiter: int,
-) -> tuple[Any, list[np.ndarray], float]:
-    """Fit MixedLM; return the result, covariance blocks in spec order and the scale."""
-    from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
-
-    t0, rest = layout
-    codes = frame.groups[t0.group]
-    n_g = int(codes.max()) + 1
-    rows_by_group = [np.flatnonzero(codes == j) for j in range(n_g)]
-    vc = None
-    if rest:
-        names, colnames, mats = [], [], []
-        for t in rest:
-            inner = frame.groups[t.group]
-            m_list, c_list = [], []
-            for rows in rows_by_group:
-                loc, uniq = pd.factorize(inner[rows])
-                m_list.append(np.eye(len(uniq))[loc])
-                c_list.append([f"{t.group}[{u}]" for u in uniq])
-            names.append(str(t))
-            colnames.append(c_list)
-            mats.append(m_list)
-        vc = VCSpec(names, colnames, mats)
-    model = MixedLM(frame.y, frame.X, groups=codes, exog_re=frame.Z[str(t0)], exog_vc=vc)
-    res = model.fit(reml=reml, method=method, maxiter=maxiter)
-    scale = float(res.scale)
-    cov_re = np.asarray(res.cov_re, dtype=float)
-    vcomp = np.atleast_1d(np.asarray(res.vcomp, dtype=float))
-    if not (np.isfinite(scale) and scale > 0 and np.all(np.isfinite(cov_re))):
-        raise np.linalg.LinAlgError("statsmodels returned non-finite estimates")
-    covs = []
-    for t in frame.spec.random:
-        if t is t0:
-            covs.append(cov_re)
-        else:
-            covs.append(np.array([[max(float(vcomp[rest.index(t)]), 0.0)]]))
-    return res, covs, scale
-
-
 def _run(
     problem: dense.LMMProblem,
     frame: ModelFrame,
     reml: bool,
     chain: tuple[str, ...],
     maxiter: int,
-) -> tuple[np.ndarray, str, bool, float, Any]:
+) -> tuple[np.ndarray, str, bool, float]:
     """Local optimum (:func:`_run_chain`), then the boundary/optimum search.
 
     A converged solution can be a local optimum with a better one on a face (a variance
@@ -487,14 +426,14 @@ def _run(
     one. :func:`alliance_models.models.lmm.search.search` looks for it (the same search
     as the batched engine's).
     """
-    theta, method, converged, gmax, res = _run_chain(problem, frame, reml, chain, maxiter)
+    theta, method, converged, gmax = _run_chain(problem, frame, reml, chain, maxiter)
     crit = dense.DenseCriterion(problem, reml=reml, maxiter=maxiter)
     found = search.search(crit, theta[None, :], np.array([converged]))[0][0]
     if not np.array_equal(found, theta):
         theta = found
         gmax = float(np.abs(dense.projected_gradient(problem, theta, reml=reml)).max())
         converged = gmax < CONVERGED_GRAD
-    return theta, method, converged, gmax, res
+    return theta, method, converged, gmax
 
 
 def _run_chain(
@@ -503,36 +442,10 @@ def _run_chain(
     reml: bool,
     chain: tuple[str, ...],
     maxiter: int,
-) -> tuple[np.ndarray, str, bool, float, Any]:
-    """Try the optimisers in turn; return theta, optimiser name, converged, grad, sm result."""
-    layout = _sm_layout(frame.spec)
-    best: tuple[float, np.ndarray, str, float, Any] | None = None
+) -> tuple[np.ndarray, str, bool, float]:
+    """Try the optimisers in turn from lme4's start; return theta, name, converged, grad."""
+    best: tuple[float, np.ndarray, str, float] | None = None
     attempts: list[tuple[str, str]] = []
-    if layout is not None:
-        for method in chain:
-            try:
-                with warnings.catch_warnings():
-                    # statsmodels' first import prepends "always" filters for its
-                    # ConvergenceWarning: import it before ours so "ignore" wins
-                    import statsmodels.regression.mixed_linear_model  # noqa: F401
-
-                    warnings.simplefilter("ignore")
-                    res, covs, scale = _fit_statsmodels(frame, layout, reml, method, maxiter)
-                theta0 = problem.theta_from_cov(covs, scale)
-                theta, _ = dense.optimize_theta(
-                    problem, theta0, reml=reml, method="lbfgs", maxiter=maxiter
-                )
-                theta, gmax = dense.newton_polish(
-                    problem, theta, reml=reml, maxiter=min(50, maxiter)
-                )
-            except Exception as err:  # statsmodels only provides the start: fall back
-                attempts.append((method, f"{type(err).__name__}: {err}"))
-                continue
-            dev = problem.deviance(theta, reml=reml)
-            if best is None or dev < best[0]:
-                best = (dev, theta, method, gmax, res)
-            if gmax < CONVERGED_GRAD:
-                return theta, method, True, gmax, res
     for method in chain:
         try:
             theta, _ = dense.optimize_theta(
@@ -544,16 +457,16 @@ def _run_chain(
             continue
         dev = problem.deviance(theta, reml=reml)
         if best is None or dev < best[0]:
-            best = (dev, theta, method, gmax, best[4] if best else None)
+            best = (dev, theta, method, gmax)
         if gmax < CONVERGED_GRAD:
-            return theta, method, True, gmax, best[4] if best else None
+            return theta, method, True, gmax
     if best is None:
         detail = "; ".join(f"{m}: {e}" for m, e in attempts)
         raise ModelSpecError(
             f"every optimizer failed for {frame.spec.formula!r} ({detail}); check the "
             "fixed-effects design for collinearity and simplify the random part"
         )
-    return best[1], best[2], False, best[3], best[4]
+    return best[1], best[2], False, best[3]
 
 
 def fit_mixed(
@@ -581,11 +494,9 @@ def fit_mixed(
         REML; use ``False`` (ML) to compare models with different fixed effects.
     optimizer : str or sequence of str, optional
         Any of ``"lbfgs", "bfgs", "powell", "nm"``, tried in the order given until one
-        converges (default: all four). Each is used for the statsmodels MixedLM start
-        when statsmodels can express the model, otherwise for the numpy core from
-        lme4's start; either way the estimate is then polished on the exact criterion
-        (L-BFGS-B and Newton steps) and :attr:`MixedFit.optimizer` names the one that
-        led to convergence.
+        converges (default: all four), each from lme4's start; the estimate is then
+        polished on the exact criterion (Newton steps) and :attr:`MixedFit.optimizer`
+        names the one that led to convergence.
     maxiter : int, default 1000
         Iterations per optimiser.
     ddf : {"satterthwaite", "residual", "none"}
@@ -668,10 +579,8 @@ def fit_mixed(
     problem = dense.LMMProblem(frame.y, frame.X, blocks)
 
     with _blas_threads(problem.q):
-        theta, opt_name, converged, gmax, sm_res = _run(problem, frame, reml, chain, maxiter)
-        return _assemble(
-            spec, frame, problem, theta, reml, ddf, opt_name, converged, gmax, sm_res, chain
-        )
+        theta, opt_name, converged, gmax = _run(problem, frame, reml, chain, maxiter)
+        return _assemble(spec, frame, problem, theta, reml, ddf, opt_name, converged, gmax, chain)
 
 
 def _blas_threads(q: int) -> contextlib.AbstractContextManager[Any]:
@@ -701,7 +610,6 @@ def _assemble(
     opt_name: str,
     converged: bool,
     gmax: float,
-    sm_res: Any,
     chain: tuple[str, ...] = (),
 ) -> MixedFit:
     messages: list[tuple[str, type[Warning]]] = []
@@ -856,7 +764,7 @@ def _assemble(
         theta=np.asarray(theta, dtype=float),
         sigma=sigma,
         random_effects=random_effects,
-        sm_result=sm_res,
+        sm_result=None,
         messages=tuple(m for m, _ in messages),
         _satt=satt,
     )
