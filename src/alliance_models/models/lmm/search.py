@@ -11,8 +11,8 @@ the power engine), written against a :class:`Criterion` -- the engine's criterio
 any (replicate, point) pairs and its local optimiser with some components held at zero:
 
 1. **Local optimum.** The engine runs its optimiser from its own start (lme4's start
-   or statsmodels' estimate for the dense engine, a moment estimate for the batched
-   one); :func:`search` starts from that solution.
+   for the dense engine, a moment estimate for the batched one); :func:`search` starts
+   from that solution.
 2. **Grid over every face** (at most :data:`MAX_GRID_TERMS` components, all scalar
    SDs): the criterion is evaluated on the product grid :data:`GRID` of relative SDs,
    which includes 0 in every component, so every face (set of components at zero) has
