@@ -265,19 +265,6 @@ class LMMProblem:
             out.append(lam)
         return out
 
-    def theta_from_cov(self, covs: list[np.ndarray], sigma2: float) -> np.ndarray:
-        """``theta`` whose ``sigma2 * Lambda_k Lambda_k'`` reproduces ``covs`` (PSD-safe)."""
-        theta = np.zeros(self.n_theta)
-        for b, s, cov in zip(self.blocks, self.theta_slices, covs, strict=True):
-            rel = np.atleast_2d(np.asarray(cov, dtype=float)) / sigma2
-            if not b.correlated:
-                rel = np.diag(np.diag(rel))
-            w, v = np.linalg.eigh((rel + rel.T) / 2)
-            rel = (v * np.clip(w, 1e-10, None)) @ v.T
-            lam = np.linalg.cholesky(rel)
-            theta[s] = [lam[r, c] for r, c in b.theta_index]
-        return theta
-
     def term_values(self, v: np.ndarray, k: int) -> np.ndarray:
         """Entries of a length-``q`` vector belonging to term ``k``, shape (n_groups, q_k)."""
         return np.asarray(v)[self.cols[k]]
