@@ -770,7 +770,8 @@ R1_FORMULA = "adherence ~ alliance * (age + autonomy) + (1 | therapist/patient)"
 @pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
 def test_fast_batches_are_memory_chunks_and_do_not_change_results(monkeypatch):
     from alliance_models.formula import parse_formula
-    from alliance_models.power import engine, fast
+    from alliance_models.models.lmm import batch_fit as fast
+    from alliance_models.power import engine
 
     spec = parse_formula(R1_FORMULA)
     seeds = np.random.SeedSequence(1).spawn(1)
@@ -861,7 +862,8 @@ def test_fast_replicate_by_replicate_route_keeps_order_and_records_failures(monk
     # replicate whose fit fails is recorded as failed in its place, the others equal the
     # stacked fits
     from alliance_models.errors import ModelSpecError as MSE
-    from alliance_models.power import engine, fast
+    from alliance_models.models.lmm import batch_fit as fast
+    from alliance_models.power import engine
 
     d = am.Design(therapists=8, patients_per_therapist=4, sessions=3,
                   effects={"alliance": 0.3, "alliance:autonomy": 0.2})
