@@ -386,9 +386,9 @@ def test_blups_match_statsmodels_random_effects(fits):
     sm = smf.mixedlm("Reaction ~ Days", fit.frame.data, groups="Subject",
                      re_formula="~Days").fit(reml=True, method="lbfgs")
     ours = fit.random_effects["(Days | Subject)"]
-    for label, re in sm.random_effects.items():
+    for label, blup in sm.random_effects.items():
         np.testing.assert_allclose(
-            ours.loc[str(label)].to_numpy(), np.asarray(re), rtol=1e-3, atol=1e-3
+            ours.loc[str(label)].to_numpy(), np.asarray(blup), rtol=1e-3, atol=1e-3
         )
 
 
