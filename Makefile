@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 # The mixed-model and Bayesian tests again under numerically different set-ups: OpenBLAS's
 # generic SSE kernel (Prescott; runs on any x86-64 CPU, rounds differently from the
 # Haswell/SkylakeX kernels chosen by default), one BLAS thread, and another hash seed.
-PORTABLE_TESTS := tests/test_mixed.py tests/test_fast_reml.py tests/test_reml_batched_groups.py tests/test_lmm_scale.py tests/models/bayes
+PORTABLE_TESTS := tests/test_mixed.py tests/models/lmm tests/models/bayes
 test-portable: $(STAMP)
 	OPENBLAS_CORETYPE=Prescott OPENBLAS_NUM_THREADS=1 PYTHONHASHSEED=20261203 $(PY) -m pytest -q $(PORTABLE_TESTS)
 

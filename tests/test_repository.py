@@ -51,3 +51,11 @@ def test_make_installs_from_the_constraints_file():
     assert "-c constraints.txt" in script
     deps = re.search(r"^DEPS := (.*)$", (ROOT / "Makefile").read_text(), re.M)
     assert deps and "constraints.txt" in deps.group(1).split()  # a new lock reinstalls
+
+
+def test_portable_target_names_existing_test_paths():
+    # make test-portable (run by CI) must not point at test files that have moved
+    line = re.search(r"^PORTABLE_TESTS := (.*)$", (ROOT / "Makefile").read_text(), re.M)
+    assert line
+    for path in line.group(1).split():
+        assert (ROOT / path).exists(), f"Makefile PORTABLE_TESTS names missing {path}"
