@@ -31,19 +31,10 @@ import pytest
 import yaml
 
 import alliance_models as am
+from chromium_run import CHROMIUM, run_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is missing")
 
 PROBE = """<script id="docs-probe">
@@ -253,12 +244,8 @@ def serve():
 
 def probe(url: str, profile: Path) -> dict[str, str]:
     """Open ``url`` in headless Chromium; return the probe's findings and console errors."""
-    profile.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr",
-         "--v=0", "--virtual-time-budget=15000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=180, check=False,
-    )
+    proc = run_chromium(url, profile, "--enable-logging=stderr", "--v=0",
+                        "--virtual-time-budget=15000", "--dump-dom", timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     body = re.search(r"<body([^>]*)>", proc.stdout)
     assert body, proc.stdout[:2000]
