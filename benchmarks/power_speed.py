@@ -7,7 +7,7 @@ testing ``alliance:autonomy``. Everything is measured in this one run on this ma
 * fast engine: simulate B replicates (vectorised numpy simulator below, seeded) and fit
   them with :func:`alliance_models.models.lmm.batch_fit.fit_batch` (REML, Satterthwaite df
   for the tested term), end to end; also the fit alone, and with the package's own simulator
-  (``power.simulate.batch_arrays``) when it is importable;
+  (``batch_arrays``) when it is importable;
 * statsmodels MixedLM: a loop over replicates (data frame + ``MixedLM`` with a patient
   variance component, REML; Wald z only, it has no small-sample df);
 * MCPower (``pip install mcpower``), if importable: ``find_power`` on the same design
@@ -100,9 +100,16 @@ def bench_fast(B: int, repeats: int) -> tuple[float, float]:
 
 def bench_package_simulator(B: int, repeats: int) -> float | None:
     try:
-        from alliance_models._utils import spawn_seeds
         from alliance_models.models.lmm.batch_fit import fit_batch
-        from alliance_models.power.simulate import batch_arrays
+
+        try:  # the package's layout, before or after the redesign (issue 12)
+            from alliance_models._random import spawn as spawn_seeds
+        except ImportError:
+            from alliance_models._utils import spawn_seeds
+        try:
+            from alliance_models.planning.simulate import batch_arrays
+        except ImportError:
+            from alliance_models.power.simulate import batch_arrays
     except ImportError as err:
         print(f"  package simulator: not importable ({err})")
         return None
@@ -131,7 +138,7 @@ R1_FORMULA = "adherence ~ alliance * (age + autonomy) + (1 | therapist/patient)"
 
 
 def _r1_design():  # noqa: ANN202 - the package's Design
-    from alliance_models.power.design import Design
+    from alliance_models import Design
 
     return Design(therapists=T, patients_per_therapist=P, sessions=S,
                   moderators={"age": "patient", "autonomy": "patient"},

@@ -634,7 +634,7 @@ def test_progress_bar_appears_on_its_own_only_for_long_runs(capsys, monkeypatch)
 def test_singular_rate_and_type_s_rate_against_their_definitions():
     from scipy import stats
 
-    from alliance_models._utils import spawn_seeds
+    from alliance_models._random import spawn as spawn_seeds
     from alliance_models.power.simulate import simulate_arrays
 
     # one-way random-intercept model with no therapist variance: REML puts the therapist

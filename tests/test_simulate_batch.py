@@ -1,9 +1,9 @@
-"""The vectorised batch simulator (``power.simulate.batch_arrays``).
+"""Batches of the simulator (``batch_arrays``) against replicates simulated one at a time.
 
-Reference: the per-replicate numpy core ``simulate_arrays``. The batch path draws each
-replicate from that replicate's own seed streams with the same calls, and computes the
-rest with the same floating-point operations, so the comparison is bit-for-bit
-(``np.array_equal``, tolerance 0) and therefore also holds in distribution.
+There is one simulator; ``simulate_arrays`` runs it on a batch of one. A replicate
+depends only on its own seed, never on the batch or block it is simulated in, so these
+comparisons are bit-for-bit (``np.array_equal``, tolerance 0). The seeding rule itself
+is checked against numpy's own Generators, and the moments against the model.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import alliance_models as am
+from alliance_models._random import spawn
 from alliance_models.power.simulate import batch_arrays, design_matrix, simulate_arrays
 
 DESIGNS = {
@@ -96,7 +97,7 @@ def test_batch_equals_simulate_arrays_bit_for_bit(key):
 
 def test_replicate_does_not_depend_on_batch():
     d = DESIGNS["patient-rand-unequal"]
-    seeds = am._utils.spawn_seeds(5, 12)
+    seeds = spawn(5, 12)
     names = _names(d)
     X, Y, _, _, mask, _ = batch_arrays(d, "adherence", names, seeds)
     # the same replicates in other batches and orders
@@ -147,7 +148,7 @@ def test_moments_of_batched_columns():
     P, n = T * m, T * m * S
     B = 400
     _, Y, _, _, _, sims = batch_arrays(d, "adherence", ("Intercept",),
-                                       am._utils.spawn_seeds(123, B))
+                                       spawn(123, B))
     al = np.stack([s.columns["alliance"] for s in sims])
     c_t, c_p, c_s = d.alliance_components
     checks = [
@@ -174,34 +175,6 @@ def test_errors():
         batch_arrays(d, "adherence", ("Intercept", "arm"), seeds)  # not randomised
     with pytest.raises(am.ModelSpecError, match="not plain products"):
         batch_arrays(d, "completed", ("Intercept",), seeds)
-
-
-def test_vectorised_seed_hashing_matches_numpy_seedsequence():
-    from alliance_models.power.simulate import _child_words, _stream_seeds
-
-    roots_seeds = [
-        *np.random.SeedSequence().spawn(3),  # OS entropy (128 bits)
-        np.random.SeedSequence(0),
-        np.random.SeedSequence(2**70 + 5, spawn_key=(3, 2**33 + 1)),
-        *np.random.SeedSequence(42).spawn(2)[1].spawn(2),  # grandchildren
-    ]
-    streams = [0, 1, 2, 3, 4, 5]
-    batches = [[_stream_seeds(s)] for s in roots_seeds]  # each alone
-    batches.append([_stream_seeds(s) for s in roots_seeds[:3]])  # siblings together
-    checked = 0
-    for roots in batches:
-        words = _child_words(roots, streams)
-        assert words is not None and words.shape == (6 * len(roots), 4)
-        for b, (entropy, key, pool) in enumerate(roots):
-            for j, st in enumerate(streams):
-                ref = np.random.SeedSequence(entropy, spawn_key=(*key, st), pool_size=pool)
-                np.testing.assert_array_equal(words[6 * b + j], ref.generate_state(4, np.uint64))
-                checked += 1
-    assert checked == 6 * (len(roots_seeds) + 3)
-    # what it does not handle goes to numpy's SeedSequence
-    assert _child_words([_stream_seeds(np.random.SeedSequence([1, 2, 3]))], [0]) is None
-    mixed = [_stream_seeds(np.random.SeedSequence(1, spawn_key=(k,))) for k in (1, 2**40)]
-    assert _child_words(mixed, [0]) is None
 
 
 @pytest.mark.parametrize("seeds", [
@@ -372,52 +345,21 @@ def test_padded_without_replicates():
         np.testing.assert_array_equal(a, b)
 
 
-def test_pcg64_states_match_numpy_seeding():
-    # the (state, inc) a PCG64 gets from 4 uint64 seeding words, as numpy computes it
-    from alliance_models.power.simulate import _pcg64_states, _StateWords
-
-    rng = np.random.default_rng(5)
-    words = rng.integers(0, 2**64, size=(40, 4), dtype=np.uint64)
-    words[0] = 0
-    words[1] = np.iinfo(np.uint64).max
-    words[2] = [0, 1, 2**63, 2**64 - 1]
-    states = _pcg64_states(words)
-    for w, (state, inc) in zip(words, states, strict=True):
-        ref = np.random.PCG64(_StateWords(w)).state["state"]
-        assert (state, inc) == (ref["state"], ref["inc"])
-    # and the words SeedSequence children give
-    ss = np.random.SeedSequence(77).spawn(3)
-    for s in ss:
-        child = np.random.SeedSequence(s.entropy, spawn_key=(*s.spawn_key, 2))
-        (state, inc), = _pcg64_states(child.generate_state(4, np.uint64)[None, :])
-        ref = np.random.PCG64(child).state["state"]
-        assert (state, inc) == (ref["state"], ref["inc"])
 
 
-def test_streams_reseed_one_generator_per_stream_as_fresh_generators():
-    from alliance_models.power.simulate import _STREAMS, _stream_seeds, _Streams
-
-    seeds = np.random.SeedSequence(12).spawn(4)
-    src = _Streams([_stream_seeds(s) for s in seeds], ["alliance", "outcome"])
-    assert src._states is not None  # the state-setting path, not the fallback
-    snaps = []
-    for b in range(4):  # interleaved streams and replicates, as the batch draws them
-        a = src.get(b, "alliance").standard_normal(7)
-        r = src.get(b, "outcome")
-        o = r.standard_normal(5)
-        snaps.append(src.snapshot(r))
-        for stream, got in (("alliance", a), ("outcome", o)):
-            child = np.random.SeedSequence(seeds[b].entropy, spawn_key=(
-                *seeds[b].spawn_key, _STREAMS.index(stream)))
-            ref = np.random.default_rng(child)
-            np.testing.assert_array_equal(got, ref.standard_normal(got.size))
-        # a snapshot resumes where the stream stood, after other replicates' draws
-        src.get(b, "alliance").standard_normal(3)
-    for b in range(4):
-        child = np.random.SeedSequence(seeds[b].entropy, spawn_key=(
-            *seeds[b].spawn_key, _STREAMS.index("outcome")))
-        ref = np.random.default_rng(child)
-        ref.standard_normal(5)
-        want_binom = ref.binomial(9, 0.3, size=6)
-        np.testing.assert_array_equal(src.resume("outcome", snaps[b]).binomial(9, 0.3, size=6),
-                                      want_binom)
+def test_component_streams_are_numpy_generators_of_the_seed_children():
+    # the alliance of a replicate from first principles: stream 2 ("alliance") is
+    # Generator(PCG64(child 2 of the replicate's seed)); therapist, patient and session
+    # parts are consecutive standard normals (no skew), scaled by the components
+    d = am.Design(therapists=4, patients_per_therapist=3, sessions=2, alliance_skew=0.0,
+                  moderators={}, effects={"alliance": 0.3})
+    seeds = spawn(17, 3)
+    _, _, _, _, _, sims = batch_arrays(d, "adherence", ("Intercept",), seeds)
+    c_t, c_p, c_s = d.alliance_components
+    for ss, sa in zip(seeds, sims, strict=True):
+        rng = np.random.default_rng(np.random.SeedSequence(
+            ss.entropy, spawn_key=(*ss.spawn_key, 2)))
+        a_t, a_p, a_s = rng.standard_normal(4), rng.standard_normal(12), rng.standard_normal(24)
+        want = (np.sqrt(c_t) * a_t[sa.therapist] + np.sqrt(c_p) * a_p[sa.patient]
+                + np.sqrt(c_s) * a_s)
+        np.testing.assert_allclose(sa.columns["alliance"], want, rtol=1e-14, atol=1e-14)

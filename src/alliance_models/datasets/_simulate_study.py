@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from .._utils import RNGLike, as_generator
+from .._random import RNGLike, as_generator
 from ..errors import DesignError
 from ..instruments.keys import EARS, HCCQ_SHORT, WAI_SR
 

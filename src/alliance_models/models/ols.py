@@ -22,8 +22,8 @@ import pandas as pd
 from scipy import stats
 
 from .._format import fmt_num, fmt_p, table_text
+from .._random import RNGLike, as_generator
 from .._terms import design_columns
-from .._utils import RNGLike, as_generator
 from ..errors import ModelSpecError
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec

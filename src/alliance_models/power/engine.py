@@ -42,8 +42,8 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from .._utils import RNGLike
-from .._utils import progress as _progress
+from .._progress import progress as _progress
+from .._random import RNGLike, SeedBlock, child, seed_sequence
 from ..errors import (
     AllianceModelsError,
     AllianceModelsWarning,
@@ -156,8 +156,7 @@ class _Job:
 
 def _fit_seed(ss: np.random.SeedSequence) -> int:
     """Return a seed for the fit itself (MCMC), independent of the data streams."""
-    child = np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, 2**31 - 1))
-    return int(child.generate_state(1, dtype=np.uint32)[0])
+    return int(child(ss, 2**31 - 1).generate_state(1, dtype=np.uint32)[0])
 
 
 def _resolve_fitter(method: str) -> Callable[..., Any]:
@@ -962,23 +961,14 @@ def power(
         kwargs.setdefault("family", design.family)
         if kwargs["family"] == "binomial":
             kwargs.setdefault("trials", design.count_columns[1])
-    if seed is None:
-        if checkpoint is not None:
-            raise DesignError("a checkpoint needs a fixed seed (seed=...) to resume the same run")
-        seed = np.random.SeedSequence()
-    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(
-        None if isinstance(seed, np.random.Generator) else seed)
-    if isinstance(seed, np.random.Generator):
-        root = np.random.SeedSequence(int(seed.integers(2**63)))
+    if seed is None and checkpoint is not None:
+        raise DesignError("a checkpoint needs a fixed seed (seed=...) to resume the same run")
+    # replicate i's seed is root.spawn(n_sims)[i]; batches carry their seeds as
+    # SeedBlocks, which pickle as a few numbers
+    root = seed_sequence(seed)
     entropy = root.entropy
-    from .._utils import SeedBlock
-
-    # replicate i's seed is root.spawn(n_sims)[i] (a fresh copy of the root spawns);
-    # batches carry their seeds as SeedBlocks, which pickle as a few numbers
-    fresh = np.random.SeedSequence(root.entropy, spawn_key=root.spawn_key,
-                                   pool_size=root.pool_size)
-    truth, exact, x_names, first = _truth(design, spec, resolved, kwargs,
-                                          SeedBlock(fresh, [0])[0], test)
+    truth, exact, x_names, first = _truth(design, spec, resolved, kwargs, child(root, 0),
+                                          test)
     stacked = _stacked_cap(design, spec, x_names, first) if resolved == "fast" else None
     job = _Job(
         design=design, formula=formula, test=test, test_index=x_names.index(test),
@@ -998,7 +988,7 @@ def power(
     for start in range(0, n_sims, bs):
         reps = [r for r in range(start, min(start + bs, n_sims)) if r not in have]
         if reps:
-            batches.append((reps, SeedBlock(fresh, reps)))
+            batches.append((reps, SeedBlock(root, reps)))
 
     parts: list[pd.DataFrame] = [done.drop(columns="fingerprint")] if len(done) else []
     interrupted = False
@@ -1216,8 +1206,7 @@ def power_curve(
     values = tuple(values)
     if not values:
         raise DesignError(f"vary[{name!r}] holds no values")
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % 2**63)  # type: ignore[operator]
+    seed = seed_sequence(seed)  # one root for every evaluation (common random numbers)
     # every value must give a valid design before any simulation runs
     designs = [design.replace(**{name: v}) for v in values]
     results = []
@@ -1392,8 +1381,7 @@ def sample_size(
         hi = lo + ((hi - lo) // step + 1) * step
     for v in (lo, hi):  # both ends must be valid designs before any simulation runs
         design.replace(**{vary: v})
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % 2**63)  # type: ignore[operator]
+    seed = seed_sequence(seed)  # one root for every evaluation (common random numbers)
     cache: dict[int, PowerResult] = {}
     order: list[int] = []
 

@@ -25,13 +25,12 @@ import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from .._utils import RNGLike
+from .._random import RNGLike, child, seed_sequence
 from ..errors import ModelSpecError
 from .design import Design
 
@@ -87,7 +86,7 @@ class SimArrays:
         return int(self.therapist.shape[0])
 
 
-def _draw_counts(spec: object, n: int, rng: np.random.Generator) -> np.ndarray:
+def _draw_counts(spec: object, n: int, rng: np.random.Generator | None) -> np.ndarray:
     """Draw ``n`` positive counts from an int, a list of sizes or a distribution tuple."""
     if isinstance(spec, int):
         return np.full(n, spec, dtype=np.int64)
@@ -97,23 +96,11 @@ def _draw_counts(spec: object, n: int, rng: np.random.Generator) -> np.ndarray:
     mean = float(spec[1]) - 1.0  # shifted so that every unit has at least one
     if mean <= 0:
         return np.ones(n, dtype=np.int64)
+    assert rng is not None
     if spec[0] == "poisson":
         return 1 + rng.poisson(mean, size=n)
     k = float(spec[2])
     return 1 + rng.negative_binomial(k, k / (k + mean), size=n)
-
-
-def _std_skewnormal(shape: float, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Skew-normal draws standardised to mean 0 and variance 1 (exact moments)."""
-    if shape == 0:
-        return rng.standard_normal(size)
-    delta = shape / math.sqrt(1 + shape * shape)
-    u0 = np.abs(rng.standard_normal(size))
-    u1 = rng.standard_normal(size)
-    x = delta * u0 + math.sqrt(1 - delta * delta) * u1
-    mean = delta * math.sqrt(2 / math.pi)
-    sd = math.sqrt(1 - 2 * delta * delta / math.pi)
-    return (x - mean) / sd
 
 
 def age_moments(design: Design) -> tuple[float, float]:
@@ -125,10 +112,7 @@ def age_moments(design: Design) -> tuple[float, float]:
     >>> round(m, 2), round(s, 2)
     (50.17, 13.19)
     """
-    mean, sd, lo, hi = design.age_distribution
-    a, b = (lo - mean) / sd, (hi - mean) / sd
-    m, v = stats.truncnorm.stats(a, b, loc=mean, scale=sd, moments="mv")
-    return float(m), float(math.sqrt(v))
+    return _age_moments_of(tuple(design.age_distribution))
 
 
 def latent_scale(design: Design) -> float:
@@ -146,13 +130,17 @@ def latent_scale(design: Design) -> float:
 def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
     """Simulate one replicate of ``design`` as arrays (the numpy core of :func:`simulate`).
 
+    A batch of one of the simulator behind :func:`batch_arrays`: the same seed gives the
+    same replicate whichever of the two simulates it.
+
     Parameters
     ----------
     design : Design
         The planned trial.
     seed : int, SeedSequence, Generator or None
-        Source of randomness. Components (structure, arms, alliance, moderators,
-        outcome, dropout) draw from separate child streams.
+        Source of randomness (see :mod:`alliance_models._random`). Components
+        (structure, arms, alliance, moderators, outcome, dropout) draw from separate
+        child streams.
 
     Returns
     -------
@@ -164,144 +152,9 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
     >>> sa.n_rows, int(sa.observed.sum())
     (24, 24)
     """
-    if isinstance(seed, np.random.Generator):
-        ss = np.random.SeedSequence(int(seed.integers(2**63)))
-    elif isinstance(seed, np.random.SeedSequence):
-        # a fresh copy: spawning mutates a SeedSequence, and the same seed must give
-        # the same data every time
-        ss = np.random.SeedSequence(seed.entropy, spawn_key=seed.spawn_key,
-                                    pool_size=seed.pool_size)
-    else:
-        ss = np.random.SeedSequence(seed)
-    rngs = dict(zip(_STREAMS, (np.random.default_rng(s) for s in ss.spawn(len(_STREAMS))),
-                    strict=True))
-    T = design.n_therapists
-
-    # structure: patients per therapist, sessions per patient
-    r = rngs["structure"]
-    sizes = _draw_counts(design.patients_per_therapist, T, r)
-    P = int(sizes.sum())
-    pat_ther = np.repeat(np.arange(T), sizes)
-    m = _draw_counts(design.sessions, P, r)
-    n = int(m.sum())
-    patient = np.repeat(np.arange(P), m)
-    therapist = pat_ther[patient]
-    starts = np.concatenate([[0], np.cumsum(m)[:-1]])
-    session = np.arange(n) - np.repeat(starts, m) + 1
-
-    cols: dict[str, np.ndarray] = {}
-    # arms
-    r = rngs["arm"]
-    pat_arm: np.ndarray | None = None
-    if design.randomisation == "therapist":
-        t0, t1 = design.arm_therapists
-        ther_arm = r.permutation(np.r_[np.zeros(t0, np.int64), np.ones(t1, np.int64)])
-        pat_arm = ther_arm[pat_ther]
-    elif design.randomisation == "patient":
-        key = r.random(P)
-        order = np.lexsort((key, pat_ther))
-        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        rank = np.empty(P, np.int64)
-        rank[order] = np.arange(P) - np.repeat(first, sizes)
-        offset = r.integers(0, 2, size=T)
-        pat_arm = (rank + offset[pat_ther]) % 2
-    if pat_arm is not None:
-        cols["arm"] = pat_arm[patient].astype(float)
-
-    # alliance: therapist + patient + session parts, each standardised
-    r = rngs["alliance"]
-    c_t, c_p, c_s = design.alliance_components
-    a_t = r.standard_normal(T)
-    a_p = _std_skewnormal(design.alliance_skew, P, r)
-    a_s = _std_skewnormal(design.alliance_skew, n, r)
-    alliance = math.sqrt(c_t) * a_t[therapist] + math.sqrt(c_p) * a_p[patient] + math.sqrt(
-        c_s) * a_s
-    cols["alliance"] = alliance
-    z: dict[str, np.ndarray] = {"alliance": alliance}
-    if "arm" in cols:
-        z["arm"] = cols["arm"]
-
-    # moderators
-    r = rngs["moderators"]
-    if "age" in design.moderators:
-        mean, sd, lo, hi = design.age_distribution
-        u = r.uniform(special.ndtr((lo - mean) / sd), special.ndtr((hi - mean) / sd), size=P)
-        age_p = mean + sd * special.ndtri(u)
-        mu, sigma = _age_moments_of(tuple(design.age_distribution))
-        cols["age"] = age_p[patient]
-        z["age"] = (cols["age"] - mu) / sigma
-    if "autonomy" in design.moderators:
-        if design.moderators["autonomy"] == "therapist":
-            aut_p = r.standard_normal(T)[pat_ther]
-        else:
-            aut_p = r.standard_normal(P)
-        aut = aut_p[patient]
-        cols["autonomy"] = aut
-        z["autonomy"] = aut
-
-    # outcome
-    r = rngs["outcome"]
-    scale = latent_scale(design)
-    fixed = np.zeros(n)
-    for term, beta in design.effects.items():
-        prod = np.ones(n)
-        for var in term.split(":"):
-            prod = prod * z[var]
-        fixed += beta * prod
-    u = r.standard_normal(T)[therapist] * math.sqrt(design.icc_therapist)
-    v = r.standard_normal(P)[patient] * math.sqrt(design.icc_patient)
-    if design.family == "gaussian":
-        eta = fixed
-        e = r.standard_normal(n) * math.sqrt(1 - design.icc_therapist - design.icc_patient)
-        cols["adherence"] = eta + u + v + e
-    else:
-        eta = float(special.logit(design.baseline_adherence)) + scale * fixed
-        prob = special.expit(eta + scale * (u + v))
-        k = design.n_trials
-        num = r.binomial(k, prob)
-        num_col, den_col = design.count_columns
-        cols[num_col] = num.astype(np.int64)
-        cols[den_col] = np.full(n, k, dtype=np.int64)
-        cols["adherence"] = num / k
-
-    # dropout (missing completely at random), then the observed patient means
-    r = rngs["dropout"]
-    d = design.dropout
-    if isinstance(d, tuple):
-        assert pat_arm is not None
-        p_drop = np.where(pat_arm == 1, d[1], d[0])
-    else:
-        p_drop = np.full(P, float(d))
-    drops = r.random(P) < p_drop
-    if design.dropout_timing == "uniform":
-        last = np.floor(r.random(P) * np.maximum(m - 1, 1)).astype(np.int64) + 1
-    else:
-        last = np.full(P, int(design.dropout_timing))
-    last = np.where(drops & (m > 1), np.minimum(last, m), m)
-    observed = session <= last[patient]
-
-    w = observed.astype(float)
-    cnt = np.bincount(patient, weights=w, minlength=P)
-    pm = np.bincount(patient, weights=alliance * w, minlength=P) / cnt
-    cols["alliance_pm"] = pm[patient]
-    cols["alliance_pmc"] = alliance - pm[patient]
-    # the centred columns am.prepare adds by default: moderators at the mean over
-    # patients (each counted once; every patient has an observed session), alliance
-    # within patient
-    if "age" in cols:
-        cols["age_c"] = cols["age"] - age_p.mean()
-    if "autonomy" in cols:
-        cols["autonomy_c"] = aut - aut_p.mean()
-    cols["alliance_cwc"] = cols["alliance_pmc"]
-    return SimArrays(
-        therapist=therapist,
-        patient=patient,
-        session=session,
-        observed=observed,
-        columns=cols,
-        eta=eta,
-        sizes=tuple(int(s) for s in sizes),
-    )
+    ss = seed_sequence(seed)
+    lay = _layout(design, ss)
+    return _replicates(lay, _simulate_block(lay, [ss], None))[0]
 
 
 def to_frame(sa: SimArrays, design: Design) -> pd.DataFrame:
@@ -401,219 +254,6 @@ def design_matrix(columns: dict[str, np.ndarray], x_names: tuple[str, ...],
     return X
 
 
-# (entropy, spawn_key, pool_size) of a replicate's root SeedSequence
-_Root = tuple[Any, tuple[int, ...], int]
-
-
-def _stream_seeds(seed: RNGLike) -> _Root:
-    """``(entropy, spawn_key, pool_size)`` of the root seed, as :func:`simulate_arrays` does.
-
-    The children that :func:`simulate_arrays` spawns from a fresh copy of this root are
-    ``SeedSequence(entropy, spawn_key=spawn_key + (i,), pool_size=pool_size)``; building
-    only the ones a design draws from gives the same streams for less work.
-    """
-    if isinstance(seed, np.random.Generator):
-        ss = np.random.SeedSequence(int(seed.integers(2**63)))
-    elif isinstance(seed, np.random.SeedSequence):
-        ss = seed
-    else:
-        ss = np.random.SeedSequence(seed)
-    return ss.entropy, tuple(ss.spawn_key), ss.pool_size
-
-
-def _stream_rng(root: _Root, stream: str) -> np.random.Generator:
-    """Build the Generator of one component stream (see ``_STREAMS``) of a replicate."""
-    entropy, key, pool = root
-    child = np.random.SeedSequence(entropy, spawn_key=(*key, _STREAMS.index(stream)),
-                                   pool_size=pool)
-    return np.random.Generator(np.random.PCG64(child))
-
-
-# numpy's SeedSequence (O'Neill's seed_seq_fe) constants; the hash constants evolve the
-# same way for every sequence, so many sequences can be hashed at once with uint32 arrays
-_SS_INIT_A, _SS_MULT_A = 0x43B0D7E5, 0x931E8875
-_SS_INIT_B, _SS_MULT_B = 0x8B51F9DD, 0x58F38DED
-_SS_MIX_L, _SS_MIX_R = np.uint32(0xCA01F9DD), np.uint32(0x4973F715)
-_M32 = 0xFFFFFFFF
-
-
-class _StateWords(np.random.bit_generator.ISeedSequence):
-    """Seeding words computed ahead (by :func:`_child_words`) handed to ``PCG64``."""
-
-    __slots__ = ("words",)
-
-    def __init__(self, words: np.ndarray) -> None:
-        self.words = words
-
-    def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
-        """Return the precomputed state (only PCG64's request, 4 uint64 words)."""
-        if n_words != 4 or np.dtype(dtype) != np.uint64:  # pragma: no cover - PCG64 only
-            raise ValueError("precomputed seeding words are 4 uint64 words (PCG64)")
-        return self.words
-
-
-def _int_words(x: int) -> list[int]:
-    """Little-endian uint32 words of a non-negative int, as numpy's SeedSequence takes it."""
-    if x == 0:
-        return [0]
-    out = []
-    while x > 0:
-        out.append(x & _M32)
-        x >>= 32
-    return out
-
-
-def _child_words(roots: Sequence[_Root], streams: Sequence[int]) -> np.ndarray | None:
-    """PCG64 seeding words of the children ``streams`` of every root, all at once.
-
-    Row ``len(streams) * b + j`` equals ``SeedSequence(entropy_b, spawn_key=key_b +
-    (streams[j],), pool_size=4).generate_state(4, np.uint64)``: the SeedSequence
-    algorithm run on ``(rows, words)`` uint32 arrays. Returns None (use numpy's
-    SeedSequence) for anything but int entropy, pool size 4 and equal entropy lengths,
-    or if the first row does not match numpy's own (a guard against a changed numpy).
-    """
-    bases: list[list[int]] = []
-    runs: dict[int, list[int]] = {}  # the words of each entropy (usually one for all)
-    for entropy, key, pool in roots:
-        if pool != 4 or not isinstance(entropy, int) or entropy < 0:
-            return None
-        run = runs.get(entropy)
-        if run is None:
-            run = _int_words(entropy)
-            run += [0] * (4 - len(run))  # a spawn key is always there: pad to pool size
-            runs[entropy] = run
-        bases.append(run + [w for k in key for w in (
-            (int(k),) if 0 <= k <= _M32 else _int_words(int(k)))])
-    tails = [_int_words(s) for s in streams]
-    if not bases or not tails or len({len(r) for r in bases}) != 1 or len(
-            {len(t) for t in tails}) != 1:
-        return None
-    # row len(streams) * b + j: root b's words, then stream j's
-    base = np.array(bases, dtype=np.uint32)
-    ent = np.concatenate([np.repeat(base, len(tails), axis=0),
-                          np.tile(np.array(tails, dtype=np.uint32), (len(bases), 1))], axis=1)
-    hc = _SS_INIT_A
-
-    def hashmix(v: np.ndarray) -> np.ndarray:
-        nonlocal hc
-        v = v ^ np.uint32(hc)
-        hc = (hc * _SS_MULT_A) & _M32
-        v = v * np.uint32(hc)
-        return v ^ (v >> np.uint32(16))
-
-    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        r: np.ndarray = _SS_MIX_L * x - _SS_MIX_R * y
-        return r ^ (r >> np.uint32(16))
-
-    m, n_words = ent.shape
-    # n_words >= 5 (entropy padded to 4 words + the spawn key)
-    pool_: list[np.ndarray] = [hashmix(ent[:, i]) for i in range(4)]
-    for i_src in range(4):
-        for i_dst in range(4):
-            if i_src != i_dst:
-                pool_[i_dst] = mix(pool_[i_dst], hashmix(pool_[i_src]))
-    for i_src in range(4, n_words):
-        for i_dst in range(4):
-            pool_[i_dst] = mix(pool_[i_dst], hashmix(ent[:, i_src]))
-    out = np.empty((m, 8), np.uint32)
-    hc = _SS_INIT_B
-    for i in range(8):
-        v = pool_[i % 4] ^ np.uint32(hc)
-        hc = (hc * _SS_MULT_B) & _M32
-        v = v * np.uint32(hc)
-        out[:, i] = v ^ (v >> np.uint32(16))
-    words = out.view(np.uint64)  # little-endian pairs, as SeedSequence.generate_state
-    entropy, key, pool = roots[0]
-    check = np.random.SeedSequence(entropy, spawn_key=(*key, streams[0]), pool_size=pool)
-    if not np.array_equal(check.generate_state(4, np.uint64), words[0]):
-        return None  # pragma: no cover - numpy changed its SeedSequence
-    return words
-
-
-# PCG64 (numpy's pcg64.h): the 128-bit LCG multiplier; 2**128 - 1
-_PCG_MULT = 0x2360ED051FC65DA44385DF649FCCF645
-_M128 = (1 << 128) - 1
-
-
-def _pcg64_states(words: np.ndarray) -> list[tuple[int, int]]:
-    """``(state, inc)`` of a PCG64 seeded with each row of ``words`` (4 uint64 words).
-
-    numpy's ``pcg64_set_seed`` (``pcg_setseq_128_srandom_r``): ``inc = initseq << 1 | 1``,
-    then from state 0 one LCG step, ``+= initstate``, one more step; with ``initstate``
-    the first two words and ``initseq`` the last two (high word first), mod 2**128.
-    """
-    out = []
-    for w0, w1, w2, w3 in words.tolist():
-        inc = (((w2 << 64) | w3) << 1 | 1) & _M128
-        out.append((((inc + ((w0 << 64) | w1)) * _PCG_MULT + inc) & _M128, inc))
-    return out
-
-
-class _Streams:
-    """The component-stream Generators of a batch of replicates (see ``_STREAMS``).
-
-    The same streams as :func:`simulate_arrays` (children of a fresh copy of each
-    root), with the SeedSequence hashing done for all of them at once when possible
-    (:func:`_child_words`). Then, rather than building a Generator per replicate and
-    stream (three objects each, and enough container allocations to set off the
-    garbage collector), one Generator per stream name is re-seeded for each replicate
-    by setting its PCG64 state to the one that seeding from those words gives
-    (:func:`_pcg64_states`; checked against numpy's own seeding, else Generators are
-    built). A replicate's draws from a stream are therefore taken before the next
-    :meth:`get` of that stream; :meth:`snapshot` and :meth:`resume` carry a stream's
-    state across other replicates' draws.
-    """
-
-    def __init__(self, roots: Sequence[_Root], streams: Sequence[str]) -> None:
-        idx = [_STREAMS.index(s) for s in streams]
-        words = _child_words(roots, idx)
-        self._m = len(streams)
-        self._pos = {s: j for j, s in enumerate(streams)}
-        self._states: list[tuple[int, int]] | None = None
-        self._gens: list[dict[str, np.random.Generator]] | None = None
-        if words is not None:
-            states = _pcg64_states(words)
-            # PCG64 takes any ISeedSequence (the stubs list only SeedSequence)
-            ref = np.random.PCG64(_StateWords(words[0])).state  # type: ignore[arg-type]
-            if (ref["state"]["state"], ref["state"]["inc"]) == states[0]:
-                self._states = states
-        if self._states is not None:
-            self._shared = {s: np.random.Generator(np.random.PCG64(0)) for s in streams}
-            self._inner: dict[str, int] = {"state": 0, "inc": 0}
-            self._value = {"bit_generator": "PCG64", "state": self._inner, "has_uint32": 0,
-                           "uinteger": 0}
-        elif words is None:
-            self._gens = [{s: _stream_rng(root, s) for s in streams} for root in roots]
-        else:  # pragma: no cover - numpy changed its PCG64 seeding
-            self._gens = [
-                {s: np.random.Generator(np.random.PCG64(
-                    _StateWords(words[b * self._m + j])))  # type: ignore[arg-type]
-                 for j, s in enumerate(streams)}
-                for b in range(len(roots))]
-
-    def get(self, b: int, stream: str) -> np.random.Generator:
-        """Return replicate ``b``'s ``stream`` Generator, at the stream's start."""
-        if self._states is None:
-            assert self._gens is not None
-            return self._gens[b][stream]
-        g = self._shared[stream]
-        self._inner["state"], self._inner["inc"] = self._states[b * self._m + self._pos[stream]]
-        g.bit_generator.state = self._value  # a fresh PCG64: no buffered 32-bit half
-        return g
-
-    def snapshot(self, g: np.random.Generator) -> Any:
-        """Where a Generator from :meth:`get` stands, for :meth:`resume`."""
-        return g if self._states is None else g.bit_generator.state
-
-    def resume(self, stream: str, snap: Any) -> np.random.Generator:
-        """Return the Generator of ``stream`` at a :meth:`snapshot` taken from it."""
-        if self._states is None:
-            return snap  # type: ignore[no-any-return]
-        g = self._shared[stream]
-        g.bit_generator.state = snap
-        return g
-
-
 # replicates per block of the vectorised simulator: about this many rows (replicates x
 # grid rows) at a time keep a block's working arrays (draws, alliance, linear predictor,
 # outcome) in a core's L2 cache while every element-wise pass runs over them
@@ -622,17 +262,30 @@ _BLOCK_ROWS = 1 << 14
 
 @dataclass(eq=False)
 class _Layout:
-    """What the replicates of a fixed-layout design share (see :func:`_batch_blocks`)."""
+    """The therapist x patient x session grid of a replicate (see :func:`_layout`).
+
+    Replicates are simulated on a ``P x S`` grid of patients and session slots, ``S``
+    the most sessions a patient has. ``therapist``, ``patient`` and ``session`` label
+    the ``n`` rows (each patient's sessions in order); ``cells`` is the grid cell of each
+    row, or None when every patient has ``S`` sessions (then rows and cells coincide).
+    """
 
     design: Design
     T: int
     P: int
     S: int
     sizes: np.ndarray
+    m: np.ndarray
     pat_ther: np.ndarray
     therapist: np.ndarray
     patient: np.ndarray
     session: np.ndarray
+    cells: np.ndarray | None
+
+    @property
+    def n(self) -> int:
+        """Rows (sessions) of a replicate."""
+        return int(self.patient.size)
 
 
 @dataclass(eq=False)
@@ -641,11 +294,9 @@ class _Block:
 
     ``pat`` holds columns constant within a patient as ``(k, P)`` arrays (``arm``,
     ``age``, ``autonomy``, ``age_c``, ``autonomy_c``, ``alliance_pm`` and the binomial
-    denominator), ``row`` the others as ``(k, n)`` arrays; ``eta`` is at either level and
-    ``observed`` is None when every row is observed. :meth:`view` broadcasts either level
-    to ``(k, P, S)`` without copying: a patient-level value used at each of its rows is
-    the value that :func:`simulate_arrays` has there, so products and sums formed through
-    these views are the same floating-point operations on the same numbers.
+    denominator), ``row`` the others as ``(k, P * S)`` grid arrays; ``eta`` is at either
+    level and ``observed`` is None when every grid cell is an observed row. :meth:`view`
+    broadcasts either level to ``(k, P, S)`` without copying.
     """
 
     k: int
@@ -667,23 +318,46 @@ class _Block:
         return [*self.row, *self.pat]
 
 
-def _batch_layout(design: Design) -> _Layout:
-    """Return the shared layout of a fixed-structure design."""
+def _stream(seed: np.random.SeedSequence, name: str) -> np.random.Generator:
+    """Return the Generator of one component stream (``_STREAMS``) of a replicate."""
+    return np.random.Generator(np.random.PCG64(child(seed, _STREAMS.index(name))))
+
+
+def _layout(design: Design, seed: np.random.SeedSequence | None = None) -> _Layout:
+    """Return the grid of a replicate.
+
+    With fixed caseloads and session counts (``design.has_fixed_structure``) every
+    replicate has the same grid and ``seed`` is not used; otherwise caseloads and
+    session counts are drawn from the replicate's ``structure`` stream.
+    """
     T = design.n_therapists
-    sizes = _draw_counts(design.patients_per_therapist, T, np.random.default_rng(0))
-    S = int(design.sessions)  # fixed structure: an int
+    r = None
+    if not design.has_fixed_structure:
+        if seed is None:
+            raise ValueError("a random-structure design needs the replicate's seed")
+        r = _stream(seed, "structure")
+    sizes = _draw_counts(design.patients_per_therapist, T, r)
     P = int(sizes.sum())
+    m = _draw_counts(design.sessions, P, r)
+    S = int(m.max())
     pat_ther = np.repeat(np.arange(T), sizes)
-    patient = np.repeat(np.arange(P), S)
-    return _Layout(design=design, T=T, P=P, S=S, sizes=sizes, pat_ther=pat_ther,
-                   therapist=pat_ther[patient], patient=patient,
-                   session=np.tile(np.arange(1, S + 1), P))
+    patient = np.repeat(np.arange(P), m)
+    cells: np.ndarray | None = None
+    if (m == S).all():
+        session = np.tile(np.arange(1, S + 1), P)
+    else:
+        starts = np.concatenate([[0], np.cumsum(m)[:-1]])
+        session = np.arange(patient.size) - np.repeat(starts, m) + 1
+        cells = patient * S + session - 1
+    return _Layout(design=design, T=T, P=P, S=S, sizes=sizes, m=m, pat_ther=pat_ther,
+                   therapist=pat_ther[patient], patient=patient, session=session,
+                   cells=cells)
 
 
 def _no_dropout(design: Design) -> bool:
     """Whether no session can be lost to dropout (its stream's draws change nothing)."""
     d = design.dropout
-    return int(design.sessions) == 1 or (max(d) if isinstance(d, tuple) else float(d)) == 0.0
+    return design.sessions == 1 or (max(d) if isinstance(d, tuple) else float(d)) == 0.0
 
 
 def _batch_blocks(lay: _Layout, seeds: Sequence[RNGLike], need: set[str] | None = None,
@@ -691,47 +365,59 @@ def _batch_blocks(lay: _Layout, seeds: Sequence[RNGLike], need: set[str] | None 
                   y_out: np.ndarray | None = None) -> Iterator[tuple[slice, _Block]]:
     """Simulate replicates of a fixed-layout design, a block of replicates at a time.
 
-    ``lay`` is the design's :func:`_batch_layout`. Yields ``(rows, block)``: the
-    replicates ``rows`` of ``seeds`` and their columns (see :class:`_Block`). Only the
-    columns in ``need`` (all if None) are formed, besides those the linear predictor
-    and the outcome are built from (and ``eta`` is kept only if in ``need``, or if
-    ``need`` is None). With ``y_out`` (B, n), ``adherence`` is written there (and the
-    block's column is a view of it). Replicate ``b`` equals
-    ``simulate_arrays(design, seeds[b])`` bit for bit: each replicate draws from its own
-    component streams with the same calls in the same order as :func:`simulate_arrays`
-    (consecutive ``standard_normal`` / ``random`` calls of one stream fused into one
-    call, which gives the same numbers for numpy's Generator), and everything else is
-    the same floating-point operations in the same order, element by element, so a
-    replicate depends only on its own seed, not on the batch or block it is in.
+    ``lay`` is the design's :func:`_layout`. Yields ``(rows, block)``: the replicates
+    ``rows`` of ``seeds`` and their columns (see :func:`_simulate_block`). A block holds
+    about ``_BLOCK_ROWS`` rows, so that its working arrays stay in a core's cache.
     """
-    design = lay.design
     B, n = len(seeds), lay.P * lay.S
     if block is None:
         block = max(1, _BLOCK_ROWS // n)
-    age = "age" in design.moderators
-    randomised = design.randomisation in ("therapist", "patient")
-    streams = [*(("arm",) if randomised else ()), "alliance",
-               *(("moderators",) if age or "autonomy" in design.moderators else ()),
-               "outcome", *(() if _no_dropout(design) else ("dropout",))]
-    src = _Streams([_stream_seeds(s) for s in seeds], streams)
+    roots = [s if isinstance(s, np.random.SeedSequence) else seed_sequence(s) for s in seeds]
     for b0 in range(0, B, block):
         rows = slice(b0, min(B, b0 + block))
-        yield rows, _block_columns(lay, src, range(rows.start, rows.stop), need,
-                                   None if y_out is None else y_out[rows])
+        yield rows, _simulate_block(lay, roots[rows], need,
+                                    None if y_out is None else y_out[rows])
 
 
-def _block_columns(lay: _Layout, src: _Streams, reps: range, need: set[str] | None,
-                   y_out: np.ndarray | None = None) -> _Block:
-    """Simulate the replicates ``reps`` whose component streams ``src`` holds.
+def _on_grid(draws: np.ndarray, head: int, lay: _Layout) -> np.ndarray:
+    """Move the row-level parts of a replicate's draws onto the grid (zeros elsewhere).
 
-    See :func:`_batch_blocks`; the comments note why each step gives the values of
-    :func:`simulate_arrays` (``x[idx] * c == (x * c)[idx]``: a value computed once per
-    therapist or patient and then broadcast to its rows is the value computed at each
-    row; ``a + b == b + a`` and ``1 * a == a`` exactly, but no sum is reordered).
+    ``draws`` is ``(k, head + j * n)``: ``head`` therapist/patient-level numbers, then
+    ``j`` runs of ``n`` row-level ones; the result is ``(k, head + j * P * S)``.
+    """
+    assert lay.cells is not None
+    k, n, G = draws.shape[0], lay.n, lay.P * lay.S
+    parts = (draws.shape[1] - head) // n
+    out = np.zeros((k, head + parts * G))
+    out[:, :head] = draws[:, :head]
+    for j in range(parts):
+        out[:, head + j * G + lay.cells] = draws[:, head + j * n:head + (j + 1) * n]
+    return out
+
+
+def _simulate_block(lay: _Layout, seeds: Sequence[np.random.SeedSequence],
+                    need: set[str] | None, y_out: np.ndarray | None = None) -> _Block:
+    """Simulate one replicate per seed on the grid ``lay``: the package's simulator.
+
+    The generative model is described in :mod:`alliance_models.power.design`. Each
+    replicate draws from its own component streams (children of its seed, see
+    ``_STREAMS``), one replicate after the other, so a replicate depends only on its
+    own seed, not on the block it is in; everything else is vectorised over the block,
+    element by element. Values constant within a therapist or patient are computed at
+    that level and broadcast to the rows.
+
+    Only the columns in ``need`` (all if None) are formed, besides those the linear
+    predictor and the outcome are built from (and ``eta`` is kept only if in ``need``,
+    or if ``need`` is None). With ``y_out`` (k, P * S), ``adherence`` is written there
+    (and the block's column is a view of it). A grid with empty cells (random session
+    counts, ``lay.cells`` not None) takes one replicate at a time.
     """
     design = lay.design
     T, P, S, sizes, pat_ther = lay.T, lay.P, lay.S, lay.sizes, lay.pat_ther
-    k, n = len(reps), lay.P * lay.S
+    k, n, G = len(seeds), lay.n, lay.P * lay.S
+    ragged = lay.cells is not None
+    if ragged and k != 1:
+        raise ValueError("a grid with empty cells takes one replicate at a time")
 
     def wanted(name: str) -> bool:
         return need is None or name in need
@@ -747,7 +433,8 @@ def _block_columns(lay: _Layout, src: _Streams, reps: range, need: set[str] | No
     # them): they are not drawn, and every row is observed
     no_dropout = _no_dropout(design)
 
-    # --- the draws: one pass over the block's replicates, each from its own streams ----
+    # --- the draws: one replicate after the other, each from its own streams; calls of
+    # one stream that follow each other are fused into one (the same numbers) ---------
     g_all = np.empty((k, T + (2 * P + 2 * n if skewed else P + n)))
     g_out = np.empty((k, T + P + (n if gaussian else 0)))
     g_drop = np.empty((k, 2 * P if uniform_timing else P))
@@ -762,29 +449,33 @@ def _block_columns(lay: _Layout, src: _Streams, reps: range, need: set[str] | No
     if ther_arm is not None:
         t0, t1 = design.arm_therapists
         arms0 = np.r_[np.zeros(t0, np.int64), np.ones(t1, np.int64)]
-    out_snaps: list[Any] = []
-    for b, rep in enumerate(reps):
+    outcome_rngs: list[np.random.Generator] = []
+    for b, ss in enumerate(seeds):
         if ther_arm is not None or arm_key is not None:
-            r = src.get(rep, "arm")
+            r = _stream(ss, "arm")
             if ther_arm is not None:
                 ther_arm[b] = r.permutation(arms0)
             else:
                 assert arm_key is not None and arm_off is not None
                 r.random(out=arm_key[b])
                 arm_off[b] = r.integers(0, 2, size=T)
-        src.get(rep, "alliance").standard_normal(out=g_all[b])
+        _stream(ss, "alliance").standard_normal(out=g_all[b])
         if g_age is not None or g_aut is not None:
-            r = src.get(rep, "moderators")
+            r = _stream(ss, "moderators")
             if g_age is not None:
                 g_age[b] = r.uniform(u_lo, u_hi, size=P)
             if g_aut is not None:
                 r.standard_normal(out=g_aut[b])
-        r = src.get(rep, "outcome")
+        r = _stream(ss, "outcome")
         r.standard_normal(out=g_out[b])
         if not gaussian:  # the binomial draws come later, from where the stream stands
-            out_snaps.append(src.snapshot(r))
+            outcome_rngs.append(r)
         if not no_dropout:
-            src.get(rep, "dropout").random(out=g_drop[b])
+            _stream(ss, "dropout").random(out=g_drop[b])
+    if ragged:
+        g_all = _on_grid(g_all, T + (2 * P if skewed else P), lay)
+        if gaussian:
+            g_out = _on_grid(g_out, T + P, lay)
 
     pat: dict[str, np.ndarray] = {}
     row: dict[str, np.ndarray] = {}
@@ -807,8 +498,8 @@ def _block_columns(lay: _Layout, src: _Streams, reps: range, need: set[str] | No
     if skewed:
         a_p = _std_skewnormal_inplace(design.alliance_skew, g_all[:, T:T + P],
                                       g_all[:, T + P:T + 2 * P])
-        a_s = _std_skewnormal_inplace(design.alliance_skew, g_all[:, T + 2 * P:T + 2 * P + n],
-                                      g_all[:, T + 2 * P + n:])
+        a_s = _std_skewnormal_inplace(design.alliance_skew, g_all[:, T + 2 * P:T + 2 * P + G],
+                                      g_all[:, T + 2 * P + G:])
     else:
         a_p, a_s = g_all[:, T:T + P], g_all[:, T + P:]
     tp = (math.sqrt(c_t) * g_all[:, :T])[:, pat_ther]
@@ -816,7 +507,7 @@ def _block_columns(lay: _Layout, src: _Streams, reps: range, need: set[str] | No
     a_s *= math.sqrt(c_s)
     alliance3 = a_s.reshape(k, P, S)
     alliance3 += tp[:, :, None]  # s + (t + p) == (t + p) + s
-    alliance = a_s  # (k, n), in the alliance stream's buffer
+    alliance = a_s  # (k, G), in the alliance stream's buffer
     row["alliance"] = alliance
 
     # --- moderators (patient level) -----------------------------------------------------
@@ -880,7 +571,7 @@ def _block_columns(lay: _Layout, src: _Streams, reps: range, need: set[str] | No
         e *= math.sqrt(1 - design.icc_therapist - design.icc_patient)
         e3 = e.reshape(k, P, S)
         if fixed_row is not None:
-            eta = fixed_row.reshape(k, n)
+            eta = fixed_row.reshape(k, G)
             # ((eta + u) + v) + e; eta itself is kept only if asked for
             if y_out is not None:
                 y3 = y_out.reshape(k, P, S)
@@ -896,27 +587,30 @@ def _block_columns(lay: _Layout, src: _Streams, reps: range, need: set[str] | No
             yp += v_p
             y3 = e3 if y_out is None else y_out.reshape(k, P, S)
             np.add(e3, yp[:, :, None], out=y3)  # e + (eta + u + v) == (eta + u + v) + e
-        row["adherence"] = y3.reshape(k, n)
+        row["adherence"] = y3.reshape(k, G)
     else:
         scale = latent_scale(design)
         base = float(special.logit(design.baseline_adherence))
         uv = u_p + v_p
         uv *= scale
         if fixed_row is not None:
-            eta = base + scale * fixed_row.reshape(k, n)
+            eta = base + scale * fixed_row.reshape(k, G)
             lin = np.add(eta.reshape(k, P, S), uv[:, :, None])  # eta + u == u + eta
-            prob = special.expit(lin, out=lin).reshape(k, n)
+            prob = special.expit(lin, out=lin).reshape(k, G)
         else:
             assert fixed_pat is not None
             eta = base + scale * fixed_pat
             prob_p = special.expit(eta + uv)
             prob = np.empty((k, P, S))
             prob[...] = prob_p[:, :, None]
-            prob = prob.reshape(k, n)
+            prob = prob.reshape(k, G)
         ntrials = design.n_trials
-        num = np.empty((k, n), np.int64)
-        for b, snap in enumerate(out_snaps):  # after the stream's normal draws, as there
-            num[b] = src.resume("outcome", snap).binomial(ntrials, prob[b])
+        num = np.zeros((k, G), np.int64)
+        for b, r in enumerate(outcome_rngs):  # after the stream's normal draws
+            if ragged:
+                num[b, lay.cells] = r.binomial(ntrials, prob[b, lay.cells])
+            else:
+                num[b] = r.binomial(ntrials, prob[b])
         num_col, den_col = design.count_columns
         row[num_col] = num
         if wanted(den_col):
@@ -925,6 +619,8 @@ def _block_columns(lay: _Layout, src: _Streams, reps: range, need: set[str] | No
 
     # --- dropout, then the observed patient means ----------------------------------------
     observed: np.ndarray | None = None
+    obs3: np.ndarray | None = None  # (k, P, S)
+    m = lay.m
     if not no_dropout:
         if isinstance(d, tuple):
             assert pat_arm is not None
@@ -933,34 +629,57 @@ def _block_columns(lay: _Layout, src: _Streams, reps: range, need: set[str] | No
             p_drop = np.full((k, P), float(d))
         drops = g_drop[:, :P] < p_drop
         if uniform_timing:
-            last = np.floor(g_drop[:, P:] * max(S - 1, 1)).astype(np.int64) + 1
+            last = np.floor(g_drop[:, P:] * np.maximum(m - 1, 1)).astype(np.int64) + 1
         else:
             last = np.full((k, P), int(design.dropout_timing))
-        last = np.where(drops & (S > 1), np.minimum(last, S), S)
-        obs3 = np.arange(1, S + 1) <= last[:, :, None]  # (k, P, S)
-        observed = obs3.reshape(k, n)
+        last = np.where(drops & (m > 1), np.minimum(last, m), m)
+        obs3 = np.arange(1, S + 1) <= last[:, :, None]
+    elif ragged:
+        obs3 = np.broadcast_to(np.arange(1, S + 1) <= m[:, None], (k, P, S))
+    if obs3 is not None:
+        observed = obs3.reshape(k, G)
     if any(wanted(c) for c in ("alliance_pm", "alliance_pmc", "alliance_cwc")):
-        if observed is None:
+        if obs3 is None:
             aw = alliance3  # x * 1.0 == x
             count: np.ndarray | float = float(S)
         else:
             aw = alliance3 * obs3
             count = obs3.sum(axis=-1)
         total = np.zeros((k, P))
-        for s in range(S):  # the order of np.bincount's sum, for identical means
+        for s in range(S):  # each patient's sessions summed in order
             total += aw[:, :, s]
         total /= count
         pat["alliance_pm"] = total
         if wanted("alliance_pmc") or wanted("alliance_cwc"):
-            pmc = np.subtract(alliance3, total[:, :, None]).reshape(k, n)
+            pmc = np.subtract(alliance3, total[:, :, None]).reshape(k, G)
             row["alliance_pmc"] = row["alliance_cwc"] = pmc
-    # the centred columns of simulate_arrays (each replicate's mean over patients; a
-    # reduction over the last axis of a C-contiguous array sums each row as row.mean())
+    # the centred columns am.prepare adds by default: moderators at the mean over
+    # patients (each counted once; every patient has an observed session), alliance
+    # within patient (alliance_cwc, equal to alliance_pmc)
     if age_p is not None and wanted("age_c"):
         pat["age_c"] = age_p - np.ascontiguousarray(age_p).mean(axis=1)[:, None]
     if aut_p is not None and wanted("autonomy_c"):
         pat["autonomy_c"] = aut_p - np.ascontiguousarray(aut_p).mean(axis=1)[:, None]
     return _Block(k=k, P=P, S=S, row=row, pat=pat, eta=eta, observed=observed)
+
+
+def _replicates(lay: _Layout, blk: _Block) -> list[SimArrays]:
+    """Return the replicates of a block as :class:`SimArrays` (rows, no empty cells)."""
+    k, P, S = blk.k, lay.P, lay.S
+
+    def rows(v: np.ndarray) -> np.ndarray:
+        full = np.broadcast_to(v, (k, P, S)).reshape(k, P * S)
+        return full if lay.cells is None else full[:, lay.cells]
+
+    cols = {c: rows(blk.view(c)) for c in blk.names() if c != "alliance_cwc"}
+    cols["alliance_cwc"] = cols["alliance_pmc"]  # the same column
+    eta = rows(blk.eta[:, :, None] if blk.eta.shape[1] == P else blk.eta.reshape(k, P, S))
+    observed = np.ones((k, lay.n), bool) if blk.observed is None else rows(
+        blk.observed.reshape(k, P, S))
+    sizes = tuple(int(s) for s in lay.sizes)
+    return [SimArrays(therapist=lay.therapist, patient=lay.patient, session=lay.session,
+                      observed=observed[b], columns={c: a[b] for c, a in cols.items()},
+                      eta=eta[b], sizes=sizes) for b in range(k)]
 
 
 def _product(factors: Sequence[np.ndarray], beta: float,
@@ -1114,7 +833,7 @@ def batch_arrays(
     if not design.has_fixed_structure:
         out = _padded_batch(design, response, x_names, seeds)
         return (*out[:5], out[5] if sims else [])
-    lay = _batch_layout(design)
+    lay = _layout(design)
     B, P, S = len(seeds), lay.P, lay.S
     n = P * S
     X = np.empty((B, n, len(x_names)))

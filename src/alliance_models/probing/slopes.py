@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .._format import table_text
-from .._utils import RNGLike
+from .._random import RNGLike
 from ..errors import ModelSpecError
 from ._fit import (
     Terms,

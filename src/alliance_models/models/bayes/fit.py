@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ..._utils import RNGLike, spawn_seeds
+from ..._random import RNGLike, spawn
 from ...errors import DataValidationError, DiagnosticsWarning, ModelSpecError, format_rows
 from ...formula import parse_formula
 from ...spec import ModelFrame, ModelSpec
@@ -478,7 +478,7 @@ def _sample(model: Any, sampler: str, *, draws: int, tune: int, chains: int, see
     """NUTS draws, log-likelihood, posterior (and prior) predictive draws: one DataTree."""
     import pymc as pm
 
-    s_sample, s_ppc, s_prior = (_seed_int(s) for s in spawn_seeds(seed, 3))
+    s_sample, s_ppc, s_prior = (_seed_int(s) for s in spawn(seed, 3))
     # PyMC's NUTS runs its chains one after the other (cores=1: no fork warning on 3.12,
     # and no oversubscription of small machines); nutpie runs chains in threads.
     kwargs: dict[str, Any] = {"cores": 1} if sampler == "pymc" else {}

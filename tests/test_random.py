@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 
 from alliance_models import errors
-from alliance_models._utils import as_generator, progress, spawn_seeds
+from alliance_models._progress import progress
+from alliance_models._random import as_generator, seed_sequence, spawn
 
 
 def test_spawn_seeds_prefix_stable():
-    a = spawn_seeds(42, 3)
-    b = spawn_seeds(42, 10)
+    a = spawn(42, 3)
+    b = spawn(42, 10)
     for x, y in zip(a, b[:3], strict=True):
         assert np.array_equal(x.generate_state(4), y.generate_state(4))
     # different children differ
@@ -16,8 +17,8 @@ def test_spawn_seeds_prefix_stable():
 
 def test_spawn_seeds_repeatable_from_seedsequence():
     ss = np.random.SeedSequence(5)
-    first = [s.generate_state(2) for s in spawn_seeds(ss, 2)]
-    second = [s.generate_state(2) for s in spawn_seeds(ss, 2)]
+    first = [s.generate_state(2) for s in spawn(ss, 2)]
+    second = [s.generate_state(2) for s in spawn(ss, 2)]
     assert all(np.array_equal(x, y) for x, y in zip(first, second, strict=True))
 
 
@@ -47,10 +48,10 @@ def test_progress_disabled_is_identity():
 def test_seed_block_is_spawn_children_and_pickles_small():
     import pickle
 
-    from alliance_models._utils import SeedBlock
+    from alliance_models._random import SeedBlock
 
     root = np.random.SeedSequence(2024)
-    ref = spawn_seeds(root, 30)
+    ref = spawn(root, 30)
     blk = SeedBlock(root, [3, 17, 29])
     assert len(blk) == 3
     for got, i in zip(blk, [3, 17, 29], strict=True):
@@ -64,3 +65,20 @@ def test_seed_block_is_spawn_children_and_pickles_small():
     root.spawn(1)
     with pytest.raises(ValueError, match="not spawned"):
         SeedBlock(root, [0])
+
+
+def test_seed_rule():
+    # an int or None as numpy takes it; a SeedSequence as a fresh copy (children spawned
+    # from it do not matter); a Generator by one draw from it (a stream: two calls differ)
+    assert seed_sequence(11).entropy == np.random.SeedSequence(11).entropy
+    assert seed_sequence(None).entropy != seed_sequence(None).entropy
+    ss = np.random.SeedSequence(4, spawn_key=(2,))
+    ss.spawn(3)
+    copy = seed_sequence(ss)
+    assert (copy.entropy, copy.spawn_key, copy.n_children_spawned) == (4, (2,), 0)
+    np.testing.assert_array_equal(copy.spawn(1)[0].generate_state(2),
+                                  np.random.SeedSequence(4, spawn_key=(2, 0)).generate_state(2))
+    g = np.random.default_rng(8)
+    first, second = seed_sequence(g), seed_sequence(g)
+    want = np.random.default_rng(8).integers(2**63, size=2)
+    assert [first.entropy, second.entropy] == want.tolist()
