@@ -19,7 +19,7 @@ from scipy import stats
 
 from .._format import fmt_num
 from .._terms import DesignColumn, design_columns
-from ..errors import ModelSpecError
+from ..errors import ModelSpecError, format_rows
 from . import _core as core
 
 __all__ = [
@@ -147,14 +147,90 @@ def _label(v: float) -> str:
     return f"{v:g}"
 
 
-def probe_values(frame: Any, name: str, at: Any, argname: str = "at") -> tuple[np.ndarray, list]:
-    """Moderator values to probe at and their labels."""
+def over_columns(frame: Any, over: Any, argname: str = "over") -> tuple[str, ...] | None:
+    """Columns whose levels are the units of ``over=`` (``None`` for ``"rows"``)."""
+    if isinstance(over, str) and over == "rows":
+        return None
+    if isinstance(over, str):
+        cols = tuple(c.strip() for c in over.split(":"))
+    elif isinstance(over, tuple | list) and over and all(isinstance(c, str) for c in over):
+        cols = tuple(over)
+    else:
+        raise ModelSpecError(
+            f"{argname}={over!r} is not allowed; use 'rows' or the column(s) whose levels "
+            "are the units, e.g. 'patient' or 'therapist:patient'"
+        )
+    data = frame.data
+    for c in cols:
+        if c not in data.columns:
+            raise ModelSpecError(
+                f"{argname}={over!r}: {c!r} is not a column of the fitted rows; "
+                f"use 'rows' or one of: {', '.join(map(str, data.columns))}"
+            )
+        missing = data[c].isna().to_numpy()
+        if missing.any():
+            raise ModelSpecError(
+                f"{argname}={over!r}: column {c!r} is missing in "
+                f"{format_rows(list(data.index[missing]))}; every row needs its unit"
+            )
+    return cols
+
+
+def unit_values(frame: Any, name: str, obs: np.ndarray, cols: tuple[str, ...]) -> np.ndarray:
+    """One value of ``name`` per unit (level of ``cols``); it must be constant within units."""
+    data = frame.data
+    keys = data[cols[0]].astype(str)
+    for c in cols[1:]:
+        keys = keys + ":" + data[c].astype(str)
+    codes, labels = pd.factorize(keys.to_numpy(), sort=True)
+    lo = np.full(len(labels), np.inf)
+    hi = np.full(len(labels), -np.inf)
+    np.minimum.at(lo, codes, obs)
+    np.maximum.at(hi, codes, obs)
+    varies = np.flatnonzero(~np.isclose(lo, hi, rtol=1e-12, atol=1e-12))
+    if varies.size:
+        u = varies[0]
+        rows = data.index[codes == u]
+        raise ModelSpecError(
+            f"moderator {name!r} varies within {':'.join(cols)} {labels[u]!r} "
+            f"({lo[u]:g} to {hi[u]:g} in {format_rows(list(rows))}), so it has no one value "
+            f"per {':'.join(cols)}; use over='rows' (every session counts) for a moderator "
+            "measured per session"
+        )
+    return lo
+
+
+def probe_values(
+    frame: Any, name: str, at: Any, argname: str = "at", over: Any = "rows"
+) -> tuple[np.ndarray, list]:
+    """Moderator values to probe at and their labels.
+
+    ``at="meansd"`` and ``at="percentiles"`` summarise the moderator's distribution over
+    the fitted rows (``over="rows"``: each session counts once) or over units
+    (``over="patient"``: each patient counts once, with the moderator constant within
+    patient), the convention :func:`alliance_models.prepare` centres patient-level
+    moderators by.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from types import SimpleNamespace
+    >>> d = pd.DataFrame({"patient": list("aaabc"), "age": [40.0, 40, 40, 50, 60]})
+    >>> fr = SimpleNamespace(data=d, x_names=())
+    >>> probe_values(fr, "age", "meansd")[0].round(3).tolist()  # sessions: 46 +/- 8.944
+    [37.056, 46.0, 54.944]
+    >>> probe_values(fr, "age", "meansd", over="patient")[0].tolist()  # patients: 50 +/- 10
+    [40.0, 50.0, 60.0]
+    """
     obs = factor_values(frame, name)
     if np.ptp(obs) == 0:
         raise ModelSpecError(
             f"moderator {name!r} is constant ({obs[0]:g} in all {obs.size} rows); "
             "there is nothing to probe"
         )
+    cols = over_columns(frame, over, "over" if argname == "at" else "over2")
+    if cols is not None and isinstance(at, str):
+        obs = unit_values(frame, name, obs, cols)
     uniq = np.unique(obs)
     if isinstance(at, str):
         if at == "meansd":

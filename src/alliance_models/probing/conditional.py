@@ -7,7 +7,7 @@ with the fit's own encoding, every other predictor held at its mean or modal lev
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -101,6 +101,7 @@ def conditional_effects(
     focal: str,
     moderator: str,
     at: AtSpec = "meansd",
+    over: str | Sequence[str] = "rows",
     n_points: int = 50,
     alpha: float = 0.05,
     scale: Literal["link", "response"] = "link",
@@ -119,6 +120,9 @@ def conditional_effects(
         Data columns: the x-axis variable and the variable defining the lines.
     at : as in :func:`simple_slopes`
         Moderator values.
+    over : "rows" or column name(s), default "rows"
+        Units over which ``at="meansd"``/``"percentiles"`` are taken (as in
+        :func:`simple_slopes`).
     n_points : int, default 50
         Points across the observed range of ``focal``.
     alpha : float, default 0.05
@@ -162,7 +166,7 @@ def conditional_effects(
                 f"conditional_effects needs {role} {name!r} as a numeric data column; "
                 f"numeric columns: {', '.join(c for c in data.columns if pd.api.types.is_numeric_dtype(data[c]))}"  # noqa: E501
             )
-    mvals, mlabels = probe_values(frame, moderator, at, "at")
+    mvals, mlabels = probe_values(frame, moderator, at, "at", over)
     fvals = np.linspace(float(data[focal].min()), float(data[focal].max()), int(n_points))
     spec = fit.spec
     # the data variables of the fixed part, and those a categorical encoding reads

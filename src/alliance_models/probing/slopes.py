@@ -125,6 +125,8 @@ def simple_slopes(
     at: AtSpec = "meansd",
     moderator2: str | None = None,
     at2: AtSpec = "meansd",
+    over: str | Sequence[str] = "rows",
+    over2: str | Sequence[str] | None = None,
     alpha: float = 0.05,
     at_values_other: Mapping[str, float] | None = None,
     bootstrap: int = 0,
@@ -141,12 +143,26 @@ def simple_slopes(
     moderator : str
         A variable that interacts with ``focal`` in the model.
     at : "meansd", "percentiles", number or list of numbers, default "meansd"
-        Moderator values: mean and ±1 SD, the 16th/50th/84th percentiles, or given
-        values. A two-valued moderator is probed at its two values.
+        Moderator values: mean and ±1 SD (SD with ``ddof=1``), the 16th/50th/84th
+        percentiles, or given values. A two-valued moderator is probed at its two values.
+        Mean, SD and percentiles are taken over the units chosen by ``over``.
     moderator2, at2 : str and as ``at``, optional
         A second moderator; the result is the grid of both. With a three-way term
         ``focal:moderator:moderator2`` the conditional two-way interaction is also
         reported (PROCESS model 3).
+    over : "rows" or column name(s), default "rows"
+        Whose distribution ``at="meansd"``/``"percentiles"`` describe. ``"rows"``: every
+        fitted row (session) counts once, so patients with more sessions weigh more.
+        A column such as ``"patient"`` (or ``"therapist:patient"``, or a tuple of
+        columns, when patient labels repeat across therapists): every level counts once,
+        and the moderator must be constant within each level.
+        :func:`alliance_models.prepare` centres a patient-level moderator (``age_c``) at
+        the mean over patients, so with
+        ``over="patient"`` the "mean" row is at ``age_c = 0``; with ``"rows"`` it is at
+        the session-weighted mean, which differs when patients have different numbers
+        of sessions. Given ``at`` values are used as they are.
+    over2 : as ``over``, optional
+        The same for ``moderator2`` (default: ``over``).
     alpha : float, default 0.05
         1 - level of the CIs (HDIs for Bayesian fits).
     at_values_other : dict, optional
@@ -188,9 +204,10 @@ def simple_slopes(
     if moderator2 is not None and moderator2 == moderator:
         raise ModelSpecError("moderator2 must differ from moderator")
     held = held_values(fit, terms, focal, mods, at_values_other)
-    v1, l1 = probe_values(fit.frame, moderator, at, "at")
+    v1, l1 = probe_values(fit.frame, moderator, at, "at", over)
     if moderator2 is not None:
-        v2, l2 = probe_values(fit.frame, moderator2, at2, "at2")
+        v2, l2 = probe_values(fit.frame, moderator2, at2, "at2",
+                              over if over2 is None else over2)
         grid = [(a, la, c, lc) for c, lc in zip(v2, l2, strict=True)
                 for a, la in zip(v1, l1, strict=True)]
     else:
