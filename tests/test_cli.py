@@ -473,6 +473,20 @@ def test_fit_probes_at_given_values(single_level_csv):
                             at=[30.0, 50.0, 70.0]).summary() in out
 
 
+def test_fit_probes_over_patients(single_level_csv):
+    import alliance_models as am
+
+    path, data = single_level_csv
+    code, out, err = run("fit", str(path), "--method", "ols", "--formula",
+                         "adherence ~ alliance * age", "--focal", "alliance",
+                         "--moderator", "age", "--over", "patient", "-q")
+    assert code == 0, err
+    assert "simple slopes of alliance at age (mean +/- 1 SD over patient)" in out
+    fit = am.fit_ols("adherence ~ alliance * age", data)
+    assert am.simple_slopes(fit, focal="alliance", moderator="age",
+                            over="patient").summary() in out
+
+
 def test_fit_bad_at_is_a_usage_error(single_level_csv):
     path, _ = single_level_csv
     code, _, err = run("fit", str(path), "--formula", "adherence ~ alliance * age",

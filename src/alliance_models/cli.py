@@ -304,7 +304,7 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
     console.heading(f"{args.method} model: {args.formula}")
     console.print(fit.summary())
 
-    slopes, jns = _probe(fit, args.focal, mods, console, at=at)
+    slopes, jns = _probe(fit, args.focal, mods, console, at=at, over=args.over)
 
     bfit = None
     if args.bayes:
@@ -322,7 +322,8 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
         console.heading("Bayesian model")
         console.print(bfit.summary())
         if args.focal:
-            bslopes, _ = _probe(bfit, args.focal, mods, console, label="posterior ", at=at)
+            bslopes, _ = _probe(bfit, args.focal, mods, console, label="posterior ", at=at,
+                                over=args.over)
             slopes += bslopes
 
     if args.report:
@@ -352,7 +353,7 @@ def _check_numeric_columns(data: Any, formula: str) -> None:
 
 def _probe(
     fit: Any, focal: str | None, moderators: list[str], console: Console, label: str = "",
-    at: str | list[float] = "meansd",
+    at: str | list[float] = "meansd", over: str = "rows",
 ) -> tuple[list[Any], list[Any]]:
     import alliance_models as am
 
@@ -361,9 +362,10 @@ def _probe(
     if not focal:
         return slopes, jns
     for mod in moderators:
-        s = am.simple_slopes(fit, focal=focal, moderator=mod, at=at)
+        s = am.simple_slopes(fit, focal=focal, moderator=mod, at=at, over=over)
         if isinstance(at, str):
             shown = {"meansd": "mean +/- 1 SD", "percentiles": "percentiles"}[at]
+            shown += f" over {over}" if over != "rows" else ""
         else:
             shown = ", ".join(f"{v:g}" for v in at)
         console.heading(f"{label}simple slopes of {focal} at {mod} ({shown})")
@@ -585,6 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", default="meansd", metavar="VALUES",
                    help="moderator values for simple slopes: meansd (default), percentiles "
                    "or a comma-separated list such as -10,0,10")
+    p.add_argument("--over", default="rows", metavar="UNITS",
+                   help="whose distribution meansd/percentiles describe: rows (every session, "
+                   "default) or a column such as patient (one value per patient, as "
+                   "--prepare centres patient-level moderators)")
     p.add_argument("--bayes", action="store_true", help="also fit the model in PyMC")
     p.add_argument("--family", choices=("gaussian", "binomial", "beta_binomial"),
                    help="outcome family: gee takes binomial (default) or gaussian; --bayes "
