@@ -711,14 +711,15 @@ def test_missing_values_dropped_listwise_and_counted(small):
 @pytest.mark.parametrize(
     ("formula", "kwargs", "column"),
     [
-        ("adherence ~ alliance + (1 | therapist)", {"family": "binomial"}, None),
+        ("adherence ~ alliance + (1 | therapist)", {"family": "gamma"}, None),
         ("cbind(att, miss) ~ alliance + (1 | therapist)", {}, None),
         ("att01 ~ alliance + (1 | therapist)", {}, "att01"),
     ],
 )
-def test_binomial_requests_point_to_gee_or_bayes(small, formula, kwargs, column):
+def test_binomial_requests_point_to_the_glmm_gee_or_bayes(small, formula, kwargs, column):
     d = small.assign(att=3, miss=1, att01=(small.alliance > 0).astype(int))
-    with pytest.raises(ModelSpecError, match=r"fit_gee.*fit_bayes\(\.\.\., family='binomial'\)"):
+    with pytest.raises(ModelSpecError, match=r"family='binomial', trials='scheduled'.*fit_gee"
+                                             r".*fit_bayes\(\.\.\., family='binomial'\)"):
         am.fit_mixed(formula, d, **kwargs)
 
 

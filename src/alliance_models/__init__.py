@@ -49,6 +49,7 @@ _LAZY: dict[str, str] = {
     # frequentist models
     "fit_mixed": "alliance_models.models.mixed",
     "MixedFit": "alliance_models.models.mixed",
+    "GLMMFit": "alliance_models.models.glmm",
     "fit_ols": "alliance_models.models.ols",
     "OLSFit": "alliance_models.models.ols",
     "fit_gee": "alliance_models.models.gee",

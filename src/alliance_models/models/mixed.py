@@ -36,6 +36,7 @@ from .._format import fmt_num, table_text
 from ..errors import ConvergenceWarning, ModelSpecError, SingularFitWarning
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec, RandomTerm
+from .glmm import GLMMFit, fit_glmm
 from .lmm import dense, satterthwaite, search
 
 __all__ = ["MixedFit", "fit_mixed"]
@@ -402,9 +403,10 @@ def _check_finite(frame: ModelFrame) -> None:
 
 def _check_binomial(spec: ModelSpec, family: str) -> None:
     hint = (
-        "fit_mixed fits a Gaussian linear mixed model; for a binomial outcome "
-        "(e.g. attended/scheduled) use am.fit_gee(..., trials=...) or "
-        "am.fit_bayes(..., family='binomial')"
+        "for a binomial outcome give the successes as the response and the trials column: "
+        "fit_mixed('attended ~ alliance + (1 | therapist)', data, family='binomial', "
+        "trials='scheduled') (population-averaged: am.fit_gee(..., trials=...); Bayesian: "
+        "am.fit_bayes(..., family='binomial'))"
     )
     if family != "gaussian":
         raise ModelSpecError(f"family={family!r} is not supported by fit_mixed; {hint}")
@@ -478,8 +480,10 @@ def fit_mixed(
     maxiter: int = 1000,
     ddf: str = "satterthwaite",
     family: str = "gaussian",
-) -> MixedFit:
-    """Fit a linear mixed model from an lme4-style formula.
+    trials: str | None = None,
+    nAGQ: int = 1,  # noqa: N803 - lme4's name
+) -> MixedFit | GLMMFit:
+    """Fit a linear (or binomial / Poisson) mixed model from an lme4-style formula.
 
     Parameters
     ----------
@@ -501,12 +505,24 @@ def fit_mixed(
         Iterations per optimiser.
     ddf : {"satterthwaite", "residual", "none"}
         Denominator df of t tests.
-    family : str, default "gaussian"
-        Only ``"gaussian"``; binomial outcomes belong to ``fit_gee`` or ``fit_bayes``.
+    family : {"gaussian", "binomial", "poisson"}, default "gaussian"
+        ``"binomial"`` (logit link) and ``"poisson"`` (log link) fit a generalised linear
+        mixed model by maximum likelihood as lme4's ``glmer``
+        (:mod:`alliance_models.models.glmm`); ``reml``, ``optimizer`` and ``ddf`` are
+        then not used (Wald z tests). The canonical binomial call gives the successes
+        as the response and the trials column: ``fit_mixed("attended ~ alliance +
+        (1 | therapist)", data, family="binomial", trials="scheduled")``.
+    trials : str, optional
+        Binomial trials (denominators) column; omit for a 0/1 outcome. Rows with zero
+        trials are excluded (counted in ``n_zero_trials``, with a warning).
+    nAGQ : int, default 1
+        GLMMs only: 1 for the Laplace approximation, more for adaptive Gauss-Hermite
+        quadrature with that many nodes (a single scalar random-effects term).
 
     Returns
     -------
-    MixedFit
+    MixedFit or GLMMFit
+        :class:`~alliance_models.models.glmm.GLMMFit` for binomial and Poisson families.
 
     Raises
     ------
@@ -553,6 +569,10 @@ def fit_mixed(
             )
     if not isinstance(maxiter, int | np.integer) or maxiter < 1:
         raise ModelSpecError(f"maxiter must be a positive integer, got {maxiter!r}")
+    if family in ("binomial", "poisson"):
+        return fit_glmm(spec, data, family=family, trials=trials, n_agq=nAGQ, maxiter=maxiter)
+    if trials is not None:
+        raise ModelSpecError("trials= is used with family='binomial' only")
     _check_binomial(spec, family)
     if not spec.has_random:
         raise ModelSpecError(
