@@ -109,7 +109,11 @@ models <- list(
   pois_laplace = list(f = completed ~ alliance + age_c + (1 | therapist),
                       d = att, fam = poisson, agq = 1),
   pois_agq9 = list(f = completed ~ alliance + age_c + (1 | therapist),
-                   d = att, fam = poisson, agq = 9)
+                   d = att, fam = poisson, agq = 9),
+  # a gradient-based first stage stopped at theta = 0 here (the deviance is even in
+  # theta, so its finite-difference gradient vanishes on the boundary)
+  pois_interaction = list(f = completed ~ alliance * age_c + (1 | therapist),
+                          d = att, fam = poisson, agq = 1)
 )
 
 fixef_rows <- list()

@@ -33,6 +33,8 @@ MODELS = {
                  "att", "binomial", "scheduled", 9),
     "pois_laplace": ("completed ~ alliance + age_c + (1 | therapist)", "att", "poisson", None, 1),
     "pois_agq9": ("completed ~ alliance + age_c + (1 | therapist)", "att", "poisson", None, 9),
+    "pois_interaction": ("completed ~ alliance * age_c + (1 | therapist)", "att", "poisson",
+                         None, 1),
 }
 
 

@@ -9,9 +9,9 @@ deviance is read off it. :func:`optimize` follows ``glmer``:
    Laplace deviance is minimised over ``theta`` alone (bounded L-BFGS-B, then bounded
    Powell when that fails), from lme4's start (identity ``Lambda``).
 2. **Stage 2**: the deviance is minimised over ``(theta, beta)`` jointly from stage 1's
-   estimate by Newton steps on the central-difference gradient and Hessian until the
-   relative gradient ``max |L^{-1} g|`` (``H = L L'``, lme4's convergence check) is
-   below ``NEWTON_TOL``; when they stall above ``RETRY_TOL``, bounded L-BFGS-B (with
+   estimate by Newton steps on central-difference derivatives in whitened coordinates
+   until the relative gradient ``max |L^{-1} g|`` (``H = L L'``, lme4's convergence
+   check) is below ``NEWTON_TOL``; when they stall above ``RETRY_TOL``, bounded L-BFGS-B (with
    central-difference gradients) runs first and Newton steps polish its result.
 
 :func:`deriv12` is lme4's central-difference gradient and Hessian (absolute step
@@ -36,6 +36,10 @@ __all__ = ["Criterion", "Optimum", "deriv12", "optimize", "relative_gradient"]
 DELTA = 1e-4
 #: Newton steps stop when lme4's relative gradient is below this.
 NEWTON_TOL = 1e-8
+#: Step of the Newton derivatives in whitened coordinates (a unit moves the deviance by
+#: about 1/2 there, so 1e-3 is far above the deviance's rounding and far below its
+#: curvature scale).
+WHITE_DELTA = 1e-3
 #: Above this relative gradient after Newton steps from stage 1, L-BFGS-B runs first.
 RETRY_TOL = 1e-5
 #: lme4's ``check.conv.grad`` tolerance: a larger relative gradient is a warning.
@@ -153,7 +157,8 @@ class Optimum:
     free : ndarray of bool
         Parameters not held at a bound (theta entries at zero are held).
     rel_grad : float
-        lme4's relative gradient at ``x`` over the free parameters.
+        lme4's relative gradient at ``x`` over the free parameters (from the whitened
+        derivatives of the last Newton step).
     stage : str
         Which stage-2 optimiser led to the estimate.
     n_eval : int
@@ -196,11 +201,12 @@ def _stage1(problem: GLMMProblem, maxiter: int) -> tuple[np.ndarray, np.ndarray,
     f(theta0)
     if cache["mode"] is None:
         raise PIRLSError("PIRLS failed at the starting values")
-    res = sopt.minimize(f, theta0, method="L-BFGS-B", bounds=bounds,
-                        options={"maxiter": maxiter, "ftol": 1e-12, "gtol": 1e-7})
-    if not res.success or not np.isfinite(res.fun):
-        res = sopt.minimize(f, theta0, method="Powell", bounds=bounds,
-                            options={"maxiter": maxiter, "xtol": 1e-8, "ftol": 1e-12})
+    # derivative-free, as lme4 (bobyqa / Nelder-Mead): at a zero variance the deviance is
+    # even in theta, so a finite-difference gradient there is zero and a gradient method
+    # can stop on the boundary next to a better interior optimum
+    res = sopt.minimize(f, theta0, method="Nelder-Mead", bounds=bounds,
+                        options={"maxiter": 200 * max(1, theta0.size), "xatol": 1e-6,
+                                 "fatol": 1e-9, "adaptive": theta0.size > 2})
     m = cache["mode"]
     assert isinstance(m, Mode)
     theta = np.maximum(np.asarray(res.x, dtype=float), problem.lower)
@@ -217,22 +223,69 @@ def _held(problem: GLMMProblem, x: np.ndarray, g: np.ndarray | None = None) -> n
     return held
 
 
+def _whitener(H: np.ndarray) -> np.ndarray:
+    """``T`` with ``T' H T = I`` (eigenvalues made positive), so ``x = x0 + T z``."""
+    w, v = np.linalg.eigh((H + H.T) / 2)
+    wmax = max(float(np.abs(w).max()), 1e-12)
+    w = np.maximum(np.abs(w), 1e-8 * wmax)
+    return v / np.sqrt(w)
+
+
 def _newton(crit: Criterion, x: np.ndarray, f: float, maxit: int = 30) -> tuple[
-        np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]:
-    """Newton steps on the deriv12 gradient and Hessian (bounded theta kept feasible)."""
+        np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Newton steps in whitened coordinates (bounded theta kept feasible).
+
+    The derivatives are central differences in ``z`` with ``x = x0 + T z`` and
+    ``T' H T = I`` (``H`` the previous Hessian): an absolute step in ``x`` would be far
+    too large along a coefficient of a widely spread covariate (age in years), whose
+    third derivative then biases the gradient; in ``z`` every direction moves the
+    deviance alike. Returns ``x, f``, lme4's ``deriv12`` gradient and Hessian at ``x``
+    (for the standard errors), the free parameters and the relative gradient.
+    """
     problem = crit.problem
     lower = np.concatenate([problem.lower, np.full(problem.p, -np.inf)])
+    g_all, H_all = deriv12(crit, x, f)
+    rel = float("inf")
     for _ in range(maxit):
-        g_all, H_all = deriv12(crit, x, f)
+        # a zero variance with negative curvature is a saddle, not an optimum: step inside
+        edge = _held(problem, x) & (np.diag(H_all) < 0)
+        if edge.any():
+            for inside in (0.1, 0.01, 0.001):
+                cand = x.copy()
+                cand[edge] = inside
+                fc = crit(cand)
+                if fc < f:
+                    x, f = cand, fc
+                    g_all, H_all = deriv12(crit, x, f)
+                    break
+            else:
+                edge[:] = False
+            if edge.any():
+                continue
         free = ~_held(problem, x, g_all)
-        g, H = g_all[free], H_all[np.ix_(free, free)]
-        if relative_gradient(g, H) < NEWTON_TOL:
-            return x, f, g_all, H_all, free
-        w, v = np.linalg.eigh((H + H.T) / 2)
-        wmax = max(1.0, float(np.abs(w).max()))
-        w = np.where(w <= 1e-10 * wmax, np.maximum(np.abs(w), 1e-6 * wmax), w)
+        if not free.any():
+            rel = 0.0
+            break
+        T = _whitener(H_all[np.ix_(free, free)])
+        base = x.copy()
+
+        def fz(z: np.ndarray, T: np.ndarray = T, base: np.ndarray = base,
+               free: np.ndarray = free) -> float:
+            xx = base.copy()
+            xx[free] = base[free] + T @ z
+            return crit(xx)
+
+        gz, Hz = deriv12(fz, np.zeros(int(free.sum())), f, delta=WHITE_DELTA)
+        Tinv = np.linalg.pinv(T)
+        H_all[np.ix_(free, free)] = Tinv.T @ Hz @ Tinv
+        g_all[free] = Tinv.T @ gz
+        rel = relative_gradient(gz, Hz)
+        if rel < NEWTON_TOL:
+            break
+        w, v = np.linalg.eigh((Hz + Hz.T) / 2)
+        w = np.maximum(np.abs(w), 1e-6)
         step = np.zeros_like(x)
-        step[free] = -(v / w) @ (v.T @ g)
+        step[free] = T @ (-(v / w) @ (v.T @ gz))
         t, moved = 1.0, False
         for _ls in range(30):
             cand = np.maximum(x + t * step, lower)
@@ -241,11 +294,11 @@ def _newton(crit: Criterion, x: np.ndarray, f: float, maxit: int = 30) -> tuple[
                 moved = True
                 break
             t /= 2
-        if not moved or np.allclose(cand, x, rtol=0, atol=1e-13):
+        if not moved or np.allclose(cand, x, rtol=0, atol=1e-14):
             break
         x, f = cand, fc
-    g_all, H_all = deriv12(crit, x, f)
-    return x, f, g_all, H_all, ~_held(problem, x, g_all)
+    g_raw, H_raw = deriv12(crit, x, f)
+    return x, f, g_raw, H_raw, ~_held(problem, x, g_raw), rel
 
 
 def optimize(problem: GLMMProblem, *, n_agq: int = 1, maxiter: int = 1000) -> Optimum:
@@ -263,8 +316,8 @@ def optimize(problem: GLMMProblem, *, n_agq: int = 1, maxiter: int = 1000) -> Op
     x0 = np.concatenate([theta1, beta1])
     f0 = crit(x0)
     stage = "newton"
-    x, f, g, H, free = _newton(crit, x0, f0)
-    if relative_gradient(g[free], H[np.ix_(free, free)]) > RETRY_TOL or not np.isfinite(f):
+    x, f, g, H, free, rel = _newton(crit, x0, f0)
+    if rel > RETRY_TOL or not np.isfinite(f):
         # Newton from stage 1 did not get there: bounded L-BFGS-B, then Newton again
         bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
         res = sopt.minimize(crit, x0, method="L-BFGS-B", jac="3-point", bounds=bounds,
@@ -273,12 +326,12 @@ def optimize(problem: GLMMProblem, *, n_agq: int = 1, maxiter: int = 1000) -> Op
             x2 = np.maximum(np.asarray(res.x, dtype=float), lower)
             cand = _newton(crit, x2, crit(x2))
             if cand[1] < f or not np.isfinite(f):
-                x, f, g, H, free = cand
+                x, f, g, H, free, rel = cand
                 stage = "lbfgs"
     mode = crit.mode(x)
     f = crit.deviance_at(x, mode)
     return Optimum(
         x=x, deviance=f, mode=mode, gradient=g, hessian=H, free=free,
-        rel_grad=relative_gradient(g[free], H[np.ix_(free, free)]), stage=stage,
+        rel_grad=rel, stage=stage,
         n_eval=crit.n_eval,
     )

@@ -33,7 +33,7 @@ __all__ = ["GLMMProblem", "Mode", "PIRLSError"]
 #: largest change in ``u`` below ``U_TOL`` (tight: the Laplace deviance is differenced
 #: numerically for the Hessian, so it must be a smooth function of the parameters).
 PDEV_TOL = 1e-14
-U_TOL = 1e-10
+U_TOL = 1e-13
 MAXIT = 100
 MAX_HALVINGS = 20
 
