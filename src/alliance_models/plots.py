@@ -145,7 +145,8 @@ def plot_johnson_neyman(jn: JohnsonNeyman, *, ax: Axes | None = None) -> Axes:
     ax.plot([lo, hi], [ylo - 0.05 * span] * 2, color="0.2", lw=4, solid_capstyle="butt",
             label="observed range")
     ax.set_xlabel(jn.moderator)
-    ax.set_ylabel(f"conditional effect of {jn.focal}")
+    ax.set_ylabel(f"conditional effect of {jn.focal}"
+                  + (" (response scale)" if getattr(jn, "scale", "link") == "response" else ""))
     ax.set_title(f"Johnson-Neyman: region {jn.region}", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     return ax
@@ -192,7 +193,8 @@ def plot_simple_slopes(ss: SimpleSlopes, *, ax: Axes | None = None) -> Axes:
     ax.axvline(0.0, color="0.3", lw=0.8)
     ax.set_yticks(y, labels)
     ax.set_ylabel(ss.moderator)
-    ax.set_xlabel(f"conditional effect of {ss.focal}")
+    ax.set_xlabel(f"conditional effect of {ss.focal}"
+                  + (" (response scale)" if getattr(ss, "scale", "link") == "response" else ""))
     return ax
 
 

@@ -21,9 +21,12 @@ from .._format import fmt_num
 from .._terms import DesignColumn, design_columns
 from ..errors import ModelSpecError, format_rows
 from . import _core as core
+from .delta import LINKS
 
 __all__ = [
+    "SCALES",
     "Terms",
+    "bayes_effect_rows",
     "bayes_rows",
     "check_alpha",
     "check_fit",
@@ -31,10 +34,17 @@ __all__ = [
     "factor_values",
     "freq_rows",
     "held_note",
+    "check_scale",
     "held_values",
+    "link_of",
     "posterior_draws",
     "probe_values",
+    "reference_design",
+    "wald_rows",
 ]
+
+#: The scales probing reports on: the linear predictor or the mean (inverse link).
+SCALES = ("link", "response")
 
 
 @dataclass(frozen=True)
@@ -343,4 +353,95 @@ def held_note(held: Mapping[str, float], given: Mapping[str, float] | None) -> s
     ]
     return "Other variables that interact with the focal variable are held at: " + ", ".join(
         parts
+    )
+
+
+def check_scale(scale: str) -> None:
+    """Raise unless ``scale`` is ``"link"`` or ``"response"``."""
+    if scale not in SCALES:
+        raise ModelSpecError(f"scale={scale!r}; use 'link' or 'response'")
+
+
+def link_of(fit: Any) -> str:
+    """Return the fit's link: ``"logit"``, ``"log"`` or ``"identity"``."""
+    link = getattr(fit, "link", None)
+    if isinstance(link, str) and link in LINKS:
+        return link
+    family = getattr(fit, "family", None)
+    if family in ("binomial", "beta_binomial"):
+        return "logit"
+    if family == "poisson":
+        return "log"
+    return "identity"
+
+
+def reference_design(
+    fit: Any,
+    terms: Terms,
+    rows: Sequence[Mapping[str, float]],
+    given: Mapping[str, Any] | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Design rows at given variable values, every other fixed-part variable held.
+
+    Variables not in a row take ``given`` values, else their mean (the most frequent
+    level for non-numeric columns and columns encoded with ``C()``), as emmeans'
+    reference grid with ``cov.reduce = mean``.
+
+    Returns
+    -------
+    X0 : ndarray, shape (len(rows), p)
+    held : dict
+        The values used for the variables not given in the rows.
+    """
+    data = fit.frame.data
+    reads = {v for c in terms.columns for r in c.reads for v in r}
+    encoded = {v for c in terms.columns
+               for r, cat in zip(c.reads, c.categorical, strict=True) if cat for v in r}
+    given = dict(given or {})
+    set_in_rows = set().union(*(set(r) for r in rows)) if rows else set()
+    for v in set_in_rows:
+        if v not in data.columns or not pd.api.types.is_numeric_dtype(data[v]):
+            raise ModelSpecError(
+                f"scale='response' needs {v!r} as a numeric data column of the fit"
+            )
+    held: dict[str, Any] = {}
+    categorical: set[str] = set()
+    for v in (c for c in data.columns if c in reads and c not in set_in_rows):
+        if v in given:
+            held[v] = given[v]
+        elif (v in encoded or not pd.api.types.is_numeric_dtype(data[v])
+              or pd.api.types.is_bool_dtype(data[v])):
+            held[v] = data[v].mode(dropna=True).iloc[0]
+            categorical.add(v)
+        else:
+            held[v] = float(data[v].mean())
+    newdata = pd.DataFrame([dict(r) for r in rows], dtype=float)
+    for k, v in held.items():
+        dtype = data[k].dtype if k in categorical else float
+        newdata[k] = pd.Series([v] * len(newdata), dtype=dtype, index=newdata.index)
+    return fit.frame.fixed_design(newdata), held
+
+
+def wald_rows(est: np.ndarray, se: np.ndarray, alpha: float) -> pd.DataFrame:
+    """Estimate, SE, df (inf), z, p and Wald CI of effects with known SEs."""
+    z = est / se
+    q = core.t_critical(float("inf"), alpha)
+    return pd.DataFrame(
+        {"estimate": est, "se": se, "df": np.full(len(est), np.inf), "z": z,
+         "p": 2 * stats.norm.sf(np.abs(z)), "ci_lower": est - q * se, "ci_upper": est + q * se}
+    )
+
+
+def bayes_effect_rows(eff: np.ndarray, alpha: float) -> pd.DataFrame:
+    """Posterior median, mean, SD, HDI and probability of direction of draws ``eff``."""
+    h = [core.hdi(eff[:, k], 1 - alpha) for k in range(eff.shape[1])]
+    return pd.DataFrame(
+        {
+            "estimate": np.median(eff, axis=0),
+            "mean": eff.mean(axis=0),
+            "sd": eff.std(axis=0, ddof=1),
+            "hdi_lower": [x[0] for x in h],
+            "hdi_upper": [x[1] for x in h],
+            "pd": [core.prob_direction(eff[:, k]) for k in range(eff.shape[1])],
+        }
     )

@@ -23,9 +23,11 @@ from ._fit import (
     check_fit,
     check_terms,
     freq_rows,
+    link_of,
     posterior_draws,
     probe_values,
 )
+from .delta import mean_derivatives
 from .slopes import AtSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -129,7 +131,9 @@ def conditional_effects(
         1 - band level.
     scale : {"link", "response"}
         ``"response"`` applies the fit's inverse link (e.g. probabilities for a
-        binomial GEE); identical for identity links.
+        binomial GLMM or GEE): the band is the back-transformed link-scale band (so it
+        stays within 0-1) and ``se`` the delta-method SE of the mean; identical for
+        identity links.
     at_values_other : dict, optional
         Values for other predictors (default: the mean; the most frequent level for
         non-numeric columns and columns encoded with ``C()``).
@@ -224,8 +228,14 @@ def conditional_effects(
     if scale == "response":
         inv = getattr(fit, "inverse_link", None)
         if inv is not None:
+            link = link_of(fit)
+            if se is not None and link != "identity":
+                # delta-method SE of the mean; the band is the back-transformed link band
+                # (it stays inside the range of the mean), as emmeans' type = "response"
+                se = mean_derivatives(est, link)[1] * se
+            elif link != "identity":
+                se = None
             est, lower, upper = inv(est), inv(lower), inv(upper)
-            se = None
     out["estimate"] = est
     if se is not None:
         out["se"] = se

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import brentq
 
 from .._format import fmt_num
 from ..errors import ModelSpecError
@@ -23,13 +24,17 @@ from ._fit import (
     bayes_rows,
     check_alpha,
     check_fit,
+    check_scale,
     check_terms,
     factor_values,
     freq_rows,
     held_note,
     held_values,
+    link_of,
     posterior_draws,
+    reference_design,
 )
+from .delta import response_slopes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -75,6 +80,9 @@ class JohnsonNeyman:
     centred_mean : float or None
         The mean removed from the moderator by ``fit_ols(center=...)`` (bounds and
         ranges are on the centred scale), else ``None``.
+    scale : str
+        ``"link"`` (exact bounds) or ``"response"`` (slope of the mean; bounds found
+        numerically within the observed range padded by 10% on each side).
     """
 
     focal: str
@@ -92,6 +100,7 @@ class JohnsonNeyman:
     curve: pd.DataFrame = field(repr=False)
     held: dict[str, float] = field(default_factory=dict)
     centred_mean: float | None = None
+    scale: str = "link"
 
     def to_frame(self) -> pd.DataFrame:
         """One row per bound: value, df, whether it lies in the observed range."""
@@ -126,9 +135,11 @@ class JohnsonNeyman:
         lo, hi = self.observed_range
         crit = (f"{100 * (1 - self.alpha):g}% HDI excludes 0" if self.method == "bayes"
                 else f"p < {self.alpha:g}")
+        where = ("; response scale: slope of the mean, searched within the observed range "
+                 "+/- 10%" if self.scale == "response" else "")
         lines = [
             f"Johnson-Neyman interval for the effect of {self.focal!r} across "
-            f"{self.moderator!r} ({crit}; method: {self.method})",
+            f"{self.moderator!r} ({crit}; method: {self.method}{where})",
             f"Region: {self.region} - the effect is {self._describe()}",
             f"Observed range of {self.moderator}: [{fmt_num(lo)}, {fmt_num(hi)}]",
         ]
@@ -189,6 +200,7 @@ def johnson_neyman(
     alpha: float = 0.05,
     at_values_other: Mapping[str, float] | None = None,
     n_grid: int = 200,
+    scale: Literal["link", "response"] = "link",
 ) -> JohnsonNeyman:
     """Johnson-Neyman bounds: moderator values where the effect of ``focal`` turns significant.
 
@@ -211,6 +223,13 @@ def johnson_neyman(
         Values of other variables that interact with ``focal`` (default: their means).
     n_grid : int, default 200
         Points of the moderator grid in ``curve`` (and of the Bayesian search).
+    scale : {"link", "response"}, default "link"
+        ``"link"``: the effect on the linear predictor (log-odds for binomial fits), with
+        exact bounds (z critical values when the df are infinite, as for GLMMs and GEE).
+        ``"response"`` (frequentist fits): the slope of the mean (probability) at the
+        focal variable's mean and the other predictors' means with delta-method SEs;
+        the bounds are roots of ``|estimate| = z se`` found on the grid and refined by
+        Brent's method, within the observed range padded by 10%.
 
     Returns
     -------
@@ -230,6 +249,7 @@ def johnson_neyman(
     """
     check_fit(fit)
     check_alpha(alpha)
+    check_scale(scale)
     terms = Terms.of(fit.frame)
     x_names = list(terms.names)
     check_terms(terms, focal, [moderator])
@@ -250,6 +270,13 @@ def johnson_neyman(
     grid = np.linspace(lo - pad, hi + pad, int(n_grid))
     W = a[None, :] + grid[:, None] * c[None, :]
     draws = posterior_draws(fit)
+    link = link_of(fit)
+    if scale == "response" and link != "identity":
+        if draws is not None:
+            raise ModelSpecError("johnson_neyman(scale='response') is for frequentist fits; "
+                                 "use scale='link' (or simple_slopes) for a Bayesian fit")
+        return _response_jn(fit, terms, focal, moderator, held, a, c, grid, alpha, link,
+                            (lo, hi), cmean)
     if draws is not None:
         bounds, ints = core.bayes_jn(draws, a, c, lo, hi, prob=1 - alpha, n_grid=int(n_grid))
         rows = bayes_rows(draws, W, alpha)
@@ -326,3 +353,50 @@ def johnson_neyman(
     )
 
 
+
+
+def _response_jn(fit: Any, terms: Terms, focal: str, moderator: str, held: dict[str, float],
+                 a: np.ndarray, c: np.ndarray, grid: np.ndarray, alpha: float, link: str,
+                 observed: tuple[float, float], cmean: float | None) -> JohnsonNeyman:
+    """Johnson-Neyman on the response scale: numerical roots of ``|slope| = z se``."""
+    names = list(terms.names)
+    b = np.asarray(fit.params[names], float)
+    V = np.asarray(fit.cov_params().loc[names, names], float)
+    fmean = float(factor_values(fit.frame, focal).mean())
+    q = core.t_critical(float("inf"), alpha)
+
+    def slopes(ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        X0, _ = reference_design(fit, terms, [{focal: fmean, **held, moderator: float(m)}
+                                              for m in ms])
+        W = a[None, :] + np.asarray(ms)[:, None] * c[None, :]
+        return response_slopes(b, V, X0, W, link)
+
+    est, se = slopes(grid)
+    gap = np.abs(est) - q * se
+    sig = gap > 0
+    bounds = []
+    for i in np.flatnonzero(np.sign(gap[:-1]) * np.sign(gap[1:]) < 0):
+        def f(m: float) -> float:
+            e, s = slopes(np.array([m]))
+            return float(abs(e[0]) - q * s[0])
+
+        bounds.append(float(brentq(f, grid[i], grid[i + 1], xtol=1e-10, rtol=1e-12)))
+    # significant intervals between the roots (grid ends where the search stops)
+    edges = [float(grid[0]), *bounds, float(grid[-1])]
+    intervals = []
+    for s, e in zip(edges[:-1], edges[1:], strict=True):
+        mid = (s + e) / 2
+        m_est, m_se = slopes(np.array([mid]))
+        if abs(m_est[0]) > q * m_se[0]:
+            intervals.append((s, e))
+    lo, hi = observed
+    curve = pd.DataFrame({moderator: grid, "estimate": est, "lower": est - q * se,
+                          "upper": est + q * se, "significant": sig})
+    return JohnsonNeyman(
+        focal=focal, moderator=moderator, alpha=float(alpha), bounds=tuple(bounds),
+        region=_region_from_intervals(intervals, lo, hi), intervals=tuple(intervals),
+        observed_range=observed, bounds_in_range=tuple(lo <= x <= hi for x in bounds),
+        intervals_in_range=core.clip_intervals(tuple(intervals), lo, hi),
+        df=tuple(np.inf for _ in bounds), converged=True, method="z", curve=curve,
+        held=held, centred_mean=cmean, scale="response",
+    )

@@ -20,16 +20,23 @@ from .._random import RNGLike
 from ..errors import ModelSpecError
 from ._fit import (
     Terms,
+    bayes_effect_rows,
     bayes_rows,
     check_alpha,
     check_fit,
+    check_scale,
     check_terms,
+    factor_values,
     freq_rows,
     held_note,
     held_values,
+    link_of,
     posterior_draws,
     probe_values,
+    reference_design,
+    wald_rows,
 )
+from .delta import mean_derivatives, response_slopes
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -67,6 +74,9 @@ class SimpleSlopes:
         Bootstrap resamples behind ``boot_lower``/``boot_upper`` (0 if none).
     note : str
         Text describing held values.
+    scale : str
+        ``"link"`` (slopes of the linear predictor: log-odds for binomial fits) or
+        ``"response"`` (slopes of the mean: probability per unit of ``focal``).
     """
 
     focal: str
@@ -79,6 +89,7 @@ class SimpleSlopes:
     method: str
     n_boot: int = 0
     note: str = ""
+    scale: str = "link"
 
     def to_frame(self) -> pd.DataFrame:
         """Return the table of conditional effects (a copy)."""
@@ -95,6 +106,8 @@ class SimpleSlopes:
             "z": f"Wald z tests, {level} CI",
             "t": f"t tests, {level} CI",
         }[self.method]
+        if self.scale == "response":
+            head += " on the response scale (slope of the mean, delta-method SEs)"
         lines = [head, f"({kind})", table_text(self.table, index=False)]
         if self.n_boot:
             lines.append(f"boot_lower/boot_upper: {level} percentile bootstrap CI, "
@@ -131,6 +144,7 @@ def simple_slopes(
     at_values_other: Mapping[str, float] | None = None,
     bootstrap: int = 0,
     seed: RNGLike = None,
+    scale: Literal["link", "response"] = "link",
 ) -> SimpleSlopes:
     """Conditional effect of ``focal`` at values of one or two moderators.
 
@@ -172,6 +186,13 @@ def simple_slopes(
         an OLS fit made with ``bootstrap=`` uses its stored resamples automatically.
     seed : int, Generator or SeedSequence, optional
         Seed of that bootstrap.
+    scale : {"link", "response"}, default "link"
+        ``"link"``: slopes of the linear predictor (log-odds per unit of ``focal`` for a
+        binomial fit; exact Wald z tests). ``"response"``: slopes of the mean (the
+        probability, for a binomial fit) at ``focal`` = its mean, each moderator value
+        and every other predictor at its mean (emmeans' ``emtrends(regrid =
+        "response")``), with delta-method SEs and Wald z intervals (posterior draws of
+        the slope for Bayesian fits). The same as ``"link"`` for identity links.
 
     Returns
     -------
@@ -197,6 +218,7 @@ def simple_slopes(
     """
     check_fit(fit)
     check_alpha(alpha)
+    check_scale(scale)
     terms = Terms.of(fit.frame)
     x_names = list(terms.names)
     mods = [moderator] + ([moderator2] if moderator2 is not None else [])
@@ -234,6 +256,32 @@ def simple_slopes(
             labels[f"{mname}_uncentred"] = labels[f"{mname}_value"] + centering[mname]
     draws = posterior_draws(fit)
     n_boot = 0
+    link = link_of(fit)
+    note = held_note(held, at_values_other)
+    if scale == "response" and link != "identity":
+        if bootstrap or getattr(fit, "boot_params", None) is not None:
+            raise ModelSpecError("bootstrap CIs are on the link scale; use scale='link'")
+        fmean = float(factor_values(fit.frame, focal).mean())
+        points = [{focal: fmean, **held, moderator: a, **({moderator2: c} if moderator2 else {})}
+                  for a, _, c, _ in grid]
+        X0, others = reference_design(fit, terms, points)
+        if draws is not None:
+            _, d1, _ = mean_derivatives(draws @ X0.T, link)
+            body = bayes_effect_rows(d1 * (draws @ W.T), alpha)
+            method = "bayes"
+        else:
+            b = np.asarray(fit.params[x_names], float)
+            V = np.asarray(fit.cov_params().loc[x_names, x_names], float)
+            body = wald_rows(*response_slopes(b, V, X0, W, link), alpha)
+            method = "z"
+        at_txt = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                           for k, v in {focal: fmean, **others}.items())
+        note = (note + "\n" if note else "") + (
+            f"Response scale: slope of the predicted mean ({link} link inverted) at {at_txt}")
+        table = pd.concat([labels, body], axis=1)
+        return SimpleSlopes(focal=focal, moderator=moderator, moderator2=moderator2,
+                            table=table, interaction=None, held=held, alpha=float(alpha),
+                            method=method, n_boot=0, note=note, scale="response")
     if draws is not None:
         if bootstrap:
             raise ModelSpecError("bootstrap= is for frequentist fits; a Bayesian fit has draws")
@@ -271,7 +319,7 @@ def simple_slopes(
         alpha=float(alpha),
         method=method,
         n_boot=n_boot,
-        note=held_note(held, at_values_other),
+        note=note,
     )
 
 
