@@ -237,7 +237,8 @@ class GLMMProblem:
         wz = w * (z - self.X @ beta) if u_only else w * z
         chol_diag = np.ones(self.q + 1)
         ldl2 = 0.0
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        u_only_parts: list[np.ndarray] = []
         if not u_only:
             wx = w[:, None] * self.X
             M = self.X.T @ wx
@@ -251,10 +252,11 @@ class GLMMProblem:
             d = np.diagonal(chol, axis1=1, axis2=2)
             chol_diag[self.class_index[c]] = d
             ldl2 += 2.0 * float(np.log(d).sum())
-            cu = np.linalg.solve(chol, lt @ (self._zt[c] @ wz).reshape(nb, m, 1))[:, :, 0]
-            if u_only:
-                parts.append((chol, cu, None))
+            ltr = lt @ (self._zt[c] @ wz).reshape(nb, m, 1)
+            if u_only:  # one solve with A itself (cheaper than two with its factor)
+                u_only_parts.append(np.linalg.solve(a, ltr)[:, :, 0])
                 continue
+            cu = np.linalg.solve(chol, ltr)[:, :, 0]
             ztwx = (self._zt[c] @ wx).reshape(nb, m, self.p)
             rzx = np.linalg.solve(chol, lt @ ztwx)
             M -= np.einsum("bmp,bmq->pq", rzx, rzx)
@@ -264,10 +266,11 @@ class GLMMProblem:
             M = (M + M.T) / 2
             beta = np.linalg.solve(M, rhs)
         u = np.zeros(self.q + 1)
+        for c, uc in enumerate(u_only_parts):
+            u[self.class_index[c]] = uc
         for c, (chol, cu, rz) in enumerate(parts):
-            rhs_u = cu if rz is None else cu - rz @ beta
             u[self.class_index[c]] = np.linalg.solve(
-                chol.transpose(0, 2, 1), rhs_u[:, :, None]
+                chol.transpose(0, 2, 1), (cu - rz @ beta)[:, :, None]
             )[:, :, 0]
         return u[: self.q], beta, ldl2, chol_diag[: self.q]
 

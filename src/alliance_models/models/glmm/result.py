@@ -56,7 +56,8 @@ class GLMMFit:
     n_groups : dict of str to int
         Levels per grouping expression.
     optimizer : str
-        The stage-2 optimiser (``"lbfgs"`` or ``"powell"``), then Newton steps.
+        How stage 2 reached the estimate: ``"newton"`` (Newton steps from stage 1) or
+        ``"lbfgs"`` (bounded L-BFGS-B first, then Newton steps).
     converged : bool
         lme4's check: relative gradient ``max |L^{-1} g|`` below ``2e-3``.
     grad_max : float
@@ -260,7 +261,8 @@ class GLMMFit:
             f"Observations: {self.n_obs} ({self.n_dropped} dropped for missing values"
             + (f", {self.n_zero_trials} with zero trials excluded" if self.n_zero_trials
                else "") + f"); groups: {groups}",
-            f"Optimizer: {self.optimizer} + Newton ("
+            "Optimizer: Nelder-Mead (stage 1), "
+            f"{'Newton' if self.optimizer == 'newton' else 'L-BFGS-B and Newton'} (stage 2; "
             f"{'converged' if self.converged else 'NOT converged'}, relative gradient "
             f"{self.grad_max:.1e}){'; singular fit' if self.singular else ''}",
             "",
