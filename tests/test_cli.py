@@ -225,7 +225,7 @@ def test_fit_trials_needs_gee(single_level_csv):
     code, _, err = run("fit", str(path), "--formula", "adherence ~ alliance",
                        "--trials", "scheduled")
     assert code == 2
-    assert "--trials is used with --method gee or --bayes only" in err
+    assert "--trials is used with --family binomial (mixed), --method gee or --bayes" in err
 
 
 # --------------------------------------------------------------------------- demo and power
@@ -250,12 +250,17 @@ def check_demo_output(proc: subprocess.CompletedProcess, out: Path, bayes: bool,
         assert f"Simple slopes of alliance at {mod}" in stdout
         assert f"Johnson-Neyman: alliance by {mod}" in stdout
     assert "Power to detect alliance:autonomy" in stdout
+    # the binomial attendance model (sessions attended of scheduled) with odds ratios
+    assert "Attendance model (binomial GLMM): sessions attended of scheduled" in stdout
+    assert "Odds ratios (exp of the estimates and Wald limits)" in stdout
+    assert "Attendance: slope of alliance on the probability scale at autonomy_c" in stdout
     assert ("Bayesian moderation model" in stdout) is bayes
     assert ("Posterior simple slopes of alliance at autonomy_c" in stdout) is bayes
     # progress goes to stderr, with elapsed times
     assert re.search(r"\[\s*\d+\.\ds\] fitting the three-level mixed model", proc.stderr)
     page = (out / "index.html").read_text()
-    sections = ["data", "data-report", "model", "simple-slopes", "johnson-neyman", "power"]
+    sections = ["data", "data-report", "model", "simple-slopes", "johnson-neyman", "glmm",
+                "power"]
     for sid in sections + (["bayes"] if bayes else []):
         assert f'<section id="{sid}">' in page
     assert ('<section id="bayes">' in page) is bayes
@@ -671,3 +676,27 @@ def test_text_grouping_and_categorical_columns_are_left_alone(tmp_path):
                          "adherence ~ alliance + site + (1 | therapist)", "-q")
     assert code == 0, err
     assert "site[T.south]" in out
+
+
+def test_fit_binomial_mixed_attendance(tmp_path):
+    import alliance_models as am
+
+    src = Path(__file__).resolve().parent / "r" / "glmer_attendance.csv"
+    formula = "attended ~ alliance * autonomy_c + (1 | therapist)"
+    out_dir = tmp_path / "report"
+    code, out, err = run("fit", str(src), "--family", "binomial", "--trials", "scheduled",
+                         "--formula", formula, "--focal", "alliance", "--moderator",
+                         "autonomy_c", "--report", str(out_dir))
+    assert code == 0, err
+    fit = am.fit_mixed(formula, pd.read_csv(src), family="binomial", trials="scheduled")
+    assert fit.summary(exp=True) in out
+    assert "simple slopes of alliance at autonomy_c (mean +/- 1 SD) (probability scale)" in out
+    page = (out_dir / "index.html").read_text()
+    assert "Odds ratios" in page and "(response scale)" in page
+
+
+def test_fit_poisson_needs_mixed(single_level_csv):
+    path, _ = single_level_csv
+    code, _, err = run("fit", str(path), "--method", "gee", "--family", "poisson",
+                       "--formula", "adherence ~ alliance")
+    assert code == 2 and "--family poisson is fitted by --method mixed only" in err

@@ -271,8 +271,13 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
         raise SystemExit(
             _usage_error("fit", "--focal and --moderator go together (give both or neither)")
         )
-    if args.trials and args.method != "gee" and not args.bayes:
-        raise SystemExit(_usage_error("fit", "--trials is used with --method gee or --bayes only"))
+    glmm = args.method == "mixed" and args.family in ("binomial", "poisson")
+    if args.trials and args.method != "gee" and not args.bayes and not (
+            glmm and args.family == "binomial"):
+        raise SystemExit(_usage_error(
+            "fit", "--trials is used with --family binomial (mixed), --method gee or --bayes only"))
+    if args.family == "poisson" and (args.method != "mixed" or args.bayes):
+        raise SystemExit(_usage_error("fit", "--family poisson is fitted by --method mixed only"))
     at = _parse_at(args.at)
     pairs = _score_pairs(args.score)
     if pairs and not args.prepare:
@@ -293,18 +298,26 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
 
     fitters = {"mixed": am.fit_mixed, "ols": am.fit_ols, "gee": am.fit_gee}
     kwargs: dict[str, Any] = {}
-    if args.method == "gee":
+    if args.method == "gee" or glmm:
         if args.trials:
             kwargs["trials"] = args.trials
         if args.family:
             kwargs["family"] = args.family
+    if glmm and args.nagq != 1:
+        kwargs["nAGQ"] = args.nagq
     _check_numeric_columns(data, args.formula)
-    with console.timed(f"fitting the {args.method} model"):
+    what = f"{args.family} mixed" if glmm else args.method
+    with console.timed(f"fitting the {what} model"):
         fit = fitters[args.method](args.formula, data, **kwargs)
-    console.heading(f"{args.method} model: {args.formula}")
-    console.print(fit.summary())
+    console.heading(f"{what} model: {args.formula}")
+    console.print(fit.summary(exp=True) if glmm else fit.summary())
 
     slopes, jns = _probe(fit, args.focal, mods, console, at=at, over=args.over)
+    if glmm and args.focal:
+        rslopes, rjns = _probe(fit, args.focal, mods, console, at=at, over=args.over,
+                               scale="response")
+        slopes += rslopes
+        jns += rjns
 
     bfit = None
     if args.bayes:
@@ -353,7 +366,7 @@ def _check_numeric_columns(data: Any, formula: str) -> None:
 
 def _probe(
     fit: Any, focal: str | None, moderators: list[str], console: Console, label: str = "",
-    at: str | list[float] = "meansd", over: str = "rows",
+    at: str | list[float] = "meansd", over: str = "rows", scale: str = "link",
 ) -> tuple[list[Any], list[Any]]:
     import alliance_models as am
 
@@ -362,17 +375,19 @@ def _probe(
     if not focal:
         return slopes, jns
     for mod in moderators:
-        s = am.simple_slopes(fit, focal=focal, moderator=mod, at=at, over=over)
+        s = am.simple_slopes(fit, focal=focal, moderator=mod, at=at, over=over,
+                             scale=scale)
         if isinstance(at, str):
             shown = {"meansd": "mean +/- 1 SD", "percentiles": "percentiles"}[at]
             shown += f" over {over}" if over != "rows" else ""
         else:
             shown = ", ".join(f"{v:g}" for v in at)
-        console.heading(f"{label}simple slopes of {focal} at {mod} ({shown})")
+        on = " (probability scale)" if scale == "response" else ""
+        console.heading(f"{label}simple slopes of {focal} at {mod} ({shown}){on}")
         console.print(s.summary())
         slopes.append(s)
-        j = am.johnson_neyman(fit, focal=focal, moderator=mod)
-        console.heading(f"{label}Johnson-Neyman: {focal} by {mod}")
+        j = am.johnson_neyman(fit, focal=focal, moderator=mod, scale=scale)
+        console.heading(f"{label}Johnson-Neyman: {focal} by {mod}{on}")
         console.print(j.summary())
         jns.append(j)
     return slopes, jns
@@ -436,8 +451,15 @@ worked example:
     alliance-models fit export.csv --score 'wai-sr=wai_{i}' --score 'hccq-short=hccq_{i}' \\
         --prorate --prepare --formula 'adherence ~ alliance * age_c + (1 | therapist/patient)'
   (adherence = completed / prescribed home exercises; with --adherence attendance the
-  session outcome is attended 0/1: use --method gee --trials scheduled or --bayes
-  --family binomial --trials scheduled)
+  session outcome is attended 0/1: use --family binomial --trials scheduled)
+
+  --family binomial --trials scheduled fits the binomial mixed model (lme4's glmer,
+  Laplace; --nagq 9 for adaptive quadrature with one random intercept) to attended out of
+  scheduled, prints odds ratios and probes on the logit and the probability scale:
+    alliance-models fit patients.csv --family binomial --trials scheduled \\
+        --formula 'attended ~ alliance * autonomy_c + (1 | therapist/patient)' \\
+        --focal alliance --moderator autonomy_c
+  --family poisson fits counts (log link).
 
   --method ols fits a single-level PROCESS-style model (robust HC3 SEs);
   --method gee --trials scheduled fits attended/scheduled as binomial with logit link.
@@ -571,7 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("mixed", "ols", "gee"), default="mixed",
                    help="frequentist backend (default: %(default)s)")
     p.add_argument("--trials", metavar="COLUMN",
-                   help="denominator column of a binomial outcome (gee / bayes)")
+                   help="denominator column of a binomial outcome (mixed with --family "
+                   "binomial, gee, bayes); the response holds the successes")
+    p.add_argument("--nagq", type=int, default=1, metavar="K",
+                   help="binomial/poisson mixed models: 1 = Laplace (default), more = "
+                   "adaptive Gauss-Hermite quadrature nodes (one random intercept)")
     p.add_argument("--score", metavar="INSTRUMENT=PATTERN", action="append",
                    help="score a questionnaire first, e.g. 'wai-sr=wai_{i}' (repeatable; "
                    "needs --prepare)")
@@ -592,8 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "default) or a column such as patient (one value per patient, as "
                    "--prepare centres patient-level moderators)")
     p.add_argument("--bayes", action="store_true", help="also fit the model in PyMC")
-    p.add_argument("--family", choices=("gaussian", "binomial", "beta_binomial"),
-                   help="outcome family: gee takes binomial (default) or gaussian; --bayes "
+    p.add_argument("--family", choices=("gaussian", "binomial", "beta_binomial", "poisson"),
+                   help="outcome family: mixed takes gaussian (default), binomial (with "
+                   "--trials) or poisson; gee takes binomial (default) or gaussian; --bayes "
                    "takes gaussian (default), binomial or beta_binomial")
     p.add_argument("--draws", type=int, default=1000, help="MCMC draws per chain")
     p.add_argument("--tune", type=int, default=None, help="MCMC tuning steps per chain")

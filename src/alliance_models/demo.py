@@ -3,8 +3,10 @@
 It runs the analyst's whole job on the shipped example export (about 40 therapists and
 400 patients, REDCap style): read -> score WAI-SR and HCCQ-6 -> validate, reshape and
 centre (DataReport) -> three-level mixed moderation model -> simple slopes and
-Johnson-Neyman for age and autonomy support -> the same model in PyMC -> a short power
-curve for a planned trial -> one self-contained HTML report.
+Johnson-Neyman for age and autonomy support -> the binomial attendance model (sessions
+attended of scheduled, lme4's glmer) with slopes on the probability scale -> the same
+model in PyMC -> a short power curve for a planned trial -> one self-contained HTML
+report.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from typing import Any
 
 from .cli import Console
 
-__all__ = ["DEMO_FORMULA", "DemoSettings", "run_demo"]
+__all__ = ["ATTENDANCE_FORMULA", "DEMO_FORMULA", "DemoSettings", "run_demo"]
 
 #: The moderation model of the demo: does the alliance effect on adherence depend on
 #: (grand-mean centred) age and autonomy support? Sessions in patients in therapists.
 DEMO_FORMULA = "adherence ~ alliance * (age_c + autonomy_c) + (1 | therapist/patient)"
+
+#: The attendance model: sessions attended out of scheduled per patient (binomial, logit
+#: link; ``am.prepare(..., adherence="attendance", level="patient")`` sums the counts),
+#: with the patient random intercept taking up overdispersion between patients.
+ATTENDANCE_FORMULA = "attended ~ alliance * (age_c + autonomy_c) + (1 | therapist/patient)"
 
 #: Moderators probed (centred columns added by ``am.prepare``).
 DEMO_MODERATORS = ("age_c", "autonomy_c")
@@ -159,6 +166,23 @@ def run_demo(
         con.heading(f"Johnson-Neyman: alliance by {mod}")
         con.print(jns[mod].summary())
 
+    # 3b. attendance: a binomial mixed model of sessions attended out of scheduled
+    with con.timed("fitting the binomial attendance model (Laplace, as lme4's glmer)"):
+        attendance, _ = am.prepare(scored, scoring=[wai, hccq], adherence="attendance",
+                                   level="patient")
+        if cfg.max_therapists is not None:
+            attendance = attendance[attendance["therapist"].isin(keep)].reset_index(drop=True)
+        gfit = am.fit_mixed(ATTENDANCE_FORMULA, attendance, family="binomial",
+                            trials="scheduled")
+    con.heading("Attendance model (binomial GLMM): sessions attended of scheduled")
+    con.print(gfit.summary(exp=True))
+    gslopes = {}
+    for mod in DEMO_MODERATORS:
+        gslopes[mod] = am.simple_slopes(gfit, focal="alliance", moderator=mod, at="meansd",
+                                        scale="response")
+        con.heading(f"Attendance: slope of alliance on the probability scale at {mod}")
+        con.print(gslopes[mod].summary())
+
     # 4. the same model in PyMC
     bfit = None
     if bayes:
@@ -213,10 +237,13 @@ def run_demo(
             jn=jns,
             bayes=bfit,
             power=curve,
+            glmm=gfit,
+            glmm_slopes=gslopes,
             title="alliance_models demo: alliance, age, autonomy support and adherence",
             notes=(
                 "Shipped example data (simulated, REDCap-style export). Model: "
-                f"{DEMO_FORMULA}. Moderators are grand-mean centred."
+                f"{DEMO_FORMULA}; attendance model (one row per patient, binomial): "
+                f"{ATTENDANCE_FORMULA}. Moderators are grand-mean centred."
                 + (
                     f" Quick run: the models use the first {cfg.max_therapists} therapists "
                     f"only, MCMC {cfg.chains} x {cfg.draws} draws, {cfg.n_sims} power "

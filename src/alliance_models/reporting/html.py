@@ -364,7 +364,14 @@ def _fit_section(fit: Any) -> str:
     parts = []
     df = _frame(fit)
     if df is not None:
-        parts.append("<h3>Estimates</h3>" + _table(df))
+        link = getattr(fit, "link", None)
+        scale = f" ({link} scale)" if isinstance(link, str) and link != "identity" else ""
+        parts.append(f"<h3>Estimates{scale}</h3>" + _table(df))
+    ratios = getattr(fit, "odds_ratios", None)
+    if callable(ratios):
+        kind = "Odds ratios" if getattr(fit, "family", "") == "binomial" else "Rate ratios"
+        parts.append(f"<h3>{kind}</h3>" + _note("exp of the estimates and of the Wald limits")
+                     + _table(ratios()))
     text = _summary_text(fit)
     if text:
         parts.append("<h3>Full summary</h3>" + _pre(text))
@@ -378,7 +385,8 @@ def _interaction_plot(fit: Any, s: Any) -> Any:
     moderator = s.moderator
     if isinstance(moderator, list | tuple):
         moderator = moderator[0]
-    return plot_interaction(fit, focal=focal, moderator=moderator)
+    return plot_interaction(fit, focal=focal, moderator=moderator,
+                            scale=getattr(s, "scale", "link"))
 
 
 def _jn_plot(j: Any) -> Any:
@@ -394,6 +402,8 @@ def _slopes_section(slopes: list[Any], fit: Any, bayes: Any) -> str:
     for s in slopes:
         posterior = getattr(s, "method", "") == "bayes"
         label = _label(s, "simple slopes") + (" (posterior)" if posterior else "")
+        if getattr(s, "scale", "link") == "response":
+            label += " (response scale)"
         parts.append(f"<h3>Simple slopes: {html.escape(label)}</h3>")
         if posterior:
             parts.append(_note("Posterior median, 95% HDI and probability of direction (pd)."))
@@ -499,6 +509,8 @@ def report(
     jn: Any = None,
     bayes: Any = None,
     power: Any = None,
+    glmm: Any = None,
+    glmm_slopes: Any = None,
     data: pd.DataFrame | None = None,
     figures: Mapping[str, Any] | None = None,
     title: str = "Alliance, adherence and moderation: analysis report",
@@ -526,6 +538,12 @@ def report(
         plots drawn with ``bayes.plot(kind, path)``.
     power : PowerResult or PowerCurve, optional
         Its summary, table and (for a curve) the plot.
+    glmm : GLMMFit, optional
+        A second model of a count outcome (e.g. the binomial attendance model, sessions
+        attended of scheduled) in its own section: estimates, odds ratios, summary.
+    glmm_slopes : SimpleSlopes or sequence / mapping of them, optional
+        Simple slopes of ``glmm`` (e.g. on the probability scale), with interaction
+        plots on the same scale.
     data : DataFrame, optional
         Analysis data (canonical columns) for counts and descriptive statistics.
     figures : mapping of str to figure, optional
@@ -586,6 +604,14 @@ def report(
                  _jn_section(jn_list))
     if bayes is not None:
         page.add("bayes", "Bayesian moderation model", _bayes_section(bayes))
+    if glmm is not None:
+        family = getattr(glmm, "family", "")
+        body = _fit_section(glmm)
+        glmm_list = _as_list(glmm_slopes)
+        if glmm_list:
+            body += "\n" + _slopes_section(glmm_list, glmm, None)
+        page.add("glmm", f"Attendance model ({family} mixed model)" if family == "binomial"
+                 else f"Count model ({family} mixed model)", body)
     if power is not None:
         page.add("power", "Power", _power_section(power))
     if figures:
