@@ -21,6 +21,13 @@ testing ``alliance:autonomy``. Everything is measured in this one run on this ma
   workers are alive (joblib keeps them for 5 idle minutes), which is the like-for-like
   comparison with MCPower's warm engine on 2 threads.
 
+Binomial line (issue 13): R1 with attendance as the outcome (8 scheduled sessions per
+session row, attended ~ Binomial), ``attended ~ alliance * (age + autonomy) +
+(1 | therapist/patient)``: ``am.power`` fitting the binomial GLMM (Laplace, lme4's
+glmer) to every replicate, one process, side by side with MCPower's GLMM
+(``family="logit"``: one Bernoulli outcome per row on the same 1,440-row nested design;
+its own simulator).
+
 Timings are repeated and the median is printed; the ratios use the medians.
 Run: ``.venv/bin/python benchmarks/power_speed.py [--quick]``.
 """
@@ -254,6 +261,50 @@ def bench_mcpower(B: int, repeats: int) -> float | None:
         return None
 
 
+def bench_am_power_binomial(B: int) -> tuple[float, float] | None:
+    """``am.power`` with the per-replicate binomial GLMM on R1 (one process)."""
+    try:
+        import alliance_models as am
+    except ImportError:
+        return None
+    design = am.Design(therapists=T, patients_per_therapist=P, sessions=S, family="binomial",
+                       counts="attendance", trials=8,
+                       effects={"alliance": 0.25, "autonomy": 0.1, "alliance:age": 0.05,
+                                "alliance:autonomy": 0.1})
+    t0 = time.perf_counter()
+    res = am.power(design, "attended ~ alliance * (age + autonomy) + (1 | therapist/patient)",
+                   test="alliance:autonomy", n_sims=B, seed=1, n_jobs=1, progress=False)
+    return res.n_completed / (time.perf_counter() - t0), res.power
+
+
+def bench_mcpower_glmm(B: int) -> tuple[float, float] | None:
+    """MCPower's GLMM (logit) on the R1 layout, 2 threads."""
+    try:
+        import mcpower
+        from mcpower import _engine
+    except ImportError:
+        print("  MCPower: not installed (pip install mcpower)")
+        return None
+    try:
+        _engine.set_n_threads(2)
+        m = mcpower.MCPower(
+            "attended ~ alliance + age + autonomy + alliance:age + alliance:autonomy"
+            " + (1|therapist/patient)", family="logit")
+        m.set_cluster("therapist", ICC=0.05, n_clusters=T)
+        m.set_cluster("therapist:patient", ICC=0.30, n_per_parent=P)
+        m.set_effects("alliance=0.25, age=0.0, autonomy=0.1, alliance:age=0.05, "
+                      "alliance:autonomy=0.1")
+        m.set_baseline_probability(0.75)
+        m.set_simulations(B)
+        m.set_seed(1)
+        t0 = time.perf_counter()
+        power = _mc_power(m, N)
+        return B / (time.perf_counter() - t0), power
+    except Exception as err:  # noqa: BLE001 - report the API failure, do not crash
+        print(f"  MCPower GLMM: failed ({type(err).__name__}: {err})")
+        return None
+
+
 def _mc_power(m, n: int) -> float:  # noqa: ANN001
     r = m.find_power(n, target_test="alliance:autonomy", verbose=False, progress_callback=False)
     return float(r["power_uncorrected"][0][0])
@@ -319,6 +370,18 @@ def main() -> None:
     if amp3 is not None and mc is not None:
         print(f"  am.power n_jobs=-1, workers started / MCPower: {amp3[0] / mc:8.2f}x"
               "   (goal >= 1x: both on 2 cores, engines warm)")
+    B_glmm, B_mc_glmm = (5, 50) if quick else (20, 200)
+    print("binomial (attendance, 8 scheduled sessions per row)")
+    ours = bench_am_power_binomial(B_glmm)
+    if ours is not None:
+        print(f"  am.power binomial GLMM per replicate ({B_glmm} replicates, 1 process): "
+              f"{ours[0]:8.2f} rep/s   (power {ours[1]:.3f})")
+    theirs = bench_mcpower_glmm(B_mc_glmm)
+    if theirs is not None:
+        print(f"  MCPower GLMM logit ({B_mc_glmm} replicates, 2 threads, Bernoulli rows): "
+              f"{theirs[0]:8.2f} rep/s   (power {theirs[1]:.3f})")
+    if ours is not None and theirs is not None:
+        print(f"  am.power binomial GLMM / MCPower GLMM: {ours[0] / theirs[0]:8.3f}x")
     if amp is not None:
         print(f"  am.power n_jobs=1 / fast engine with the benchmark's simulator: "
               f"{amp[0] / fast_e2e:5.2f}x")

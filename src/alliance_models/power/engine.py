@@ -782,7 +782,8 @@ def _truth(design: Design, spec: ModelSpec, method: str, fit_kwargs: Mapping[str
             f"test {test!r} is not a coefficient of {spec.formula!r}; coefficients: "
             f"{', '.join(x_names)}"
         )
-    logit_fit = method == "bayes" and str(fit_kwargs.get("family", "")) == "binomial"
+    logit_fit = (method in ("bayes", "mixed")
+                 and str(fit_kwargs.get("family", "")) == "binomial")
     if design.family == "binomial" and not logit_fit:
         return math.nan, False, x_names, sa
     eta = sa.eta[sa.observed]
@@ -875,8 +876,13 @@ def power(
     method : {"auto", "fast", "mixed", "gee", "ols", "bayes"} or callable
         ``"auto"`` uses the batched REML engine when the formula qualifies (gaussian,
         random intercepts, one or two nested factors), else ``fit_mixed`` (random
-        terms) or ``fit_ols``. A callable ``f(formula, data, **fit_kwargs)`` returning a
-        fit with ``params``, ``cov_params()`` and ``contrast_df(L)`` is used as is.
+        terms) or ``fit_ols``. For a binomial design whose formula models the counts
+        (``"attended ~ ..."`` or ``"completed ~ ..."``), ``"auto"`` and ``"mixed"`` fit
+        the binomial GLMM (``fit_mixed(family="binomial", trials=<denominator>)``,
+        Laplace, Wald z) to every replicate; bias, RMSE and coverage then refer to the
+        true conditional (subject-specific) coefficient. A callable
+        ``f(formula, data, **fit_kwargs)`` returning a fit with ``params``,
+        ``cov_params()`` and ``contrast_df(L)`` is used as is.
     n_jobs : int, default -1
         Local workers; -1 uses every core, -2 all but one (joblib's convention). The
         first batch (one per worker on the stacked fast path) runs in this process; the
@@ -955,9 +961,13 @@ def power(
     kwargs = dict(fit_kwargs or {})
     if resolved == "bayes":
         kwargs.update(bayes_kwargs or {})
-    if resolved in ("bayes", "gee"):
+    if resolved in ("bayes", "gee") or (
+            resolved == "mixed" and design.family == "binomial"
+            and spec.response == design.count_columns[0]):
         # the design's family, unless the caller chose otherwise (fit_gee defaults to
-        # binomial)
+        # binomial); a binomial design whose formula models the counts (e.g. attended)
+        # gets the binomial GLMM from fit_mixed, whose truth is the conditional
+        # (subject-specific) coefficient of the simulated linear predictor
         kwargs.setdefault("family", design.family)
         if kwargs["family"] == "binomial":
             kwargs.setdefault("trials", design.count_columns[1])
