@@ -49,7 +49,7 @@ class FixedEffectsFit(Protocol):
     def contrast_df(self, L: np.ndarray) -> float:
         """Denominator degrees of freedom for the contrast ``L @ params``.
 
-        Satterthwaite for mixed models, ``n - p`` for OLS, ``numpy.inf`` for
+        Satterthwaite or Kenward-Roger for mixed models, ``n - p`` for OLS, ``numpy.inf`` for
         z-based fits (GEE).
         """
         ...

@@ -37,12 +37,12 @@ from ..errors import ConvergenceWarning, ModelSpecError, SingularFitWarning
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec, RandomTerm
 from .glmm import GLMMFit, fit_glmm
-from .lmm import dense, satterthwaite, search
+from .lmm import dense, kenward_roger, satterthwaite, search
 
 __all__ = ["MixedFit", "fit_mixed"]
 
 OPTIMIZERS = ("lbfgs", "bfgs", "powell", "nm")
-DDF_METHODS = ("satterthwaite", "residual", "none")
+DDF_METHODS = ("satterthwaite", "kenward-roger", "residual", "none")
 #: A fit is accepted when max |projected gradient of the profiled deviance| is below this.
 CONVERGED_GRAD = 1e-6
 
@@ -60,9 +60,15 @@ class MixedFit:
     reml : bool
         REML (``True``) or ML fit.
     ddf : str
-        ``"satterthwaite"``, ``"residual"`` (``n - p``) or ``"none"`` (z tests).
+        ``"satterthwaite"``, ``"kenward-roger"``, ``"residual"`` (``n - p``) or
+        ``"none"`` (z tests).
     fixed : DataFrame
         One row per fixed effect: ``estimate, se, df, t, p, ci_lower, ci_upper`` (95%).
+        With ``ddf="kenward-roger"`` the SEs come from the adjusted covariance.
+    vcov : DataFrame
+        Covariance of the fixed effects: ``sigma^2 (X' W^{-1} X)^{-1}``, or Kenward and
+        Roger's adjusted covariance ``Phi_A`` (pbkrtest's ``vcovAdj``) with
+        ``ddf="kenward-roger"``.
     varcomp : DataFrame
         Variance components like lme4's ``as.data.frame(VarCorr(fit))``: columns
         ``group, var1, var2, vcov, sdcor`` (variances with SDs; covariances with
@@ -148,6 +154,7 @@ class MixedFit:
     sm_result: Any = None
     messages: tuple[str, ...] = ()
     _satt: satterthwaite.SatterthwaiteSetup | None = field(default=None, repr=False)
+    _kr: kenward_roger.KenwardRogerSetup | None = field(default=None, repr=False)
 
     # -- FixedEffectsFit protocol ----------------------------------------------------
     @property
@@ -175,7 +182,8 @@ class MixedFit:
         Returns
         -------
         float
-            Satterthwaite df (``ddf="satterthwaite"``), ``n - p`` (``"residual"``) or
+            Satterthwaite df (``ddf="satterthwaite"``), Kenward-Roger df
+            (``"kenward-roger"``, pbkrtest's ``Lb_ddf``), ``n - p`` (``"residual"``) or
             ``inf`` (``"none"``).
 
         Examples
@@ -188,6 +196,9 @@ class MixedFit:
             return float("inf")
         if self.ddf == "residual":
             return float(self.n_obs - len(self.fixed))
+        if self.ddf == "kenward-roger":
+            assert self._kr is not None
+            return kenward_roger.contrast_df(self._kr, L)
         assert self._satt is not None
         return satterthwaite.contrast_df(self._satt, L)
 
@@ -311,6 +322,7 @@ class MixedFit:
         crit = "REML" if self.reml else "maximum likelihood"
         ddf_txt = {
             "satterthwaite": "t-tests use Satterthwaite's method",
+            "kenward-roger": "t-tests use Kenward-Roger's method",
             "residual": "t-tests use residual df (n - p)",
             "none": "z-tests (no small-sample df)",
         }[self.ddf]
@@ -503,8 +515,11 @@ def fit_mixed(
         names the one that led to convergence.
     maxiter : int, default 1000
         Iterations per optimiser.
-    ddf : {"satterthwaite", "residual", "none"}
-        Denominator df of t tests.
+    ddf : {"satterthwaite", "kenward-roger", "residual", "none"}
+        Denominator df of t tests. ``"kenward-roger"`` (REML fits only) also replaces
+        the covariance of the fixed effects by Kenward and Roger's adjusted one, as
+        lmerTest's ``summary(fit, ddf = "Kenward-Roger")`` and emmeans'
+        ``lmer.df = "kenward-roger"`` do; every probe of the fit then uses both.
     family : {"gaussian", "binomial", "poisson"}, default "gaussian"
         ``"binomial"`` (logit link) and ``"poisson"`` (log link) fit a generalised linear
         mixed model by maximum likelihood as lme4's ``glmer``
@@ -557,6 +572,11 @@ def fit_mixed(
         raise ModelSpecError(f"formula must be a string or ModelSpec, got {type(formula)!r}")
     if ddf not in DDF_METHODS:
         raise ModelSpecError(f"ddf={ddf!r} is not available; choose one of {DDF_METHODS}")
+    if ddf == "kenward-roger" and not reml:
+        raise ModelSpecError(
+            "ddf='kenward-roger' is defined for REML fits only (as in pbkrtest and "
+            "lmerTest); fit with reml=True, or use ddf='satterthwaite' with reml=False"
+        )
     chain: tuple[str, ...]
     if optimizer is None:
         chain = OPTIMIZERS
@@ -639,14 +659,19 @@ def _assemble(
     names = list(frame.x_names)
     satt = dense.satterthwaite_setup(problem, theta, reml=reml)
     V = satt.vcov
-    se = np.sqrt(np.diag(V))
     p = len(names)
-    if ddf == "satterthwaite":
+    kr = None
+    if ddf == "kenward-roger":
+        kr = kenward_roger.kenward_roger_setup(problem, theta, sigma2)
+        V = kr.vcov_adj
+        dfs = np.array([kenward_roger.contrast_df(kr, row) for row in np.eye(p)])
+    elif ddf == "satterthwaite":
         dfs = np.array([satterthwaite.contrast_df(satt, row) for row in np.eye(p)])
     elif ddf == "residual":
         dfs = np.full(p, float(frame.n_obs - p))
     else:
         dfs = np.full(p, np.inf)
+    se = np.sqrt(np.diag(V))
     tval = ev.beta / se
     finite = np.isfinite(dfs)
     safe_df = np.where(finite, dfs, 1.0)
@@ -787,4 +812,5 @@ def _assemble(
         sm_result=None,
         messages=tuple(m for m, _ in messages),
         _satt=satt,
+        _kr=kr,
     )

@@ -71,7 +71,8 @@ class JohnsonNeyman:
     converged : bool
         Whether the df fixed-point iteration converged (always True for constant df).
     method : str
-        ``"t"``, ``"z"``, ``"satterthwaite"`` (df varying with the contrast) or ``"bayes"``.
+        ``"t"``, ``"z"``, ``"satterthwaite"`` or ``"kenward-roger"`` (df varying with the
+        contrast, named after the fit's ``ddf``) or ``"bayes"``.
     curve : DataFrame
         Conditional effect over a grid of the moderator: ``moderator, estimate, lower,
         upper, significant`` (for plotting).
@@ -206,10 +207,11 @@ def johnson_neyman(
 
     For frequentist fits the bounds solve ``(b1 + b3 m)^2 = t^2 (v11 + 2 m v13 +
     m^2 v33)`` exactly, with ``t`` the critical value on the fit's df; when the df depend
-    on the contrast (Satterthwaite in mixed models) each bound is iterated to a fixed
-    point. For Bayesian fits the bounds are where the ``1 - alpha`` HDI of the
-    conditional effect starts or stops excluding zero within the observed range (grid
-    plus bisection).
+    on the contrast (Satterthwaite or Kenward-Roger in mixed models) each bound is
+    iterated to a fixed point; the variance is the fit's covariance (Kenward and Roger's
+    adjusted one for ``ddf="kenward-roger"``). For Bayesian fits the bounds are where
+    the ``1 - alpha`` HDI of the conditional effect starts or stops excluding zero within
+    the observed range (grid plus bisection).
 
     Parameters
     ----------
@@ -321,7 +323,9 @@ def johnson_neyman(
         def df_arg(m: float) -> float:
             return float(fit.contrast_df(a + m * c))
 
-        method = "satterthwaite"
+        method = "kenward-roger" if getattr(fit, "ddf", "") == "kenward-roger" else (
+            "satterthwaite"
+        )
     sol = core.jn_solve(b, V, a, c, df_arg, alpha, m_ref=m_ref, search=(lo, hi))
     intervals = core.significant_intervals(sol.region, sol.bounds)
     rows = freq_rows(fit, W, alpha)

@@ -2,8 +2,8 @@
 
 A conditional effect is the linear contrast ``w' b`` whose weights are the derivative of
 the linear predictor with respect to the focal variable (:mod:`._core`). Frequentist fits
-give estimate, SE, df (Satterthwaite, ``n - p`` or infinite), t or z, p and CI; Bayesian
-fits the posterior median, HDI and probability of direction computed draw by draw.
+give estimate, SE, df (Satterthwaite, Kenward-Roger, ``n - p`` or infinite), t or z, p and
+CI; Bayesian fits the posterior median, HDI and probability of direction computed draw by draw.
 """
 
 from __future__ import annotations
