@@ -57,7 +57,8 @@ _LAZY: dict[str, str] = {
     # Bayesian
     "fit_bayes": "alliance_models.models.bayes",
     "BayesFit": "alliance_models.models.bayes",
-    "compare": "alliance_models.models.bayes",
+    "compare": "alliance_models.models.compare",
+    "LikelihoodRatioTest": "alliance_models.models.compare",
     "ComparisonResult": "alliance_models.models.bayes",
     # probing and plots
     "simple_slopes": "alliance_models.probing",

@@ -155,6 +155,7 @@ class MixedFit:
     messages: tuple[str, ...] = ()
     _satt: satterthwaite.SatterthwaiteSetup | None = field(default=None, repr=False)
     _kr: kenward_roger.KenwardRogerSetup | None = field(default=None, repr=False)
+    _problem: dense.LMMProblem | None = field(default=None, repr=False)
 
     # -- FixedEffectsFit protocol ----------------------------------------------------
     @property
@@ -237,6 +238,112 @@ class MixedFit:
                 "ci_upper": est + q * se,
             }
         )
+
+    # -- multi-df inference (models/anova.py, models/lmm/profile.py) ---------------------
+    def kenward_roger(self) -> kenward_roger.KenwardRogerSetup:
+        """Kenward-Roger quantities of this REML fit (computed on demand if ``ddf`` differs)."""
+        if self._kr is not None:
+            return self._kr
+        if not self.reml:
+            raise ModelSpecError(
+                "Kenward-Roger tests are defined for REML fits only; refit with reml=True"
+            )
+        assert self._problem is not None
+        return kenward_roger.kenward_roger_setup(self._problem, self.theta, self.sigma**2)
+
+    def contrast(
+        self, L: Any, *, rhs: Any = 0.0, ddf: str | None = None
+    ) -> pd.DataFrame:
+        """Joint F test of ``L @ params = rhs`` (lmerTest's ``contest(fit, L, joint = TRUE)``).
+
+        Parameters
+        ----------
+        L : array_like, shape (q, p), or DataFrame with the fixed effects as columns
+            One hypothesis row per contrast.
+        rhs : float or array_like, default 0
+        ddf : {"satterthwaite", "kenward-roger"}, optional
+            Defaults to the fit's method (Satterthwaite for ``"residual"``/``"none"``).
+
+        Returns
+        -------
+        DataFrame
+            One row: ``Sum Sq, Mean Sq, NumDF, DenDF, F value, Pr(>F)``.
+
+        Examples
+        --------
+        >>> fit.contrast([[0, 1, 0, 0], [0, 0, 0, 1]])  # doctest: +SKIP
+        """
+        from .anova import contrast_table
+
+        return contrast_table(self, L, rhs, ddf)
+
+    def anova(self, *, ddf: str | None = None) -> pd.DataFrame:
+        """Type III F tests of every fixed-effect term (lmerTest's ``anova(fit, type = 3)``).
+
+        Each term's coefficients are tested jointly (see :mod:`alliance_models.models.anova`
+        for the hypotheses and the df methods).
+
+        Parameters
+        ----------
+        ddf : {"satterthwaite", "kenward-roger"}, optional
+            Defaults to the fit's method (Satterthwaite for ``"residual"``/``"none"``).
+
+        Returns
+        -------
+        DataFrame
+            One row per term: ``Sum Sq, Mean Sq, NumDF, DenDF, F value, Pr(>F)``.
+
+        Examples
+        --------
+        >>> fit.anova(ddf="kenward-roger")  # doctest: +SKIP
+        """
+        from .anova import anova_table
+
+        return anova_table(self, ddf)
+
+    def varcomp_ci(self, level: float = 0.95) -> pd.DataFrame:
+        """Profile-likelihood confidence intervals of the SDs, correlations and sigma.
+
+        As lme4's ``confint(fit, parm = "theta_", method = "profile")``: the **ML**
+        deviance is profiled (a REML fit is refitted by ML first), so ``estimate`` is
+        the ML estimate. An end the profile does not reach before a bound is the bound
+        (0 for an SD, -1 or 1 for a correlation).
+
+        Parameters
+        ----------
+        level : float, default 0.95
+
+        Returns
+        -------
+        DataFrame
+            Indexed like lme4 (``sd_(Intercept)|therapist``, ``cor_x.(Intercept)|g``,
+            ``sigma``): ``estimate, lower, upper``.
+
+        Examples
+        --------
+        >>> fit.varcomp_ci()  # doctest: +SKIP
+        """
+        from .lmm.profile import profile_intervals
+
+        if not 0 < level < 1:
+            raise ModelSpecError(f"level must be between 0 and 1, got {level!r}")
+        assert self._problem is not None
+        theta = self.theta
+        if self.reml:
+            with _blas_threads(self._problem.q):
+                theta, *_ = _run(self._problem, self.frame, False, OPTIMIZERS, 1000)
+        ev = self._problem.evaluate(theta)
+        sigma = float(np.sqrt(self._problem.sigma2(ev, reml=False)))
+        est, lo, hi = profile_intervals(self._problem, theta, sigma, level=level)
+        names = []
+        for t, blk in zip(self.spec.random, self._problem.blocks, strict=True):
+            cn = t.coef_names
+            for r, c in blk.theta_index:
+                names.append(f"sd_{cn[r]}|{t.group}" if r == c
+                             else f"cor_{cn[r]}.{cn[c]}|{t.group}")
+        names.append("sigma")
+        return pd.DataFrame({"estimate": est, "lower": lo, "upper": hi},
+                            index=pd.Index(names, name="parameter"))
 
     # -- results ---------------------------------------------------------------------
     @property
@@ -813,4 +920,5 @@ def _assemble(
         messages=tuple(m for m, _ in messages),
         _satt=satt,
         _kr=kr,
+        _problem=problem,
     )
