@@ -30,9 +30,11 @@ def test_columns_match_the_design_and_list_their_factors(data):
     assert by_name["x:C(arm)[T.b]"].factors == ("x", "C(arm)[T.b]")
     assert by_name["x:C(arm)[T.b]"].categorical == (False, True)
     assert by_name["x:C(arm)[T.b]"].reads == (("x",), ("arm",))
-    assert by_name["poly(w, 2)[2]:x"].factors == ("poly(w, 2)[2]", "x")
-    assert by_name["np.log(w):x:m"].factors == ("np.log(w)", "x", "m")
-    assert by_name["np.log(w):x:m"].reads == (("w",), ("x",), ("m",))
+    # as in R's terms(), the variables of a term follow their first appearance in the
+    # formula (x before poly(w, 2)), not the order written in that term
+    assert by_name["x:poly(w, 2)[2]"].factors == ("x", "poly(w, 2)[2]")
+    assert by_name["x:np.log(w):m"].factors == ("x", "np.log(w)", "m")
+    assert by_name["x:np.log(w):m"].reads == (("x",), ("w",), ("m",))
     for c in cols:  # a product column is named by its factor columns
         assert ":".join(c.factors) == (c.name if c.factors else "")
 

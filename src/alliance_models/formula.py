@@ -2,8 +2,10 @@
 
 Supported random-effects syntax: ``(1 | g)``, ``(1 + x | g)``, ``(0 + x | g)``,
 ``(x || g)`` (uncorrelated), nested ``(1 | g1/g2)`` (expanded to
-``(1 | g1) + (1 | g1:g2)``) and explicit ``(1 | g1:g2)``. The fixed part is formulaic
-syntax (``*``, ``:``, ``C()``, ``I()``, numpy transformations).
+``(1 | g1) + (1 | g1:g2)``) and explicit ``(1 | g1:g2)``. The fixed part is expanded
+into terms as R's ``terms()`` does (:mod:`alliance_models.formula_terms`: ``*``, ``:``,
+``/``, ``%in%``, ``^`` on sums, ``-``, ``0 +``/``- 1``, ``offset()``); its variables are
+column names or formulaic calls (``C()``, ``I()``, numpy transformations).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ast
 import re
 
 from .errors import ModelSpecError
+from .formula_terms import expand_fixed
 from .spec import ModelSpec, RandomTerm
 
 __all__ = ["parse_formula"]
@@ -96,6 +99,18 @@ def _variables(expr: str) -> list[str]:
     return names
 
 
+def _is_random(part: str) -> bool:
+    """Whether a summand is one random-effects term ``( ... | g)``."""
+    if not (part.startswith("(") and part.endswith(")")):
+        return False
+    depth = 0
+    for k, ch in enumerate(part):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and k < len(part) - 1:
+            return False  # the first parenthesis closes before the end: "(a) * (b)"
+    return len(_split_top(part[1:-1], "|")) > 1
+
+
 def _parse_random(body: str, formula: str) -> list[RandomTerm]:
     if "||" in body:
         lhs, rhs = body.split("||", 1)
@@ -178,24 +193,24 @@ def parse_formula(formula: str) -> ModelSpec:
     """
     if not isinstance(formula, str) or "~" not in formula:
         raise ModelSpecError(f"formula must be a string 'response ~ terms', got {formula!r}")
-    lhs, rhs = formula.split("~", 1)
-    lhs, rhs = lhs.strip(), rhs.strip()
+    lhs, rest = formula.split("~", 1)
+    lhs, rhs = lhs.strip(), rest.strip()
     if not lhs:
         raise ModelSpecError(f"formula {formula!r} has no response left of '~'")
     if not rhs:
         raise ModelSpecError(f"formula {formula!r} has no terms right of '~'")
+    # R's terms() expansion of the whole right-hand side: syntax errors point at the token
+    base = len(formula) - len(rest) + (len(rest) - len(rest.lstrip()))
+    expanded = expand_fixed(rhs, base=base, formula=formula)
     fixed_parts: list[str] = []
     random: list[RandomTerm] = []
     for raw in _split_top(rhs, "+"):
         part = raw.strip()
         if not part:
             raise ModelSpecError(f"empty term in formula {formula!r}")
-        if part.startswith("(") and part.endswith(")"):
-            inner = part[1:-1]
-            # only a random term if the bar is at the top level of the parentheses
-            if len(_split_top(inner, "|")) > 1:
-                random.extend(_parse_random(inner, formula))
-                continue
+        if _is_random(part):
+            random.extend(_parse_random(part[1:-1], formula))
+            continue
         fixed_parts.append(part)
     fixed = " + ".join(fixed_parts) if fixed_parts else "1"
     seen: dict[str, RandomTerm] = {}
@@ -204,7 +219,8 @@ def parse_formula(formula: str) -> ModelSpec:
             raise ModelSpecError(f"random term {t} appears twice in {formula!r}")
         seen[t.group] = t
     variables: list[str] = []
-    for v in _variables(lhs) + _variables(fixed):
+    fixed_vars = [v for x in (*expanded.variables, *expanded.offset) for v in _variables(x)]
+    for v in _variables(lhs) + fixed_vars:
         if v not in variables:
             variables.append(v)
     for t in random:

@@ -23,6 +23,7 @@ from .errors import (
     ModelSpecError,
     format_rows,
 )
+from .formula_terms import FixedTerms, expand_fixed
 
 __all__ = ["ModelFrame", "ModelSpec", "RandomTerm"]
 
@@ -98,7 +99,8 @@ class ModelSpec:
     response : str
         Left-hand side (a column name or a formulaic expression).
     fixed : str
-        Right-hand side of the fixed part, in formulaic syntax.
+        Right-hand side of the fixed part as written (R formula operators; variables are
+        columns or formulaic calls); :attr:`fixed_terms` is its expansion.
     random : tuple of RandomTerm
         The random-effects terms, nested terms already expanded.
     variables : tuple of str
@@ -122,6 +124,23 @@ class ModelSpec:
     def fixed_formula(self) -> str:
         """The fixed part as a complete formulaic formula ``"y ~ rhs"``."""
         return f"{self.response} ~ {self.fixed}"
+
+    @property
+    def fixed_terms(self) -> FixedTerms:
+        """The fixed part expanded into terms as R's ``terms()`` does.
+
+        Examples
+        --------
+        >>> from alliance_models.formula import parse_formula
+        >>> parse_formula("y ~ (a + b) * (c + d) + (1 | g)").fixed_terms.terms[4:]
+        ('a:c', 'a:d', 'b:c', 'b:d')
+        """
+        return expand_fixed(self.fixed)
+
+    @property
+    def expanded_formula(self) -> str:
+        """``"y ~ <terms in R's order>"``: what the fixed design is built from."""
+        return f"{self.response} ~ {self.fixed_terms.formula}"
 
     @property
     def has_random(self) -> bool:
@@ -251,7 +270,15 @@ class ModelSpec:
             raise ModelSpecError(
                 f"response column {resp!r} must be numeric (a score or proportion); {where}"
             )
-        formula = Formula(self.fixed_formula)
+        terms = self.fixed_terms
+        if terms.offset:
+            raise ModelSpecError(
+                f"offset({terms.offset[0]}) in {self.formula!r}: offsets are read (as R's "
+                "terms() does) but no fitting function uses them yet; for a gaussian model "
+                "subtract the offset from the response instead"
+            )
+        # the terms keep R's order (formulaic would otherwise sort them itself)
+        formula = Formula(self.expanded_formula, _ordering="none")
         mm = formula.get_model_matrix(df, na_action="raise")
         y_df, x_df = mm.lhs, mm.rhs
         if y_df.shape[1] != 1:

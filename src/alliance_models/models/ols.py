@@ -380,7 +380,7 @@ def fit_ols(
         if center is True:
             cols = [
                 f
-                for f in _interaction_factors(spec.fixed_formula)
+                for f in _interaction_factors(spec.expanded_formula)
                 if f in data.columns and pd.api.types.is_numeric_dtype(data[f])
             ]
         else:
