@@ -54,6 +54,13 @@ def test_random_part_unchanged_by_the_fixed_expansion():
     assert [str(r) for r in spec.random] == ["(1 + a | g)", "(b || h)"]
 
 
+def test_random_term_must_be_its_own_summand():
+    with pytest.raises(ModelSpecError, match=r"not a summand of its own; add each one"):
+        parse_formula("y ~ x + (1 | g) - 1")
+    spec = parse_formula("y ~ x - 1 + (1 | g)")
+    assert not spec.fixed_terms.intercept and [str(r) for r in spec.random] == ["(1 | g)"]
+
+
 def test_python_spellings():
     # ** is ^ (formulaic's spelling); inside a call R's ^ is evaluated as Python's **
     assert expand_fixed("(a + b + c)**2").terms == expand_fixed("(a + b + c)^2").terms

@@ -212,6 +212,11 @@ def parse_formula(formula: str) -> ModelSpec:
             random.extend(_parse_random(part[1:-1], formula))
             continue
         fixed_parts.append(part)
+    if len(random) < sum(len(_parse_random(r, formula)) for r in expanded.random):
+        raise ModelSpecError(
+            f"a random-effects term in {formula!r} is not a summand of its own; add each "
+            "one with '+' (e.g. 'y ~ x - 1 + (1 | g)', not 'y ~ x + (1 | g) - 1')"
+        )
     fixed = " + ".join(fixed_parts) if fixed_parts else "1"
     seen: dict[str, RandomTerm] = {}
     for t in random:
