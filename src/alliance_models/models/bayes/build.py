@@ -3,8 +3,10 @@
 :func:`re_terms` and :func:`model_params` are plain numpy/Python: the random-effects
 terms as sampled (scaled ``Z`` columns) and every prior-bearing parameter with its affine
 map to the data scale, defaults first and the user's ``priors=`` applied on top.
-:func:`build_model` turns them into a PyMC model with non-centred random effects; it is
-the only function here that imports PyMC.
+:func:`build_model` turns them into a PyMC model with non-centred random effects;
+:func:`build_collapsed_model` into the same model with nested random intercepts integrated
+out (:mod:`.collapsed`), the model sampled when it applies. They are the only functions
+here that import PyMC.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from ...spec import ModelFrame
 from .priors import Prior, default_prior, parse_prior
 from .scaling import Scaling
 
-__all__ = ["Parameter", "RETerm", "build_model", "model_params", "prior_table", "re_terms",
-           "sd_key"]
+__all__ = ["Parameter", "RETerm", "build_collapsed_model", "build_model", "model_params",
+           "prior_table", "re_terms", "sd_key"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -257,6 +259,48 @@ def build_model(
         for t in terms:
             eta = eta + _random_effects(pm, pt, t, prior, scaling.y_sd)
         _likelihood(pm, family, eta, prior, scaling, frame.y, n_trials, obs_name)
+    return model
+
+
+def build_collapsed_model(
+    frame: ModelFrame,
+    scaling: Scaling,
+    nest: Any,
+    params: list[Parameter],
+) -> Any:
+    """Build the gaussian model with the nested random intercepts of ``nest`` integrated out.
+
+    Same priors, names and deterministics as :func:`build_model` (``beta``, ``sigma``,
+    ``sd_<group>``) but no ``z_<group>``: the likelihood is the marginal density of
+    :func:`.collapsed.marginal_loglik` (a ``Potential``, on the data scale of ``y``), so
+    the model's posterior is the full model's with the intercepts integrated out.
+    """
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from .collapsed import marginal_loglik
+
+    prior = {p.key: p.prior_std for p in params}
+    T, shift = scaling.back_matrix()
+    terms = list(nest.terms)
+    with pm.Model(coords=_coords(frame, terms)) as model:
+        b_std = _stacked(pm, pt, "beta_std", [prior[n] for n in frame.x_names], "term")
+        pm.Deterministic("beta", pt.as_tensor(shift) + pt.dot(pt.as_tensor(T), b_std),
+                         dims="term")
+        taus = []
+        for t in terms:
+            sd_std = _stacked(pm, pt, f"sd_std_{t.name}", [prior[sd_key(t, c)] for c in
+                                                           t.coef_names], f"{t.name}_coef")
+            pm.Deterministic(f"sd_{t.name}", sd_std * pt.as_tensor(scaling.y_sd / t.z_sd),
+                             dims=f"{t.name}_coef")
+            taus.append(sd_std[0])
+        sigma_std = _rv(pm, "sigma_std", prior["sigma"])
+        pm.Deterministic("sigma", sigma_std * scaling.y_sd)
+        y_std = (np.asarray(frame.y, dtype=float) - scaling.y_mean) / scaling.y_sd
+        r = pt.as_tensor(y_std) - pt.dot(pt.as_tensor(scaling.standardise_X(frame.X)), b_std)
+        # the density of y is that of y_std over y_sd per observation
+        pm.Potential("marginal_loglik", marginal_loglik(pt, nest, r, sigma_std, taus)
+                     - frame.n_obs * np.log(scaling.y_sd))
     return model
 
 

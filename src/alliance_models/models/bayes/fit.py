@@ -30,7 +30,16 @@ from ...errors import DataValidationError, DiagnosticsWarning, ModelSpecError, f
 from ...formula import parse_formula
 from ...spec import ModelFrame, ModelSpec
 from . import plots
-from .build import RETerm, build_model, model_params, prior_table, re_terms, sd_key
+from .build import (
+    RETerm,
+    build_collapsed_model,
+    build_model,
+    model_params,
+    prior_table,
+    re_terms,
+    sd_key,
+)
+from .collapsed import Nesting, complete_draws, nesting
 from .scaling import Scaling, make_scaling
 
 __all__ = ["BayesFit", "fit_bayes"]
@@ -80,7 +89,10 @@ class BayesFit:
         Seconds for building, compiling and sampling (posterior predictive and
         log-likelihood included).
     model : pymc.Model
-        The PyMC model (for further sampling).
+        The PyMC model (for further sampling), with every random effect in it.
+    collapsed : bool
+        Whether the random intercepts were integrated out for sampling and drawn from
+        their exact conditional posterior afterwards (``fit_bayes(collapse=...)``).
     """
 
     spec: ModelSpec
@@ -96,6 +108,7 @@ class BayesFit:
     model: Any = field(repr=False)
     _table: pd.DataFrame = field(repr=False)
     _terms: tuple[RETerm, ...] = field(repr=False, default=())
+    collapsed: bool = False
 
     # -- FixedEffectsFit -----------------------------------------------------------------
     @property
@@ -160,7 +173,9 @@ class BayesFit:
         head = [
             f"Bayesian {self.family} mixed model: {self.spec.formula}",
             f"observations: {self.frame.n_obs}" + (f"; groups: {ng}" if ng else ""),
-            f"sampler: {self.sampler}; chains: {post.sizes['chain']}; draws per chain: "
+            f"sampler: {self.sampler}"
+            + (" (random intercepts integrated out, then drawn)" if self.collapsed else "")
+            + f"; chains: {post.sizes['chain']}; draws per chain: "
             f"{post.sizes['draw']}; divergences: {self.n_divergent}; "
             f"wall time: {self.wall_time:.1f} s",
             "",
@@ -235,14 +250,16 @@ def fit_bayes(
     target_accept: float = 0.9,
     rhat_max: float = 1.01,
     ess_min: float = 400.0,
+    collapse: bool = True,
 ) -> BayesFit:
     """Fit an lme4-style (generalised) linear mixed model with PyMC.
 
     The fixed design (every non-intercept column centred and scaled) and, for the
     gaussian family, the outcome are standardised before sampling; random effects are
     non-centred (``u = sd * L z`` with an LKJ prior on the correlation Cholesky factor
-    ``L`` for correlated slopes). Draws are mapped back exactly, so ``bfit.params`` are on
-    the same scale as ``fit_mixed``'s estimates.
+    ``L`` for correlated slopes). Nested random intercepts of a gaussian model are
+    integrated out for sampling and drawn afterwards (``collapse``). Draws are mapped back
+    exactly, so ``bfit.params`` are on the same scale as ``fit_mixed``'s estimates.
 
     Parameters
     ----------
@@ -293,6 +310,16 @@ def fit_bayes(
         Thresholds of the :class:`~alliance_models.DiagnosticsWarning` issued after
         sampling for each reported parameter with ``r_hat > rhat_max`` or
         ``ess_bulk < ess_min`` (and for any divergence).
+    collapse : bool
+        For the gaussian family with random intercepts on nested grouping factors only
+        (``(1 | therapist)``, ``(1 | therapist/patient)``), integrate the intercepts out
+        of the likelihood in closed form, sample the fixed effects and the variance
+        parameters, then draw the intercepts (``z_<group>``) once per posterior draw from
+        their exact conditional posterior (:mod:`alliance_models.models.bayes.collapsed`).
+        The draws follow the same posterior as the uncollapsed model (``bfit.model``),
+        with far fewer gradient evaluations; log-likelihood and posterior predictive are
+        then computed in numpy. ``False`` samples every intercept with NUTS. Other models
+        are never collapsed.
 
     Returns
     -------
@@ -328,9 +355,20 @@ def fit_bayes(
     params = model_params(frame.x_names, scaling, terms, family, priors)
     obs_name = spec.response if re.fullmatch(r"[A-Za-z_]\w*", spec.response) else "y"
     model = build_model(frame, family, n_trials, scaling, terms, params, obs_name)
-    idata = _sample(model, used, draws=int(draws), tune=int(tune), chains=int(chains),
-                    seed=seed, prior_predictive=prior_predictive, progressbar=progressbar,
-                    target_accept=float(target_accept))
+    nest = nesting(terms, family) if collapse else None
+    sampled = model if nest is None else build_collapsed_model(frame, scaling, nest, params)
+    # one spawn (a Generator seed is drawn from once): sampling, posterior predictive,
+    # prior predictive, intercepts of the collapsed model
+    s_sample, s_ppc, s_prior, s_re = spawn(seed, 4)
+    idata = _sample(sampled, used, draws=int(draws), tune=int(tune), chains=int(chains),
+                    seed=s_sample, progressbar=progressbar,
+                    target_accept=float(target_accept), dense_mass=nest is not None)
+    if nest is None:
+        _predictive(idata, model, s_ppc, progressbar)
+    else:
+        _complete_collapsed(idata, frame, scaling, nest, obs_name, s_ppc, s_re)
+    if prior_predictive:
+        _prior_predictive(idata, model, s_prior, int(draws), progressbar)
     wall = time.perf_counter() - t0
 
     n_div = int(idata.sample_stats["diverging"].sum()) if "diverging" in (
@@ -353,6 +391,7 @@ def fit_bayes(
         model=model,
         _table=table,
         _terms=tuple(terms),
+        collapsed=nest is not None,
     )
 
 
@@ -473,18 +512,41 @@ def _seed_int(ss: np.random.SeedSequence) -> int:
     return int(ss.generate_state(1, dtype=np.uint32)[0])
 
 
-def _sample(model: Any, sampler: str, *, draws: int, tune: int, chains: int, seed: RNGLike,
-            prior_predictive: bool, progressbar: bool, target_accept: float) -> Any:
-    """NUTS draws, log-likelihood, posterior (and prior) predictive draws: one DataTree."""
+def _sample(model: Any, sampler: str, *, draws: int, tune: int, chains: int,
+            seed: np.random.SeedSequence, progressbar: bool, target_accept: float,
+            dense_mass: bool = False) -> Any:
+    """NUTS draws of ``model`` (posterior, sample_stats and observed data): one DataTree.
+
+    With ``dense_mass`` (the collapsed model: a dozen parameters, correlated fixed effects
+    when predictors and their products are not centred) the mass matrix adapts to the
+    posterior covariance: PyMC's full adaptation, nutpie's low-rank-modified one; the
+    diagonal adaptation needs about four times as many gradient evaluations per draw there
+    (tree depth 4 instead of 3) and gave a tenth of the effective draws.
+    """
     import pymc as pm
 
-    s_sample, s_ppc, s_prior = (_seed_int(s) for s in spawn(seed, 3))
+    s_sample = _seed_int(seed)
     # PyMC's NUTS runs its chains one after the other (cores=1: no fork warning on 3.12,
     # and no oversubscription of small machines); nutpie runs chains in threads.
     kwargs: dict[str, Any] = {"cores": 1} if sampler == "pymc" else {}
+    if dense_mass and sampler == "pymc":
+        kwargs["init"] = "jitter+adapt_full"
+    elif dense_mass and sampler == "nutpie":
+        kwargs["nuts"] = {"adaptation": "low_rank"}
+    with model, _sampling_context():
+        return pm.sample(
+            draws, tune=tune, chains=chains, random_seed=s_sample, nuts_sampler=sampler,
+            progressbar=progressbar, quiet=not progressbar, target_accept=target_accept,
+            compute_convergence_checks=False, **kwargs,
+        )
+
+
+@contextlib.contextmanager
+def _sampling_context() -> Iterator[None]:
+    """Numpy overflow notices and two PyTensor notices kept out of the user's way."""
     # a diverging trajectory can overflow inside NUTS; PyMC counts it as a divergence,
     # which the diagnostics report, so numpy's own overflow warnings add nothing
-    with model, np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
         # PyTensor's numba backend has no compiled beta-binomial RNG and says it falls
         # back to object mode (slower, same draws); nothing for the user to act on.
         warnings.filterwarnings("ignore", message=".*Numba will use object mode",
@@ -497,21 +559,90 @@ def _sample(model: Any, sampler: str, *, draws: int, tune: int, chains: int, see
         # the notice says nothing about this fit.
         warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS",
                                 category=UserWarning)
-        idata = pm.sample(
-            draws, tune=tune, chains=chains, random_seed=s_sample, nuts_sampler=sampler,
-            progressbar=progressbar, quiet=not progressbar, target_accept=target_accept,
-            compute_convergence_checks=False, **kwargs,
-        )
+        # PyMC calls its full mass-matrix adaptation (used for the collapsed model's
+        # dozen parameters) experimental; the sampling diagnostics are checked after it.
+        warnings.filterwarnings("ignore", message="QuadPotentialFullAdapt is an experimental",
+                                category=UserWarning)
+        yield
+
+
+def _predictive(idata: Any, model: Any, seed: np.random.SeedSequence,
+                progressbar: bool) -> None:
+    """Add the log-likelihood and posterior predictive draws of ``model`` to ``idata``."""
+    import pymc as pm
+
+    s_ppc = _seed_int(seed)
+    with model, _sampling_context():
         pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
         # PyMC logs "Sampling: [adherence]" for predictive draws; quiet when sampling is
         with _quiet_log("pymc.sampling.forward", not progressbar):
             pm.sample_posterior_predictive(idata, extend_inferencedata=True,
                                            random_seed=s_ppc, progressbar=False)
-            if prior_predictive:
-                prior = pm.sample_prior_predictive(draws=draws, random_seed=s_prior)
-                idata["prior"] = prior["prior"]
-                idata["prior_predictive"] = prior["prior_predictive"]
-    return idata
+
+
+def _prior_predictive(idata: Any, model: Any, seed: np.random.SeedSequence, draws: int,
+                      progressbar: bool) -> None:
+    """Add the prior and prior predictive draws of ``model`` to ``idata``."""
+    import pymc as pm
+
+    s_prior = _seed_int(seed)
+    with model, _sampling_context(), _quiet_log("pymc.sampling.forward", not progressbar):
+        prior = pm.sample_prior_predictive(draws=draws, random_seed=s_prior)
+    idata["prior"] = prior["prior"]
+    idata["prior_predictive"] = prior["prior_predictive"]
+
+
+def _complete_collapsed(idata: Any, frame: ModelFrame, scaling: Scaling, nest: Nesting,
+                        obs_name: str, s_ppc: np.random.SeedSequence,
+                        s_re: np.random.SeedSequence) -> None:
+    """Add the intercepts, log-likelihood, posterior predictive and observed data.
+
+    The intercepts of every posterior draw come from their exact conditional posterior
+    (:func:`.collapsed.complete_draws`), stored as ``z_<group>`` (``u = sd * z``) like the
+    uncollapsed model's; log-likelihood and predictive draws are gaussian given them.
+    """
+    import xarray as xr
+    from scipy import stats
+
+    rng_re, rng_ppc = np.random.default_rng(s_re), np.random.default_rng(s_ppc)
+    post = idata["posterior"].to_dataset()
+    n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
+    X_std = scaling.standardise_X(frame.X)
+    y = np.asarray(frame.y, dtype=float)
+    y_std = (y - scaling.y_mean) / scaling.y_sd
+    if "beta_std" in post:
+        b_std = post["beta_std"].transpose("chain", "draw", "term").values
+    else:  # priors of different families: one scalar per term (build._stacked)
+        b_std = np.stack([post[f"beta_std_{j}"].transpose("chain", "draw").values
+                          for j in range(len(frame.x_names))], axis=-1)
+    sigma = post["sigma_std"].transpose("chain", "draw").values
+    taus = [post[f"sd_std_{t.name}"].transpose("chain", "draw", ...).values[..., 0]
+            for t in nest.terms]
+    z = [np.empty((n_chain, n_draw, t.n_groups)) for t in nest.terms]
+    loglik = np.empty((n_chain, n_draw, frame.n_obs))
+    ppc = np.empty_like(loglik)
+    for c in range(n_chain):  # one chain at a time: (draws, n) arrays, not (chains*draws, n)
+        a, eta = complete_draws(nest, X_std, y_std, b_std[c], sigma[c],
+                                [tau[c] for tau in taus], rng_re)
+        for k in range(nest.n_levels):
+            z[k][c] = a[k] / taus[k][c][:, None]
+        mu = scaling.y_mean + scaling.y_sd * eta
+        sd = (scaling.y_sd * sigma[c])[:, None]
+        loglik[c] = stats.norm.logpdf(y, mu, sd)
+        ppc[c] = mu + sd * rng_ppc.standard_normal(mu.shape)
+    for t, zk in zip(nest.terms, z, strict=True):
+        post[f"z_{t.name}"] = xr.DataArray(
+            zk[..., None], dims=("chain", "draw", t.name, f"{t.name}_coef"),
+            coords={t.name: [str(v) for v in frame.group_labels[t.group]],
+                    f"{t.name}_coef": list(t.coef_names)})
+    idata["posterior"] = post
+    obs = {"obs": np.arange(frame.n_obs)}
+    idata["log_likelihood"] = xr.Dataset(
+        {obs_name: (("chain", "draw", "obs"), loglik)}, coords=obs)
+    idata["posterior_predictive"] = xr.Dataset(
+        {obs_name: (("chain", "draw", "obs"), ppc)}, coords=obs)
+    # the collapsed model observes y through a Potential: PyMC's observed_data is empty
+    idata["observed_data"] = xr.Dataset({obs_name: (("obs",), y)}, coords=obs)
 
 
 @contextlib.contextmanager
