@@ -7,21 +7,27 @@ therapists, 397 patients), fitted by ``am.fit_bayes`` with 4 chains x 1000 draws
 
 Routes (each fit in a fresh Python process, so compilation counts every time):
 
-* ``pymc`` / ``nutpie``: ``fit_bayes(sampler=...)`` as shipped: the random intercepts are
-  integrated out (``collapse=True``, nine sampled parameters, dense mass matrix), then
-  drawn from their exact conditional posterior;
+* ``pymc`` / ``nutpie``: ``fit_bayes(sampler=...)`` as shipped (``"auto"`` is nutpie
+  here): the random intercepts are integrated out (``collapse=True``, nine sampled
+  parameters, dense mass matrix), then drawn from their exact conditional posterior;
 * ``pymc-full`` / ``nutpie-full``: ``collapse=False``: all 446 parameters sampled by NUTS
   (the route before the collapsed model; diagonal mass matrix);
 * ``numpyro`` / ``blackjax``: the collapsed model with PyMC's JAX samplers (dense mass
   matrix, vectorised chains). They are not options of ``fit_bayes``; the child swaps the
   NUTS implementation inside ``fit_bayes``'s one ``pm.sample`` call, so the rest of the
-  pipeline is the same. Needs ``pip install jax jaxlib numpyro blackjax``.
+  pipeline is the same. Needs ``pip install jax jaxlib numpyro blackjax`` (blackjax 1.7.1
+  with PyMC 6.4.0 fails inside PyMC: its kernel gets an unknown ``progress_bar``).
+
+Measured results, with the machine's load: ``benchmarks/results/bayes_speed.txt``.
 
 Reported per route, medians over ``--repeat`` rounds (the rounds interleave the routes,
 so a busy machine slows them alike):
 
 * ``wall_s``: seconds of ``fit_bayes`` (build, compile, sample, intercept draws,
   log-likelihood, posterior predictive, summary); ``process_s`` adds imports and data;
+* ``cpu_s``: CPU seconds of ``fit_bayes`` over all its threads (less sensitive than the
+  wall time to other work on the machine; nutpie runs chains in threads, so its CPU
+  time can exceed its wall time);
 * ``sample_s``: the sampler's own sampling time (from the DataTree attributes);
 * ``min_ess``: smallest bulk ESS over the fixed effects; ``ess_per_s = min_ess / wall_s``;
 * ``max_rhat`` over every reported parameter, divergences.
@@ -101,12 +107,12 @@ def one(route: str, draws: int, tune: int, chains: int, seed: int, subset: int |
     if route in JAX_KWARGS:
         _swap_to_jax(route)
         sampler = "pymc"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always", DiagnosticsWarning)
         fit = am.fit_bayes(FORMULA, data, draws=draws, tune=tune, chains=chains, seed=seed,
                            sampler=sampler, collapse=not route.endswith("-full"))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tab = fit.to_frame()
     fixed = tab.loc[list(fit.frame.x_names)]
     min_ess = float(fixed["ess_bulk"].min())
@@ -116,6 +122,7 @@ def one(route: str, draws: int, tune: int, chains: int, seed: int, subset: int |
         "route": route,
         "rows": fit.frame.n_obs,
         "wall_s": wall,
+        "cpu_s": cpu,
         "process_s": time.perf_counter() - t_proc,
         "sample_s": float("nan") if sample_s is None else float(sample_s),
         "min_ess": min_ess,
@@ -182,10 +189,12 @@ def main() -> None:
                 continue
             res = _run_child(r, args)
             runs[r].append(res)
-            print(f"  {r:<12}wall {res['wall_s']:6.1f} s  min ESS {res['min_ess']:6.0f}  "
-                  f"r_hat {res['max_rhat']:.3f}  div {res['divergences']}", flush=True)
+            print(f"  {r:<12}wall {res['wall_s']:6.1f} s  cpu {res['cpu_s']:6.1f} s  "
+                  f"min ESS {res['min_ess']:6.0f}  r_hat {res['max_rhat']:.3f}  "
+                  f"div {res['divergences']}", flush=True)
     print(f"load average at the end: {_load_average()}\n")
-    header = (f"{'route':<12}{'runs':>5}{'wall_s':>8}{'sample_s':>10}{'process_s':>11}"
+    header = (f"{'route':<12}{'runs':>5}{'wall_s':>8}{'cpu_s':>7}{'sample_s':>10}"
+              f"{'process_s':>11}"
               f"{'min_ess':>9}{'ess/s':>8}{'max_rhat':>10}{'div':>5}{'warn':>6}")
     print("medians over the runs (max_rhat, div, warn: worst run)")
     print(header)
@@ -193,9 +202,10 @@ def main() -> None:
     med: dict[str, dict[str, float]] = {}
     for r, rs in runs.items():
         m = {key: statistics.median(x[key] for x in rs)
-             for key in ("wall_s", "sample_s", "process_s", "min_ess", "ess_per_s")}
+             for key in ("wall_s", "cpu_s", "sample_s", "process_s", "min_ess", "ess_per_s")}
         med[r] = m
-        print(f"{r:<12}{len(rs):>5}{m['wall_s']:>8.1f}{m['sample_s']:>10.1f}"
+        print(f"{r:<12}{len(rs):>5}{m['wall_s']:>8.1f}{m['cpu_s']:>7.1f}"
+              f"{m['sample_s']:>10.1f}"
               f"{m['process_s']:>11.1f}{m['min_ess']:>9.0f}{m['ess_per_s']:>8.1f}"
               f"{max(x['max_rhat'] for x in rs):>10.3f}{max(x['divergences'] for x in rs):>5d}"
               f"{max(x['diag_warnings'] for x in rs):>6d}")

@@ -57,7 +57,9 @@ class DemoSettings:
 
     # 4 chains x 1000 draws is what the package's own diagnostics need on the example
     # (bulk ESS >= 400 for every reported parameter; 2 x 400 gave ESS ~100 and a
-    # DiagnosticsWarning). Measured 25-50 s end to end on 2 busy cores (sampler "auto").
+    # DiagnosticsWarning before the random intercepts were integrated out; now the
+    # smallest is ~7,000). Measured 19-43 s end to end on 2 busy cores (sampler "auto",
+    # nutpie; benchmarks/results/bayes_speed.txt).
     draws: int = 1000
     tune: int = 1000
     chains: int = 4

@@ -346,3 +346,12 @@ def test_nutpie_sampler(gdata):
 def test_auto_sampler_is_pymc(gfit):
     assert resolve_sampler("auto") == "pymc" and gfit.sampler == "pymc"
     assert resolve_sampler("nutpie") == "nutpie"
+
+
+def test_auto_sampler_is_nutpie_for_collapsed_models():
+    """sampler="auto" takes the measured faster route (benchmarks/bayes_speed.py): nutpie
+    for a collapsed model when nutpie is installed, PyMC's NUTS otherwise."""
+    pytest.importorskip("nutpie")
+    assert resolve_sampler("auto", collapsed=True) == "nutpie"
+    assert resolve_sampler("auto", collapsed=False) == "pymc"
+    assert resolve_sampler("pymc", collapsed=True) == "pymc"

@@ -287,19 +287,19 @@ def fit_bayes(
     seed : int, Generator or SeedSequence, optional
         Seeds sampling, posterior and prior predictive draws.
     sampler : {"auto", "pymc", "nutpie"}
-        NUTS implementation; ``"auto"`` is PyMC's NUTS, chosen by measurement
-        (``benchmarks/bayes_speed.py``, 2-core machine, each fit in a fresh process so
-        compilation counts, 4 chains x 1000 draws after 1000 tuning steps). On the
-        three-level moderation model of the example data (2,423 rows, 40 therapists,
-        397 patients) nutpie finished 2.8x sooner (26 s vs 74 s) but its smallest bulk
-        ESS over the fixed effects was 369 against PyMC's 1,293, so PyMC gave more
-        effective draws per second (17.5 vs 14.1) and passed the ``ess_min=400`` check
-        at the default draws, where nutpie did not; on a 481-row subset: 39 s vs 22 s,
-        ESS/s 46 vs 25 (a rerun on a less loaded machine: 40 s vs 15 s and ESS/s 32 vs
-        24 on the full data, 23 s vs 16 s and 78 vs 34 on the subset; the same ESS, as
-        the runs are seeded). PyMC's chains run one after the other (``cores=1``: no fork
-        ``DeprecationWarning`` on Python 3.12 and no oversubscription of small
-        machines). Take ``"nutpie"`` for quick looks at large models.
+        NUTS implementation. ``"auto"`` chooses by measurement
+        (``benchmarks/bayes_speed.py``; ``benchmarks/results/bayes_speed.txt``: a 2-core
+        machine shared with other jobs, each fit in a fresh process so compilation
+        counts, 4 chains x 1000 draws after 1000 tuning steps): nutpie for a collapsed
+        model (see ``collapse``) when nutpie is installed, PyMC's NUTS otherwise. On the
+        three-level moderation model of the example data (2,423 rows, 40 therapists, 397
+        patients), collapsed, side by side over 3 rounds (load 3.6-6.3): nutpie 25 s
+        wall (16 s CPU), smallest bulk ESS of the fixed effects 7,906; PyMC 37 s (21 s
+        CPU), 7,048. Not collapsed (``collapse=False``), PyMC's NUTS gives more effective
+        draws per second than nutpie (ESS 1,142 vs 272 in 85-250 s vs 28-140 s; nutpie's
+        fails ``ess_min=400``), so ``"auto"`` is PyMC's there. PyMC's chains run one
+        after the other (``cores=1``: no fork ``DeprecationWarning`` on Python 3.12 and
+        no oversubscription of small machines); nutpie's run in threads.
     prior_predictive : bool
         Also draw from the prior predictive (for ``plot("prior_ppc")``).
     progressbar : bool
@@ -348,7 +348,7 @@ def fit_bayes(
                    rhat_max=rhat_max, ess_min=ess_min, target_accept=target_accept)
     spec = formula if isinstance(formula, ModelSpec) else parse_formula(formula)
     frame = spec.build(data, extra=(trials,) if trials else ())
-    used = resolve_sampler(sampler)
+    used = resolve_sampler(sampler)  # checked before the data; "auto" settled below
     n_trials = _check_data(frame, family, trials)
     scaling = make_scaling(frame.X, frame.y, frame.x_names, family == "gaussian")
     terms = re_terms(frame)
@@ -357,6 +357,8 @@ def fit_bayes(
     model = build_model(frame, family, n_trials, scaling, terms, params, obs_name)
     nest = nesting(terms, family) if collapse else None
     sampled = model if nest is None else build_collapsed_model(frame, scaling, nest, params)
+    if sampler == "auto":
+        used = resolve_sampler(sampler, collapsed=nest is not None)
     # one spawn (a Generator seed is drawn from once): sampling, posterior predictive,
     # prior predictive, intercepts of the collapsed model
     s_sample, s_ppc, s_prior, s_re = spawn(seed, 4)
@@ -420,18 +422,36 @@ def _check_options(*, family: str, trials: str | None, draws: Any, tune: Any, ch
                              "family='binomial'")
 
 
-def resolve_sampler(sampler: str) -> str:
-    """Map ``sampler`` to the NUTS implementation used (``"auto"`` is PyMC's; see fit_bayes)."""
+def resolve_sampler(sampler: str, collapsed: bool = False) -> str:
+    """Map ``sampler`` to the NUTS implementation used.
+
+    ``"auto"`` is nutpie for a collapsed model (``collapsed=True``) when nutpie is
+    installed, PyMC's NUTS otherwise: the faster route on each, as measured (see
+    :func:`fit_bayes`).
+
+    Examples
+    --------
+    >>> resolve_sampler("pymc")
+    'pymc'
+    >>> resolve_sampler("auto")  # a model that samples every random effect
+    'pymc'
+    """
     if sampler not in _SAMPLERS:
         raise ModelSpecError(f"sampler must be one of {', '.join(_SAMPLERS)}, got {sampler!r}")
+    if sampler == "auto":
+        return "nutpie" if collapsed and _has_nutpie() else "pymc"
     if sampler == "nutpie":
-        try:
-            import nutpie  # noqa: F401
-        except ImportError:  # pragma: no cover - optional dependency
+        if not _has_nutpie():  # pragma: no cover - optional dependency
             raise ModelSpecError("sampler='nutpie' needs the nutpie package: pip install "
-                                 "'alliance_models[fast]'") from None
+                                 "'alliance_models[fast]'")
         return "nutpie"
     return "pymc"
+
+
+def _has_nutpie() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("nutpie") is not None
 
 
 # ----------------------------------------------------------------------------------------
