@@ -15,9 +15,12 @@ testing ``alliance:autonomy``. Everything is measured in this one run on this ma
 * ``am.power(design, formula, test="alliance:autonomy", method="auto", n_jobs=1)``: the
   package's public entry point end to end (validation, seeding, the vectorised
   ``batch_arrays`` simulator, batched REML, records and summary) in one thread; then
-  with ``n_jobs=-1`` (every core) in the order a session meets them: a short run before
-  any worker process exists (it uses threads of this process), one long run (it starts
-  loky worker processes; start-up included in its rate), and short runs while those
+  with ``n_jobs=-1`` (every core) in the order a session meets them: the first run of the
+  session (its wall time includes starting loky worker processes if the package starts
+  them), short runs after it (what the package does when workers may not exist yet:
+  threads of this process before the redesign of issue 12, loky workers after), one
+  long run (it may start loky worker processes; start-up included in its rate), and
+  short runs while those
   workers are alive (joblib keeps them for 5 idle minutes), which is the like-for-like
   comparison with MCPower's warm engine on 2 threads.
 
@@ -152,8 +155,12 @@ def _r1_design():  # noqa: ANN202 - the package's Design
                   effects={"alliance": 0.25, "autonomy": 0.1, "alliance:autonomy": 0.1})
 
 
-def bench_am_power(B: int, repeats: int, n_jobs: int = 1) -> tuple[float, float, str] | None:
-    """Replicates/s of ``am.power(..., method="auto", n_jobs=n_jobs)``, power and engine."""
+def bench_am_power(B: int, repeats: int,
+                   n_jobs: int = 1) -> tuple[float, float, str, float] | None:
+    """Replicates/s of ``am.power(..., method="auto", n_jobs=n_jobs)``, power, engine.
+
+    The last entry is the replicates/s of the untimed warm-up run (the first call).
+    """
     try:
         import alliance_models as am
 
@@ -170,25 +177,23 @@ def bench_am_power(B: int, repeats: int, n_jobs: int = 1) -> tuple[float, float,
         last[:] = [res]
 
     try:
-        run()  # warm-up (imports, first compilation of code paths)
+        first = timed(run, 1)[0]  # warm-up (imports, first compilation of code paths)
     except Exception as err:  # noqa: BLE001 - report the failure, do not crash
         print(f"  am.power: failed ({type(err).__name__}: {err})")
         return None
     rate = B / statistics.median(timed(run, repeats))
     res = last[0]
-    return rate, float(res.power), str(res.method)
+    return rate, float(res.power), str(res.method), B / first
 
 
 def bench_am_power_long(B: int) -> float | None:
     """Replicates/s of one long ``am.power(..., n_jobs=-1)`` run, worker start-up included.
 
-    A run this long starts loky worker processes (after a first round in threads); they
-    stay alive for a few minutes, so the runs that follow in this session use them
-    from their first batch.
+    A run this long uses loky worker processes; they stay alive for a few minutes, so
+    the runs that follow in this session use them from their first batch.
     """
     try:
         import alliance_models as am
-        from alliance_models.power import engine
     except ImportError as err:
         print(f"  am.power: not available ({err})")
         return None
@@ -196,8 +201,6 @@ def bench_am_power_long(B: int) -> float | None:
     am.power(_r1_design(), R1_FORMULA, test="alliance:autonomy", n_sims=B, method="auto",
              n_jobs=-1, seed=99, progress=False)
     wall = time.perf_counter() - t0
-    if not engine._pool_last_used:
-        print("  note: the long run did not start worker processes")
     return B / wall
 
 
@@ -339,6 +342,8 @@ def main() -> None:
               f"{amp[0]:9.1f} rep/s   (engine {amp[2]!r}, power {amp[1]:.3f})")
     amp2 = bench_am_power(B_am, reps, n_jobs=-1)
     if amp2 is not None:
+        print(f"  am.power(n_jobs=-1), the first run of the session ({B_am} replicates): "
+              f"{amp2[3]:9.1f} rep/s")
         print(f"  am.power(n_jobs=-1), no worker processes yet: threads ({B_am} replicates): "
               f"{amp2[0]:9.1f} rep/s")
     B_long = 5000 if quick else 20000

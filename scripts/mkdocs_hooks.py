@@ -48,6 +48,10 @@ SECTIONS: dict[str, list[str]] = {
         "Design", "simulate", "power", "PowerResult", "power_curve", "PowerCurve",
         "sample_size", "SampleSizeResult",
     ],
+    "Planning trials: closed-form power": [
+        "design_power", "cluster_randomised_power", "cluster_randomised_se",
+        "cluster_randomised_therapists", "design_effect", "noncentral_t_power",
+    ],
     "Report": ["report"],
     "Errors and warnings": [
         "AllianceModelsError", "DataValidationError", "ModelSpecError", "DesignError",

@@ -31,18 +31,6 @@ def _close_figures():
     plt.close("all")
 
 
-@pytest.fixture(autouse=True)
-def _cold_worker_pool(monkeypatch):
-    """Each test starts with no record of a warm loky pool from an earlier test.
-
-    ``power`` sends every batch to loky's workers when a run of the last few minutes
-    left them started; tests choose their route themselves, not by test order.
-    """
-    from alliance_models.power import engine
-
-    monkeypatch.setattr(engine, "_pool_last_used", {})
-
-
 @pytest.fixture(scope="session")
 def example_raw() -> pd.DataFrame:
     """The shipped REDCap-style example export, read and flattened by ``am.read_data``."""

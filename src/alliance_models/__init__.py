@@ -70,15 +70,22 @@ _LAZY: dict[str, str] = {
     "plot_interaction": "alliance_models.probing",
     "plot_johnson_neyman": "alliance_models.plots",
     "plot_power_curve": "alliance_models.plots",
-    # power
-    "Design": "alliance_models.power.design",
-    "simulate": "alliance_models.power.simulate",
-    "power": "alliance_models.power",  # the subpackage, callable as engine.power
-    "power_curve": "alliance_models.power.engine",
-    "sample_size": "alliance_models.power.engine",
-    "PowerResult": "alliance_models.power.engine",
-    "PowerCurve": "alliance_models.power.engine",
-    "SampleSizeResult": "alliance_models.power.engine",
+    # planning trials
+    "Design": "alliance_models.planning.design",
+    "simulate": "alliance_models.planning.simulate",
+    "power": "alliance_models.planning.run",
+    "power_curve": "alliance_models.planning.search",
+    "sample_size": "alliance_models.planning.search",
+    "PowerResult": "alliance_models.planning.results",
+    "PowerCurve": "alliance_models.planning.results",
+    "SampleSizeResult": "alliance_models.planning.results",
+    # closed-form power (what ``alliance_models.power.analytic`` held)
+    "design_power": "alliance_models.planning.analytic",
+    "design_effect": "alliance_models.planning.analytic",
+    "cluster_randomised_power": "alliance_models.planning.analytic",
+    "cluster_randomised_se": "alliance_models.planning.analytic",
+    "cluster_randomised_therapists": "alliance_models.planning.analytic",
+    "noncentral_t_power": "alliance_models.planning.analytic",
     # report
     "report": "alliance_models.reporting.html",
 }
@@ -105,7 +112,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        value = module if name in ("datasets", "power") else getattr(module, name)
+        value = module if name == "datasets" else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'alliance_models' has no attribute {name!r}")

@@ -755,7 +755,7 @@ def test_power_auto_falls_back_when_the_model_does_not_qualify():
                    method="auto", n_sims=2, seed=1, n_jobs=1, progress=False)
     assert res.method == "mixed"
     binom = d.replace(family="binomial")
-    from alliance_models.power.engine import _resolve_method
+    from alliance_models.planning.run import _resolve_method
 
     spec = parse_formula("adherence ~ alliance + (1 | therapist)")
     assert _resolve_method("auto", spec, d) == "fast"

@@ -44,7 +44,7 @@ def test_dask_client_equals_local_run(client):
     # batches of 5 are 5 tasks, each executed by one of the cluster's workers
     workers = set(client.scheduler_info()["workers"])
     assert len(workers) == 2
-    tasks = [t for t in stream.data if str(t["key"]).startswith("_run_batch")]
+    tasks = [t for t in stream.data if str(t["key"]).startswith("run_batch")]
     assert len(tasks) == 5 and {t["worker"] for t in tasks} <= workers
 
 
@@ -73,10 +73,21 @@ def test_dask_fast_engine_equals_local(client):
     pd.testing.assert_frame_equal(local.replicates, remote.replicates)
 
 
-def test_dask_interrupted_run_returns_partial_result(client):
+def test_dask_interrupted_run_returns_partial_result(client, monkeypatch):
+    from alliance_models.planning import run
+
+    real = run._with_progress
+
+    def ctrl_c_after_first(stream, *args, **kwargs):
+        batches = real(stream, *args, **kwargs)
+        yield next(batches)
+        raise KeyboardInterrupt  # as Ctrl-C while the second batch is awaited
+
+    monkeypatch.setattr(run, "_with_progress", ctrl_c_after_first)
     with pytest.warns(am.AllianceModelsWarning, match="interrupted after 5 of 24 replicates"):
-        res = am.power(DESIGN, "adherence ~ alliance", backend=client, _max_batches=1, **KW)
+        res = am.power(DESIGN, "adherence ~ alliance", backend=client, **KW)
     assert res.interrupted and res.n_completed == 5
+    monkeypatch.setattr(run, "_with_progress", real)
     # the cluster is still usable afterwards
     again = am.power(DESIGN, "adherence ~ alliance", backend=client, **KW)
     assert again.n_completed == 24

@@ -14,106 +14,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from .console import PROG, Console, compact_warnings, one_line
+
 __all__ = ["main", "build_parser"]
 
-PROG = "alliance-models"
-
-
-# --------------------------------------------------------------------------- output helpers
-
-
-class Console:
-    """Where the command writes: results to ``out``, progress and warnings to ``err``.
-
-    Parameters
-    ----------
-    out, err : text streams
-        Default to ``sys.stdout`` and ``sys.stderr`` at call time.
-    quiet : bool
-        Suppress progress messages.
-    """
-
-    def __init__(
-        self, out: TextIO | None = None, err: TextIO | None = None, *, quiet: bool = False
-    ) -> None:
-        self.out = out if out is not None else sys.stdout
-        self.err = err if err is not None else sys.stderr
-        self.quiet = quiet
-        self._t0 = time.perf_counter()
-
-    def print(self, text: object = "") -> None:
-        """Write a result line (stdout)."""
-        print(text, file=self.out, flush=True)
-
-    def heading(self, text: str) -> None:
-        """Write an underlined heading to stdout."""
-        self.print()
-        self.print(text)
-        self.print("=" * len(text))
-
-    @property
-    def live(self) -> bool:
-        """Whether third-party live progress bars may be drawn.
-
-        Only when progress is wanted and both streams are terminals: PyMC draws its
-        sampling bar on stdout, which must stay clean when results are redirected.
-        """
-
-        def tty(stream: TextIO) -> bool:
-            isatty = getattr(stream, "isatty", None)
-            return bool(isatty and isatty())
-
-        return not self.quiet and tty(self.out) and tty(self.err)
-
-    def step(self, text: str) -> None:
-        """Write a progress line with the elapsed time (stderr)."""
-        if not self.quiet:
-            elapsed = time.perf_counter() - self._t0
-            print(f"[{elapsed:6.1f}s] {text}", file=self.err, flush=True)
-
-    @contextlib.contextmanager
-    def timed(self, text: str) -> Iterator[None]:
-        """Announce a long step and report how long it took."""
-        self.step(f"{text} ...")
-        t = time.perf_counter()
-        yield
-        self.step(f"{text}: done in {time.perf_counter() - t:.1f}s")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
-
-
-@contextlib.contextmanager
-def _compact_warnings(console: Console, debug: bool) -> Iterator[None]:
-    """Show warnings as single ``alliance-models: warning: ...`` lines (unless debugging)."""
-    if debug:
-        yield
-        return
-    original = warnings.showwarning
-
-    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        print(
-            f"{PROG}: warning: {category.__name__}: {_one_line(str(message))}",
-            file=console.err,
-            flush=True,
-        )
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = original
 
 
 def _error_line(exc: BaseException) -> str:
-    from .errors import AllianceModelsError
+    from ..errors import AllianceModelsError
 
     if isinstance(exc, FileNotFoundError) and exc.filename:
         return f"file not found: {exc.filename}"
@@ -121,7 +33,7 @@ def _error_line(exc: BaseException) -> str:
         return f"expected a file but got a directory: {exc.filename}"
     if isinstance(exc, PermissionError) and exc.filename:
         return f"permission denied: {exc.filename}"
-    msg = _one_line(str(exc)) or type(exc).__name__
+    msg = one_line(str(exc)) or type(exc).__name__
     if isinstance(exc, AllianceModelsError | ValueError | KeyError | OSError | ImportError):
         return f"{type(exc).__name__}: {msg}"
     return f"unexpected {type(exc).__name__}: {msg} (run with --debug for the traceback)"
@@ -264,7 +176,7 @@ def _moderators(args: argparse.Namespace) -> list[str]:
 def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
     import alliance_models as am
 
-    from .reporting.html import report
+    from ..reporting.html import report
 
     mods = _moderators(args)
     if bool(args.focal) != bool(mods):
@@ -359,7 +271,7 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
 
 def _check_numeric_columns(data: Any, formula: str) -> None:
     """Name a typo in a numeric column before any work (see ``ModelSpec.check_numeric_text``)."""
-    from .formula import parse_formula
+    from ..formula import parse_formula
 
     parse_formula(formula).check_numeric_text(data)
 
@@ -397,7 +309,8 @@ def _cmd_power(args: argparse.Namespace, console: Console) -> int:
     path = Path(args.design)
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory", str(path))
-    from .power.engine import PowerCurve, run_power_file
+    from ..planning.results import PowerCurve
+    from .power_file import run_power_file
 
     plot_path = Path(args.plot) if args.plot else path.with_suffix(".png")
     plot_path.parent.mkdir(parents=True, exist_ok=True)
@@ -544,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     >>> args.command, args.quick
     ('demo', True)
     """
-    from . import __version__
+    from .. import __version__
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -699,7 +612,7 @@ def main(
     debug = bool(getattr(args, "debug", False))
     console.quiet = bool(getattr(args, "quiet", False))
     try:
-        with _compact_warnings(console, debug):
+        with compact_warnings(console, debug):
             return int(args.func(args, console))
     except KeyboardInterrupt:
         if debug:

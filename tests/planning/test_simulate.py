@@ -7,7 +7,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 import alliance_models as am
-from alliance_models.power.simulate import (
+from alliance_models.planning.simulate import (
     age_moments,
     batch_arrays,
     design_matrix,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli import Console
+from .console import Console
 
 __all__ = ["ATTENDANCE_FORMULA", "DEMO_FORMULA", "DemoSettings", "run_demo"]
 
@@ -117,14 +117,14 @@ def run_demo(
 
     Examples
     --------
-    >>> from alliance_models.demo import run_demo
+    >>> from alliance_models.cli.demo import run_demo
     >>> path = run_demo("alliance_report", quick=True, bayes=False)  # doctest: +SKIP
     """
     import pandas as pd
 
     import alliance_models as am
 
-    from .reporting.html import report
+    from ..reporting.html import report
 
     con = console if console is not None else Console()
     cfg = settings if settings is not None else (DemoSettings.quick() if quick else DemoSettings())

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 import alliance_models as am
+from alliance_models.planning.results import wilson_interval
 
 N_SIMS = 60
 DESIGN = am.Design(therapists=60, patients_per_therapist=1, sessions=1, icc_therapist=0.0,
@@ -30,7 +31,6 @@ CHILD = textwrap.dedent(f"""
     import time
 
     import alliance_models as am
-    from alliance_models.power import engine
 
     CK, LOG, N_JOBS, OUT = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
@@ -43,7 +43,6 @@ CHILD = textwrap.dedent(f"""
 
 
     if __name__ == "__main__":
-        engine._POOL_MIN_SECONDS = 0.0  # always use the worker pool when N_JOBS > 1
         d = am.Design(therapists=60, patients_per_therapist=1, sessions=1, icc_therapist=0.0,
                       icc_patient=0.0, moderators={{}}, effects={{"alliance": 0.3}})
         res = am.power(d, "adherence ~ alliance", test="alliance", n_sims={N_SIMS}, seed=5,
@@ -92,7 +91,7 @@ def test_sigint_returns_partial_result_and_rerun_resumes(tmp_path, n_jobs):
     partial = pd.read_csv(out)
     assert sorted(partial["rep"]) == sorted(saved["rep"])
     # the honest CI: Wilson over the k completed replicates
-    want = am.power.engine.wilson_interval(int(partial["reject"].sum()), k)
+    want = wilson_interval(int(partial["reject"].sum()), k)
     assert (float(lo), float(hi)) == pytest.approx(want, abs=1e-12)
     fits_before = len(log.read_text().split())
     if n_jobs > 1:  # the replicates really ran in worker processes

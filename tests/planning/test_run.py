@@ -1,7 +1,6 @@
 import importlib.util
 import math
 import textwrap
-import time
 
 import numpy as np
 import pandas as pd
@@ -10,11 +9,12 @@ from statsmodels.stats.proportion import proportion_confint
 
 import alliance_models as am
 from alliance_models.errors import AllianceModelsWarning, DesignError, ModelSpecError
-from alliance_models.power import analytic
-from alliance_models.power.engine import wilson_interval
-from alliance_models.power.simulate import age_moments
+from alliance_models.planning import analytic
+from alliance_models.planning.results import wilson_interval
+from alliance_models.planning.simulate import age_moments
 
 HAS_FAST = importlib.util.find_spec("alliance_models.models.lmm.batch_fit") is not None
+NO_FAST = "batched REML engine (models/lmm/batch_fit.py) not available"
 
 # independent observations: one patient per therapist, one session, no clustering
 INDEP = am.Design(therapists=60, patients_per_therapist=1, sessions=1, icc_therapist=0.0,
@@ -22,11 +22,15 @@ INDEP = am.Design(therapists=60, patients_per_therapist=1, sessions=1, icc_thera
 OLS = {"method": "ols", "fit_kwargs": {"hc": None}, "n_jobs": 1, "progress": False}
 
 CALLS: list[int] = []
+#: counting_ols behaves like a user pressing Ctrl-C during this call (0: never)
+INTERRUPT_AT: list[int] = [0]
 
 
 def counting_ols(formula, data, **kwargs):
     """A custom fitting function that records how often it ran."""
     CALLS.append(1)
+    if len(CALLS) == INTERRUPT_AT[0]:
+        raise KeyboardInterrupt
     return am.fit_ols(formula, data, hc=None)
 
 
@@ -137,24 +141,20 @@ def logging_ols(formula, data, *, log, **kwargs):
     return am.fit_ols(formula, data, hc=None)
 
 
-def test_results_do_not_depend_on_n_jobs_or_batch_size(monkeypatch, tmp_path):
+def test_results_do_not_depend_on_n_jobs_or_batch_size(tmp_path):
     import os
 
-    from alliance_models.power import engine
-
-    monkeypatch.setattr(engine, "_POOL_MIN_SECONDS", 0.0)  # use the worker pool here
     kw = {**OLS, "n_sims": 24, "seed": 9}
     one = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5, **kw)
     log = tmp_path / "fits.log"
     two = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5,
                    **{**kw, "n_jobs": 2, "method": logging_ols, "fit_kwargs": {"log": log}})
     pd.testing.assert_frame_equal(one.replicates, two.replicates)
-    # the first batch runs here, the other 19 replicates in loky worker processes, all
-    # with BLAS pinned to one thread
+    # every replicate ran in a loky worker process, with BLAS pinned to one thread
     rows = [line.split() for line in log.read_text().splitlines()]
     pids = [int(pid) for pid, _ in rows]
-    assert len(rows) == 24 and pids.count(os.getpid()) == 5
-    assert set(pids) - {os.getpid()} and {threads for _, threads in rows} == {"1"}
+    assert len(rows) == 24 and os.getpid() not in pids
+    assert {threads for _, threads in rows} == {"1"}
     other = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=7, **kw)
     pd.testing.assert_frame_equal(one.replicates, other.replicates)
     # a different seed gives different replicates
@@ -169,10 +169,15 @@ def test_checkpoint_resume_does_not_repeat_work(tmp_path, suffix):
     kw = {"n_sims": 40, "seed": 5, "batch_size": 10, "method": counting_ols, "n_jobs": 1,
           "progress": False}
     full = am.power(INDEP, "adherence ~ alliance", test="alliance", **kw)
-    with pytest.warns(AllianceModelsWarning, match=r"interrupted after 20 of 40 replicates.*"
-                                                   r"rerun to resume"):
-        part = am.power(INDEP, "adherence ~ alliance", test="alliance", checkpoint=ck,
-                        _max_batches=2, **kw)
+    CALLS.clear()
+    INTERRUPT_AT[0] = 21  # Ctrl-C in the third batch
+    try:
+        with pytest.warns(AllianceModelsWarning, match=r"interrupted after 20 of 40 "
+                                                       r"replicates.*rerun to resume"):
+            part = am.power(INDEP, "adherence ~ alliance", test="alliance", checkpoint=ck,
+                            **kw)
+    finally:
+        INTERRUPT_AT[0] = 0
     assert part.interrupted and part.n_completed == 20
     saved = pd.read_parquet(ck) if suffix == ".parquet" else pd.read_csv(ck)
     assert len(saved) == 20 and saved["fingerprint"].nunique() == 1
@@ -256,7 +261,7 @@ def test_cluster_randomised_power_agrees_with_analytic_mixed():
     assert res.replicates["df"].median() == pytest.approx(10, abs=0.5)  # J - 2
 
 
-@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+@pytest.mark.skipif(not HAS_FAST, reason=NO_FAST)
 def test_cluster_randomised_power_agrees_with_analytic_fast():
     d = am.Design(therapists=16, patients_per_therapist=6, sessions=1, randomisation="therapist",
                   icc_therapist=0.15, icc_patient=0.0, moderators={}, effects={"arm": 0.7})
@@ -267,7 +272,7 @@ def test_cluster_randomised_power_agrees_with_analytic_fast():
     assert abs(res.power - want) < mc_tol(want, 1500)
 
 
-@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+@pytest.mark.skipif(not HAS_FAST, reason=NO_FAST)
 def test_type_one_error_clustered_fast():
     d = am.Design(therapists=20, patients_per_therapist=6, sessions=4, icc_therapist=0.1,
                   effects={"alliance": 0.25, "alliance:autonomy": 0.0})
@@ -278,7 +283,7 @@ def test_type_one_error_clustered_fast():
     assert res.truth == 0.0 and res.coverage == pytest.approx(0.95, abs=mc_tol(0.95, 1500))
 
 
-@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+@pytest.mark.skipif(not HAS_FAST, reason=NO_FAST)
 @pytest.mark.parametrize(
     ("changes", "formula", "test"),
     [
@@ -340,7 +345,7 @@ def test_power_curve_table_and_plot():
         am.power_curve(INDEP, "adherence ~ alliance", test="alliance", vary={"clinics": [1]})
 
 
-@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+@pytest.mark.skipif(not HAS_FAST, reason=NO_FAST)
 def test_sample_size_bisection_matches_analytic_therapist_count():
     # balanced cluster-randomised trial: the analytic answer is 22 therapists
     d = am.Design(therapists=20, patients_per_therapist=10, sessions=1, randomisation="therapist",
@@ -371,71 +376,6 @@ def test_sample_size_target_not_reached_warns():
                             test="alliance", vary="therapists", lo=6, hi=12, n_sims=20, seed=1,
                             **OLS)
     assert ss.value is None and "not reached" in ss.summary()
-
-
-def test_run_power_file_single_and_curve(tmp_path):
-    body = textwrap.dedent("""
-        [design]
-        therapists = 40
-        patients_per_therapist = 1
-        sessions = 1
-        icc_therapist = 0.0
-        icc_patient = 0.0
-        moderators = {}
-        effects = { alliance = 0.3 }
-
-        [analysis]
-        formula = "adherence ~ alliance"
-        test = "alliance"
-        n_sims = 12
-        method = "ols"
-        seed = 3
-        n_jobs = 1
-        progress = false
-        fit_kwargs = { hc = "HC3" }
-    """)
-    f = tmp_path / "design.toml"
-    f.write_text(body)
-    res = am.power.engine.run_power_file(f)
-    assert isinstance(res, am.PowerResult) and res.n_completed == 12
-    assert res.design.effects == {"alliance": 0.3}
-    f.write_text(body + '\n[curve]\nvary = { therapists = [20, 40] }\n')
-    out = tmp_path / "curve.png"
-    curve = am.power.engine.run_power_file(f, out=out)
-    assert isinstance(curve, am.PowerCurve) and out.stat().st_size > 1000
-    assert curve.values == (20, 40)
-
-
-def test_run_power_file_errors(tmp_path):
-    from alliance_models.power.engine import run_power_file
-
-    f = tmp_path / "bad.toml"
-    f.write_text("[design]\ntherapists = 10\n")
-    with pytest.raises(DesignError, match=r"has no \[analysis\] table"):
-        run_power_file(f)
-    f.write_text("[design]\nclinics = 3\n[analysis]\nformula='y ~ x'\ntest='x'\n")
-    with pytest.raises(DesignError, match="unknown key.*allowed keys: therapists"):
-        run_power_file(f)
-    f.write_text("[design]\n[analysis]\nformula='y ~ x'\ntest='x'\nsims=3\n")
-    with pytest.raises(DesignError, match=r"unknown keys \['sims'\]"):
-        run_power_file(f)
-    with pytest.raises(DesignError, match="does not exist"):
-        run_power_file(tmp_path / "missing.toml")
-
-
-def test_example_design_file_is_realistic():
-    import tomllib
-    from pathlib import Path
-
-    from alliance_models.power.engine import _design_from_toml
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "design.toml"
-    doc = tomllib.loads(path.read_text())
-    d = _design_from_toml(doc["design"])
-    assert (d.n_therapists, d.patients_per_therapist, d.sessions) == (40, 10, 8)
-    assert d.effects["alliance:autonomy"] > 0
-    assert doc["analysis"]["test"] == "alliance:autonomy"
-    assert "therapists" in doc["curve"]["vary"]
 
 
 @pytest.mark.slow
@@ -469,25 +409,27 @@ def test_replicates_run_with_blas_pinned_to_one_thread():
     assert BLAS_THREADS and set(BLAS_THREADS) == {1}
 
 
-def test_am_power_is_callable_after_the_subpackage_was_imported():
-    # am.Design imports the alliance_models.power package first; am.power must still be
-    # the function (the package is callable)
-    first = "am.Design"
+def test_am_power_is_a_function_and_the_analytic_names_are_public():
+    # am.Design imports the planning package first; am.power is the function, and the
+    # closed-form power functions (alliance_models.power.analytic before) are public names
     import subprocess
     import sys
 
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
+        import inspect
         import alliance_models as am
-        {first}
+        am.Design
         d = am.Design(therapists=6, patients_per_therapist=1, sessions=1, icc_therapist=0.0,
-                      icc_patient=0.0, moderators={{}}, effects={{"alliance": 0.3}})
+                      icc_patient=0.0, moderators={}, effects={"alliance": 0.3})
         r = am.power(d, "adherence ~ alliance", test="alliance", n_sims=2, seed=1,
                      method="ols", n_jobs=1, progress=False)
-        print(r.n_completed, am.power.analytic.design_effect(0.1, 2))
+        print(r.n_completed, inspect.isfunction(am.power), am.design_effect(0.1, 2))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.split() == ["2", "1.1"]
+    assert out.stdout.split() == ["2", "True", "1.1"]
+    for name in analytic.__all__:
+        assert name in am.__all__ and getattr(am, name) is getattr(analytic, name)
 
 
 def test_gee_method_uses_the_design_family():
@@ -572,7 +514,7 @@ class _FakeBayesFit:
 def test_bayes_assurance_rules(rule, rope, threshold, shift, want):
     from scipy import stats
 
-    from alliance_models.power.engine import _bayes_record, _Job
+    from alliance_models.planning.run import _bayes_record, _Job
 
     draws = stats.norm.ppf((np.arange(4000) + 0.5) / 4000) + shift  # N(shift, 1) quantiles
     job = _Job(design=INDEP, formula="adherence ~ alliance", test="alliance", test_index=1,
@@ -592,7 +534,7 @@ def test_attendance_counts_are_simulated():
     assert (df["scheduled"] == 1).all() and set(df["attended"].unique()) <= {0, 1}
 
 
-@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+@pytest.mark.skipif(not HAS_FAST, reason=NO_FAST)
 def test_sample_size_over_caseload_is_monotone_in_the_evaluations():
     d = am.Design(therapists=16, patients_per_therapist=4, sessions=1, randomisation="therapist",
                   icc_therapist=0.05, icc_patient=0.0, moderators={}, effects={"arm": 0.5})
@@ -610,7 +552,7 @@ def test_sample_size_over_caseload_is_monotone_in_the_evaluations():
 
 
 def test_progress_bar_appears_on_its_own_only_for_long_runs(capsys, monkeypatch):
-    from alliance_models.power import engine
+    from alliance_models.planning import run
 
     kw = {"test": "alliance", "n_sims": 6, "seed": 1, "batch_size": 1, "method": "ols",
           "fit_kwargs": {"hc": None}, "n_jobs": 1}
@@ -626,7 +568,7 @@ def test_progress_bar_appears_on_its_own_only_for_long_runs(capsys, monkeypatch)
             self.t += 3.0
             return self.t
 
-    monkeypatch.setattr(engine, "time", SlowClock())
+    monkeypatch.setattr(run, "time", SlowClock())
     am.power(INDEP, "adherence ~ alliance", **kw)  # first batch looks 3 s long: 5 more
     assert "power alliance" in capsys.readouterr().err
 
@@ -635,7 +577,7 @@ def test_singular_rate_and_type_s_rate_against_their_definitions():
     from scipy import stats
 
     from alliance_models._random import spawn as spawn_seeds
-    from alliance_models.power.simulate import simulate_arrays
+    from alliance_models.planning.simulate import simulate_arrays
 
     # one-way random-intercept model with no therapist variance: REML puts the therapist
     # SD at 0 exactly when the ANOVA F = MSB / MSW is <= 1 (balanced design), so every
@@ -712,7 +654,8 @@ def test_wald_columns_equal_scipy_distributions_replicate_by_replicate():
     # failed records (non-finite estimate, SE zero, negative or non-finite)
     from scipy import stats
 
-    from alliance_models.power.engine import REPLICATE_COLUMNS, _wald_columns, _wald_record
+    from alliance_models.planning.results import REPLICATE_COLUMNS
+    from alliance_models.planning.run import _wald_columns, _wald_record
 
     rng = np.random.default_rng(4)
     n = 400
@@ -767,11 +710,11 @@ R1_DESIGN = am.Design(therapists=30, patients_per_therapist=8, sessions=6,
 R1_FORMULA = "adherence ~ alliance * (age + autonomy) + (1 | therapist/patient)"
 
 
-@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+@pytest.mark.skipif(not HAS_FAST, reason=NO_FAST)
 def test_fast_batches_are_memory_chunks_and_do_not_change_results(monkeypatch):
     from alliance_models.formula import parse_formula
     from alliance_models.models.lmm import batch_fit as fast
-    from alliance_models.power import engine
+    from alliance_models.planning import run as engine
 
     spec = parse_formula(R1_FORMULA)
     seeds = np.random.SeedSequence(1).spawn(1)
@@ -801,69 +744,34 @@ def test_fast_batches_are_memory_chunks_and_do_not_change_results(monkeypatch):
     f = "adherence ~ alliance * autonomy + (1 | therapist/patient)"
     kw = {"test": "alliance:autonomy", "n_sims": 60, "seed": 12, "progress": False}
     sizes: list[int] = []
-    real = engine._run_batch
+    real = engine.run_batch
 
     def spy(job, reps, seeds):
         sizes.append(len(reps))
         return real(job, reps, seeds)
 
-    monkeypatch.setattr(engine, "_run_batch", spy)
+    monkeypatch.setattr(engine, "run_batch", spy)
     one = am.power(d, f, n_jobs=1, **kw)
     assert one.method == "fast" and sizes == [60]  # one batch: the chunk holds all 60
     sizes.clear()
     small = am.power(d, f, n_jobs=1, batch_size=13, **kw)
     assert sizes == [13, 13, 13, 13, 8]
     pd.testing.assert_frame_equal(one.replicates, small.replicates)
-    # a short run with 2 workers runs its batches in 2 threads of this process
-    import threading
-
-    threads: set[str] = set()
-
-    def thread_spy(job, reps, seeds, **kwargs):
-        threads.add(threading.current_thread().name)
-        return real(job, reps, seeds, **kwargs)
-
-    monkeypatch.setattr(engine, "_run_batch", thread_spy)
-    threaded = am.power(d, f, n_jobs=2, batch_size=13, **kw)
-    # (a first round of 2 batches, then the other 3 batches: 2 threads each time)
-    assert len(threads) == 4 and threading.current_thread().name not in threads
-    pd.testing.assert_frame_equal(one.replicates, threaded.replicates)
-    monkeypatch.setattr(engine, "_run_batch", real)
-    # a long one starts worker processes after the first round
-    monkeypatch.setattr(engine, "_POOL_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(engine, "run_batch", real)
+    # in loky worker processes (joblib's reusable executor): the same replicates
     pooled = am.power(d, f, n_jobs=2, batch_size=13, **kw)
     pd.testing.assert_frame_equal(one.replicates, pooled.replicates)
     assert one.replicates["df"].between(1, 200).all() and not one.replicates["failed"].any()
-    # its workers stay started: a short run with as many workers right after sends every
-    # batch to them (no first round here), and nothing changes in the results
-    monkeypatch.setattr(engine, "_POOL_MIN_SECONDS", 4.0)
-    assert engine._pool_is_warm(2) and not engine._pool_is_warm(3)
-    routes: list[int] = []
-    real_pool = engine._pool_batches
-
-    def pool_spy(job, batches, n_workers):
-        routes.append(len(batches))
-        return real_pool(job, batches, n_workers)
-
-    monkeypatch.setattr(engine, "_pool_batches", pool_spy)
-    monkeypatch.setattr(engine, "_thread_batches", None)  # must not be used
-    warm = am.power(d, f, n_jobs=2, batch_size=13, **kw)
-    assert routes == [5]
-    pd.testing.assert_frame_equal(one.replicates, warm.replicates)
-    # past the idle window the pool counts as cold again (first round here)
-    monkeypatch.setattr(engine, "_pool_last_used",
-                        {2: time.monotonic() - engine._POOL_IDLE_TIMEOUT})
-    assert not engine._pool_is_warm(2)
 
 
-@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
+@pytest.mark.skipif(not HAS_FAST, reason=NO_FAST)
 def test_fast_replicate_by_replicate_route_keeps_order_and_records_failures(monkeypatch):
     # when the stacked call is not possible, replicates are fitted one at a time; a
     # replicate whose fit fails is recorded as failed in its place, the others equal the
     # stacked fits
     from alliance_models.errors import ModelSpecError as MSE
     from alliance_models.models.lmm import batch_fit as fast
-    from alliance_models.power import engine
+    from alliance_models.planning import run as engine
 
     d = am.Design(therapists=8, patients_per_therapist=4, sessions=3,
                   effects={"alliance": 0.3, "alliance:autonomy": 0.2})
@@ -903,7 +811,7 @@ def test_fast_replicate_by_replicate_route_keeps_order_and_records_failures(monk
 def test_blas_limit_is_undone_after_each_batch():
     from threadpoolctl import threadpool_info
 
-    from alliance_models.power.engine import _limit_blas
+    from alliance_models.planning.executors import limit_blas as _limit_blas
 
     def blas_threads():
         return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
@@ -915,27 +823,37 @@ def test_blas_limit_is_undone_after_each_batch():
         assert blas_threads() == before
 
 
-@pytest.mark.skipif(not HAS_FAST, reason="batched REML engine (power/fast.py) not available")
-def test_threaded_fast_batches_keep_blas_pinned_and_restore_it(monkeypatch):
+@pytest.mark.skipif(not HAS_FAST, reason=NO_FAST)
+def test_parallel_config_threads_keep_blas_pinned_and_restore_it(monkeypatch):
+    # the user's joblib.parallel_config chooses the backend: threads of this process
+    # here, every batch with BLAS pinned to one thread, the limit undone afterwards
+    import threading
+
+    from joblib import parallel_config
     from threadpoolctl import threadpool_info
 
-    from alliance_models.power import engine
+    from alliance_models.planning import run
 
     def blas_threads():
         return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
-    seen: list[set[int]] = []
-    real = engine._run_batch
+    seen: list[tuple[set[int], str]] = []
+    real = run.run_batch
 
-    def spy(job, reps, seeds, **kwargs):
-        seen.append(blas_threads())
-        return real(job, reps, seeds, **kwargs)
+    def spy(job, reps, seeds):
+        seen.append((blas_threads(), threading.current_thread().name))
+        return real(job, reps, seeds)
 
-    monkeypatch.setattr(engine, "_run_batch", spy)
+    monkeypatch.setattr(run, "run_batch", spy)
     before = blas_threads()
     d = am.Design(therapists=6, patients_per_therapist=3, sessions=3,
                   effects={"alliance": 0.3})
-    am.power(d, "adherence ~ alliance + (1 | therapist/patient)", test="alliance",
-             n_sims=12, batch_size=2, seed=3, n_jobs=2, progress=False)
-    assert len(seen) == 6 and all(s == {1} for s in seen)
+    kw = {"test": "alliance", "n_sims": 12, "batch_size": 2, "seed": 3, "progress": False}
+    f = "adherence ~ alliance + (1 | therapist/patient)"
+    with parallel_config(backend="threading"):
+        threaded = am.power(d, f, n_jobs=2, **kw)
+    assert len(seen) == 6 and all(s == {1} for s, _ in seen)
+    assert threading.current_thread().name not in {name for _, name in seen}
     assert blas_threads() == before
+    monkeypatch.setattr(run, "run_batch", real)
+    pd.testing.assert_frame_equal(threaded.replicates, am.power(d, f, n_jobs=1, **kw).replicates)

@@ -7,7 +7,7 @@ from statsmodels.stats.power import TTestIndPower
 
 import alliance_models as am
 from alliance_models.errors import DesignError
-from alliance_models.power import analytic
+from alliance_models.planning import analytic
 
 
 def test_design_effect_closed_form():

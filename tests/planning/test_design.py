@@ -6,7 +6,7 @@ import pytest
 
 import alliance_models as am
 from alliance_models.errors import DesignError
-from alliance_models.power.design import DEFAULT_ALLIANCE_EFFECT, canonical_term
+from alliance_models.planning.design import DEFAULT_ALLIANCE_EFFECT, canonical_term
 
 
 def test_defaults_follow_domain_facts():

@@ -622,8 +622,8 @@ def test_fit_bayes_progress_bar_only_on_a_terminal(single_level_csv, fake_fit_ba
 
 def test_demo_bayes_progress_bar_on_a_terminal(tmp_path, fake_fit_bayes):
     import alliance_models as am
-    from alliance_models.cli import Console
-    from alliance_models.demo import run_demo
+    from alliance_models.cli.console import Console
+    from alliance_models.cli.demo import run_demo
 
     for out, bar in ((_Terminal(), True), (io.StringIO(), False)):
         with pytest.raises(_StopSampling), pytest.warns(am.MissingDataWarning, match="WAI-SR"):

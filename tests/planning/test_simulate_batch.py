@@ -13,7 +13,7 @@ import pytest
 
 import alliance_models as am
 from alliance_models._random import spawn
-from alliance_models.power.simulate import batch_arrays, design_matrix, simulate_arrays
+from alliance_models.planning.simulate import batch_arrays, design_matrix, simulate_arrays
 
 DESIGNS = {
     "default": am.Design(therapists=5, patients_per_therapist=3, sessions=4, dropout=0.5),
@@ -296,7 +296,7 @@ def _all_names(d: am.Design) -> tuple[str, ...]:
 def test_every_column_and_response_bit_for_bit_in_small_blocks(key, sims, monkeypatch):
     # blocks of 1-2 replicates (an uneven last block); every column a design has in X;
     # a count column as the response for binomial designs; reference: simulate_arrays
-    from alliance_models.power import simulate as sim_mod
+    from alliance_models.planning import simulate as sim_mod
 
     d = DESIGNS[key]
     seeds = np.random.SeedSequence(31).spawn(5)

@@ -1,4 +1,4 @@
-"""Simulate data from a planned :class:`~alliance_models.power.design.Design`.
+"""Simulate data from a planned :class:`~alliance_models.planning.design.Design`.
 
 Two layers: :func:`simulate_arrays` is the plain-numpy core (one replicate as arrays on
 the full therapist x patient x session grid plus an ``observed`` mask for dropout);
@@ -16,7 +16,7 @@ the outcome on the residual-SD scale (gaussian) or the proportion numerator/deno
 sessions and the deviation from it; ``age_c``, ``autonomy_c`` and ``alliance_cwc`` are
 centred as ``am.prepare`` centres real data (sample means). The noise-free fixed part of
 the linear predictor is kept (``SimArrays.eta``) so the engine can state the true
-coefficient of any analysis formula exactly (see :mod:`alliance_models.power.engine`).
+coefficient of any analysis formula exactly (see :mod:`alliance_models.planning.run`).
 """
 
 from __future__ import annotations
@@ -399,7 +399,7 @@ def _simulate_block(lay: _Layout, seeds: Sequence[np.random.SeedSequence],
                     need: set[str] | None, y_out: np.ndarray | None = None) -> _Block:
     """Simulate one replicate per seed on the grid ``lay``: the package's simulator.
 
-    The generative model is described in :mod:`alliance_models.power.design`. Each
+    The generative model is described in :mod:`alliance_models.planning.design`. Each
     replicate draws from its own component streams (children of its seed, see
     ``_STREAMS``), one replicate after the other, so a replicate depends only on its
     own seed, not on the block it is in; everything else is vectorised over the block,

@@ -1,0 +1,338 @@
+"""The results of power runs: one run, a curve, a sample-size search.
+
+:class:`PowerResult` holds one run's replicates (one row per replicate, columns
+``REPLICATE_COLUMNS``) and the diagnosands computed from them (:func:`summarise`);
+:class:`PowerCurve` and :class:`SampleSizeResult` hold the runs of
+:func:`~alliance_models.planning.search.power_curve` and
+:func:`~alliance_models.planning.search.sample_size`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .design import Design
+
+__all__ = [
+    "REPLICATE_COLUMNS",
+    "PowerCurve",
+    "PowerResult",
+    "SampleSizeResult",
+    "summarise",
+    "wilson_interval",
+]
+
+REPLICATE_COLUMNS = (
+    "rep", "estimate", "se", "df", "p_value", "ci_low", "ci_high", "reject",
+    "converged", "singular", "failed", "error",
+)
+BOOL_COLUMNS = frozenset({"reject", "converged", "singular", "failed"})
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``k / n``.
+
+    Examples
+    --------
+    >>> tuple(round(x, 4) for x in wilson_interval(8, 10))
+    (0.4902, 0.9433)
+    """
+    if n <= 0:
+        return (math.nan, math.nan)
+    z = stats.norm.ppf(0.5 + level / 2)
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
+
+
+def _fmt(x: float, nd: int = 3) -> str:
+    return "NA" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+@dataclass(frozen=True, eq=False)
+class PowerResult:
+    """The outcome of a Monte Carlo power run.
+
+    Attributes
+    ----------
+    design : Design
+    formula, test : str
+        Analysis formula and the coefficient tested (formulaic name).
+    method : str
+        The engine that ran (``"fast"``, ``"mixed"``, ``"gee"``, ``"ols"``, ``"bayes"``
+        or ``"custom"``).
+    alpha : float
+        Two-sided level (for ``"bayes"``: 1 - credible-interval probability).
+    n_sims, n_completed : int
+        Replicates requested and completed (fewer after an interruption).
+    power : float
+        Share of completed replicates that reject (Bayes: assurance). Failed fits
+        count as non-rejections.
+    ci : (float, float)
+        95% Wilson interval for ``power``; ``mcse`` its Monte Carlo standard error.
+    truth : float
+        True value of the tested coefficient on the analysis scale (NaN when not
+        defined; see the module docstring); ``truth_exact`` whether it is exact.
+    bias, rmse, coverage, mean_se, empirical_sd : float
+        Over replicates that produced an estimate; ``coverage`` of the ``1 - alpha``
+        interval.
+    type_s_rate : float
+        Among rejecting replicates, the share whose estimate has the wrong sign.
+    nonconvergence_rate, singular_rate, failure_rate : float
+        Shares of completed replicates (a failed fit also counts as not converged).
+    elapsed : float
+        Seconds of wall time.
+    interrupted : bool
+        True when the run stopped early (Ctrl-C); the CI covers completed replicates.
+    seed : int or None
+        Root seed entropy (to reproduce a run started with ``seed=None``).
+    replicates : DataFrame
+        One row per replicate (estimate, se, df, p_value, CI, reject, flags).
+    assurance_rule : str or None
+        For ``method="bayes"``: the rule that counted a replicate as a success.
+    """
+
+    design: Design
+    formula: str
+    test: str
+    method: str
+    alpha: float
+    n_sims: int
+    n_completed: int
+    power: float
+    ci: tuple[float, float]
+    mcse: float
+    truth: float
+    truth_exact: bool
+    bias: float
+    rmse: float
+    coverage: float
+    mean_se: float
+    empirical_sd: float
+    type_s_rate: float
+    nonconvergence_rate: float
+    singular_rate: float
+    failure_rate: float
+    elapsed: float
+    interrupted: bool
+    seed: int | None
+    replicates: pd.DataFrame
+    assurance_rule: str | None = None
+
+    def to_frame(self) -> pd.DataFrame:
+        """One-row data frame of the headline numbers and diagnosands."""
+        row = {
+            "test": self.test, "method": self.method, "n_sims": self.n_sims,
+            "n_completed": self.n_completed, "power": self.power, "ci_low": self.ci[0],
+            "ci_high": self.ci[1], "mcse": self.mcse, "truth": self.truth, "bias": self.bias,
+            "rmse": self.rmse, "coverage": self.coverage, "mean_se": self.mean_se,
+            "empirical_sd": self.empirical_sd, "type_s_rate": self.type_s_rate,
+            "nonconvergence_rate": self.nonconvergence_rate,
+            "singular_rate": self.singular_rate, "failure_rate": self.failure_rate,
+            "elapsed": self.elapsed, "interrupted": self.interrupted,
+        }
+        return pd.DataFrame([row])
+
+    def summary(self) -> str:
+        """Return a printable report of the run."""
+        what = "assurance" if self.method == "bayes" else "power"
+        lines = [
+            f"Monte Carlo {what} for {self.test!r} (alpha = {self.alpha:g}, engine: "
+            f"{self.method})",
+            f"  formula: {self.formula}",
+            f"  design:  {self.design.describe()}",
+            f"  {what}: {self.power:.3f}  95% CI [{self.ci[0]:.3f}, {self.ci[1]:.3f}]  "
+            f"(MC SE {self.mcse:.3f}; {self.n_completed} of {self.n_sims} replicates)",
+        ]
+        if self.assurance_rule:
+            lines.append(f"  rule: {self.assurance_rule}")
+        lines += [
+            f"  truth {_fmt(self.truth, 4)}"
+            f"{'' if self.truth_exact or math.isnan(self.truth) else ' (projection)'}"
+            f"{' (not defined for this family and method)' if math.isnan(self.truth) else ''}; "
+            f"bias {_fmt(self.bias, 4)}; RMSE {_fmt(self.rmse, 4)}; "
+            f"coverage {_fmt(self.coverage)}; type-S {_fmt(self.type_s_rate)}",
+            f"  mean SE {_fmt(self.mean_se, 4)} vs empirical SD {_fmt(self.empirical_sd, 4)}",
+            f"  non-convergence {self.nonconvergence_rate:.3f}; singular fits "
+            f"{self.singular_rate:.3f}; failed fits {self.failure_rate:.3f}",
+            f"  elapsed {self.elapsed:.1f} s",
+        ]
+        if self.interrupted:
+            lines.append("  INTERRUPTED: the estimate covers completed replicates only")
+        return "\n".join(lines)
+
+
+def summarise(reps: pd.DataFrame, *, truth: float, alpha: float) -> dict[str, Any]:
+    """Compute the diagnosands of a set of replicate records (numpy arithmetic only)."""
+    n = len(reps)
+    k = int(reps["reject"].sum())
+    p = k / n if n else math.nan
+    ok = ~reps["failed"].to_numpy(bool)
+    est = reps["estimate"].to_numpy(float)[ok]
+    lo, hi = reps["ci_low"].to_numpy(float)[ok], reps["ci_high"].to_numpy(float)[ok]
+    rej = reps["reject"].to_numpy(bool)[ok]
+    has_truth = math.isfinite(truth)
+    out = {
+        "n_completed": n,
+        "power": p,
+        "ci": wilson_interval(k, n),
+        "mcse": math.sqrt(p * (1 - p) / n) if n else math.nan,
+        "bias": float(np.mean(est - truth)) if has_truth and est.size else math.nan,
+        "rmse": float(np.sqrt(np.mean((est - truth) ** 2))) if has_truth and est.size
+        else math.nan,
+        "coverage": float(np.mean((lo <= truth) & (truth <= hi))) if has_truth and est.size
+        else math.nan,
+        "mean_se": float(np.mean(reps["se"].to_numpy(float)[ok])) if est.size else math.nan,
+        "empirical_sd": float(np.std(est, ddof=1)) if est.size > 1 else math.nan,
+        "type_s_rate": float(np.mean(np.sign(est[rej]) != np.sign(truth)))
+        if has_truth and truth != 0 and rej.any() else math.nan,
+        "nonconvergence_rate": float(1 - reps["converged"].mean()) if n else math.nan,
+        "singular_rate": float(reps["singular"].mean()) if n else math.nan,
+        "failure_rate": float(reps["failed"].mean()) if n else math.nan,
+    }
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class PowerCurve:
+    """Power over a range of one design quantity.
+
+    Attributes
+    ----------
+    vary : str
+        The :class:`Design` field varied.
+    values : tuple
+        Its values, in the order run.
+    results : tuple of PowerResult
+        One result per value (same seed: common random numbers).
+    elapsed : float
+        Seconds of wall time.
+    """
+
+    vary: str
+    values: tuple[Any, ...]
+    results: tuple[PowerResult, ...]
+    elapsed: float
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per value: power, its CI and the diagnosands."""
+        rows = [r.to_frame().assign(**{self.vary: [v]}) for v, r in
+                zip(self.values, self.results, strict=True)]
+        df = pd.concat(rows, ignore_index=True)
+        return df[[self.vary, *[c for c in df.columns if c != self.vary]]]
+
+    def summary(self) -> str:
+        """Printable table of the curve."""
+        r0 = self.results[0]
+        head = (f"Power curve for {r0.test!r} over {self.vary} (engine {r0.method}, "
+                f"{r0.n_sims} replicates per point, alpha {r0.alpha:g})\n"
+                f"  formula: {r0.formula}\n")
+        lines = [f"  {self.vary:>24}  power   95% CI            bias     coverage  "
+                 "non-conv  singular"]
+        for v, r in zip(self.values, self.results, strict=True):
+            lines.append(
+                f"  {v!s:>24}  {r.power:.3f}  [{r.ci[0]:.3f}, {r.ci[1]:.3f}]  "
+                f"{_fmt(r.bias, 4):>7}  {_fmt(r.coverage):>8}  {r.nonconvergence_rate:8.3f}"
+                f"  {r.singular_rate:8.3f}")
+        return head + "\n".join(lines) + f"\n  elapsed {self.elapsed:.1f} s"
+
+    def plot(self, ax: Any = None, *, target: float | None = 0.8) -> Any:
+        """Draw power against the varied quantity with its 95% Wilson band.
+
+        Uses :func:`alliance_models.plots.plot_power_curve`.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Where to draw.
+        target : float or None, default 0.8
+            Reference line.
+
+        Returns
+        -------
+        matplotlib Axes
+        """
+        from ..plots import plot_power_curve
+
+        r0 = self.results[0]
+        ax = plot_power_curve(
+            np.asarray(self.values, dtype=float),
+            [r.power for r in self.results],
+            [r.ci[0] for r in self.results],
+            [r.ci[1] for r in self.results],
+            ax=ax,
+            target=target,
+            xlabel=self.vary.replace("_", " "),
+            title=f"{r0.test}: {r0.n_sims} simulated trials per point ({r0.method} engine)",
+        )
+        if r0.method == "bayes":
+            ax.set_ylabel("assurance")
+        return ax
+
+
+@dataclass(frozen=True, eq=False)
+class SampleSizeResult:
+    """The smallest design size that reaches a target power.
+
+    Attributes
+    ----------
+    vary : str
+        The field searched (``"therapists"``, ``"patients_per_therapist"``, ...).
+    target : float
+        Target power.
+    value : int or None
+        Smallest evaluated value whose Monte Carlo power reached the target (None when
+        even ``hi`` fell short).
+    power, ci : float, (float, float)
+        Power at ``value`` with its 95% Wilson CI.
+    smooth_value, smooth_ci : float, (float, float)
+        The value where a logistic fit of power on log(size), over the evaluations
+        within a factor of 2 of ``value``, crosses the target, with a 95% delta-method
+        interval (its variance multiplied by the number of evaluations used, a
+        conservative allowance for the correlation that common random numbers induce;
+        lack of fit is ignored). NaN when the fit is not possible.
+    evaluations : DataFrame
+        Every evaluation in order: value, power, CI, replicates.
+    results : tuple of PowerResult
+        The underlying runs.
+    elapsed : float
+    """
+
+    vary: str
+    target: float
+    value: int | None
+    power: float
+    ci: tuple[float, float]
+    smooth_value: float
+    smooth_ci: tuple[float, float]
+    evaluations: pd.DataFrame
+    results: tuple[PowerResult, ...]
+    elapsed: float
+
+    def to_frame(self) -> pd.DataFrame:
+        """Return the evaluations made (one row per value tried)."""
+        return self.evaluations.copy()
+
+    def summary(self) -> str:
+        """Printable report of the search."""
+        if self.value is None:
+            head = (f"target power {self.target:g} not reached for {self.vary} up to "
+                    f"{int(self.evaluations[self.vary].max())}")
+        else:
+            head = (f"smallest {self.vary} reaching power {self.target:g}: {self.value} "
+                    f"(power {self.power:.3f}, 95% CI [{self.ci[0]:.3f}, {self.ci[1]:.3f}])")
+        smooth = (f"logistic fit over the evaluations: {self.vary} = {_fmt(self.smooth_value, 1)}"
+                  f" (95% CI {_fmt(self.smooth_ci[0], 1)} to {_fmt(self.smooth_ci[1], 1)})")
+        ev = "\n".join(f"  {int(r[self.vary]):>6}  power {r['power']:.3f}  "
+                       f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+                       for _, r in self.evaluations.iterrows())
+        return f"{head}\n{smooth}\nevaluations ({len(self.evaluations)}):\n{ev}\n" \
+               f"elapsed {self.elapsed:.1f} s"
