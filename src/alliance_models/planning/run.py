@@ -430,8 +430,9 @@ def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
     The stacked path (one :func:`batch_arrays` call and one batched fit per batch) needs
     a fixed layout and a formula of plain products of simulated columns. Its batches
     hold at most one working-memory chunk of :func:`fast.chunk_size` for the layout of
-    the first replicate (457 replicates on design R1), so each batch is one vectorised
-    fit, per-batch costs are spread over many replicates and memory stays bounded.
+    the first replicate (457 replicates for 30 therapists x 8 patients x 6 sessions and
+    six coefficients), so each batch is one vectorised fit, per-batch costs are spread
+    over many replicates and memory stays bounded.
     """
     from ..models.lmm import batch_fit as fast
 

@@ -148,7 +148,7 @@ def chunk_size(
 
     Examples
     --------
-    >>> chunk_size(1440, 6, 240, 30, 6)  # design R1: 30 x 8 x 6, 6 coefficients
+    >>> chunk_size(1440, 6, 240, 30, 6)  # 30 therapists x 8 patients x 6 sessions, 6 coefficients
     457
     """
     q = p + 1
