@@ -27,12 +27,12 @@ no published values (typical range 0.05-0.10 standardised): **you must set them*
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from itertools import combinations
 from typing import Any
 
+from .._validate import mapping, number, one_of, positive_int
 from ..errors import DesignError
 
 __all__ = ["Design"]
@@ -68,20 +68,11 @@ class FrozenMap(dict):  # type: ignore[type-arg]
 
 
 def _number(name: str, value: Any) -> float:
-    """Return ``value`` as a finite float, or raise a DesignError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
-            value):
-        raise DesignError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return number(name, value, DesignError)
 
 
 def _mapping(name: str, value: Any, example: str) -> dict[str, Any]:
-    """Return ``value`` as a dict, or raise a DesignError naming ``name``."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise DesignError(f"{name} must be a mapping such as {example}, got {value!r}")
-    return dict(value)
+    return mapping(name, value, example, DesignError)
 
 
 def _freeze_mapping(m: Mapping[str, Any] | None) -> FrozenMap:
@@ -245,8 +236,19 @@ class Design:
     age_distribution: tuple[float, float, float, float] = (50.0, 14.0, 18.0, 85.0)
 
     def __post_init__(self) -> None:
+        # each phase checks and normalises a group of fields, in this order (later
+        # phases use what earlier ones normalised)
+        self._check_structure()
+        self._check_variances()
+        self._check_moderators()
+        self._check_effects()
+        self._check_outcome()
+        self._check_dropout()
+        self._check_age_and_skew()
+
+    def _check_structure(self) -> None:
+        """Check therapists (total or per arm), randomisation, caseloads and sessions."""
         set_ = object.__setattr__
-        # therapists
         t = self.therapists
         if isinstance(t, Sequence) and not isinstance(t, str):
             if len(t) != 2:
@@ -263,11 +265,7 @@ class Design:
             if not isinstance(v, int):
                 raise DesignError(f"therapists must be an integer, got {t!r}")
             set_(self, "therapists", v)
-        if self.randomisation not in RANDOMISATIONS:
-            raise DesignError(
-                f"randomisation {self.randomisation!r} is unknown; allowed: "
-                f"{', '.join(RANDOMISATIONS)}"
-            )
+        one_of("randomisation", self.randomisation, RANDOMISATIONS, DesignError)
         if isinstance(self.therapists, tuple) and self.randomisation != "therapist":
             raise DesignError(
                 "therapists given per arm requires randomisation='therapist' "
@@ -293,7 +291,9 @@ class Design:
             )
         set_(self, "patients_per_therapist", ppt)
         set_(self, "sessions", _check_count_spec("sessions", self.sessions, allow_list=False))
-        # ICCs
+
+    def _check_variances(self) -> None:
+        """Check the ICCs and the alliance variance components."""
         for name in ("icc_therapist", "icc_patient"):
             val = getattr(self, name)
             if not isinstance(val, int | float) or not 0 <= val < 1:
@@ -312,8 +312,10 @@ class Design:
                 "variance: three non-negative numbers summing to 1, got "
                 f"{self.alliance_components!r}"
             )
-        set_(self, "alliance_components", comps)
-        # moderators
+        object.__setattr__(self, "alliance_components", comps)
+
+    def _check_moderators(self) -> None:
+        """Check that moderators are known and live on allowed levels."""
         mods = _mapping("moderators", self.moderators, "{'age': 'patient'}")
         for name, level in mods.items():
             if name not in MODERATOR_LEVELS:
@@ -325,8 +327,10 @@ class Design:
                     f"moderator {name!r} cannot live on level {level!r}; allowed: "
                     f"{', '.join(MODERATOR_LEVELS[name])}"
                 )
-        set_(self, "moderators", _freeze_mapping(mods))
-        # effects
+        object.__setattr__(self, "moderators", _freeze_mapping(mods))
+
+    def _check_effects(self) -> None:
+        """Check that effects name terms the design simulates, each once, finite."""
         allowed = self.allowed_terms()
         all_terms = _all_terms(VARIABLE_ORDER)
         eff: dict[str, float] = {}
@@ -354,21 +358,23 @@ class Design:
                     val):
                 raise DesignError(f"effect {key!r} must be a finite number, got {val!r}")
             eff[term] = float(val)
-        set_(self, "effects", _freeze_mapping(eff))
-        # outcome
-        if self.family not in FAMILIES:
-            raise DesignError(f"family {self.family!r} is unknown; allowed: {', '.join(FAMILIES)}")
-        if self.counts not in COUNTS:
-            raise DesignError(f"counts {self.counts!r} is unknown; allowed: {', '.join(COUNTS)}")
-        if self.trials is not None and (isinstance(self.trials, bool) or not isinstance(
-                self.trials, int) or self.trials < 1):
-            raise DesignError(f"trials must be a positive integer, got {self.trials!r}")
+        object.__setattr__(self, "effects", _freeze_mapping(eff))
+
+    def _check_outcome(self) -> None:
+        """Check the family, count columns, trials and baseline adherence."""
+        one_of("family", self.family, FAMILIES, DesignError)
+        one_of("counts", self.counts, COUNTS, DesignError)
+        if self.trials is not None:
+            positive_int("trials", self.trials, DesignError)
         if not 0 < _number("baseline_adherence", self.baseline_adherence) < 1:
             raise DesignError(
                 f"baseline_adherence must be strictly between 0 and 1, got "
                 f"{self.baseline_adherence!r}"
             )
-        # dropout
+
+    def _check_dropout(self) -> None:
+        """Check dropout (overall or per arm) and its timing against the sessions."""
+        set_ = object.__setattr__
         d = self.dropout
         if isinstance(d, Sequence) and not isinstance(d, str):
             if self.randomisation == "none" or len(d) != 2:
@@ -405,6 +411,10 @@ class Design:
                     f"leave after session k and miss the rest); allowed: 1 to "
                     f"{self.sessions - 1} or 'uniform'"
                 )
+
+    def _check_age_and_skew(self) -> None:
+        """Check the truncated-normal age distribution and the alliance skew."""
+        set_ = object.__setattr__
         age = tuple(self.age_distribution) if isinstance(self.age_distribution,
                                                         Sequence) else ()
         if len(age) != 4:

@@ -45,6 +45,7 @@ from scipy import special
 
 from .._progress import progress as _progress
 from .._random import RNGLike, SeedBlock, child, seed_sequence
+from .._validate import one_of, positive_int
 from ..errors import (
     AllianceModelsError,
     AllianceModelsWarning,
@@ -377,8 +378,7 @@ def _resolve_method(method: str | Callable[..., Any], spec: ModelSpec,
                     design: Design) -> str:
     if callable(method):
         return "custom"
-    if method not in METHODS:
-        raise ModelSpecError(f"method {method!r} is unknown; allowed: {', '.join(METHODS)}")
+    one_of("method", method, METHODS, ModelSpecError)
     if method in ("auto", "fast"):
         ok = False
         if design.family == "gaussian" and spec.has_random:
@@ -569,8 +569,7 @@ def power(
     t0 = time.perf_counter()
     if not isinstance(design, Design):
         raise DesignError(f"design must be an alliance_models.Design, got {type(design).__name__}")
-    if isinstance(n_sims, bool) or not isinstance(n_sims, int) or n_sims < 1:
-        raise ModelSpecError(f"n_sims must be a positive integer, got {n_sims!r}")
+    positive_int("n_sims", n_sims, ModelSpecError)
     if not 0 < alpha < 1:
         raise ModelSpecError(f"alpha must be in (0, 1), got {alpha!r}")
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int | np.integer) or n_jobs == 0:
@@ -578,12 +577,10 @@ def power(
             f"n_jobs must be a positive number of worker processes, or -1 for every core "
             f"(-2 all but one, ...); got {n_jobs!r}"
         )
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
-            batch_size, int | np.integer) or batch_size < 1):
-        raise ModelSpecError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size is not None:
+        positive_int("batch_size", batch_size, ModelSpecError)
     n_jobs = int(n_jobs)
-    if rule not in ("interval", "pd"):
-        raise ModelSpecError(f"rule {rule!r} is unknown; allowed: 'interval', 'pd'")
+    one_of("rule", rule, ("interval", "pd"), ModelSpecError, quote=True)
     spec = parse_formula(formula)
     resolved = _resolve_method(method, spec, design)
     kwargs = dict(fit_kwargs or {})
