@@ -61,8 +61,7 @@ def test_example_design_file_is_realistic():
     import tomllib
     from pathlib import Path
 
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "design.toml"
+    path = Path(__file__).resolve().parents[2] / "examples" / "design.toml"
     doc = tomllib.loads(path.read_text())
     d = design_from_toml(doc["design"])
     assert (d.n_therapists, d.patients_per_therapist, d.sessions) == (40, 10, 8)
