@@ -18,7 +18,7 @@ data set, the chains of a sampler) use the children of that SeedSequence
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 
@@ -136,6 +136,19 @@ class SeedBlock(Sequence[np.random.SeedSequence]):
         return np.random.SeedSequence(self.entropy, spawn_key=(*self.spawn_key,
                                                                self.indices[j]),
                                       pool_size=self.pool_size)
+
+    def recipes(self) -> list[tuple[Any, tuple[int, ...], int]]:
+        """``(entropy, spawn_key, pool_size)`` of each seed, without building them.
+
+        ``SeedSequence(entropy, spawn_key=spawn_key, pool_size=pool_size)`` is item ``j``;
+        its own children are reached the same way, with one more spawn-key entry.
+
+        Examples
+        --------
+        >>> SeedBlock(np.random.SeedSequence(7), [2, 5]).recipes()
+        [(7, (2,), 4), (7, (5,), 4)]
+        """
+        return [(self.entropy, (*self.spawn_key, i), self.pool_size) for i in self.indices]
 
     def __reduce__(self) -> tuple[object, ...]:
         root = np.random.SeedSequence(self.entropy, spawn_key=self.spawn_key,

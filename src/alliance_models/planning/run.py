@@ -305,7 +305,7 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
     if groups is not None and job.design.has_fixed_structure:
         try:
             X, Y, ther, pat, mask, _ = batch_arrays(job.design, spec.response,
-                                                    job.x_names, list(seeds), sims=False)
+                                                    job.x_names, seeds, sims=False)
             codes = {"therapist": ther, "patient": pat}
             bf = fast.fit_batch(X, Y, codes[groups[0]],
                                 codes[groups[1]] if groups[1] else None,

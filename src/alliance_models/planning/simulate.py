@@ -25,12 +25,13 @@ import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from .._random import RNGLike, child, seed_sequence
+from .._random import RNGLike, SeedBlock, seed_sequence
 from ..errors import ModelSpecError
 from .design import Design
 
@@ -152,9 +153,9 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
     >>> sa.n_rows, int(sa.observed.sum())
     (24, 24)
     """
-    ss = seed_sequence(seed)
-    lay = _layout(design, ss)
-    return _replicates(lay, _simulate_block(lay, [ss], None))[0]
+    (root,) = _roots([seed])
+    lay = _layout(design, root)
+    return _replicates(lay, _simulate_block(lay, [root], None))[0]
 
 
 def to_frame(sa: SimArrays, design: Design) -> pd.DataFrame:
@@ -318,12 +319,34 @@ class _Block:
         return [*self.row, *self.pat]
 
 
-def _stream(seed: np.random.SeedSequence, name: str) -> np.random.Generator:
-    """Return the Generator of one component stream (``_STREAMS``) of a replicate."""
-    return np.random.Generator(np.random.PCG64(child(seed, _STREAMS.index(name))))
+#: a replicate's seed as ``(entropy, spawn_key, pool_size)`` (a SeedSequence's recipe)
+_Root = tuple[Any, tuple[int, ...], int]
+_STREAM_INDEX = {name: i for i, name in enumerate(_STREAMS)}
 
 
-def _layout(design: Design, seed: np.random.SeedSequence | None = None) -> _Layout:
+def _roots(seeds: Sequence[RNGLike]) -> list[_Root]:
+    """Return the replicates' seeds (the package's rule) as recipes (see SeedBlock)."""
+    if isinstance(seeds, SeedBlock):
+        return seeds.recipes()
+    out = []
+    for s in seeds:
+        ss = s if isinstance(s, np.random.SeedSequence) else seed_sequence(s)
+        out.append((ss.entropy, tuple(ss.spawn_key), ss.pool_size))
+    return out
+
+
+def _stream(root: _Root, name: str) -> np.random.Generator:
+    """Return the Generator of one component stream (``_STREAMS``) of a replicate.
+
+    Stream ``j`` is ``Generator(PCG64(child j of the replicate's seed))``, with numpy's
+    SeedSequence and Generator.
+    """
+    entropy, key, pool = root
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+        entropy, spawn_key=(*key, _STREAM_INDEX[name]), pool_size=pool)))
+
+
+def _layout(design: Design, seed: _Root | None = None) -> _Layout:
     """Return the grid of a replicate.
 
     With fixed caseloads and session counts (``design.has_fixed_structure``) every
@@ -372,7 +395,7 @@ def _batch_blocks(lay: _Layout, seeds: Sequence[RNGLike], need: set[str] | None 
     B, n = len(seeds), lay.P * lay.S
     if block is None:
         block = max(1, _BLOCK_ROWS // n)
-    roots = [s if isinstance(s, np.random.SeedSequence) else seed_sequence(s) for s in seeds]
+    roots = _roots(seeds)
     for b0 in range(0, B, block):
         rows = slice(b0, min(B, b0 + block))
         yield rows, _simulate_block(lay, roots[rows], need,
@@ -395,7 +418,7 @@ def _on_grid(draws: np.ndarray, head: int, lay: _Layout) -> np.ndarray:
     return out
 
 
-def _simulate_block(lay: _Layout, seeds: Sequence[np.random.SeedSequence],
+def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
                     need: set[str] | None, y_out: np.ndarray | None = None) -> _Block:
     """Simulate one replicate per seed on the grid ``lay``: the package's simulator.
 
