@@ -681,7 +681,8 @@ def test_text_grouping_and_categorical_columns_are_left_alone(tmp_path):
 def test_fit_binomial_mixed_attendance(tmp_path):
     import alliance_models as am
 
-    src = Path(__file__).resolve().parent / "r" / "glmer_attendance.csv"
+    tests = next(p for p in Path(__file__).resolve().parents if p.name == "tests")
+    src = tests / "r" / "glmer_attendance.csv"
     formula = "attended ~ alliance * autonomy_c + (1 | therapist)"
     out_dir = tmp_path / "report"
     code, out, err = run("fit", str(src), "--family", "binomial", "--trials", "scheduled",
