@@ -233,7 +233,7 @@ def test_brute_force_reference_sees_every_face():
 
 
 @pytest.mark.parametrize(
-    "module", ["search", "satterthwaite", "dense", "batched", "batch_fit"]
+    "module", ["search", "satterthwaite", "dense", "batched", "batched_slopes", "batch_fit"]
 )
 def test_docstring_examples_run(module):
     res = doctest.testmod(

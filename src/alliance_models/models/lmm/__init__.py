@@ -4,6 +4,8 @@
   behind :func:`alliance_models.fit_mixed`;
 * :mod:`.batched` -- random intercepts (one factor or two nested) for many replicates
   at once, from per-cluster sufficient statistics;
+* :mod:`.batched_slopes` -- the statistics and criterion of a correlated random slope
+  with a nested intercept (``(1 + x | a) + (1 | a:b)``) for the same batched optimiser;
 * :mod:`.search` -- the one boundary/optimum search over the relative SDs and its table
   of constants, used by both engines;
 * :mod:`.satterthwaite` -- the one Satterthwaite df implementation;

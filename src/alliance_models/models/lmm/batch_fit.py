@@ -1,9 +1,11 @@
-"""Fast batched REML for power simulation (random intercepts, one or two nested factors).
+"""Fast batched REML for power simulation (random intercepts; a random slope).
 
 A power run fits the same model to thousands of simulated data sets. For Gaussian
 models whose random part is random intercepts only -- one grouping factor
 (``(1 | therapist)``) or two nested ones (``(1 | therapist/patient)`` or
-``(1 | therapist) + (1 | therapist:patient)``) -- :func:`fit_batch` fits a whole batch
+``(1 | therapist) + (1 | therapist:patient)``) -- or a correlated random slope with the
+nested intercept (``(1 + alliance | therapist) + (1 | therapist:patient)``, ``slope=``;
+:mod:`alliance_models.models.lmm.batched_slopes`) -- :func:`fit_batch` fits a whole batch
 of replicates at once with the vectorised estimator of
 :mod:`alliance_models.models.lmm.batched`: per-cluster sufficient statistics,
 closed-form (Woodbury) inverses, a Newton iteration over the relative standard
@@ -34,6 +36,7 @@ import pandas as pd
 from ...errors import DataValidationError, ModelSpecError, format_rows
 from ...spec import ModelFrame, ModelSpec
 from . import batched as core
+from . import batched_slopes as slopes
 
 __all__ = ["BatchFit", "chunk_size", "fit_batch", "frame_codes", "qualifies"]
 
@@ -127,7 +130,8 @@ def frame_codes(frame: ModelFrame) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def chunk_size(
-    n: int, p: int, n_inner: int, n_outer: int, max_size: int, *, memory: int = DEFAULT_MEMORY
+    n: int, p: int, n_inner: int, n_outer: int, max_size: int, *, memory: int = DEFAULT_MEMORY,
+    slope: bool = False,
 ) -> int:
     """Replicates per chunk for a working-memory budget (see the module docstring).
 
@@ -141,6 +145,10 @@ def chunk_size(
         Largest level-1 cluster.
     memory : int, default 64 MB
         Budget in bytes.
+    slope : bool, default False
+        For the random-slope model (wider working copies and per-cluster 2 x (p + 3)
+        blocks: about ``8 * (n (2 p + 8) + n_inner (p + 1 + T + 8 (p + 3)) +
+        T (p + 1)^2 + 6 n_outer T (p + 3))`` bytes per replicate).
 
     Returns
     -------
@@ -153,7 +161,12 @@ def chunk_size(
     """
     q = p + 1
     T = max_size + 1
-    per = 8 * (n * (p + 3) + n_inner * (q + T) + T * q * q + n_outer * T * (q + 1))
+    if slope:
+        r = q + 2
+        per = 8 * (n * (2 * p + 8) + n_inner * (q + T + 8 * r) + T * q * q
+                   + 6 * n_outer * T * r)
+    else:
+        per = 8 * (n * (p + 3) + n_inner * (q + T) + T * q * q + n_outer * T * (q + 1))
     return int(max(1, min(MAX_CHUNK, memory // per)))
 
 
@@ -172,9 +185,13 @@ class BatchFit:
     sigma2 : ndarray, shape (B,)
         Residual variance.
     tau2 : ndarray, shape (B, k)
-        Variance components, outer first (``k`` = 1 or 2).
+        Variance components, outer first (``k`` = 1 or 2); with a random slope
+        (``k = 4``): outer intercept variance, intercept-slope covariance, slope variance,
+        inner variance.
     theta : ndarray, shape (B, k)
-        Relative standard deviations ``tau / sigma`` (lme4's ``theta``).
+        Relative standard deviations ``tau / sigma`` (lme4's ``theta``); with a random
+        slope lme4's ``theta`` of ``(1 + x | outer) + (1 | outer:inner)``: the relative
+        covariance factor ``(l11, l21, l22)`` of the outer term and the inner SD.
     loglik : ndarray, shape (B,)
         REML (or ML) log-likelihood, on lme4's scale.
     converged, singular : ndarray of bool, shape (B,)
@@ -322,6 +339,7 @@ def fit_batch(
     components: tuple[str, ...] | None = None,
     memory: int = DEFAULT_MEMORY,
     threads: int = 1,
+    slope: int | None = None,
 ) -> BatchFit:
     """Fit a random-intercept LMM to every replicate of a batch at once.
 
@@ -356,6 +374,11 @@ def fit_batch(
         chunks are made small enough that every thread gets one. Results do not depend
         on ``threads`` (every replicate is fitted on its own row of the batch). Leave
         BLAS single-threaded meanwhile (e.g. ``threadpoolctl``) to avoid oversubscription.
+    slope : int, optional
+        Column of ``X`` with a random slope over ``outer``, correlated with the outer
+        intercept: the model ``(1 + x | outer) + (1 | outer:inner)`` (``inner`` required).
+        ``tau2`` then holds (outer intercept variance, intercept-slope covariance, slope
+        variance, inner variance) and ``theta`` lme4's ``(l11, l21, l22, s_inner)``.
 
     Returns
     -------
@@ -424,6 +447,15 @@ def fit_batch(
         )
     n_threads = (os.cpu_count() or 1) if threads == -1 else int(threads)
     Lrows, single = _contrast_rows(contrast, p)
+    if slope is not None:
+        if isinstance(slope, bool) or not isinstance(slope, int | np.integer) or not (
+                0 <= int(slope) < p):
+            raise ModelSpecError(
+                f"slope must be the index of a column of X (0..{p - 1}), got {slope!r}")
+        if inner is None:
+            raise ModelSpecError(
+                "a random slope needs the nested inner factor too (the model "
+                "(1 + x | outer) + (1 | outer:inner)); give inner codes")
     layout = core.make_layout(outer, inner)
     if layout.n_obs != n:
         raise DataValidationError(
@@ -431,7 +463,8 @@ def fit_batch(
         )
     sizes = np.diff(np.r_[layout.inner_starts, n])
     J = 0 if layout.outer_starts is None else layout.outer_starts.shape[0]
-    step = chunk_size(n, p, layout.n_inner, J, int(sizes.max()), memory=memory)
+    step = chunk_size(n, p, layout.n_inner, J, int(sizes.max()), memory=memory,
+                      slope=slope is not None)
     row_block = max(1, min(step, memory // (8 * 6 * n * (p + 1))))
 
     if n_threads > 1:  # one chunk per thread at least
@@ -440,6 +473,11 @@ def fit_batch(
 
     def fit_chunk(lo: int) -> dict[str, np.ndarray]:
         hi = min(B, lo + step)
+        if slope is not None:
+            sst = slopes.slope_stats(
+                X if X.ndim == 2 else X[lo:hi], Y[lo:hi], layout, int(slope),
+                None if mask is None else mask[lo:hi], row_block=row_block)
+            return core.batched_fit(sst, Lrows, reml=reml)
         st = core.sufficient_stats(
             X if X.ndim == 2 else X[lo:hi],
             Y[lo:hi],
@@ -466,8 +504,10 @@ def fit_batch(
         df = df[:, 0]
     else:
         est, est_se = beta, se
-    k = layout.n_levels
-    comps = components or (("outer", "inner") if k == 2 else ("outer",))
+    k = 4 if slope is not None else layout.n_levels
+    default = (("outer", "outer:slope", "slope", "inner") if slope is not None else
+               ("outer", "inner") if k == 2 else ("outer",))
+    comps = components or default
     if len(comps) != k:
         raise ModelSpecError(f"components must name {k} variance component(s), got {comps}")
     nm = tuple(names) if names is not None else tuple(f"x{j}" for j in range(p))

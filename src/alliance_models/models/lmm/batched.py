@@ -61,12 +61,16 @@ in ``s`` (central differences of their analytic first derivatives) and the close
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import DataValidationError, format_rows
 from .satterthwaite import DF_STEP, central_jacobian, degrees_of_freedom
-from .search import GRAD_TOL, GRID, HELD_TOL, SINGULAR_TOL, search
+from .search import BOUNDARY_SNAP, GRAD_TOL, GRID, HELD_TOL, ROUNDING, SINGULAR_TOL, search
+
+if TYPE_CHECKING:
+    from .batched_slopes import SlopeStats
 
 __all__ = [
     "BatchedCriterion",
@@ -83,6 +87,8 @@ __all__ = [
 RANK_TOL = 1e-10
 #: Iterations of the quasi-Newton optimiser.
 _MAX_ITER = 60
+#: Random-slope model: ``l22`` of the reruns from inside for rank-one solutions.
+_INSIDE_STARTS = (0.3, 1.0)
 #: Forward-difference step (times ``max(1, |s|)``) for the Newton Hessians.
 _NEWTON_STEP = 1e-5
 
@@ -566,7 +572,7 @@ def _wsum(w: np.ndarray, A: np.ndarray) -> np.ndarray:
 
 
 def _evaluate(
-    st: SuffStats, s: np.ndarray, reml: bool, grad: bool
+    st: SuffStats | SlopeStats, s: np.ndarray, reml: bool, grad: bool
 ) -> tuple[np.ndarray, ...]:
     """Criterion pieces at relative SDs ``s`` (B, k), optionally with analytic gradients.
 
@@ -579,7 +585,12 @@ def _evaluate(
     ``d log|H| / d g_i = sum_g 1_g' H^{-1} 1_g``. With ``u = (-beta, 1)``:
     ``dR/dg_i = -u' Phi_i u`` and ``d log|M| / d g_i = -<Phi_i[:p, :p], M^{-1}>``; both
     are contracted without forming ``Phi_i``.
+
+    Other statistics (the random-slope model's :class:`.batched_slopes.SlopeStats`)
+    evaluate themselves.
     """
+    if not isinstance(st, SuffStats):
+        return st.evaluate(s, reml, grad)
     m = st.sizes[None, :]
     gb = (s[:, -1] ** 2)[:, None]  # level-1 ratio (the only one with one factor)
     a = 1.0 / (1.0 + m * gb)  # (B, T)
@@ -716,7 +727,7 @@ def _evaluate(
 
 
 def criterion(
-    st: SuffStats, s: np.ndarray, *, reml: bool = True
+    st: SuffStats | SlopeStats, s: np.ndarray, *, reml: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Profiled criterion pieces at relative SDs ``s``.
 
@@ -740,14 +751,16 @@ def criterion(
     return f, R, h
 
 
-def gradient(st: SuffStats, s: np.ndarray, *, reml: bool = True) -> np.ndarray:
+def gradient(st: SuffStats | SlopeStats, s: np.ndarray, *, reml: bool = True) -> np.ndarray:
     """Analytic gradient (B, k) of the profiled criterion ``f`` in ``s``."""
     _, R, _, _, dR, dh = _evaluate(st, s, reml, grad=True)
     nu = st.n - st.p if reml else st.n
     return nu[:, None] * dR / R[:, None] + dh
 
 
-def _solve_all(st: SuffStats, L: np.ndarray, Lrows: np.ndarray) -> tuple[np.ndarray, ...]:
+def _solve_all(
+    st: SuffStats | SlopeStats, L: np.ndarray, Lrows: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """Beta (scaled X), ``diag(L M^{-1} L')`` per contrast row, and ``diag(M^{-1})``.
 
     ``L`` is the Cholesky factor of ``Xa' H^{-1} Xa`` at the estimate (from ``_evaluate``).
@@ -819,12 +832,14 @@ def _moment_start(st: SuffStats) -> np.ndarray:
     return np.sqrt(g)
 
 
-def _start(st: SuffStats, reml: bool) -> np.ndarray:
+def _start(st: SuffStats | SlopeStats, reml: bool) -> np.ndarray:
     """Moment-estimate start per replicate (B, k).
 
     Where the criterion fails at the moment estimate, the best point of the interior of
     the search grid (:data:`.search.GRID` without zero) is the start instead.
     """
+    if not isinstance(st, SuffStats):  # the random-slope model
+        return st.start(reml)
     k = st.n_levels
     s0 = _moment_start(st)
     bad = np.flatnonzero(~np.isfinite(criterion(st, s0, reml=reml)[0]))
@@ -838,7 +853,11 @@ def _start(st: SuffStats, reml: bool) -> np.ndarray:
 
 
 def _fd_hessian(
-    sub: SuffStats, sa: np.ndarray, g: np.ndarray, reml: bool, fixed: tuple[int, ...] = ()
+    sub: SuffStats | SlopeStats,
+    sa: np.ndarray,
+    g: np.ndarray,
+    reml: bool,
+    fixed: tuple[int, ...] = (),
 ) -> np.ndarray:
     """Forward differences of the analytic gradient (k extra evaluations), symmetrised.
 
@@ -870,7 +889,7 @@ def _make_pd(H: np.ndarray) -> np.ndarray:
 
 
 def _newton(
-    st: SuffStats, s: np.ndarray, reml: bool, fixed: tuple[int, ...] = ()
+    st: SuffStats | SlopeStats, s: np.ndarray, reml: bool, fixed: tuple[int, ...] = ()
 ) -> tuple[np.ndarray, np.ndarray]:
     """Quasi-Newton minimisation of the profiled criterion; returns (s, converged).
 
@@ -999,15 +1018,18 @@ class BatchedCriterion:
     True
     """
 
-    def __init__(self, st: SuffStats, reml: bool) -> None:
+    def __init__(self, st: SuffStats | SlopeStats, reml: bool) -> None:
         self.st = st
         self.reml = reml
         self.n_rep = st.n_rep
-        self.k = st.n_levels
-        self.bounded = np.ones(self.k, dtype=bool)
-        self.scalar = np.ones(self.k, dtype=bool)
+        if isinstance(st, SuffStats):
+            self.k = st.n_levels
+            self.bounded = np.ones(self.k, dtype=bool)
+            self.scalar = np.ones(self.k, dtype=bool)
+        else:  # the random-slope model: its own entries (and sign symmetry)
+            self.k, self.bounded, self.scalar = st.k, st.bounded, st.scalar
 
-    def _sub(self, rep: np.ndarray) -> SuffStats:
+    def _sub(self, rep: np.ndarray) -> SuffStats | SlopeStats:
         whole = rep.size == self.n_rep and np.array_equal(rep, np.arange(self.n_rep))
         return self.st if whole else self.st.take(rep)
 
@@ -1019,11 +1041,72 @@ class BatchedCriterion:
         self, rep: np.ndarray, s0: np.ndarray, held: tuple[int, ...]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Quasi-Newton from ``s0[i]`` for ``rep[i]``; ``held`` stays at zero."""
-        return _newton(self._sub(rep), s0, self.reml, fixed=held)
+        sub = self._sub(rep)
+        s, conv = _newton(sub, s0, self.reml, fixed=held)
+        return (s if isinstance(sub, SuffStats) else sub.canonical(s)), conv
+
+
+def _second_start(
+    st: SlopeStats, s: np.ndarray, conv: np.ndarray, reml: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rerun the quasi-Newton from inside for solutions on the rank-one face.
+
+    Runs from the start mostly end with ``l22`` at (or near) zero, and that face can hold
+    a local optimum with a better one inside that no single-entry probe of the search
+    reaches (the criterion rises along ``l22`` alone; found by hypothesis runs). Those
+    replicates are rerun from their solution with ``l22`` set to each of
+    :data:`_INSIDE_STARTS`; the best optimum is kept.
+    """
+    idx = np.flatnonzero(s[:, 2] < BOUNDARY_SNAP)
+    if idx.size == 0:
+        return s, conv
+    sub = st.take(idx)
+    s, conv = s.copy(), conv.copy()
+    f0 = criterion(sub, s[idx], reml=reml)[0]
+    for v in _INSIDE_STARTS:
+        x = s[idx].copy()
+        x[:, 2] = v
+        cand, ok = _newton(sub, x, reml)
+        cand = st.canonical(cand)
+        fc = criterion(sub, cand, reml=reml)[0]
+        better = fc < f0 - ROUNDING * np.maximum(1.0, np.abs(f0))
+        s[idx[better]] = cand[better]
+        conv[idx[better]] = ok[better]
+        f0 = np.where(better, fc, f0)
+    return s, conv
+
+
+def _finish_on_face(
+    st: SlopeStats, s: np.ndarray, conv: np.ndarray, reml: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Polish unconverged solutions on their face (random-slope model).
+
+    A run that approaches a zero entry slowly (the criterion is flat there) stops short;
+    the search snaps it onto the face but keeps the run's flag. Such solutions are
+    polished with their zero entries held, and the result is taken when the criterion
+    does not rise (beyond rounding).
+    """
+    slow = np.flatnonzero(~conv)
+    if slow.size == 0:
+        return s, conv
+    s, conv = s.copy(), conv.copy()
+    zero = (s[slow] == 0.0) & st.bounded[None, :]
+    for pattern in np.unique(zero, axis=0):
+        idx = slow[(zero == pattern).all(axis=1)]
+        held = tuple(int(i) for i in np.flatnonzero(pattern))
+        sub = st.take(idx)
+        cand, ok = _newton(sub, s[idx], reml, fixed=held)
+        cand = st.canonical(cand)
+        f0 = criterion(sub, s[idx], reml=reml)[0]
+        fc = criterion(sub, cand, reml=reml)[0]
+        take = ok & (fc <= f0 + ROUNDING * np.maximum(1.0, np.abs(f0)))
+        s[idx[take]] = cand[take]
+        conv[idx[take]] = True
+    return s, conv
 
 
 def batched_fit(
-    st: SuffStats, Lrows: np.ndarray, *, reml: bool = True
+    st: SuffStats | SlopeStats, Lrows: np.ndarray, *, reml: bool = True
 ) -> dict[str, np.ndarray]:
     """Fit every replicate in ``st`` and compute the Satterthwaite df for ``Lrows``.
 
@@ -1058,10 +1141,16 @@ def batched_fit(
     (True, (1, 2))
     """
     B = st.n_rep
-    k = st.n_levels
+    slope_st = None if isinstance(st, SuffStats) else st
+    k = st.n_levels if isinstance(st, SuffStats) else st.k
     p = st.p
     s, conv = _newton(st, _start(st, reml), reml)
+    if slope_st is not None:
+        s, conv = _second_start(slope_st, slope_st.canonical(s), conv, reml)
     s, conv = search(BatchedCriterion(st, reml), s, conv)
+    if slope_st is not None:
+        s = slope_st.canonical(s)
+        s, conv = _finish_on_face(slope_st, s, conv, reml)
     f, R, h, Lc0, gR, _ = _evaluate(st, s, reml, grad=True)
     nu = st.n - p if reml else st.n
     sigma2 = R / nu
@@ -1084,7 +1173,7 @@ def batched_fit(
         Zc = np.linalg.solve(_finite_chol(Lc)[:, :p, :p], np.swapaxes(Lt, 1, 2))
         return dRx, dhx, (Zc**2).sum(axis=1)
 
-    jR, jh, gc = central_jacobian(fun, s, DF_STEP * np.maximum(1.0, s))
+    jR, jh, gc = central_jacobian(fun, s, DF_STEP * np.maximum(1.0, np.abs(s)))
     # jR[:, i, j] = d(dR/ds_j)/ds_i: symmetric Hessians of R and h; gc: (B, k, r)
     HR = 0.5 * (jR + np.swapaxes(jR, 1, 2))
     Hh = 0.5 * (jh + np.swapaxes(jh, 1, 2))
@@ -1098,15 +1187,25 @@ def batched_fit(
     G = np.empty((B, k + 1, cvals_s.shape[1]))
     G[:, :k, :] = sigma2[:, None, None] * gc
     G[:, k, :] = 2.0 * sig[:, None] * cvals_s
-    held = np.concatenate([s <= HELD_TOL, np.zeros((B, 1), dtype=bool)], axis=1)
+    bounded = np.ones(k, dtype=bool) if slope_st is None else slope_st.bounded
+    held = np.concatenate([(s <= HELD_TOL) & bounded, np.zeros((B, 1), dtype=bool)], axis=1)
     df = degrees_of_freedom(var_l, G, Hd, held)
     ok = np.all(np.isfinite(beta), axis=1) & np.isfinite(loglik) & st.full_rank
     conv = conv & ok
     # rank-deficient replicates (lme4 would drop columns): no estimates, not converged
     for arr in (beta, se, var_l, df):
         arr[~st.full_rank] = np.nan
-    tau2 = s**2 * sigma2[:, None]
-    singular = np.any(s < SINGULAR_TOL, axis=1)
+    if slope_st is not None:
+        # (var outer intercept, cov, var slope, var inner) in the units of the slope
+        # variable, and lme4's theta (the singular test is on its diagonal entries)
+        th = slope_st.to_lme4(s)
+        tau2 = sigma2[:, None] * np.column_stack([
+            th[:, 0] ** 2, th[:, 0] * th[:, 1], th[:, 1] ** 2 + th[:, 2] ** 2, th[:, 3] ** 2])
+        singular = np.any((th < SINGULAR_TOL) & bounded, axis=1)
+        s = th
+    else:
+        tau2 = s**2 * sigma2[:, None]
+        singular = np.any(s < SINGULAR_TOL, axis=1)
     return {
         "beta": beta,
         "se": se,

@@ -21,13 +21,21 @@ any (replicate, point) pairs and its local optimiser with some components held a
    pattern's zeros held -- when it lies within :data:`FACE_MARGIN` of the current
    solution (a coarse grid point can lie well above the optimum near it), and the
    polished point replaces the solution when it is better. Larger problems (more terms,
-   random slopes) get the face checks instead: for every scalar SD not at zero, the
-   optimiser runs from the solution with that SD held at zero.
+   random slopes) get the face checks instead: for every bounded entry not at zero (a
+   scalar SD, or a diagonal entry of a covariance factor), the optimiser runs from the
+   solution with that entry held at zero.
 3. **Across the face.** A solution with a component at exactly zero is a stationary
    point in that component even when the criterion falls inward. Each such component is
    moved to the probe values :data:`INWARD` (very small to far out) in turn; when a
-   probe beats the solution, the free optimiser runs from the best probe. Repeated up to
-   :data:`INWARD_ROUNDS` times.
+   probe beats the solution, the free optimiser runs from the best probe. A zero
+   diagonal entry of a covariance factor (a random slope's term) is probed with the
+   unbounded (off-diagonal) entries as they are and negated: on that face the criterion
+   depends on their norm only, so the sign the local optimiser left them with is
+   arbitrary, while off the face it sets the sign of the correlation. A factor that is
+   zero altogether (a 2 x 2 one) is also probed along the rank-one direction in which
+   the criterion falls fastest (estimated from three small probes): a correlated pair
+   of variances can raise the likelihood where neither alone does.
+   Repeated up to :data:`INWARD_ROUNDS` times.
 4. **Snap.** Bounded components below :data:`BOUNDARY_SNAP` are set to exactly zero
    when the criterion does not rise (:func:`snap`).
 
@@ -44,6 +52,7 @@ import numpy as np
 
 __all__ = [
     "BOUNDARY_SNAP",
+    "FACTOR_PROBE",
     "FACE_MARGIN",
     "GRAD_TOL",
     "GRID",
@@ -74,6 +83,9 @@ GRID = (0.0, 0.1, 0.3, 0.8, 2.0, 5.0, 10.0)
 MAX_GRID_TERMS = 3
 #: Relative SDs probed inward from a zero component (very flat optima lie near 1e-3).
 INWARD = (1e-3, 1e-2, 0.1, 0.5, 1.0, 3.0, 10.0)
+#: Size of the entries of a zero 2 x 2 covariance factor in the probes that estimate the
+#: criterion's derivative there (:func:`_rank_one_probes`).
+FACTOR_PROBE = 1e-3
 #: Rounds of the inward check (each may end on another face).
 INWARD_ROUNDS = 3
 #: Relative rounding level of the criterion: smaller differences are ties.
@@ -214,9 +226,15 @@ def _grid_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _face_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    """Step 2 without the grid: every scalar SD not at zero is held at zero in turn."""
+    """Step 2 without the grid: every bounded entry not at zero is held at zero in turn.
+
+    For a scalar SD that is its term's zero-variance face; for a diagonal entry of a
+    covariance factor, a rank-deficient factor (for ``(1 + x | g)``: correlation +-1 or
+    no intercept variance), which an optimiser inside approaches slowly when the
+    criterion is flat there.
+    """
     theta, _, _ = state
-    for i in np.flatnonzero(crit.scalar):
+    for i in np.flatnonzero(crit.bounded):
         idx = np.flatnonzero(theta[:, i] != 0.0)
         if idx.size == 0:
             continue
@@ -228,6 +246,53 @@ def _face_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]
         _accept(crit, state, idx, cand, conv)
 
 
+def _rank_one_probes(
+    crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray,
+    rows: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add rank-one probes for a 2 x 2 covariance factor that is zero altogether.
+
+    At ``Lambda = 0`` (``(1 + x | g)`` with neither variance) the criterion can fall
+    only along a correlated pair (neither variance alone lowers it): its derivative in
+    ``S = Lambda Lambda'``, ``G``, has a negative eigenvalue but positive diagonal. ``G``
+    is estimated from three probes at ``|Lambda| =`` :data:`FACTOR_PROBE` (``S`` of
+    order ``1e-6``: the first-order term dominates), and the factor is probed along the
+    eigenvector of its smallest eigenvalue (``l11 = h cos a``, ``l21 = h sin a``,
+    ``l22 = 0``, ``h`` in :data:`INWARD`). Applies when the non-scalar entries are one
+    lower-triangular 2 x 2 factor (``l11, l21, l22``: bounded, free, bounded).
+    """
+    theta, f, _ = state
+    ns = np.flatnonzero(~crit.scalar)
+    if ns.size != 3 or crit.bounded[ns].tolist() != [True, False, True]:
+        return x, rows
+    i11, i21, i22 = ns
+    # zero: bounded entries exactly, the free one to rounding (optimisers leave ~1e-20)
+    whole = np.flatnonzero((theta[:, i11] == 0.0) & (theta[:, i22] == 0.0)
+                           & (np.abs(theta[:, i21]) < BOUNDARY_SNAP) & np.isfinite(f))
+    if whole.size == 0:
+        return x, rows
+    e = FACTOR_PROBE
+    p = np.repeat(theta[whole], 3, axis=0)
+    p[:, i21] = 0.0
+    p[0::3, i11] = e  # S = e^2 [[1, 0], [0, 0]]
+    p[1::3, i22] = e  # S = e^2 [[0, 0], [0, 1]]
+    p[2::3, i11] = e  # S = e^2 [[1, 1], [1, 1]]
+    p[2::3, i21] = e
+    d = (crit.values(np.repeat(whole, 3), p).reshape(-1, 3) - f[whole, None]) / e**2
+    g11, g22 = d[:, 0], d[:, 1]
+    g12 = 0.5 * (d[:, 2] - g11 - g22)
+    a = 0.5 * np.arctan2(2.0 * g12, g11 - g22) + 0.5 * np.pi  # smallest eigenvalue's
+    c, sn = np.cos(a), np.sin(a)
+    sign = np.where(c < 0, -1.0, 1.0)  # l11 >= 0
+    h = np.array(INWARD)
+    xj = np.repeat(theta[whole], h.size, axis=0)
+    hv = np.tile(h, whole.size)
+    xj[:, i11] = np.repeat(sign * c, h.size) * hv
+    xj[:, i21] = np.repeat(sign * sn, h.size) * hv
+    xj[:, i22] = 0.0
+    return np.concatenate([x, xj]), np.r_[rows, np.repeat(whole, h.size)]
+
+
 def _inward_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> bool:
     """Step 3: probe inward from every zero component; True if a solution moved."""
     theta, f, _ = state
@@ -236,20 +301,31 @@ def _inward_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarra
     if reps.size == 0:
         return False
     h = np.array(INWARD)
-    x = np.repeat(theta[reps], h.size, axis=0)
+    base = theta[reps]
+    # a zero diagonal entry of a covariance factor leaves the signs of the entries below
+    # it free (the criterion depends on their norm only): probe with them negated too,
+    # since moving the diagonal off zero makes the sign of the correlation matter
+    flip = ~crit.bounded
+    extra = np.flatnonzero(~crit.scalar[comps]) if flip.any() else np.empty(0, np.int64)
+    if extra.size:
+        neg = base[extra].copy()
+        neg[:, flip] = -neg[:, flip]
+        base = np.concatenate([base, neg])
+        reps, comps = np.r_[reps, reps[extra]], np.r_[comps, comps[extra]]
+    x = np.repeat(base, h.size, axis=0)
     x[np.arange(x.shape[0]), np.repeat(comps, h.size)] = np.tile(h, reps.size)
-    fx = crit.values(np.repeat(reps, h.size), x).reshape(reps.size, h.size)
-    j = fx.argmin(axis=1)
-    fbest = fx[np.arange(reps.size), j]
-    # the best probe per replicate (over its zero components)
-    order = np.lexsort((fbest, reps))
-    first = order[np.r_[True, reps[order][1:] != reps[order][:-1]]]
-    lower = fbest[first] < f[reps[first]] - _tol(f[reps[first]])
+    rows = np.repeat(reps, h.size)
+    x, rows = _rank_one_probes(crit, state, x, rows)
+    fx = crit.values(rows, x)
+    # the best probe per replicate (the first of equal ones, in probe order)
+    order = np.lexsort((fx, rows))
+    first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
+    lower = fx[first] < f[rows[first]] - _tol(f[rows[first]])
     if not lower.any():
         return False
     pick = first[lower]
-    idx = reps[pick]
-    start = x.reshape(reps.size, h.size, crit.k)[pick, j[pick]]
+    idx = rows[pick]
+    start = x[pick]
     cand, conv = crit.polish(idx, start, ())
     before = theta[idx].copy()
     _accept(crit, state, idx, cand, conv)

@@ -1,0 +1,390 @@
+"""Batched REML / ML for a correlated random slope with a nested random intercept.
+
+The model is ``(1 + x | outer) + (1 | outer:inner)``, e.g.
+``(1 + alliance | therapist) + (1 | therapist:patient)``:
+
+``y = X beta + Z_j b_j + 1 c_jk + e``, ``Z_j = [1, x]`` in outer cluster ``j``,
+``b_j ~ N(0, sigma^2 Lambda Lambda')``, ``c_jk ~ N(0, sigma^2 s_b^2)``,
+``e ~ N(0, sigma^2 I)``.
+
+``Lambda = [[l11, 0], [l21, l22]]`` is lme4's relative covariance factor of the outer term
+and ``theta = (l11, l21, l22, s_b)`` (lme4's ``theta`` for this term order, with ``x``
+scaled; see below). The criterion is invariant under a sign flip of either column of
+``Lambda`` and even in ``s_b``, so the engine's quasi-Newton runs unconstrained in
+``theta`` and maps the result to non-negative diagonals (:meth:`SlopeStats.canonical`);
+the closed domain of lme4 (``l11, l22, s_b >= 0``) is covered, and a rank-one
+``Lambda Lambda'`` (``l22 = 0``: correlation +-1, or no slope variance) is a stationary
+point in ``l22`` that the shared search (:mod:`.search`) probes across.
+
+Algebra (everything from per-cluster sums, no Python loop over clusters or replicates)
+-------------------------------------------------------------------------------------
+With ``W = [X, r, 1, x]`` (``r`` the OLS residual of ``y``; ``Xa = [X, r]`` has ``q = p + 1``
+columns), level-1 (inner) clusters ``k`` of size ``m_k`` and column sums ``sigma_k = 1'W_k``,
+``zeta_k = (m_k, sum x)`` (the last two entries of ``sigma_k``), ``A = I + s_b^2 Z_b Z_b'``
+has ``A^{-1} = I - c_k 11'`` per inner cluster (``c = g / (1 + m g)``, ``g = s_b^2``, and
+``a = 1 / (1 + m g)``). For outer cluster ``j`` let
+
+* ``G_j = Z_j' A^{-1} W_j = C_j - sum_t c_t P_tj`` with ``C_j = Z_j' W_j`` and
+  ``P_tj = sum_{k in j, m_k = m_t} zeta_k sigma_k'`` (2 x (q + 2));
+* ``F_j`` its last two columns (``Z_j' A^{-1} Z_j``), ``S = Lambda Lambda'``,
+  ``N_j = I + F_j S`` and ``K_j = S N_j^{-1}`` (symmetric; Woodbury:
+  ``A^{-1} Z_j Lambda (I + Lambda' F_j Lambda)^{-1} Lambda' Z_j' A^{-1}`` contracts to
+  ``K_j``, and it is defined for singular ``S``).
+
+Then ``Xa' H^{-1} Xa = Xa'Xa - sum_t c_t Q_t - sum_j G_j' K_j G_j`` (``Q_t = sum sigma_k
+sigma_k'`` over inner clusters of size ``m_t``, the Xa block), and
+``log|H| = sum_k log(1 + m_k g) + sum_j log|N_j|``. Its Cholesky factor gives ``beta``,
+``R`` and ``log|X'H^{-1}X|`` as in :mod:`.batched`.
+
+Gradient: ``Z_j' H^{-1} W = N_j^{-1} G_j`` and ``Z_j' H^{-1} Z_j = N_j^{-1} F_j``, so for an
+entry ``l`` of ``Lambda`` with ``D = dS/dl``, ``dR = -<D, sum_j (V_j u)(V_j u)'>``,
+``d log|H| = <D, sum_j N_j^{-1} F_j>`` and ``d log|M| = -<D, sum_j V_jx M^{-1} V_jx'>``
+(``V_j = N_j^{-1} G_j``, ``u = (-beta, 1)``, ``M = X'H^{-1}X``). For ``g``, with
+``1_k' H^{-1} W = a_k (sigma_k - G_j' K_j zeta_k)``, the sums over inner clusters of the
+squares of these vectors contract with ``u`` and ``M^{-1}`` into sums of ``Q_t``,
+``P_tj`` and ``zeta zeta'`` blocks (see :meth:`SlopeStats.evaluate`). The Hessian is
+left to the quasi-Newton of :mod:`.batched` (differences of this gradient, then BFGS)
+and the Satterthwaite df to :func:`.batched.batched_fit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import batched as core
+
+__all__ = ["SlopeStats", "slope_stats"]
+
+#: Starting values tried for ``l22`` (relative slope SD, scaled ``x``); the best is used.
+_L22_STARTS = (0.1, 0.3, 1.0)
+
+
+def _inv2(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the determinants and inverses of (..., 2, 2) matrices (closed form)."""
+    a, b, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 0], A[..., 1, 1]
+    det = a * d - b * c
+    inv = np.empty_like(A)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv[..., 0, 0] = d / det
+        inv[..., 0, 1] = -b / det
+        inv[..., 1, 0] = -c / det
+        inv[..., 1, 1] = a / det
+    return det, inv
+
+
+def _cov_factor(s: np.ndarray) -> np.ndarray:
+    """``S = Lambda Lambda'`` (B, 2, 2) from ``theta`` (B, 4)."""
+    l11, l21, l22 = s[:, 0], s[:, 1], s[:, 2]
+    S = np.empty((s.shape[0], 2, 2))
+    S[:, 0, 0] = l11 * l11
+    S[:, 0, 1] = S[:, 1, 0] = l11 * l21
+    S[:, 1, 1] = l21 * l21 + l22 * l22
+    return S
+
+
+def _dcov(s: np.ndarray) -> np.ndarray:
+    """``dS / d(l11, l21, l22)``: (B, 3, 2, 2)."""
+    l11, l21, l22 = s[:, 0], s[:, 1], s[:, 2]
+    D = np.zeros((s.shape[0], 3, 2, 2))
+    D[:, 0, 0, 0] = 2.0 * l11
+    D[:, 0, 0, 1] = D[:, 0, 1, 0] = l21
+    D[:, 1, 0, 1] = D[:, 1, 1, 0] = l11
+    D[:, 1, 1, 1] = 2.0 * l21
+    D[:, 2, 1, 1] = 2.0 * l22
+    return D
+
+
+@dataclass(frozen=True)
+class SlopeStats:
+    """Per-replicate sufficient statistics of the slope model (module docstring).
+
+    ``q = p + 1``; ``W`` has ``q + 2`` columns ``[X, r, 1, x]`` (``X`` and ``x`` scaled by
+    ``scale``). ``theta`` is in the scaled units of ``x``: lme4's factor of the original
+    ``x`` is ``diag(1, zscale) Lambda``.
+    """
+
+    xtx: np.ndarray  # (B, q, q)
+    sizes: np.ndarray  # (T,) distinct inner-cluster sizes
+    Q: np.ndarray  # (B, T, q, q)
+    count: np.ndarray  # (B, T)
+    C: np.ndarray  # (B, J, 2, q + 2) Z_j' W_j
+    P: np.ndarray  # (B, T, J, 2, q + 2) sum of zeta_k sigma_k' per size and outer cluster
+    n: np.ndarray  # (B,)
+    scale: np.ndarray  # (B, p)
+    beta0: np.ndarray  # (B, p)
+    p: int
+    full_rank: np.ndarray  # (B,)
+    zscale: np.ndarray  # (B,) scale of the slope column
+
+    #: theta entries: l11, l21, l22, s_b
+    k = 4
+    #: entries with a lower bound of zero (diagonals of Lambda, the inner SD)
+    bounded = np.array([True, False, True, True])
+    #: entries that are the SD of a scalar term
+    scalar = np.array([False, False, False, True])
+
+    @property
+    def n_rep(self) -> int:
+        """Replicates."""
+        return int(self.xtx.shape[0])
+
+    def take(self, idx: np.ndarray) -> SlopeStats:
+        """Return the statistics of the replicates ``idx``."""
+        return SlopeStats(
+            self.xtx[idx], self.sizes, self.Q[idx], self.count[idx], self.C[idx],
+            self.P[idx], self.n[idx], self.scale[idx], self.beta0[idx], self.p,
+            self.full_rank[idx], self.zscale[idx],
+        )
+
+    @staticmethod
+    def canonical(s: np.ndarray) -> np.ndarray:
+        """Flip columns of ``Lambda`` to non-negative diagonals; ``|s_b|`` (same criterion)."""
+        s = np.array(s, dtype=float)
+        neg = s[:, 0] < 0
+        s[neg, :2] = -s[neg, :2]
+        s[:, 2:] = np.abs(s[:, 2:])
+        return s
+
+    def to_lme4(self, s: np.ndarray) -> np.ndarray:
+        """``theta`` for the original (unscaled) slope variable, lme4's parametrisation."""
+        out = np.array(s, dtype=float)
+        out[:, 1:3] *= self.zscale[:, None]
+        return out
+
+    def intercept_stats(self) -> core.SuffStats:
+        """Return the nested random-intercept statistics of the same data (for the start)."""
+        q = self.p + 1
+        m = self.sizes[None, :, None]
+        safe = np.where(m > 0, m, 1.0)
+        S2 = self.P[:, :, :, 0, :q] / safe[..., None]
+        N2 = self.P[:, :, :, 0, q] / safe**2
+        return core.SuffStats(self.xtx, self.sizes, self.Q, self.count, S2, N2, self.n,
+                              self.scale, self.beta0, self.p, self.full_rank)
+
+    def start(self, reml: bool) -> np.ndarray:
+        """Return the start (B, 4) of the quasi-Newton.
+
+        The nested intercept model's moment estimates for ``l11`` and ``s_b``,
+        ``l21 = 0`` and the best of :data:`_L22_STARTS` for ``l22``.
+        """
+        s0 = core._moment_start(self.intercept_stats())
+        B = self.n_rep
+        cands = []
+        for v in _L22_STARTS:
+            t = np.column_stack([s0[:, 0], np.zeros(B), np.full(B, v), s0[:, 1]])
+            cands.append((core.criterion(self, t, reml=reml)[0], t))
+        f = np.column_stack([c[0] for c in cands])
+        best = f.argmin(axis=1)
+        return np.stack([c[1] for c in cands], axis=1)[np.arange(B), best]
+
+    def evaluate(self, s: np.ndarray, reml: bool, grad: bool) -> tuple[np.ndarray, ...]:
+        """Criterion pieces at ``theta`` (B, 4), as :func:`.batched._evaluate` returns them.
+
+        ``(f, R, h, L)`` and, with ``grad``, ``dR`` and ``dh`` (B, 4).
+        """
+        p, q = self.p, self.p + 1
+        m = self.sizes[None, :]
+        g = (s[:, 3] ** 2)[:, None]
+        a = 1.0 / (1.0 + m * g)  # (B, T)
+        c = g * a
+        logdet = (self.count * np.log1p(m * g)).sum(axis=1)
+        M0 = self.xtx - core._tsum(c, self.Q)
+        Gf = self.C - core._tsum(c, self.P)  # (B, J, 2, q + 2)
+        G = Gf[..., :q]
+        F = Gf[..., q:]
+        F = 0.5 * (F + np.swapaxes(F, -1, -2))
+        S = _cov_factor(s)[:, None]  # (B, 1, 2, 2)
+        N = np.eye(2) + F @ S  # (B, J, 2, 2)
+        detN, Ninv = _inv2(N)
+        K = S @ Ninv
+        K = 0.5 * (K + np.swapaxes(K, -1, -2))
+        KG = K @ G  # (B, J, 2, q)
+        M = M0 - np.einsum("bjaq,bjar->bqr", G, KG)
+        M = 0.5 * (M + np.swapaxes(M, 1, 2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logdet = logdet + np.log(detN).sum(axis=1)
+        L = core._chol(M)
+        dg = np.diagonal(L, axis1=1, axis2=2)
+        R = dg[:, p] ** 2
+        nu = self.n - p if reml else self.n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = logdet + (2.0 * np.log(dg[:, :p]).sum(axis=1) if reml else 0.0)
+            f = nu * np.log(R) + h
+        f = np.where(np.isfinite(f), f, np.inf)
+        if not grad:
+            return f, R, h, L
+        Lf = core._finite_chol(L)
+        Li = np.linalg.inv(Lf[:, :p, :p])
+        Mi = np.swapaxes(Li, 1, 2) @ Li  # (X'H^-1 X)^-1, scaled X
+        beta = (np.swapaxes(Li, 1, 2) @ Lf[:, p, :p, None])[..., 0]
+        u = np.concatenate([-beta, np.ones((beta.shape[0], 1))], axis=1)  # (B, q)
+        B = s.shape[0]
+        # -- the entries of Lambda
+        V = Ninv @ G  # Z_j' H^-1 Xa
+        Vu = (V @ u[:, None, :, None])[..., 0]  # (B, J, 2)
+        Tu = np.einsum("bja,bjc->bac", Vu, Vu)
+        Tz = (Ninv @ F).sum(axis=1)
+        Tz = 0.5 * (Tz + np.swapaxes(Tz, 1, 2))
+        D = _dcov(s)  # (B, 3, 2, 2)
+        dR = np.empty((B, 4))
+        dh = np.empty((B, 4))
+        dR[:, :3] = -np.einsum("biac,bac->bi", D, Tu)
+        dh[:, :3] = np.einsum("biac,bac->bi", D, Tz)
+        if reml:
+            Vx = V[..., :p]
+            Tk = np.einsum("bjax,bxy,bjcy->bac", Vx, Mi, Vx)
+            dh[:, :3] -= np.einsum("biac,bac->bi", D, Tk)
+        # -- the inner SD: 1_k' H^-1 W = a_k (sigma_k - G_j' K_j zeta_k)
+        Pq = self.P[..., :q]  # (B, T, J, 2, q)
+        Pz = self.P[..., q:]  # (B, T, J, 2, 2): sum zeta zeta'
+        a2 = a**2
+        w = (G @ u[:, None, :, None])[..., 0]  # (B, J, 2)
+        e = (K @ w[..., None])[..., 0]  # (B, J, 2)
+        uQu = np.einsum("btxy,bx,by->bt", self.Q, u, u)
+        ePu = np.einsum("bja,btjax,bx->bt", e, Pq, u)
+        ePe = np.einsum("bja,btjac,bjc->bt", e, Pz, e)
+        uu_b = (a2 * (uQu - 2.0 * ePu + ePe)).sum(axis=1)
+        KPz = np.einsum("bjac,btjac->bt", K, Pz)
+        tr_b = (self.count * a * m).sum(axis=1) - (a2 * KPz).sum(axis=1)
+        if reml:
+            Gx = G[..., :p]
+            QM = np.einsum("btxy,bxy->bt", self.Q[..., :p, :p], Mi)
+            PMG = np.einsum("btjax,bxy,bjcy->btjac", Pq[..., :p], Mi, Gx)
+            KPMG = np.einsum("bjac,btjca->bt", K, PMG)
+            Y = np.einsum("bjax,bxy,bjcy->bjac", Gx, Mi, Gx)
+            KYK = K @ Y @ K  # (B, J, 2, 2)
+            KPzK = np.einsum("bjac,btjca->bt", KYK, Pz)
+            kk_b = (a2 * (QM - 2.0 * KPMG + KPzK)).sum(axis=1)
+        else:
+            kk_b = np.zeros(B)
+        sb = s[:, 3]
+        dR[:, 3] = -2.0 * sb * uu_b
+        dh[:, 3] = 2.0 * sb * (tr_b - kk_b)
+        bad = ~np.isfinite(R)
+        dR[bad] = np.nan
+        dh[bad] = np.nan
+        return f, R, h, L, dR, dh
+
+
+def slope_stats(
+    X: np.ndarray,
+    Y: np.ndarray,
+    layout: core.ClusterLayout,
+    slope: int,
+    mask: np.ndarray | None = None,
+    *,
+    row_block: int = 64,
+) -> SlopeStats:
+    """Reduce a batch of replicates to the sufficient statistics of the slope model.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, p) or (B, n, p)
+        Fixed-effects design, shared or per replicate.
+    Y : ndarray, shape (B, n)
+        Responses.
+    layout : ClusterLayout
+        From :func:`.batched.make_layout` with two nested factors.
+    slope : int
+        Column of ``X`` that has a random slope over the outer factor.
+    mask : ndarray of bool, shape (B, n), optional
+        ``False`` marks a missing observation.
+    row_block : int, default 64
+        Replicates whose working copies are held at once.
+
+    Returns
+    -------
+    SlopeStats
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> ther, pat = np.repeat(np.arange(6), 8), np.repeat(np.arange(24), 2)
+    >>> X = np.column_stack([np.ones(48), rng.normal(size=48)])
+    >>> st = slope_stats(X, rng.normal(size=(3, 48)), core.make_layout(ther, pat), 1)
+    >>> st.C.shape, st.P.shape
+    ((3, 6, 2, 5), (3, 1, 6, 2, 5))
+    """
+    if layout.outer_starts is None:
+        raise ValueError("the slope model needs two nested factors (outer and inner codes)")
+    B, n = Y.shape
+    p = X.shape[-1]
+    q = p + 1
+    r_cols = q + 2
+    order = layout.order
+    srt = layout.is_sorted
+    Ys = Y if srt else Y[:, order]
+    Ms = None if mask is None else (mask if srt else mask[:, order]).astype(float)
+    K = layout.n_inner
+    J = layout.outer_starts.shape[0]
+    m_in = core._equal_segments(layout.inner_starts, n)
+    m_out = core._equal_segments(layout.outer_starts, K)
+    if Ms is None:
+        nk1 = np.diff(np.r_[layout.inner_starts, n]).astype(float)
+        sizes, tidx1 = np.unique(nk1, return_inverse=True)
+        tidx = np.broadcast_to(tidx1.reshape(1, K), (B, K))
+    else:
+        nk = core._row_segment_sum(Ms, layout.inner_starts, m_in)
+        sizes, tidx = np.unique(nk, return_inverse=True)
+        tidx = tidx.reshape(B, K)
+    T = sizes.shape[0]
+    onehot = (tidx[:, :, None] == np.arange(T)).astype(float)  # (B, K, T)
+    count = onehot.sum(axis=1)
+    xtx = np.zeros((B, q, q))
+    Q = np.empty((B, T, q, q))
+    C = np.empty((B, J, 2, r_cols))
+    P = np.empty((B, T, J, 2, r_cols))
+    scale = np.empty((B, p))
+    beta0 = np.empty((B, p))
+    full = np.empty(B, dtype=bool)
+    zscale = np.empty(B)
+    nobs = np.full(B, float(n)) if Ms is None else Ms.sum(axis=1)
+    Xs = X[order] if (X.ndim == 2 and not srt) else X
+    for lo in range(0, B, row_block):
+        hi = min(B, lo + row_block)
+        b = hi - lo
+        mb = None if Ms is None else Ms[lo:hi]
+        yb = Ys[lo:hi] if mb is None else np.where(mb > 0, Ys[lo:hi], 0.0)
+        if X.ndim == 2:
+            xb = np.broadcast_to(Xs, (b,) + Xs.shape)
+        else:
+            xb = X[lo:hi] if srt else X[lo:hi][:, order]
+        xm = xb if mb is None else np.where(mb[..., None] > 0, xb, 0.0)
+        Gm = np.swapaxes(xm, 1, 2) @ xm
+        xty = (np.swapaxes(xm, 1, 2) @ yb[..., None])[..., 0]
+        rms = np.sqrt(np.diagonal(Gm, axis1=1, axis2=2) / nobs[lo:hi, None])
+        sc = 1.0 / np.where(rms > 0, rms, 1.0)
+        Gs = Gm * sc[:, :, None] * sc[:, None, :]
+        full[lo:hi], b0s = core._rank_and_ols(Gs, xty * sc)
+        b0 = b0s * sc
+        r = yb - (xm @ b0[..., None])[..., 0]
+        if mb is not None:
+            r = r * mb
+        W = np.empty((b, n, r_cols))
+        W[..., :p] = xm * sc[:, None, :]
+        W[..., p] = r
+        W[..., q] = 1.0 if mb is None else mb
+        W[..., q + 1] = W[..., slope]
+        sk = core._row_segment_sum(W, layout.inner_starts, m_in)  # (b, K, r): sigma_k
+        xw = core._row_segment_sum(W * W[..., q + 1, None], layout.inner_starts, m_in)
+        zeta = sk[..., q:]  # (b, K, 2)
+        Cj = np.stack([sk, xw], axis=2)  # (b, K, 2, r): Z_k' W_k
+        C[lo:hi] = core._row_segment_sum(Cj.reshape(b, K, -1), layout.outer_starts,
+                                         m_out).reshape(b, J, 2, r_cols)
+        zs = zeta[..., :, None] * sk[..., None, :]  # (b, K, 2, r)
+        oh = onehot[lo:hi]
+        for t in range(T):
+            wt = sk[..., :q] if T == 1 else sk[..., :q] * oh[:, :, t, None]
+            Q[lo:hi, t] = np.swapaxes(wt, 1, 2) @ sk[..., :q]
+            zt = zs if T == 1 else zs * oh[:, :, t, None, None]
+            P[lo:hi, t] = core._row_segment_sum(zt.reshape(b, K, -1), layout.outer_starts,
+                                                m_out).reshape(b, J, 2, r_cols)
+        xtx[lo:hi, :p, :p] = Gs
+        xtx[lo:hi, p, p] = np.linalg.vecdot(r, r)
+        scale[lo:hi] = sc
+        beta0[lo:hi] = b0s
+        zscale[lo:hi] = sc[:, slope]
+    return SlopeStats(xtx, sizes.astype(float), Q, count, C, P, nobs, scale, beta0, p, full,
+                      zscale)
