@@ -23,6 +23,10 @@ testing ``alliance:autonomy``. Everything is measured in this one run on this ma
   short runs while those
   workers are alive (joblib keeps them for 5 idle minutes), which is the like-for-like
   comparison with MCPower's warm engine on 2 threads.
+* the random-slope design: R1 analysed with
+  ``(1 + alliance | therapist) + (1 | therapist:patient)`` by ``am.power(n_jobs=1)``,
+  the batched engine (``method="auto"``) side by side with the previous route, one
+  ``fit_mixed`` per replicate (``method="mixed"``), same seeds.
 
 Binomial line (issue 13): R1 with attendance as the outcome (8 scheduled sessions per
 session row, attended ~ Binomial), ``attended ~ alliance * (age + autonomy) +
@@ -184,6 +188,36 @@ def bench_am_power(B: int, repeats: int,
     rate = B / statistics.median(timed(run, repeats))
     res = last[0]
     return rate, float(res.power), str(res.method), B / first
+
+
+SLOPE_FORMULA = ("adherence ~ alliance * (age + autonomy) + (1 + alliance | therapist) "
+                 "+ (1 | therapist:patient)")
+
+
+def bench_am_power_slope(B: int, repeats: int, method: str) -> tuple[float, str] | None:
+    """Replicates/s of ``am.power`` on R1 with the random-slope formula, ``n_jobs=1``."""
+    try:
+        import alliance_models as am
+
+        design = _r1_design()
+    except Exception as err:  # noqa: BLE001 - report any failure of the package
+        print(f"  am.power (random slope): not available ({type(err).__name__}: {err})")
+        return None
+    last: list = []
+
+    def run() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # singular-fit notes, one per replicate
+            res = am.power(design, SLOPE_FORMULA, test="alliance:autonomy", n_sims=B,
+                           method=method, n_jobs=1, seed=11, progress=False)
+        last[:] = [res]
+
+    try:
+        times = timed(run, repeats)
+    except Exception as err:  # noqa: BLE001 - report the failure, do not crash
+        print(f"  am.power (random slope, {method}): failed ({type(err).__name__}: {err})")
+        return None
+    return B / statistics.median(times), str(last[0].method)
 
 
 def bench_am_power_long(B: int) -> float | None:
@@ -355,6 +389,15 @@ def main() -> None:
     if amp3 is not None:
         print(f"  am.power(n_jobs=-1), workers started ({B_am} replicates):  "
               f"{amp3[0]:9.1f} rep/s   (power {amp3[1]:.3f})")
+    B_sl, B_slm = (100, 4) if quick else (500, 10)
+    sl_fast = bench_am_power_slope(B_sl, reps, "auto")
+    sl_mixed = bench_am_power_slope(B_slm, 1 if quick else 3, "mixed")
+    if sl_fast is not None:
+        print(f"  am.power, random slope, batched (engine {sl_fast[1]!r}, {B_sl} replicates): "
+              f"{sl_fast[0]:9.1f} rep/s")
+    if sl_mixed is not None:
+        print(f"  am.power, random slope, fit_mixed per replicate ({B_slm} replicates): "
+              f"{sl_mixed[0]:9.2f} rep/s")
     sm = bench_statsmodels(B_sm, max(1, reps // 2) if not quick else 1)
     print(f"  statsmodels MixedLM loop ({B_sm} replicates, no df):      {sm:9.2f} rep/s")
     mc = bench_mcpower(B_mc, reps)
@@ -375,6 +418,9 @@ def main() -> None:
     if amp3 is not None and mc is not None:
         print(f"  am.power n_jobs=-1, workers started / MCPower: {amp3[0] / mc:8.2f}x"
               "   (goal >= 1x: both on 2 cores, engines warm)")
+    if sl_fast is not None and sl_mixed is not None:
+        ratio = sl_fast[0] / sl_mixed[0]
+        print(f"  random slope: batched / fit_mixed per replicate:  {ratio:8.1f}x")
     B_glmm, B_mc_glmm = (5, 50) if quick else (20, 200)
     print("binomial (attendance, 8 scheduled sessions per row)")
     ours = bench_am_power_binomial(B_glmm)

@@ -91,6 +91,8 @@ class _Job:
     threshold: float = 0.975
     rope: float = 0.0
     fitter: Callable[..., Any] | None = None
+    #: the fast path's random-slope column (``(1 + x | therapist) + (1 | therapist:patient)``)
+    slope_index: int | None = None
 
     def describe(self) -> dict[str, Any]:
         """Return what identifies the run (its checkpoint fingerprint adds the seed)."""
@@ -310,7 +312,7 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
             bf = fast.fit_batch(X, Y, codes[groups[0]],
                                 codes[groups[1]] if groups[1] else None,
                                 mask=None if mask.all() else mask,
-                                contrast=job.test_index, reml=True)
+                                contrast=job.test_index, reml=True, slope=job.slope_index)
         except _FAIL_EXC:
             pass  # fit replicate by replicate below, recording failures one at a time
         else:
@@ -336,7 +338,7 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
                 Xr, y = frame.X, frame.y
                 outer, inner = fast.frame_codes(frame)
             bf = fast.fit_batch(Xr, y[None, :], outer, inner, mask=None,
-                                contrast=job.test_index, reml=True)
+                                contrast=job.test_index, reml=True, slope=job.slope_index)
         except _FAIL_EXC as err:
             failed.append(_empty_record(rep, f"{type(err).__name__}: {err}"))
             out.append({})  # placeholder, filled below in rep order
@@ -391,7 +393,8 @@ def _resolve_method(method: str | Callable[..., Any], spec: ModelSpec,
         if method == "fast" and not ok:
             raise ModelSpecError(
                 "method='fast' needs a gaussian design and a random-intercepts-only formula "
-                "with one grouping factor or two nested ones, e.g. '(1 | therapist/patient)'"
+                "with one grouping factor or two nested ones, e.g. '(1 | therapist/patient)', "
+                "or '(1 + alliance | therapist) + (1 | therapist:patient)'"
             )
         if ok:
             return "fast"
@@ -445,7 +448,7 @@ def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
     sizes = np.unique(level1, return_counts=True)[1]
     n_outer = int(np.unique(codes[groups[0]]).size) if groups[1] else 0
     return fast.chunk_size(int(sa.therapist.size), len(x_names), int(sizes.size), n_outer,
-                           int(sizes.max()))
+                           int(sizes.max()), slope=fast.random_slope(spec) is not None)
 
 
 def _default_batch_size(method: str, n_sims: int, stacked_cap: int | None = None) -> int:
@@ -503,8 +506,10 @@ def power(
     alpha : float, default 0.05
         Two-sided level of the Wald/t test (Satterthwaite df for mixed models).
     method : {"auto", "fast", "mixed", "gee", "ols", "bayes"} or callable
-        ``"auto"`` uses the batched REML engine when the formula qualifies (gaussian,
-        random intercepts, one or two nested factors), else ``fit_mixed`` (random
+        ``"auto"`` uses the batched REML engine when the formula qualifies (gaussian;
+        random intercepts, one or two nested factors; or a correlated random slope with
+        the nested intercept, ``(1 + alliance | therapist) + (1 | therapist:patient)``,
+        whose slope variable is also a fixed effect), else ``fit_mixed`` (random
         terms) or ``fit_ols``. For a binomial design whose formula models the counts
         (``"attended ~ ..."`` or ``"completed ~ ..."``), ``"auto"`` and ``"mixed"`` fit
         the binomial GLMM (``fit_mixed(family="binomial", trials=<denominator>)``,
@@ -604,12 +609,25 @@ def power(
     entropy = root.entropy
     truth, exact, x_names, first = _truth(design, spec, resolved, kwargs, child(root, 0),
                                           test)
+    slope_index = None
+    if resolved == "fast":
+        from ..models.lmm import batch_fit as fast
+
+        var = fast.random_slope(spec)
+        if var is not None and var not in x_names:  # the batched model needs x in X
+            if method == "fast":
+                raise ModelSpecError(
+                    f"method='fast' fits a random slope of {var!r} only with {var!r} among "
+                    f"the fixed effects; coefficients: {', '.join(x_names)}")
+            resolved = "mixed"
+        elif var is not None:
+            slope_index = x_names.index(var)
     stacked = _stacked_cap(design, spec, x_names, first) if resolved == "fast" else None
     job = _Job(
         design=design, formula=formula, test=test, test_index=x_names.index(test),
         x_names=x_names, method=resolved, alpha=float(alpha), fit_kwargs=kwargs,
         bayes_rule=rule, threshold=float(threshold), rope=float(rope),
-        fitter=method if callable(method) else None,
+        fitter=method if callable(method) else None, slope_index=slope_index,
     )
     bs = batch_size or _default_batch_size(resolved, n_sims, stacked)
     fp = _checkpoint.fingerprint(job.describe(), root)

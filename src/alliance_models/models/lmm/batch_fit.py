@@ -38,7 +38,7 @@ from ...spec import ModelFrame, ModelSpec
 from . import batched as core
 from . import batched_slopes as slopes
 
-__all__ = ["BatchFit", "chunk_size", "fit_batch", "frame_codes", "qualifies"]
+__all__ = ["BatchFit", "chunk_size", "fit_batch", "frame_codes", "qualifies", "random_slope"]
 
 #: Default working-memory budget of one chunk, in bytes.
 DEFAULT_MEMORY = 64 * 2**20
@@ -54,12 +54,47 @@ def _nested_pair(spec: ModelSpec) -> tuple[str, str] | None:
     return None
 
 
+def random_slope(spec: ModelSpec) -> str | None:
+    """Return the random slope's variable when the random part is ``(1 + x | a) + (1 | a:b)``.
+
+    That is a correlated random intercept and slope of one variable over ``a`` plus a
+    random intercept of ``b`` nested in ``a``: the random-slope model of the batched
+    engine (``fit_batch(..., slope=...)``). Anything else gives None.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> from alliance_models import parse_formula
+    >>> random_slope(parse_formula(
+    ...     "adherence ~ alliance + (1 + alliance | therapist) + (1 | therapist:patient)"))
+    'alliance'
+    >>> random_slope(parse_formula("adherence ~ alliance + (1 | therapist/patient)")) is None
+    True
+    """
+    if len(spec.random) != 2 or _nested_pair(spec) is None:
+        return None
+    a, b = sorted(spec.random, key=lambda t: len(t.factors))
+    if (a.intercept and a.correlated and len(a.slopes) == 1 and b.intercept
+            and not b.slopes):
+        return a.slopes[0]
+    return None
+
+
 def qualifies(spec: ModelSpec) -> bool:
     """Whether the batched engine can fit ``spec``.
 
     It can when the random part is random intercepts only, with one grouping factor or
-    two nested ones (``(1 | a/b)``, ``(1 | a) + (1 | a:b)``). The response is taken as
-    Gaussian (the engine is a linear mixed model).
+    two nested ones (``(1 | a/b)``, ``(1 | a) + (1 | a:b)``), or a correlated random slope
+    over the outer factor with the nested intercept (``(1 + x | a) + (1 | a:b)``, see
+    :func:`random_slope`; fit it with ``slope=`` the column of ``x``). The response is
+    taken as Gaussian (the engine is a linear mixed model).
 
     Parameters
     ----------
@@ -77,8 +112,13 @@ def qualifies(spec: ModelSpec) -> bool:
     True
     >>> qualifies(parse_formula("adherence ~ alliance + (1 + alliance | therapist)"))
     False
+    >>> qualifies(parse_formula(
+    ...     "adherence ~ alliance + (1 + alliance | therapist) + (1 | therapist:patient)"))
+    True
     """
     terms = spec.random
+    if random_slope(spec) is not None:
+        return True
     if not terms or any((not t.intercept) or t.slopes for t in terms):
         return False
     if len(terms) == 1:
@@ -120,7 +160,8 @@ def frame_codes(frame: ModelFrame) -> tuple[np.ndarray, np.ndarray | None]:
     if not qualifies(spec):
         raise ModelSpecError(
             f"formula {spec.formula!r} does not qualify for the batched REML engine: it "
-            "needs random intercepts only, with one grouping factor or two nested ones"
+            "needs random intercepts only, with one grouping factor or two nested ones, "
+            "or (1 + x | a) + (1 | a:b)"
         )
     if len(spec.random) == 1:
         return frame.groups[spec.random[0].group], None
