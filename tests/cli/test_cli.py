@@ -492,6 +492,29 @@ def test_fit_probes_over_patients(single_level_csv):
                             over="patient").summary() in out
 
 
+def test_fit_kenward_roger_df(single_level_csv):
+    import alliance_models as am
+
+    path, data = single_level_csv
+    formula = "adherence ~ alliance * age + (1 | therapist)"
+    code, out, err = run("fit", str(path), "--formula", formula, "--focal", "alliance",
+                         "--moderator", "age", "--ddf", "kenward-roger", "-q")
+    assert code == 0, err
+    fit = am.fit_mixed(formula, data, ddf="kenward-roger")
+    assert fit.summary() in out
+    assert am.simple_slopes(fit, focal="alliance", moderator="age").summary() in out
+    # the Satterthwaite table differs (KR adjusts the SEs), so the option reached the fit
+    assert am.fit_mixed(formula, data).summary() not in out
+
+
+def test_fit_kenward_roger_needs_a_gaussian_mixed_model(single_level_csv):
+    path, _ = single_level_csv
+    code, _, err = run("fit", str(path), "--method", "ols", "--formula",
+                       "adherence ~ alliance * age", "--ddf", "kenward-roger")
+    assert code == 2
+    assert "--ddf kenward-roger applies to gaussian mixed models" in err
+
+
 def test_fit_bad_at_is_a_usage_error(single_level_csv):
     path, _ = single_level_csv
     code, _, err = run("fit", str(path), "--formula", "adherence ~ alliance * age",

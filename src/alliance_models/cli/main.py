@@ -217,6 +217,11 @@ def _cmd_fit(args: argparse.Namespace, console: Console) -> int:
             kwargs["family"] = args.family
     if glmm and args.nagq != 1:
         kwargs["nAGQ"] = args.nagq
+    if args.ddf != "satterthwaite":
+        if args.method != "mixed" or glmm:
+            raise SystemExit(_usage_error("fit", f"--ddf {args.ddf} applies to gaussian "
+                                          "mixed models (--method mixed) only"))
+        kwargs["ddf"] = args.ddf
     _check_numeric_columns(data, args.formula)
     what = f"{args.family} mixed" if glmm else args.method
     with console.timed(f"fitting the {what} model"):
@@ -511,6 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nagq", type=int, default=1, metavar="K",
                    help="binomial/poisson mixed models: 1 = Laplace (default), more = "
                    "adaptive Gauss-Hermite quadrature nodes (one random intercept)")
+    p.add_argument("--ddf", choices=("satterthwaite", "kenward-roger"), default="satterthwaite",
+                   help="gaussian mixed models: denominator df for t and F tests, simple "
+                   "slopes and Johnson-Neyman (default: %(default)s; kenward-roger also "
+                   "adjusts the SEs, as pbkrtest)")
     p.add_argument("--score", metavar="INSTRUMENT=PATTERN", action="append",
                    help="score a questionnaire first, e.g. 'wai-sr=wai_{i}' (repeatable; "
                    "needs --prepare)")
