@@ -802,24 +802,12 @@ def _assemble(
     lams = problem.lambdas(theta)
     covs = [sigma2 * lam @ lam.T for lam in lams]
     random_effects: dict[str, pd.DataFrame] = {}
-    vc_rows = []
-    for k, (t, blk, lam, cov) in enumerate(
-        zip(spec.random, problem.blocks, lams, covs, strict=True)
-    ):
+    for k, (t, lam) in enumerate(zip(spec.random, lams, strict=True)):
         bk = problem.term_values(ev.u, k) @ lam.T
         random_effects[str(t)] = pd.DataFrame(
             bk, index=frame.group_labels[t.group], columns=list(t.coef_names)
         )
-        cn = t.coef_names
-        sds = np.sqrt(np.clip(np.diag(cov), 0, None))
-        for i in range(blk.q):
-            vc_rows.append((t.group, cn[i], "", float(cov[i, i]), float(sds[i])))
-        if t.correlated:
-            for j in range(blk.q):
-                for i in range(j + 1, blk.q):
-                    den = sds[i] * sds[j]
-                    corr = float(cov[i, j] / den) if den > 0 else float("nan")
-                    vc_rows.append((t.group, cn[j], cn[i], float(cov[i, j]), corr))
+    vc_rows = dense.varcomp_rows(spec.random, problem.blocks, covs)
     vc_rows.append(("Residual", "", "", sigma2, sigma))
     varcomp = pd.DataFrame(vc_rows, columns=["group", "var1", "var2", "vcov", "sdcor"])
 

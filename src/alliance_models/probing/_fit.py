@@ -328,18 +328,7 @@ def freq_rows(fit: Any, W: np.ndarray, alpha: float) -> pd.DataFrame:
 
 def bayes_rows(draws: np.ndarray, W: np.ndarray, alpha: float) -> pd.DataFrame:
     """Posterior median, mean, SD, HDI and probability of direction of ``W b``."""
-    eff = draws @ W.T  # (S, k)
-    h = [core.hdi(eff[:, k], 1 - alpha) for k in range(W.shape[0])]
-    return pd.DataFrame(
-        {
-            "estimate": np.median(eff, axis=0),
-            "mean": eff.mean(axis=0),
-            "sd": eff.std(axis=0, ddof=1),
-            "hdi_lower": [x[0] for x in h],
-            "hdi_upper": [x[1] for x in h],
-            "pd": [core.prob_direction(eff[:, k]) for k in range(W.shape[0])],
-        }
-    )
+    return bayes_effect_rows(draws @ W.T, alpha)
 
 
 def held_note(held: Mapping[str, float], given: Mapping[str, float] | None) -> str:

@@ -30,7 +30,7 @@ from ...errors import (
     format_rows,
 )
 from ...spec import ModelSpec
-from ..lmm.dense import RandomBlock
+from ..lmm.dense import RandomBlock, varcomp_rows
 from .counts import binomial_counts, poisson_counts, zero_trial_rows
 from .family import FAMILIES, get_family
 from .laplace import CONV_TOL, SINGULAR_TOL, optimize
@@ -227,23 +227,13 @@ def _assemble(spec, frame, problem, opt, family, trials, n_agq, n_zero,  # noqa:
     lams = problem.lambdas(theta)
     covs = [lam @ lam.T for lam in lams]
     random_effects: dict[str, pd.DataFrame] = {}
-    vc_rows = []
     b = problem.b_of_u(theta, opt.mode.u)
-    for j, (t, blk, cov) in enumerate(zip(spec.random, problem.blocks, covs, strict=True)):
+    for j, t in enumerate(spec.random):
         random_effects[str(t)] = pd.DataFrame(
             problem.term_values(b, j), index=frame.group_labels[t.group],
             columns=list(t.coef_names),
         )
-        cn = t.coef_names
-        sds = np.sqrt(np.clip(np.diag(cov), 0, None))
-        for i in range(blk.q):
-            vc_rows.append((t.group, cn[i], "", float(cov[i, i]), float(sds[i])))
-        if t.correlated:
-            for c in range(blk.q):
-                for r in range(c + 1, blk.q):
-                    den = sds[r] * sds[c]
-                    corr = float(cov[r, c] / den) if den > 0 else float("nan")
-                    vc_rows.append((t.group, cn[c], cn[r], float(cov[r, c]), corr))
+    vc_rows = varcomp_rows(spec.random, problem.blocks, covs)
     varcomp = pd.DataFrame(vc_rows, columns=["group", "var1", "var2", "vcov", "sdcor"])
 
     loglik = -0.5 * opt.deviance

@@ -26,7 +26,9 @@ What lives here (no pandas, no statsmodels):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
@@ -787,3 +789,26 @@ def is_singular(problem: LMMProblem, theta: np.ndarray, tol: float = SINGULAR_TO
     """
     bounded = np.isfinite(problem.lower)
     return bool(np.any(np.asarray(theta)[bounded] < tol))
+
+
+def varcomp_rows(
+    random: Sequence[Any], blocks: Sequence[RandomBlock], covs: Sequence[np.ndarray]
+) -> list[tuple[str, str, str, float, float]]:
+    """Rows ``(group, var1, var2, vcov, sdcor)`` of the random-effect covariances.
+
+    As lme4's ``VarCorr`` table: a variance and SD per coefficient, then (correlated terms)
+    each covariance with its correlation (``nan`` where an SD is zero).
+    """
+    rows: list[tuple[str, str, str, float, float]] = []
+    for t, blk, cov in zip(random, blocks, covs, strict=True):
+        cn = t.coef_names
+        sds = np.sqrt(np.clip(np.diag(cov), 0, None))
+        for i in range(blk.q):
+            rows.append((t.group, cn[i], "", float(cov[i, i]), float(sds[i])))
+        if t.correlated:
+            for j in range(blk.q):
+                for i in range(j + 1, blk.q):
+                    den = sds[i] * sds[j]
+                    corr = float(cov[i, j] / den) if den > 0 else float("nan")
+                    rows.append((t.group, cn[j], cn[i], float(cov[i, j]), corr))
+    return rows
