@@ -739,7 +739,7 @@ def test_other_bad_options(small):
     f = "adherence ~ alliance + (1 | therapist)"
     with pytest.raises(ModelSpecError, match="has no random-effects term.*fit_ols"):
         am.fit_mixed("adherence ~ alliance", small)
-    with pytest.raises(ModelSpecError, match="ddf='kenwardroger' is not available"):
+    with pytest.raises(ModelSpecError, match="ddf 'kenwardroger' is unknown; allowed: 'sat"):
         am.fit_mixed(f, small, ddf="kenwardroger")
     with pytest.raises(ModelSpecError, match="optimizer.*'newton'.*not known"):
         am.fit_mixed(f, small, optimizer="newton")

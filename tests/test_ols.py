@@ -230,7 +230,7 @@ def test_random_terms_are_rejected(data):
 
 
 def test_bad_hc(data):
-    with pytest.raises(ModelSpecError, match="hc='HC9' is not supported; use one of HC0"):
+    with pytest.raises(ModelSpecError, match="hc 'HC9' is unknown; allowed: 'HC0'"):
         am.fit_ols("y ~ x * w", data, hc="HC9")
 
 

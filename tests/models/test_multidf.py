@@ -113,7 +113,7 @@ def test_contrast_errors():
         f.contrast([[0, 1, 0, 0], [0, 0, np.nan, 0]])
     with pytest.raises(ModelSpecError, match="linearly dependent"):
         f.contrast([[0, 1, 0, 0], [0, 2, 0, 0]], ddf="kenward-roger")
-    with pytest.raises(ModelSpecError, match="ddf='residual' is not available"):
+    with pytest.raises(ModelSpecError, match="ddf 'residual' is unknown; allowed: 'satt"):
         f.anova(ddf="residual")
 
 

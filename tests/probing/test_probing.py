@@ -582,7 +582,7 @@ def test_invalid_at(data, at, msg):
 
 def test_invalid_other_arguments(data):
     fit = am.fit_ols("y ~ x * w * z", data)
-    with pytest.raises(ModelSpecError, match="alpha must lie strictly between 0 and 1"):
+    with pytest.raises(ModelSpecError, match=r"alpha must lie in \(0, 1\)"):
         am.simple_slopes(fit, focal="x", moderator="w", alpha=1.5)
     with pytest.raises(ModelSpecError, match=r"at_values_other: 'q' does not interact.*z"):
         am.simple_slopes(fit, focal="x", moderator="w", at_values_other={"q": 1.0})

@@ -33,6 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from .._terms import design_columns
+from .._validate import one_of
 from ..errors import ModelSpecError
 from .lmm import kenward_roger, satterthwaite
 
@@ -165,12 +166,7 @@ def anova_table(fit: Any, ddf: str | None = None) -> pd.DataFrame:
 def _method(fit: Any, ddf: str | None) -> str:
     if ddf is None:
         return "kenward-roger" if fit.ddf == "kenward-roger" else "satterthwaite"
-    if ddf not in ("satterthwaite", "kenward-roger"):
-        raise ModelSpecError(
-            f"ddf={ddf!r} is not available for F tests; choose 'satterthwaite' or "
-            "'kenward-roger'"
-        )
-    return ddf
+    return one_of("ddf", ddf, ("satterthwaite", "kenward-roger"), ModelSpecError, quote=True)
 
 
 def _check_L(fit: Any, L: Any) -> np.ndarray:

@@ -47,6 +47,7 @@ import pandas as pd
 from scipy import special, stats
 
 from .._format import fmt_num, table_text
+from .._validate import integer, one_of, probability
 from ..errors import (
     ConvergenceWarning,
     DataValidationError,
@@ -574,21 +575,11 @@ def fit_gee(
     import statsmodels.api as sm
     from statsmodels.tools.sm_exceptions import ConvergenceWarning as SMConvergenceWarning
 
-    if family not in ("binomial", "gaussian"):
-        raise ModelSpecError(f"family={family!r} is not supported; use 'binomial' or 'gaussian'")
-    if cov_struct not in _STRUCTURES:
-        raise ModelSpecError(
-            f"cov_struct={cov_struct!r} is not supported; use 'exchangeable', 'ar1' or "
-            "'independence'"
-        )
-    if cor_estimator not in _ESTIMATORS:
-        raise ModelSpecError(
-            f"cor_estimator={cor_estimator!r} is not supported; use 'geepack' or 'moment'"
-        )
-    if not 0 < alpha < 1:
-        raise ModelSpecError(f"alpha must lie in (0, 1), got {alpha!r}")
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer) or maxiter < 2:
-        raise ModelSpecError(f"maxiter must be an integer >= 2, got {maxiter!r}")
+    one_of("family", family, ("binomial", "gaussian"), ModelSpecError, quote=True)
+    one_of("cov_struct", cov_struct, _STRUCTURES, ModelSpecError, quote=True)
+    one_of("cor_estimator", cor_estimator, _ESTIMATORS, ModelSpecError, quote=True)
+    probability("alpha", alpha, ModelSpecError)
+    integer("maxiter", maxiter, ModelSpecError, minimum=2)
     if not isinstance(data, pd.DataFrame):
         raise ModelSpecError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     spec = formula if isinstance(formula, ModelSpec) else parse_formula(formula)

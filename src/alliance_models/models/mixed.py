@@ -33,6 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from .._format import fmt_num, table_text
+from .._validate import one_of, probability
 from ..errors import ConvergenceWarning, ModelSpecError, SingularFitWarning
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec, RandomTerm
@@ -365,8 +366,7 @@ class MixedFit:
         --------
         >>> fit.conf_int(0.1)  # doctest: +SKIP
         """
-        if not 0 < alpha < 1:
-            raise ModelSpecError(f"alpha must be between 0 and 1, got {alpha!r}")
+        probability("alpha", alpha, ModelSpecError)
         df = self.fixed["df"].to_numpy()
         q = np.where(
             np.isfinite(df),
@@ -677,8 +677,7 @@ def fit_mixed(
     spec = parse_formula(formula) if isinstance(formula, str) else formula
     if not isinstance(spec, ModelSpec):
         raise ModelSpecError(f"formula must be a string or ModelSpec, got {type(formula)!r}")
-    if ddf not in DDF_METHODS:
-        raise ModelSpecError(f"ddf={ddf!r} is not available; choose one of {DDF_METHODS}")
+    one_of("ddf", ddf, DDF_METHODS, ModelSpecError, quote=True)
     if ddf == "kenward-roger" and not reml:
         raise ModelSpecError(
             "ddf='kenward-roger' is defined for REML fits only (as in pbkrtest and "

@@ -24,6 +24,7 @@ from scipy import stats
 from .._format import fmt_num, fmt_p, table_text
 from .._random import RNGLike, as_generator
 from .._terms import design_columns
+from .._validate import integer, one_of, probability
 from ..errors import ModelSpecError
 from ..formula import parse_formula
 from ..spec import ModelFrame, ModelSpec
@@ -365,12 +366,10 @@ def fit_ols(
             f"({', '.join(str(t) for t in spec.random)}); fit_ols fits single-level models "
             "only: use fit_mixed for random effects (or fit_gee for clustered binomial data)"
         )
-    if hc is not None and hc not in _HC:
-        raise ModelSpecError(f"hc={hc!r} is not supported; use one of {', '.join(_HC)} or None")
-    if not 0 < alpha < 1:
-        raise ModelSpecError(f"alpha must lie in (0, 1), got {alpha!r}")
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int | np.integer) or bootstrap < 0:
-        raise ModelSpecError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
+    if hc is not None:
+        one_of("hc", hc, _HC, ModelSpecError, quote=True)
+    probability("alpha", alpha, ModelSpecError)
+    integer("bootstrap", bootstrap, ModelSpecError)
     if not isinstance(data, pd.DataFrame):
         raise ModelSpecError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     spec.check_columns(data)

@@ -22,6 +22,7 @@ import math
 
 from scipy import stats
 
+from .._validate import probability
 from ..errors import DesignError
 from .design import Design
 
@@ -58,8 +59,7 @@ def noncentral_t_power(ncp: float, df: float, alpha: float = 0.05) -> float:
     >>> round(noncentral_t_power(0.0, 20, 0.05), 6)
     0.05
     """
-    if not 0 < alpha < 1:
-        raise DesignError(f"alpha must be in (0, 1), got {alpha!r}")
+    probability("alpha", alpha, DesignError)
     if df <= 0:
         raise DesignError(f"degrees of freedom must be positive, got {df!r}")
     crit = stats.t.ppf(1 - alpha / 2, df)

@@ -45,7 +45,7 @@ from scipy import special
 
 from .._progress import progress as _progress
 from .._random import RNGLike, SeedBlock, child, seed_sequence
-from .._validate import one_of, positive_int
+from .._validate import one_of, positive_int, probability
 from ..errors import (
     AllianceModelsError,
     AllianceModelsWarning,
@@ -575,8 +575,7 @@ def power(
     if not isinstance(design, Design):
         raise DesignError(f"design must be an alliance_models.Design, got {type(design).__name__}")
     positive_int("n_sims", n_sims, ModelSpecError)
-    if not 0 < alpha < 1:
-        raise ModelSpecError(f"alpha must be in (0, 1), got {alpha!r}")
+    probability("alpha", alpha, ModelSpecError)
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int | np.integer) or n_jobs == 0:
         raise ModelSpecError(
             f"n_jobs must be a positive number of worker processes, or -1 for every core "

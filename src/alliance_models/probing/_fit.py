@@ -19,6 +19,7 @@ from scipy import stats
 
 from .._format import fmt_num
 from .._terms import DesignColumn, design_columns
+from .._validate import probability
 from ..errors import ModelSpecError, format_rows
 from . import _core as core
 from .delta import LINKS
@@ -104,8 +105,7 @@ def check_fit(fit: Any) -> None:
 
 def check_alpha(alpha: float) -> None:
     """Raise unless ``0 < alpha < 1``."""
-    if not (isinstance(alpha, float | int) and 0 < alpha < 1):
-        raise ModelSpecError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    probability("alpha", alpha, ModelSpecError)
 
 
 def posterior_draws(fit: Any) -> np.ndarray | None:

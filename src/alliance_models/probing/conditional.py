@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._format import fmt_num
+from .._validate import integer, one_of
 from ..errors import ModelSpecError
 from . import _core as core
 from ._fit import (
@@ -156,10 +157,8 @@ def conditional_effects(
     """
     check_fit(fit)
     check_alpha(alpha)
-    if scale not in ("link", "response"):
-        raise ModelSpecError(f"scale={scale!r}; use 'link' or 'response'")
-    if not isinstance(n_points, int | np.integer) or n_points < 2:
-        raise ModelSpecError(f"n_points must be an integer >= 2, got {n_points!r}")
+    one_of("scale", scale, ("link", "response"), ModelSpecError, quote=True)
+    integer("n_points", n_points, ModelSpecError, minimum=2)
     frame = fit.frame
     terms = Terms.of(frame)
     check_terms(terms, focal, [moderator])

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .._format import table_text
 from .._random import RNGLike
+from .._validate import integer
 from ..errors import ModelSpecError
 from ._fit import (
     Terms,
@@ -324,8 +325,7 @@ def simple_slopes(
 
 
 def _boot_params(fit: Any, bootstrap: int, seed: RNGLike) -> pd.DataFrame | None:
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int | np.integer) or bootstrap < 0:
-        raise ModelSpecError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
+    integer("bootstrap", bootstrap, ModelSpecError)
     if bootstrap > 0:
         if not hasattr(fit, "bootstrap_params"):
             raise ModelSpecError(

@@ -269,11 +269,11 @@ def test_bad_data_values_are_named(gdata, bdata):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"family": "poisson"}, "family must be one of gaussian, binomial, beta_binomial"),
-        ({"sampler": "stan"}, "sampler must be one of auto, pymc, nutpie, got 'stan'"),
-        ({"draws": 0}, "draws must be an integer >= 1, got 0"),
-        ({"chains": 1.5}, "chains must be an integer >= 1"),
-        ({"target_accept": 1.0}, r"target_accept must be in \[0.5, 1\)"),
+        ({"family": "poisson"}, "family 'poisson' is unknown; allowed: gaussian, binomial"),
+        ({"sampler": "stan"}, "sampler 'stan' is unknown; allowed: auto, pymc, nutpie"),
+        ({"draws": 0}, "draws must be a positive integer, got 0"),
+        ({"chains": 1.5}, "chains must be a positive integer"),
+        ({"target_accept": 1.0}, r"target_accept must lie in \[0.5, 1\)"),
         ({"rhat_max": 0.99}, r"rhat_max must be >= 1 \(r_hat is 1 at convergence\), got 0.99"),
         ({"ess_min": -5}, "ess_min must be >= 0, got -5"),
         ({"trials": "scheduled"}, "trials= is only used by the binomial families"),

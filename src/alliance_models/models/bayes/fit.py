@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..._random import RNGLike, spawn
+from ..._validate import integer, interval, one_of
 from ...errors import DataValidationError, DiagnosticsWarning, ModelSpecError, format_rows
 from ...formula import parse_formula
 from ...spec import ModelFrame, ModelSpec
@@ -400,18 +401,15 @@ def fit_bayes(
 def _check_options(*, family: str, trials: str | None, draws: Any, tune: Any, chains: Any,
                    rhat_max: float, ess_min: float, target_accept: float) -> None:
     """Check the family, sampler settings and diagnostic thresholds (before the data)."""
-    if family not in _FAMILIES:
-        raise ModelSpecError(f"family must be one of {', '.join(_FAMILIES)}, got {family!r}")
+    one_of("family", family, _FAMILIES, ModelSpecError)
     for name, v, lo in (("draws", draws, 1), ("tune", tune, 0), ("chains", chains, 1)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
-            raise ModelSpecError(f"{name} must be an integer >= {lo}, got {v!r}")
+        integer(name, v, ModelSpecError, minimum=lo)
     if not float(rhat_max) >= 1.0:
         raise ModelSpecError(f"rhat_max must be >= 1 (r_hat is 1 at convergence), got "
                              f"{rhat_max!r}")
     if not float(ess_min) >= 0.0:
         raise ModelSpecError(f"ess_min must be >= 0, got {ess_min!r}")
-    if not 0.5 <= float(target_accept) < 1.0:
-        raise ModelSpecError(f"target_accept must be in [0.5, 1), got {target_accept!r}")
+    interval("target_accept", target_accept, 0.5, 1.0, ModelSpecError, closed="left")
     if family != "gaussian" and trials is None:
         raise ModelSpecError(
             f"family={family!r} needs trials= naming the column of denominators (e.g. "
@@ -436,8 +434,7 @@ def resolve_sampler(sampler: str, collapsed: bool = False) -> str:
     >>> resolve_sampler("auto")  # a model that samples every random effect
     'pymc'
     """
-    if sampler not in _SAMPLERS:
-        raise ModelSpecError(f"sampler must be one of {', '.join(_SAMPLERS)}, got {sampler!r}")
+    one_of("sampler", sampler, _SAMPLERS, ModelSpecError)
     if sampler == "auto":
         return "nutpie" if collapsed and _has_nutpie() else "pymc"
     if sampler == "nutpie":

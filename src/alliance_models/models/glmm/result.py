@@ -9,6 +9,7 @@ import pandas as pd
 from scipy import stats
 
 from ..._format import fmt_num, table_text
+from ..._validate import one_of, probability
 from ...errors import ModelSpecError
 from ...spec import ModelFrame, ModelSpec
 from .family import Family
@@ -158,8 +159,7 @@ class GLMMFit:
         --------
         >>> fit.conf_int(0.1)  # doctest: +SKIP
         """
-        if not 0 < alpha < 1:
-            raise ModelSpecError(f"alpha must be between 0 and 1, got {alpha!r}")
+        probability("alpha", alpha, ModelSpecError)
         q = stats.norm.ppf(1 - alpha / 2)
         est, se = self.fixed["estimate"], self.fixed["se"]
         return pd.DataFrame({"lower": est - q * se, "upper": est + q * se})
@@ -221,8 +221,7 @@ class GLMMFit:
         >>> fit.predict(scale="response").between(0, 1).all()  # doctest: +SKIP
         True
         """
-        if scale not in ("link", "response"):
-            raise ModelSpecError(f"scale={scale!r}; use 'link' or 'response'")
+        one_of("scale", scale, ("link", "response"), ModelSpecError, quote=True)
         data = self.frame.data if newdata is None else newdata
         eta = self.frame.fixed_design(data) @ self.fixed["estimate"].to_numpy()
         if include_random:
