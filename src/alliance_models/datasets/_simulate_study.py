@@ -15,6 +15,7 @@ import pandas as pd
 from scipy import special, stats
 
 from .._random import RNGLike, as_generator
+from .._validate import interval, probability
 from ..errors import DesignError
 from ..instruments.keys import EARS, HCCQ_SHORT, WAI_SR
 
@@ -314,15 +315,13 @@ def simulate_study(
         "adherence_icc": adherence_icc,
         "dropout": dropout,
     }.items():
-        if not 0.0 < value < 1.0:
-            raise DesignError(f"{name} must lie strictly between 0 and 1; got {value}")
+        probability(name, value, DesignError)
     for name, value in {
         "missing_items": missing_items,
         "missing_diary": missing_diary,
         "missing_age": missing_age,
     }.items():
-        if not 0.0 <= value <= 1.0:
-            raise DesignError(f"{name} must lie in [0, 1]; got {value}")
+        interval(name, value, 0.0, 1.0, DesignError, closed="both")
     if sessions_dispersion <= 0 or prescribed_per_week < 1:
         raise DesignError(
             "sessions_dispersion must be > 0 and prescribed_per_week >= 1; got "
@@ -332,10 +331,7 @@ def simulate_study(
         raise DesignError(
             f"mean_sessions and max_sessions must be >= 1; got {mean_sessions}, {max_sessions}"
         )
-    if not -1.0 < autonomy_alliance_corr < 1.0:
-        raise DesignError(
-            f"autonomy_alliance_corr must lie in (-1, 1); got {autonomy_alliance_corr}"
-        )
+    interval("autonomy_alliance_corr", autonomy_alliance_corr, -1.0, 1.0, DesignError)
     rng = as_generator(seed)
 
     # ---- therapists and patients -------------------------------------------------

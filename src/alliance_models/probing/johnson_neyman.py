@@ -17,6 +17,7 @@ import pandas as pd
 from scipy.optimize import brentq
 
 from .._format import fmt_num
+from .._validate import integer
 from ..errors import ModelSpecError
 from . import _core as core
 from ._fit import (
@@ -255,8 +256,7 @@ def johnson_neyman(
     terms = Terms.of(fit.frame)
     x_names = list(terms.names)
     check_terms(terms, focal, [moderator])
-    if not isinstance(n_grid, int | np.integer) or n_grid < 10:
-        raise ModelSpecError(f"n_grid must be an integer >= 10, got {n_grid!r}")
+    integer("n_grid", n_grid, ModelSpecError, minimum=10)
     held = held_values(fit, terms, focal, [moderator], at_values_other)
     obs = factor_values(fit.frame, moderator)
     if np.ptp(obs) == 0:
