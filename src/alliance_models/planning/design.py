@@ -11,6 +11,7 @@ The standardised scale
 The outcome model on the linear-predictor scale is
 
 ``y = b0 + sum_k beta_k * prod(z_v for v in term k) + u_therapist + v_patient + e_session``
+``+ w_therapist * z_alliance``
 
 where ``z_alliance``, ``z_age`` and ``z_autonomy`` are the predictors standardised to
 population mean 0 and SD 1 and ``arm`` is coded 0/1. The three random parts have
@@ -22,6 +23,15 @@ coefficient is the change in a slope per SD of the moderator. The default allian
 effect 0.258 = r / sqrt(1 - r^2) with r = 0.25 (Flückiger et al. 2018) makes alliance,
 when it is the only predictor, correlate 0.25 with the outcome. Moderation effects have
 no published values (typical range 0.05-0.10 standardised): **you must set them**.
+
+The therapist-level random slope ``w_therapist`` of alliance (``alliance_slope_sd``,
+default 0: none) lets the alliance-outcome slope differ between therapists: therapist
+``t``'s slope is ``beta_alliance + w_t`` with ``w_t ~ N(0, alliance_slope_sd^2)``,
+correlated ``alliance_slope_correlation`` with ``u_t``. Its mean is 0, so the fixed
+coefficients (and the truth that bias is measured against) are unchanged; the
+outcome's variance at average alliance is unchanged too, while its marginal variance
+grows by ``alliance_slope_sd^2`` (alliance has SD 1). It is what
+``(1 + alliance | therapist)`` estimates (``alliance_slope_sd^2`` is its slope variance).
 """
 
 from __future__ import annotations
@@ -202,6 +212,15 @@ class Design:
         session ``k``. Every patient attends at least one session.
     age_distribution : (mean, sd, low, high), default (50, 14, 18, 85)
         The truncated normal for age in years.
+    alliance_slope_sd : float, default 0.0
+        SD of the therapist-level random slope of alliance, in outcome residual-SD units
+        per SD of alliance (so ``0.1`` lets therapists' alliance slopes spread +-0.2
+        around ``effects["alliance"]`` for the middle 95%). 0: every therapist has the
+        same slope. There are no published values: a sensitivity range such as 0.05-0.15
+        is an assumption.
+    alliance_slope_correlation : float, default 0.0
+        Correlation of that slope with the therapist intercept ``u_t``, in [-1, 1];
+        needs ``icc_therapist > 0`` and ``alliance_slope_sd > 0`` when non-zero.
 
     Examples
     --------
@@ -234,6 +253,8 @@ class Design:
     dropout: float | tuple[float, float] = 0.0
     dropout_timing: str | int = "uniform"
     age_distribution: tuple[float, float, float, float] = (50.0, 14.0, 18.0, 85.0)
+    alliance_slope_sd: float = 0.0
+    alliance_slope_correlation: float = 0.0
 
     def __post_init__(self) -> None:
         # each phase checks and normalises a group of fields, in this order (later
@@ -293,7 +314,7 @@ class Design:
         set_(self, "sessions", _check_count_spec("sessions", self.sessions, allow_list=False))
 
     def _check_variances(self) -> None:
-        """Check the ICCs and the alliance variance components."""
+        """Check the ICCs, the alliance variance components and the random slope."""
         for name in ("icc_therapist", "icc_patient"):
             val = getattr(self, name)
             if not isinstance(val, int | float) or not 0 <= val < 1:
@@ -313,6 +334,20 @@ class Design:
                 f"{self.alliance_components!r}"
             )
         object.__setattr__(self, "alliance_components", comps)
+        sd = _number("alliance_slope_sd", self.alliance_slope_sd)
+        if sd < 0:
+            raise DesignError(f"alliance_slope_sd must be >= 0 (an SD), got {sd!r}")
+        rho = _number("alliance_slope_correlation", self.alliance_slope_correlation)
+        if not -1 <= rho <= 1:
+            raise DesignError(
+                f"alliance_slope_correlation must be in [-1, 1] (a correlation), got {rho!r}")
+        if rho != 0 and (sd == 0 or self.icc_therapist == 0):
+            raise DesignError(
+                f"alliance_slope_correlation={rho!r} needs a random slope and a therapist "
+                f"intercept to correlate: alliance_slope_sd > 0 and icc_therapist > 0 (got "
+                f"alliance_slope_sd={sd!r}, icc_therapist={self.icc_therapist!r})")
+        object.__setattr__(self, "alliance_slope_sd", sd)
+        object.__setattr__(self, "alliance_slope_correlation", rho)
 
     def _check_moderators(self) -> None:
         """Check that moderators are known and live on allowed levels."""
@@ -515,8 +550,10 @@ class Design:
         return (
             f"{self.therapists} therapists x {ppt} patients x {self.sessions} sessions; "
             f"randomisation={self.randomisation}; ICC therapist={self.icc_therapist:g}, "
-            f"patient={self.icc_patient:g}; family={self.family}; dropout={self.dropout}; "
-            f"effects: {eff}"
+            f"patient={self.icc_patient:g}; "
+            + (f"alliance slope SD={self.alliance_slope_sd:g} (correlation "
+               f"{self.alliance_slope_correlation:g}); " if self.alliance_slope_sd else "")
+            + f"family={self.family}; dropout={self.dropout}; effects: {eff}"
         )
 
 

@@ -20,7 +20,9 @@ maps the standardised effect to the coefficient, e.g. ``beta_age / sd(age)`` per
 of age. Columns centred at the sample mean (``age_c``, ``autonomy_c``) move a little
 between replicates, and with them the true lower-order coefficients (``alliance`` in
 ``alliance * age_c``); the first replicate's value is reported, so bias and coverage of
-such coefficients carry that small sampling shift (interactions are not affected). For
+such coefficients carry that small sampling shift (interactions are not affected). The
+therapists' random alliance slopes (``Design.alliance_slope_sd``) have mean 0 and are not
+part of ``eta``: the fixed alliance coefficient's truth is the mean slope. For
 binomial designs analysed with a linear model (mixed/ols/gee on the
 proportion) or with GEE (a population-averaged target), there is no such truth:
 bias, RMSE, coverage and the type-S rate are reported as NaN.

@@ -48,7 +48,8 @@ __all__ = [
 
 # independent streams per component, so that changing one part of a design (e.g. the
 # number of therapists) leaves the other draws of a replicate as similar as possible
-_STREAMS = ("structure", "arm", "alliance", "moderators", "outcome", "dropout")
+# ("slope", the therapists' random alliance slopes, is drawn only when the design has one)
+_STREAMS = ("structure", "arm", "alliance", "moderators", "outcome", "dropout", "slope")
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,8 +141,8 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
         The planned trial.
     seed : int, SeedSequence, Generator or None
         Source of randomness (see :mod:`alliance_models._random`). Components
-        (structure, arms, alliance, moderators, outcome, dropout) draw from separate
-        child streams.
+        (structure, arms, alliance, moderators, outcome, dropout, random slopes) draw
+        from separate child streams.
 
     Returns
     -------
@@ -472,6 +473,8 @@ def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
     if ther_arm is not None:
         t0, t1 = design.arm_therapists
         arms0 = np.r_[np.zeros(t0, np.int64), np.ones(t1, np.int64)]
+    slope_sd = design.alliance_slope_sd
+    g_slope = np.empty((k, T)) if slope_sd else None
     outcome_rngs: list[np.random.Generator] = []
     for b, ss in enumerate(seeds):
         if ther_arm is not None or arm_key is not None:
@@ -495,6 +498,8 @@ def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
             outcome_rngs.append(r)
         if not no_dropout:
             _stream(ss, "dropout").random(out=g_drop[b])
+        if g_slope is not None:
+            _stream(ss, "slope").standard_normal(out=g_slope[b])
     if ragged:
         g_all = _on_grid(g_all, T + (2 * P if skewed else P), lay)
         if gaussian:
@@ -588,6 +593,15 @@ def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
     # --- outcome ------------------------------------------------------------------------
     u_p = (g_out[:, :T] * math.sqrt(design.icc_therapist))[:, pat_ther]
     v_p = g_out[:, T:T + P] * math.sqrt(design.icc_patient)
+    # the therapists' random alliance slopes times alliance (k, P, S), or None: w_t =
+    # sd * (rho * z_u + sqrt(1 - rho^2) * z_w) with z_u the therapist intercept's draw
+    slope3: np.ndarray | None = None
+    if g_slope is not None:
+        rho = design.alliance_slope_correlation
+        w = g_slope * (slope_sd * math.sqrt(1 - rho * rho))
+        if rho:
+            w += g_out[:, :T] * (slope_sd * rho)
+        slope3 = w[:, pat_ther][:, :, None] * alliance3
     eta: np.ndarray
     if gaussian:
         e = g_out[:, T + P:]
@@ -610,6 +624,8 @@ def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
             yp += v_p
             y3 = e3 if y_out is None else y_out.reshape(k, P, S)
             np.add(e3, yp[:, :, None], out=y3)  # e + (eta + u + v) == (eta + u + v) + e
+        if slope3 is not None:
+            y3 += slope3
         row["adherence"] = y3.reshape(k, G)
     else:
         scale = latent_scale(design)
@@ -619,6 +635,13 @@ def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
         if fixed_row is not None:
             eta = base + scale * fixed_row.reshape(k, G)
             lin = np.add(eta.reshape(k, P, S), uv[:, :, None])  # eta + u == u + eta
+            if slope3 is not None:
+                lin += scale * slope3
+            prob = special.expit(lin, out=lin).reshape(k, G)
+        elif slope3 is not None:
+            assert fixed_pat is not None
+            eta = base + scale * fixed_pat
+            lin = (eta + uv)[:, :, None] + scale * slope3
             prob = special.expit(lin, out=lin).reshape(k, G)
         else:
             assert fixed_pat is not None
