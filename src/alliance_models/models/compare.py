@@ -8,6 +8,10 @@
   ``Chisq = 2 max(0, logLik_k - logLik_{k-1})`` on the difference in parameters.
   The chi-square reference is conservative when the smaller model puts a variance on
   its boundary (a test of a random term); the result says so.
+* Binomial and Poisson mixed fits (:class:`~alliance_models.GLMMFit`): the same tests on
+  their Laplace (or adaptive Gauss-Hermite) log-likelihoods, which are ML already
+  (``npar = p + n_theta``, no residual variance), as lme4's ``anova`` of glmer fits.
+  Every model must have the same family, trials and ``nAGQ``.
 * Bayesian fits (a dict of :class:`~alliance_models.BayesFit`): PSIS-LOO, as before
   (:func:`alliance_models.models.bayes.compare.compare`).
 """
@@ -23,6 +27,7 @@ from scipy import stats
 
 from .._format import table_text
 from ..errors import ModelSpecError
+from .glmm import GLMMFit
 from .mixed import MixedFit, fit_mixed
 
 __all__ = ["LikelihoodRatioTest", "compare"]
@@ -30,7 +35,7 @@ __all__ = ["LikelihoodRatioTest", "compare"]
 
 @dataclass(frozen=True, eq=False)
 class LikelihoodRatioTest:
-    """Likelihood-ratio tests of nested linear mixed models (lme4's ``anova(m0, m1)``).
+    """Likelihood-ratio tests of nested mixed models (lme4's ``anova(m0, m1)``).
 
     Attributes
     ----------
@@ -78,12 +83,14 @@ def compare(*models: Any, refit: bool = True, pareto_k_max: float = 0.7) -> Any:
 
     Parameters
     ----------
-    *models : MixedFit, or one dict of name to MixedFit or BayesFit
-        Two or more linear mixed fits of the same response and rows, or a dict of them;
-        a dict of Bayesian fits is compared by PSIS-LOO.
+    *models : MixedFit or GLMMFit, or one dict of name to MixedFit, GLMMFit or BayesFit
+        Two or more linear mixed fits, or two or more binomial/Poisson mixed fits, of the
+        same response and rows, or a dict of them; a dict of Bayesian fits is compared by
+        PSIS-LOO.
     refit : bool, default True
         Refit REML fits by ML before comparing (as lme4). ``refit=False`` compares REML
         likelihoods, which is allowed only when every model has the same fixed part.
+        Binomial and Poisson fits are ML fits; ``refit`` does not apply.
     pareto_k_max : float, default 0.7
         Bayesian fits only: the Pareto k threshold of the PSIS-LOO warnings.
 
@@ -113,7 +120,7 @@ def compare(*models: Any, refit: bool = True, pareto_k_max: float = 0.7) -> Any:
     """
     if len(models) == 1 and isinstance(models[0], dict):
         named = dict(models[0])
-        if not any(isinstance(m, MixedFit) for m in named.values()):
+        if not any(isinstance(m, MixedFit | GLMMFit) for m in named.values()):
             from .bayes.compare import compare as bayes_compare
 
             return bayes_compare(named, pareto_k_max=pareto_k_max)
@@ -121,16 +128,40 @@ def compare(*models: Any, refit: bool = True, pareto_k_max: float = 0.7) -> Any:
         named = {f"model{i + 1}": m for i, m in enumerate(models)}
     if len(named) < 2:
         raise ModelSpecError(f"compare needs at least two fitted models, got {len(named)}")
+    kind = MixedFit if isinstance(next(iter(named.values())), MixedFit) else GLMMFit
     for name, m in named.items():
-        if not isinstance(m, MixedFit):
+        if not isinstance(m, kind):
             raise ModelSpecError(
-                f"model {name!r} is a {type(m).__name__}, not a MixedFit; likelihood-ratio "
-                "tests compare fit_mixed fits (compare Bayesian fits as a dict of BayesFit)"
+                f"model {name!r} is a {type(m).__name__}, not a {kind.__name__} like the "
+                "first model; likelihood-ratio tests compare fit_mixed fits of one kind "
+                "(linear, or binomial/Poisson), and Bayesian fits as a dict of BayesFit"
             )
+    if kind is GLMMFit:
+        _check_glmm_family(named)
     return _lrt(named, refit)
 
 
-def _lrt(named: dict[str, MixedFit], refit: bool) -> LikelihoodRatioTest:
+def _check_glmm_family(named: dict[str, Any]) -> None:
+    """Every GLMM fit has the first one's family, trials and nAGQ (comparable logLik)."""
+    first_name, first = next(iter(named.items()))
+    for name, m in named.items():
+        for what in ("family", "n_agq"):
+            if getattr(m, what) != getattr(first, what):
+                raise ModelSpecError(
+                    f"model {name!r} has {what}={getattr(m, what)!r} but {first_name!r} has "
+                    f"{getattr(first, what)!r}; their log-likelihoods are not comparable: "
+                    f"fit every model with the same {'nAGQ' if what == 'n_agq' else what}"
+                )
+        n0 = first.frame.data[first.trials].to_numpy(float) if first.trials else None
+        n1 = m.frame.data[m.trials].to_numpy(float) if m.trials else None
+        if (n0 is None) != (n1 is None) or (n0 is not None and not np.array_equal(n0, n1)):
+            raise ModelSpecError(
+                f"model {name!r} was fitted with other trials than {first_name!r} "
+                f"({m.trials!r} vs {first.trials!r}); compare fits of the same counts"
+            )
+
+
+def _lrt(named: dict[str, Any], refit: bool) -> LikelihoodRatioTest:
     first = next(iter(named.values()))
     for name, m in named.items():
         if m.spec.response != first.spec.response or m.n_obs != first.n_obs or not (
@@ -144,8 +175,12 @@ def _lrt(named: dict[str, MixedFit], refit: bool) -> LikelihoodRatioTest:
             )
     refitted = []
     fits = {}
-    reml = [m.reml for m in named.values()]
-    if refit:
+    glmm = isinstance(first, GLMMFit)
+    reml = [bool(getattr(m, "reml", False)) for m in named.values()]
+    if glmm:
+        fits = dict(named)
+        criterion = "ML (Laplace)" if first.n_agq == 1 else f"ML (nAGQ = {first.n_agq})"
+    elif refit:
         for name, m in named.items():
             if m.reml:
                 ddf = "satterthwaite" if m.ddf == "kenward-roger" else m.ddf
@@ -170,7 +205,7 @@ def _lrt(named: dict[str, MixedFit], refit: bool) -> LikelihoodRatioTest:
         criterion = "REML" if all(reml) else "ML"
     rows = []
     for name, m in fits.items():
-        npar = len(m.fixed) + m.theta.size + 1
+        npar = len(m.fixed) + m.theta.size + (0 if glmm else 1)
         rows.append((name, float(npar), m.aic, m.bic, m.loglik, -2.0 * m.loglik))
     tab = pd.DataFrame(rows, columns=["model", "npar", "AIC", "BIC", "logLik", "deviance"])
     tab = tab.sort_values("npar", kind="stable").set_index("model")
