@@ -249,7 +249,8 @@ def test_padded_batch_fit_equals_compact_fits():
         one = fit_batch(design_matrix(sa.columns, names, keep),
                         sa.columns["adherence"][keep][None, :],
                         sa.therapist[keep], sa.patient[keep], contrast=3)
-        np.testing.assert_allclose(fit.beta[b], one.beta[0], rtol=1e-9, atol=1e-12)
+        # beta to 1e-8 of its SE: the optimum is found to ~1e-9 of the variance ratios
+        np.testing.assert_allclose(fit.beta[b], one.beta[0], rtol=0, atol=1e-8 * one.se[0].min())
         np.testing.assert_allclose(fit.se[b], one.se[0], rtol=1e-9)
         np.testing.assert_allclose(fit.df[b], one.df[0], rtol=1e-6)
         np.testing.assert_allclose(fit.tau2[b], one.tau2[0], rtol=1e-7, atol=1e-12)
@@ -347,18 +348,19 @@ def test_padded_without_replicates():
 
 
 
-def test_component_streams_are_numpy_generators_of_the_seed_children():
-    # the alliance of a replicate from first principles: stream 2 ("alliance") is
-    # Generator(PCG64(child 2 of the replicate's seed)); therapist, patient and session
-    # parts are consecutive standard normals (no skew), scaled by the components
+def test_a_replicate_draws_from_one_numpy_generator_on_its_seed():
+    # the alliance of a replicate from first principles: everything comes from
+    # Generator(PCG64(the replicate's seed)); without arms its first draws are the
+    # therapist, patient and session parts of alliance, consecutive standard normals (no
+    # skew), scaled by the components
     d = am.Design(therapists=4, patients_per_therapist=3, sessions=2, alliance_skew=0.0,
                   moderators={}, effects={"alliance": 0.3})
     seeds = spawn(17, 3)
     _, _, _, _, _, sims = batch_arrays(d, "adherence", ("Intercept",), seeds)
     c_t, c_p, c_s = d.alliance_components
     for ss, sa in zip(seeds, sims, strict=True):
-        rng = np.random.default_rng(np.random.SeedSequence(
-            ss.entropy, spawn_key=(*ss.spawn_key, 2)))
+        rng = np.random.default_rng(np.random.SeedSequence(ss.entropy,
+                                                           spawn_key=ss.spawn_key))
         a_t, a_p, a_s = rng.standard_normal(4), rng.standard_normal(12), rng.standard_normal(24)
         want = (np.sqrt(c_t) * a_t[sa.therapist] + np.sqrt(c_p) * a_p[sa.patient]
                 + np.sqrt(c_s) * a_s)

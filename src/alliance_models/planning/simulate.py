@@ -46,12 +46,6 @@ __all__ = [
     "to_frame",
 ]
 
-# independent streams per component, so that changing one part of a design (e.g. the
-# number of therapists) leaves the other draws of a replicate as similar as possible
-# ("slope", the therapists' random alliance slopes, is drawn only when the design has one)
-_STREAMS = ("structure", "arm", "alliance", "moderators", "outcome", "dropout", "slope")
-
-
 @dataclass(frozen=True, eq=False)
 class SimArrays:
     """One simulated replicate as numpy arrays on the full (pre-dropout) grid.
@@ -140,9 +134,9 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
     design : Design
         The planned trial.
     seed : int, SeedSequence, Generator or None
-        Source of randomness (see :mod:`alliance_models._random`). Components
-        (structure, arms, alliance, moderators, outcome, dropout, random slopes) draw
-        from separate child streams.
+        Source of randomness (see :mod:`alliance_models._random`). Every draw of the
+        replicate comes from one Generator on this seed, in a fixed order (structure,
+        arms, standard normals, uniforms, binomial counts).
 
     Returns
     -------
@@ -155,8 +149,9 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
     (24, 24)
     """
     (root,) = _roots([seed])
-    lay = _layout(design, root)
-    return _replicates(lay, _simulate_block(lay, [root], None))[0]
+    rng = _generator(root)
+    lay = _layout(design, rng)
+    return _replicates(lay, _simulate_block(lay, [rng], None))[0]
 
 
 def to_frame(sa: SimArrays, design: Design) -> pd.DataFrame:
@@ -322,7 +317,6 @@ class _Block:
 
 #: a replicate's seed as ``(entropy, spawn_key, pool_size)`` (a SeedSequence's recipe)
 _Root = tuple[Any, tuple[int, ...], int]
-_STREAM_INDEX = {name: i for i, name in enumerate(_STREAMS)}
 
 
 def _roots(seeds: Sequence[RNGLike]) -> list[_Root]:
@@ -336,30 +330,31 @@ def _roots(seeds: Sequence[RNGLike]) -> list[_Root]:
     return out
 
 
-def _stream(root: _Root, name: str) -> np.random.Generator:
-    """Return the Generator of one component stream (``_STREAMS``) of a replicate.
+def _generator(root: _Root) -> np.random.Generator:
+    """Return the one Generator a replicate draws everything from.
 
-    Stream ``j`` is ``Generator(PCG64(child j of the replicate's seed))``, with numpy's
-    SeedSequence and Generator.
+    ``Generator(PCG64(SeedSequence(entropy, spawn_key, pool_size)))``: numpy's
+    SeedSequence and Generator on the replicate's own seed, so a replicate depends only
+    on the root seed and its index.
     """
     entropy, key, pool = root
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-        entropy, spawn_key=(*key, _STREAM_INDEX[name]), pool_size=pool)))
+        entropy, spawn_key=key, pool_size=pool)))
 
 
-def _layout(design: Design, seed: _Root | None = None) -> _Layout:
+def _layout(design: Design, rng: np.random.Generator | None = None) -> _Layout:
     """Return the grid of a replicate.
 
     With fixed caseloads and session counts (``design.has_fixed_structure``) every
-    replicate has the same grid and ``seed`` is not used; otherwise caseloads and
-    session counts are drawn from the replicate's ``structure`` stream.
+    replicate has the same grid and ``rng`` is not used; otherwise caseloads and
+    session counts are the first draws of the replicate's Generator.
     """
     T = design.n_therapists
     r = None
     if not design.has_fixed_structure:
-        if seed is None:
-            raise ValueError("a random-structure design needs the replicate's seed")
-        r = _stream(seed, "structure")
+        if rng is None:
+            raise ValueError("a random-structure design needs the replicate's Generator")
+        r = rng
     sizes = _draw_counts(design.patients_per_therapist, T, r)
     P = int(sizes.sum())
     m = _draw_counts(design.sessions, P, r)
@@ -379,7 +374,7 @@ def _layout(design: Design, seed: _Root | None = None) -> _Layout:
 
 
 def _no_dropout(design: Design) -> bool:
-    """Whether no session can be lost to dropout (its stream's draws change nothing)."""
+    """Whether no session can be lost to dropout (its draws would change nothing)."""
     d = design.dropout
     return design.sessions == 1 or (max(d) if isinstance(d, tuple) else float(d)) == 0.0
 
@@ -399,7 +394,7 @@ def _batch_blocks(lay: _Layout, seeds: Sequence[RNGLike], need: set[str] | None 
     roots = _roots(seeds)
     for b0 in range(0, B, block):
         rows = slice(b0, min(B, b0 + block))
-        yield rows, _simulate_block(lay, roots[rows], need,
+        yield rows, _simulate_block(lay, [_generator(r) for r in roots[rows]], need,
                                     None if y_out is None else y_out[rows])
 
 
@@ -419,14 +414,14 @@ def _on_grid(draws: np.ndarray, head: int, lay: _Layout) -> np.ndarray:
     return out
 
 
-def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
+def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
                     need: set[str] | None, y_out: np.ndarray | None = None) -> _Block:
     """Simulate one replicate per seed on the grid ``lay``: the package's simulator.
 
     The generative model is described in :mod:`alliance_models.planning.design`. Each
-    replicate draws from its own component streams (children of its seed, see
-    ``_STREAMS``), one replicate after the other, so a replicate depends only on its
-    own seed, not on the block it is in; everything else is vectorised over the block,
+    replicate draws everything from its own Generator (``rngs``, see :func:`_generator`),
+    one replicate after the other and in a fixed order, so a replicate depends only on
+    its own seed, not on the block it is in; everything else is vectorised over the block,
     element by element. Values constant within a therapist or patient are computed at
     that level and broadcast to the rows.
 
@@ -438,7 +433,7 @@ def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
     """
     design = lay.design
     T, P, S, sizes, pat_ther = lay.T, lay.P, lay.S, lay.sizes, lay.pat_ther
-    k, n, G = len(seeds), lay.n, lay.P * lay.S
+    k, n, G = len(rngs), lay.n, lay.P * lay.S
     ragged = lay.cells is not None
     if ragged and k != 1:
         raise ValueError("a grid with empty cells takes one replicate at a time")
@@ -453,17 +448,26 @@ def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
     gaussian = design.family == "gaussian"
     uniform_timing = design.dropout_timing == "uniform"
     d = design.dropout
-    # without dropout the dropout stream's draws change nothing (no other component reads
-    # them): they are not drawn, and every row is observed
+    # without dropout the dropout uniforms would change nothing: they are not drawn, and
+    # every row is observed
     no_dropout = _no_dropout(design)
 
-    # --- the draws: one replicate after the other, each from its own streams; calls of
-    # one stream that follow each other are fused into one (the same numbers) ---------
-    g_all = np.empty((k, T + (2 * P + 2 * n if skewed else P + n)))
-    g_out = np.empty((k, T + P + (n if gaussian else 0)))
-    g_drop = np.empty((k, 2 * P if uniform_timing else P))
-    g_age = np.empty((k, P)) if age else None
-    g_aut = np.empty((k, n_aut)) if n_aut else None
+    # --- the draws: one Generator per replicate (see _generator), one replicate after
+    # the other, in a fixed order: (the structure, drawn by _layout), the arms, every
+    # standard normal (alliance, autonomy, outcome, random slopes) in one call, every
+    # uniform (age, dropout) in one call, and last the binomial counts ----------------
+    n_all = T + (2 * P + 2 * n if skewed else P + n)
+    n_out = T + P + (n if gaussian else 0)
+    slope_sd = design.alliance_slope_sd
+    n_slope = T if slope_sd else 0  # the therapists' random alliance slopes, if any
+    normals = np.empty((k, n_all + n_aut + n_out + n_slope))
+    g_all = normals[:, :n_all]
+    g_aut = normals[:, n_all:n_all + n_aut] if n_aut else None
+    g_out = normals[:, n_all + n_aut:n_all + n_aut + n_out]
+    g_slope = normals[:, n_all + n_aut + n_out:] if n_slope else None
+    n_age = P if age else 0
+    n_drop = 0 if no_dropout else (2 * P if uniform_timing else P)
+    uniforms = np.empty((k, n_age + n_drop)) if n_age + n_drop else None
     ther_arm = np.empty((k, T), np.int64) if design.randomisation == "therapist" else None
     arm_key = np.empty((k, P)) if design.randomisation == "patient" else None
     arm_off = np.empty((k, T), np.int64) if design.randomisation == "patient" else None
@@ -473,33 +477,22 @@ def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
     if ther_arm is not None:
         t0, t1 = design.arm_therapists
         arms0 = np.r_[np.zeros(t0, np.int64), np.ones(t1, np.int64)]
-    slope_sd = design.alliance_slope_sd
-    g_slope = np.empty((k, T)) if slope_sd else None
-    outcome_rngs: list[np.random.Generator] = []
-    for b, ss in enumerate(seeds):
-        if ther_arm is not None or arm_key is not None:
-            r = _stream(ss, "arm")
-            if ther_arm is not None:
-                ther_arm[b] = r.permutation(arms0)
-            else:
-                assert arm_key is not None and arm_off is not None
-                r.random(out=arm_key[b])
-                arm_off[b] = r.integers(0, 2, size=T)
-        _stream(ss, "alliance").standard_normal(out=g_all[b])
-        if g_age is not None or g_aut is not None:
-            r = _stream(ss, "moderators")
-            if g_age is not None:
-                g_age[b] = r.uniform(u_lo, u_hi, size=P)
-            if g_aut is not None:
-                r.standard_normal(out=g_aut[b])
-        r = _stream(ss, "outcome")
-        r.standard_normal(out=g_out[b])
-        if not gaussian:  # the binomial draws come later, from where the stream stands
-            outcome_rngs.append(r)
-        if not no_dropout:
-            _stream(ss, "dropout").random(out=g_drop[b])
-        if g_slope is not None:
-            _stream(ss, "slope").standard_normal(out=g_slope[b])
+    for b, r in enumerate(rngs):
+        if ther_arm is not None:
+            ther_arm[b] = r.permutation(arms0)
+        elif arm_key is not None and arm_off is not None:
+            r.random(out=arm_key[b])
+            arm_off[b] = r.integers(0, 2, size=T)
+        r.standard_normal(out=normals[b])
+        if uniforms is not None:
+            r.random(out=uniforms[b])
+    g_age = g_drop = None
+    if uniforms is not None:
+        if age:
+            # uniform(u_lo, u_hi) as numpy's Generator.uniform forms it
+            g_age = u_lo + (u_hi - u_lo) * uniforms[:, :P]
+        if n_drop:
+            g_drop = uniforms[:, n_age:]
     if ragged:
         g_all = _on_grid(g_all, T + (2 * P if skewed else P), lay)
         if gaussian:
@@ -535,7 +528,7 @@ def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
     a_s *= math.sqrt(c_s)
     alliance3 = a_s.reshape(k, P, S)
     alliance3 += tp[:, :, None]  # s + (t + p) == (t + p) + s
-    alliance = a_s  # (k, G), in the alliance stream's buffer
+    alliance = a_s  # (k, G), in the normals' buffer
     row["alliance"] = alliance
 
     # --- moderators (patient level) -----------------------------------------------------
@@ -652,7 +645,7 @@ def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
             prob = prob.reshape(k, G)
         ntrials = design.n_trials
         num = np.zeros((k, G), np.int64)
-        for b, r in enumerate(outcome_rngs):  # after the stream's normal draws
+        for b, r in enumerate(rngs):  # after the replicate's other draws
             if ragged:
                 num[b, lay.cells] = r.binomial(ntrials, prob[b, lay.cells])
             else:
@@ -673,6 +666,7 @@ def _simulate_block(lay: _Layout, seeds: Sequence[_Root],
             p_drop = np.where(pat_arm == 1, d[1], d[0])
         else:
             p_drop = np.full((k, P), float(d))
+        assert g_drop is not None
         drops = g_drop[:, :P] < p_drop
         if uniform_timing:
             last = np.floor(g_drop[:, P:] * np.maximum(m - 1, 1)).astype(np.int64) + 1
@@ -807,7 +801,7 @@ def batch_arrays(
     Needs a design whose fixed-effect columns are plain products (see
     :func:`design_matrix`). With fixed caseloads and session counts
     (``design.has_fixed_structure``) it is vectorised over replicates, and replicate
-    ``b`` is exactly ``simulate_arrays(design, seeds[b])`` (its own seed's streams, the
+    ``b`` is exactly ``simulate_arrays(design, seeds[b])`` (its own seed's Generator, the
     same operations), so results do not depend on how replicates are batched.
 
     With random caseloads or session counts, ``padded=True`` simulates each replicate
