@@ -141,16 +141,36 @@ def logging_ols(formula, data, *, log, **kwargs):
     return am.fit_ols(formula, data, hc=None)
 
 
-def test_results_do_not_depend_on_n_jobs_or_batch_size(tmp_path):
+def test_results_do_not_depend_on_n_jobs_or_batch_size(tmp_path, monkeypatch):
     import os
+
+    from alliance_models.planning import executors
 
     kw = {**OLS, "n_sims": 24, "seed": 9}
     one = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5, **kw)
+    pooled = {"n_jobs": 2, "method": logging_ols}
+    # a short run without running workers stays in this process
+    log = tmp_path / "short.log"
+    monkeypatch.setattr(executors, "_running_executor", lambda workers: None)
+    short = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5,
+                     **{**kw, **pooled, "fit_kwargs": {"log": log}})
+    pd.testing.assert_frame_equal(one.replicates, short.replicates)
+    assert {int(line.split()[0]) for line in log.read_text().splitlines()} == {os.getpid()}
+    # told that the rest is long, it starts the workers and computes here while they
+    # start: the same replicates, wherever each batch ran
+    log = tmp_path / "start.log"
+    monkeypatch.setattr(executors, "WORKER_START_SECONDS", 0.0)
+    started = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5,
+                       **{**kw, **pooled, "fit_kwargs": {"log": log}})
+    pd.testing.assert_frame_equal(one.replicates, started.replicates)
+    monkeypatch.undo()
+    # with workers running, every replicate runs in a loky worker process, with BLAS
+    # pinned to one thread
+    assert executors._running_executor(2) is not None
     log = tmp_path / "fits.log"
     two = am.power(INDEP, "adherence ~ alliance", test="alliance", batch_size=5,
-                   **{**kw, "n_jobs": 2, "method": logging_ols, "fit_kwargs": {"log": log}})
+                   **{**kw, **pooled, "fit_kwargs": {"log": log}})
     pd.testing.assert_frame_equal(one.replicates, two.replicates)
-    # every replicate ran in a loky worker process, with BLAS pinned to one thread
     rows = [line.split() for line in log.read_text().splitlines()]
     pids = [int(pid) for pid, _ in rows]
     assert len(rows) == 24 and os.getpid() not in pids
@@ -758,7 +778,11 @@ def test_fast_batches_are_memory_chunks_and_do_not_change_results(monkeypatch):
     assert sizes == [13, 13, 13, 13, 8]
     pd.testing.assert_frame_equal(one.replicates, small.replicates)
     monkeypatch.setattr(engine, "run_batch", real)
-    # in loky worker processes (joblib's reusable executor): the same replicates
+    # in loky worker processes (started for the run if none is running): the same
+    # replicates
+    from alliance_models.planning import executors
+
+    monkeypatch.setattr(executors, "WORKER_START_SECONDS", 0.0)
     pooled = am.power(d, f, n_jobs=2, batch_size=13, **kw)
     pd.testing.assert_frame_equal(one.replicates, pooled.replicates)
     assert one.replicates["df"].between(1, 200).all() and not one.replicates["failed"].any()

@@ -4,10 +4,18 @@
 out) and yields the finished batches in completion order:
 
 * serial: one worker, or a single batch, runs in this process;
-* ``"loky"`` (the default): :class:`joblib.Parallel` with ``n_jobs`` workers. That is
-  loky's reusable worker processes unless a surrounding :func:`joblib.parallel_config`
-  chooses another joblib backend; started workers stay alive for joblib's idle timeout
-  (a few minutes), so later runs of the session use them at once;
+* ``"loky"`` (the default) with ``n_jobs`` workers: loky's reusable worker processes
+  (joblib's, :func:`joblib.externals.loky.get_reusable_executor`). When they are already
+  running (a previous run of the session started them; they stay alive for 5 idle
+  minutes), every batch goes to them. When they are not, the first batch runs here and is
+  timed: if the rest would take this process less than :data:`WORKER_START_SECONDS`,
+  it runs here too (starting processes that import numpy, SciPy and this package takes
+  seconds on a busy machine, longer than a short run); otherwise the workers are started
+  and this process keeps computing batches while they start, until the first of them
+  returns a result (a batch the workers are still holding when nothing else is left is
+  computed here too, and whichever copy finishes first is used: the copies are equal).
+  A surrounding :func:`joblib.parallel_config` that chooses another joblib backend (such
+  as ``"threading"``) gets every batch through :class:`joblib.Parallel`;
 * ``"dask"`` or a ``distributed.Client``: one task per batch on the cluster.
 
 Replicate ``i`` always uses seed ``i`` and a batch's results do not depend on where it
@@ -19,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -28,7 +38,13 @@ import pandas as pd
 
 from ..errors import ModelSpecError
 
-__all__ = ["Batch", "execute", "limit_blas", "n_workers"]
+__all__ = ["WORKER_START_SECONDS", "Batch", "execute", "limit_blas", "n_workers"]
+
+#: a run without running worker processes starts them only when, after its first
+#: batch, the rest would take this process longer than this (seconds)
+WORKER_START_SECONDS = 2.0
+#: idle seconds after which loky's workers exit (joblib's default for its loky backend)
+_IDLE_TIMEOUT = 300
 
 #: one batch: the replicate numbers and their seeds
 Batch = tuple[list[int], Sequence[np.random.SeedSequence]]
@@ -89,8 +105,97 @@ def execute(task: Task, batches: list[Batch], n_jobs: int, backend: Any) -> Iter
         if workers == 1 or len(batches) <= 1:
             for reps, seeds in batches:
                 yield task(reps, seeds)
-        else:
+        elif not _default_joblib_backend():
             yield from _joblib(task, batches, workers)
+        else:
+            yield from _loky(task, batches, workers)
+
+
+def _default_joblib_backend() -> bool:
+    """Whether joblib would use its default process backend (loky) here."""
+    from joblib.parallel import LokyBackend, get_active_backend
+
+    return isinstance(get_active_backend()[0], LokyBackend)
+
+
+def _running_executor(workers: int) -> Any | None:
+    """Return loky's reusable executor if it has live worker processes, else None.
+
+    Reads loky's own module state (the executor joblib also uses) without creating
+    anything; if that state is not where this loky version keeps it, None.
+    """
+    from joblib.externals.loky import reusable_executor
+
+    ex = getattr(reusable_executor, "_executor", None)
+    procs = getattr(ex, "_processes", None)
+    flags = getattr(ex, "_flags", None)
+    if ex is None or not procs or getattr(flags, "broken", True):
+        return None
+    if not any(p.is_alive() for p in list(procs.values())):
+        return None
+    return _executor(workers)
+
+
+def _executor(workers: int) -> Any:
+    """Return loky's reusable executor with ``workers`` processes (started if needed)."""
+    from joblib.externals.loky import get_reusable_executor
+
+    # reuse=True: an executor joblib.Parallel started is used as it is (and the other
+    # way round), only resized
+    return get_reusable_executor(max_workers=workers, timeout=_IDLE_TIMEOUT, reuse=True)
+
+
+def _loky(task: Task, batches: list[Batch], workers: int) -> Iterator[pd.DataFrame]:
+    """Run batches in loky's workers, here while they start (see the module docstring)."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    todo = deque(range(len(batches)))
+    ex = _running_executor(workers)
+    if ex is None:
+        t0 = time.perf_counter()
+        yield task(*batches[todo.popleft()])
+        rest = (time.perf_counter() - t0) * len(todo)
+        if rest < WORKER_START_SECONDS:
+            for i in todo:
+                yield task(*batches[i])
+            return
+        ex = _executor(workers)
+        up = False  # no worker has returned a batch yet
+    else:
+        up = True
+    futures: dict[Any, int] = {}
+    finished: set[int] = set()
+    try:
+        while todo or futures:
+            while todo and len(futures) < workers:  # the workers take from the back
+                i = todo.pop()
+                futures[ex.submit(task, *batches[i])] = i
+            done = [f for f in futures if f.done()]
+            if not done and not up:
+                # the workers are still starting: compute a batch here, the next one in
+                # line or else the one a worker got last (a copy; the first copy wins)
+                if todo:
+                    i = todo.popleft()
+                else:
+                    f, i = next(reversed(futures.items()))
+                    del futures[f]
+                    f.cancel()
+                if i not in finished:
+                    finished.add(i)
+                    yield task(*batches[i])
+                continue
+            if not done:
+                done = list(wait(list(futures), return_when=FIRST_COMPLETED)[0])
+            for f in done:
+                i = futures.pop(f)
+                res = f.result()
+                up = True
+                if i not in finished:
+                    finished.add(i)
+                    yield res
+    finally:
+        for f in futures:
+            f.cancel()  # queued batches; running ones finish in their worker
 
 
 def _joblib(task: Task, batches: list[Batch], workers: int) -> Iterator[pd.DataFrame]:

@@ -523,11 +523,15 @@ def power(
         Local workers; -1 uses every core, -2 all but one (joblib's convention). With
         more than one worker and more than one batch, batches run in joblib's loky
         worker processes; once started, they stay alive for a few idle minutes, so the
-        runs that follow use them at once (the first run of a session waits a few
-        seconds for them to start).
+        runs that follow use them at once. A run that finds no running workers computes
+        its first batch in this process and starts them only if the rest would take
+        more than a couple of seconds here, computing batches itself while they start
+        (see :mod:`~alliance_models.planning.executors`): a short run never waits for
+        worker start-up.
     backend : "loky", "dask" or distributed.Client
-        ``"loky"`` runs batches with :class:`joblib.Parallel`: loky's processes, or the
-        joblib backend a surrounding ``joblib.parallel_config(...)`` chooses (such as
+        ``"loky"`` runs batches in loky's reusable processes (joblib's), or with
+        :class:`joblib.Parallel` on the joblib backend a surrounding
+        ``joblib.parallel_config(...)`` chooses (such as
         ``"threading"``). ``"dask"`` uses the current Dask client, or starts a process-based
         ``LocalCluster`` for this run (in a script, do that under
         ``if __name__ == "__main__":``, or the Nanny fails to start). Batches are
