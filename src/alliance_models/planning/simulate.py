@@ -136,7 +136,7 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
     seed : int, SeedSequence, Generator or None
         Source of randomness (see :mod:`alliance_models._random`). Every draw of the
         replicate comes from one Generator on this seed, in a fixed order (structure,
-        arms, standard normals, uniforms, binomial counts).
+        arms, standard normals, uniforms, random slopes, binomial counts).
 
     Returns
     -------
@@ -454,17 +454,18 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
 
     # --- the draws: one Generator per replicate (see _generator), one replicate after
     # the other, in a fixed order: (the structure, drawn by _layout), the arms, every
-    # standard normal (alliance, autonomy, outcome, random slopes) in one call, every
-    # uniform (age, dropout) in one call, and last the binomial counts ----------------
+    # standard normal (alliance, autonomy, outcome) in one call, every uniform (age,
+    # dropout) in one call, the random slopes, and last the binomial counts -----------
     n_all = T + (2 * P + 2 * n if skewed else P + n)
     n_out = T + P + (n if gaussian else 0)
-    slope_sd = design.alliance_slope_sd
-    n_slope = T if slope_sd else 0  # the therapists' random alliance slopes, if any
-    normals = np.empty((k, n_all + n_aut + n_out + n_slope))
+    normals = np.empty((k, n_all + n_aut + n_out))
     g_all = normals[:, :n_all]
     g_aut = normals[:, n_all:n_all + n_aut] if n_aut else None
-    g_out = normals[:, n_all + n_aut:n_all + n_aut + n_out]
-    g_slope = normals[:, n_all + n_aut + n_out:] if n_slope else None
+    g_out = normals[:, n_all + n_aut:]
+    # the therapists' random alliance slopes, if any: drawn after the uniforms, so that
+    # a slope changes the outcome only
+    slope_sd = design.alliance_slope_sd
+    g_slope = np.empty((k, T)) if slope_sd else None
     n_age = P if age else 0
     n_drop = 0 if no_dropout else (2 * P if uniform_timing else P)
     uniforms = np.empty((k, n_age + n_drop)) if n_age + n_drop else None
@@ -486,6 +487,8 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
         r.standard_normal(out=normals[b])
         if uniforms is not None:
             r.random(out=uniforms[b])
+        if g_slope is not None:
+            r.standard_normal(out=g_slope[b])
     g_age = g_drop = None
     if uniforms is not None:
         if age:
