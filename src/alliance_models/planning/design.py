@@ -221,6 +221,13 @@ class Design:
     alliance_slope_correlation : float, default 0.0
         Correlation of that slope with the therapist intercept ``u_t``, in [-1, 1];
         needs ``icc_therapist > 0`` and ``alliance_slope_sd > 0`` when non-zero.
+    provenance : mapping of str to str, default {}
+        Where values came from (field, or ``"effects['term']"`` -> text), filled by
+        :meth:`from_fit` and :meth:`from_data` and shown by :meth:`describe`. It is a
+        record, not a parameter: designs that differ only in provenance are equal
+        (``==``, ``hash``), and :meth:`to_dict` (fingerprints of power runs, TOML
+        files) leaves it out. :meth:`replace` marks the fields it changes as
+        ``"given"``.
 
     Examples
     --------
@@ -255,6 +262,7 @@ class Design:
     age_distribution: tuple[float, float, float, float] = (50.0, 14.0, 18.0, 85.0)
     alliance_slope_sd: float = 0.0
     alliance_slope_correlation: float = 0.0
+    provenance: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # each phase checks and normalises a group of fields, in this order (later
@@ -266,6 +274,99 @@ class Design:
         self._check_outcome()
         self._check_dropout()
         self._check_age_and_skew()
+        prov = _mapping("provenance", self.provenance, "{'icc_therapist': 'from a pilot'}")
+        object.__setattr__(self, "provenance", _freeze_mapping(
+            {str(k): str(v) for k, v in prov.items()}))
+
+    @classmethod
+    def from_fit(cls, fit: Any, *, caseloads: str = "auto", **overrides: Any) -> Design:
+        """Plan from a fit of pilot data: the design the pilot showed.
+
+        ICCs come from the fit's variance components, standardised effects from its
+        fixed effects (on the simulator's standardised scale), and the layout and
+        predictor distributions from the fit's data; see
+        :mod:`alliance_models.planning.pilot` for every formula. A ``fit_bayes`` fit
+        gives posterior means. :attr:`provenance` says where each value came from.
+
+        Parameters
+        ----------
+        fit : MixedFit, GLMMFit or BayesFit
+            ``am.fit_mixed`` (gaussian, or ``family="binomial"``) or ``am.fit_bayes``
+            (gaussian or binomial) of pilot data in the prepared long format
+            (``therapist``, ``patient``, ``session``, ``alliance``, optionally ``arm``,
+            ``age``, ``autonomy``). Random intercepts of therapist and patient are
+            used; other random parts are dropped with a warning naming them, as are
+            fixed effects of other variables.
+        caseloads : {"auto", "observed"}, default "auto"
+            Unequal caseloads as a distribution fitted by moments (``"auto"``; the
+            number of therapists can then change), or the observed list.
+        **overrides
+            Design fields that replace the estimates (recorded as ``"given"``).
+
+        Returns
+        -------
+        Design
+
+        Examples
+        --------
+        >>> import alliance_models as am
+        >>> pilot = am.simulate(am.Design(therapists=20, patients_per_therapist=6), seed=3)
+        >>> fit = am.fit_mixed("adherence ~ alliance + (1 | therapist/patient)", pilot)
+        >>> d = am.Design.from_fit(fit, effects={"alliance": 0.2})
+        >>> d.n_therapists, dict(d.effects), d.provenance["effects"]
+        (20, {'alliance': 0.2}, 'given')
+        """
+        from .pilot import design_fields_from_fit
+
+        kw, prov = design_fields_from_fit(fit, overrides, caseloads=caseloads,
+                                          order=VARIABLE_ORDER)
+        return cls(**kw, provenance=prov)
+
+    @classmethod
+    def from_data(cls, data: Any, *, formula: str | None = None, family: str | None = None,
+                  caseloads: str = "auto", **overrides: Any) -> Design:
+        """Plan from pilot data: layout, predictor distributions, ICCs and effects.
+
+        The layout and predictor distributions come from ``data`` (as in
+        :meth:`from_fit`); ICCs and effects from ``am.fit_mixed`` of ``formula``,
+        by default the design's analysis model: alliance times every moderator column
+        present (``age``, ``autonomy``), plus ``arm`` if present, with
+        ``(1 | therapist/patient)``. Effects, ICCs (and baseline adherence) given in
+        ``overrides`` are used as given; when all are given no model is fitted.
+
+        Parameters
+        ----------
+        data : DataFrame
+            Pilot data in the prepared long format (``am.prepare`` or ``am.simulate``).
+        formula : str, optional
+            The analysis model to estimate ICCs and effects with.
+        family : {"gaussian", "binomial"}, optional
+            Default ``"binomial"`` when the data hold counts (``completed`` /
+            ``prescribed`` or ``attended`` / ``scheduled``), else ``"gaussian"``
+            (response ``adherence``).
+        caseloads : {"auto", "observed"}, default "auto"
+            As in :meth:`from_fit`.
+        **overrides
+            Design fields that replace the estimates (recorded as ``"given"``).
+
+        Returns
+        -------
+        Design
+
+        Examples
+        --------
+        >>> import alliance_models as am
+        >>> pilot = am.simulate(am.Design(therapists=20, patients_per_therapist=6), seed=3)
+        >>> d = am.Design.from_data(pilot, therapists=40)
+        >>> d.n_therapists, d.provenance["therapists"]
+        (40, 'given')
+        """
+        from .pilot import design_fields_from_data
+
+        kw, prov = design_fields_from_data(data, overrides, order=VARIABLE_ORDER,
+                                           formula=formula, family=family,
+                                           caseloads=caseloads)
+        return cls(**kw, provenance=prov)
 
     def _check_structure(self) -> None:
         """Check therapists (total or per arm), randomisation, caseloads and sessions."""
@@ -529,12 +630,21 @@ class Design:
                 "cannot change therapists while patients_per_therapist is a per-therapist "
                 "list; give a new list too"
             )
+        if self.provenance and "provenance" not in changes:
+            prov = dict(self.provenance)
+            for k in changes:
+                prov[k] = "given"
+                if k == "effects":
+                    prov = {p: t for p, t in prov.items() if not p.startswith("effects[")}
+            changes["provenance"] = prov
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-python description (used for fingerprints and TOML round trips)."""
         out: dict[str, Any] = {}
         for f in fields(self):
+            if f.name == "provenance":  # a record of origin, not a parameter
+                continue
             v = getattr(self, f.name)
             if isinstance(v, Mapping):
                 v = dict(sorted(v.items()))
@@ -544,7 +654,14 @@ class Design:
         return out
 
     def describe(self) -> str:
-        """One-line summary of the design."""
+        """One-line summary of the design, then its :attr:`provenance` (if any), a line each.
+
+        Examples
+        --------
+        >>> print(Design(therapists=20, provenance={"therapists": "given"}).describe()
+        ...       .splitlines()[1:])
+        ['provenance:', '  therapists: given']
+        """
         ppt = self.patients_per_therapist
         eff = ", ".join(f"{k}={v:g}" for k, v in self.effects.items()) or "none"
         return (
@@ -554,7 +671,12 @@ class Design:
             + (f"alliance slope SD={self.alliance_slope_sd:g} (correlation "
                f"{self.alliance_slope_correlation:g}); " if self.alliance_slope_sd else "")
             + f"family={self.family}; dropout={self.dropout}; effects: {eff}"
-        )
+        ) + "".join(f"\n{line}" for line in self._provenance_lines())
+
+    def _provenance_lines(self) -> list[str]:
+        if not self.provenance:
+            return []
+        return ["provenance:", *(f"  {k}: {v}" for k, v in self.provenance.items())]
 
 
 def _all_terms(variables: Sequence[str]) -> tuple[str, ...]:
