@@ -140,7 +140,9 @@ def _sn_skewness(delta: float) -> float:
     return (4 - math.pi) / 2 * b**3 / (1 - b * b) ** 1.5
 
 
-_SN_MAX = _sn_skewness(1 - 1e-9)
+#: the largest skew-normal shape a pilot can give (skewness 0.98 of the limit 0.995)
+_SHAPE_MAX = 20.0
+_SN_MAX = _sn_skewness(_SHAPE_MAX / math.sqrt(1 + _SHAPE_MAX**2))
 
 
 def _sn_shape(skewness: float) -> float:
@@ -282,14 +284,14 @@ class _Pilot:
             self.put("alliance_skew", 0.0, "0: alliance varies between therapists only")
             return
         target = g1 / denom
-        clipped = abs(target) >= _SN_MAX * 0.999
-        target = float(np.clip(target, -_SN_MAX * 0.999, _SN_MAX * 0.999))
+        clipped = abs(target) >= _SN_MAX
+        target = float(np.clip(target, -_SN_MAX, _SN_MAX))
         shape = round(_sn_shape(target), 3)
         self.put("alliance_skew", shape,
                  f"skew-normal shape matching the sample skewness of alliance "
                  f"({_fmt(g1)} over {a.size} sessions)"
-                 + (" (at the skew-normal's limit: the pilot is more skewed than the "
-                    "simulator can be)" if clipped else ""))
+                 + (f" (capped at |shape| = {_SHAPE_MAX:g}: the pilot is about as skewed "
+                    "as the simulator can be, or more)" if clipped else ""))
 
     def _moderators(self) -> None:
         d = self.data
@@ -363,6 +365,14 @@ class _Pilot:
                      f"{int(per.get(1, 0))} treatment therapists)")
         else:
             self.put("randomisation", "patient", "'arm' varies within therapists")
+
+    def standardised(self) -> pd.DataFrame:
+        """Return the data with ``<var>_z`` columns: each variable at its pilot mean and SD."""
+        d = self.data.copy()
+        for var, (mean, sd) in self.scales.items():
+            if var != "arm":
+                d[f"{var}_z"] = (pd.to_numeric(d[var]) - mean) / sd
+        return d
 
     # --- how each fitted column relates to the design's standardised variables ---------
     def column_scale(self, name: str) -> tuple[str, str | None, float, float] | None:
@@ -727,10 +737,13 @@ def _default_formula(pilot: _Pilot, family: str,
                      response: str | None) -> tuple[str, dict[str, Any]]:
     """Return the model ``from_data`` fits and the ``fit_mixed`` keyword arguments.
 
-    Alliance by every moderator, plus arm, with nested random intercepts.
+    Alliance by every moderator, plus arm, with nested random intercepts; the predictors
+    are standardised (``<var>_z`` columns, see :meth:`_Pilot.standardised`), which keeps
+    the binomial fit well conditioned and changes nothing else (the effects are mapped
+    back to the design's scale exactly).
     """
-    mods = list(pilot.fields["moderators"])
-    rhs = "alliance" + (f" * ({' + '.join(mods)})" if mods else "")
+    mods = [f"{m}_z" for m in pilot.fields["moderators"]]
+    rhs = "alliance_z" + (f" * ({' + '.join(mods)})" if mods else "")
     if pilot.fields["randomisation"] != "none":
         rhs += " + arm"
     d = pilot.data
@@ -795,6 +808,7 @@ def design_fields_from_data(data: pd.DataFrame, overrides: Mapping[str, Any], *,
         kw = {"family": "binomial"} if family == "binomial" else {}
         if family == "binomial":
             _, kw = _default_formula(pilot, family, formula.split("~")[0].strip())
+    pilot.data = pilot.standardised()
     fit, msgs = _quiet_fit(formula, pilot.data, **kw)
     fields, prov = design_fields_from_fit(fit, overrides, caseloads=caseloads, order=order,
                                           source="Design.from_data", data=pilot.data)
