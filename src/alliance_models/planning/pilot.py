@@ -617,7 +617,11 @@ def design_fields_from_fit(fit: Any, overrides: Mapping[str, Any], *,
         prov[name] = (f"{name} = {_fmt(val)} from {how} variance component {g} "
                       f"({_fmt(float(part.mean()))}) over it plus the other intercept and "
                       f"the {resid}{mean_how}"
-                      + (f"; posterior SD {_fmt(float(icc.std()))}" if bayes else ""))
+                      + (f"; posterior SD {_fmt(float(icc.std()))}" if bayes else "")
+                      + ("; estimated at 0 (a singular fit): a pilot this small cannot tell "
+                         "it from 0, consider a value from the literature"
+                         if not bayes and float(part.mean()) <= 1e-8 * float(total.mean())
+                         else ""))
 
     # --- fixed effects -> standardised effects -----------------------------------------
     draws, cov, names = _fixed_draws(fit, kind)
