@@ -88,9 +88,10 @@ def interval(name: str, value: Any, lo: float, hi: float, error: type[AllianceMo
     left = closed in ("left", "both")
     right = closed in ("right", "both")
     shown = f"{'[' if left else '('}{lo:g}, {hi:g}{']' if right else ')'}"
-    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
-          and math.isfinite(value)
-          and (lo <= value if left else lo < value) and (value <= hi if right else value < hi))
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    if ok:
+        v = float(value)
+        ok = math.isfinite(v) and (lo <= v if left else lo < v) and (v <= hi if right else v < hi)
     if not ok:
         raise error(f"{name} must lie in {shown}, got {value!r}")
     return float(value)

@@ -154,7 +154,9 @@ def _check_glmm_family(named: dict[str, Any]) -> None:
                 )
         n0 = first.frame.data[first.trials].to_numpy(float) if first.trials else None
         n1 = m.frame.data[m.trials].to_numpy(float) if m.trials else None
-        if (n0 is None) != (n1 is None) or (n0 is not None and not np.array_equal(n0, n1)):
+        same = n0 is None and n1 is None or (
+            n0 is not None and n1 is not None and np.array_equal(n0, n1))
+        if not same:
             raise ModelSpecError(
                 f"model {name!r} was fitted with other trials than {first_name!r} "
                 f"({m.trials!r} vs {first.trials!r}); compare fits of the same counts"

@@ -28,7 +28,7 @@ COR_EDGE = 1e-9
 
 def _layout(problem: LMMProblem) -> list[tuple[int, int, int]]:
     """(block, row, col) of every SD/correlation entry, theta order; sigma last."""
-    out = []
+    out: list[tuple[int, int, int]] = []
     for k, b in enumerate(problem.blocks):
         out.extend((k, r, c) for r, c in b.theta_index)
     return out

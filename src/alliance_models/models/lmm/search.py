@@ -192,8 +192,8 @@ def _grid_values(crit: Criterion, reps: np.ndarray, pts: np.ndarray) -> np.ndarr
     """
     if 2 * reps.size > crit.n_rep:
         every = np.arange(crit.n_rep)
-        f = [crit.values(every, np.broadcast_to(p, (crit.n_rep, p.size))) for p in pts]
-        return np.column_stack(f)[reps]
+        cols = [crit.values(every, np.broadcast_to(p, (crit.n_rep, p.size))) for p in pts]
+        return np.column_stack(cols)[reps]
     f = crit.values(np.repeat(reps, len(pts)), np.tile(pts, (reps.size, 1)))
     return f.reshape(reps.size, len(pts))
 
