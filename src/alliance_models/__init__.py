@@ -70,6 +70,7 @@ _LAZY: dict[str, str] = {
     "plot_interaction": "alliance_models.probing",
     "plot_johnson_neyman": "alliance_models.plots",
     "plot_power_curve": "alliance_models.plots",
+    "plot_cost_frontier": "alliance_models.plots",
     # planning trials
     "Design": "alliance_models.planning.design",
     "simulate": "alliance_models.planning.simulate",
@@ -79,6 +80,7 @@ _LAZY: dict[str, str] = {
     "PowerResult": "alliance_models.planning.results",
     "PowerCurve": "alliance_models.planning.results",
     "SampleSizeResult": "alliance_models.planning.results",
+    "JointSampleSizeResult": "alliance_models.planning.results",
     # closed-form power (what ``alliance_models.power.analytic`` held)
     "design_power": "alliance_models.planning.analytic",
     "design_effect": "alliance_models.planning.analytic",

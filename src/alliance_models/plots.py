@@ -1,4 +1,4 @@
-"""Static matplotlib plots of results: interactions, Johnson-Neyman regions, power curves.
+"""Static matplotlib plots of results: interactions, Johnson-Neyman, power, cost frontiers.
 
 Every function draws a result it is given (nothing is computed here: the probing and
 power results carry their tables) on a given ``ax`` (or a new figure) and returns the
@@ -9,7 +9,7 @@ effects, lives with them in :mod:`alliance_models.probing.conditional`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,12 +17,14 @@ import numpy as np
 from .errors import DataValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     from matplotlib.axes import Axes
 
     from .probing import ConditionalEffects, JohnsonNeyman, SimpleSlopes
 
 __all__ = [
     "plot_conditional_effects",
+    "plot_cost_frontier",
     "plot_johnson_neyman",
     "plot_power_curve",
     "plot_simple_slopes",
@@ -265,4 +267,83 @@ def plot_power_curve(
         ax.set_title(title, fontsize=10)
     if label:
         ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+def plot_cost_frontier(
+    evaluations: pd.DataFrame,
+    frontier: pd.DataFrame,
+    *,
+    optimum: tuple[int, int] | None = None,
+    cost_rates: Mapping[str, float] | None = None,
+    target: float = 0.8,
+    ax: Axes | None = None,
+) -> Axes:
+    """Plot a joint sample-size search: pairs tried, the frontier, the cheapest pair.
+
+    Patients per therapist on the x axis, therapists on the y axis. Every evaluated pair
+    is a dot (filled where its power reached ``target``, open where not), the frontier
+    (fewest therapists reaching the target at each caseload) a line, the optimum a star
+    with the iso-cost curve through it (pairs of the same cost), when ``cost_rates``
+    are given.
+
+    Parameters
+    ----------
+    evaluations : DataFrame
+        Columns ``therapists``, ``patients_per_therapist``, ``reached``.
+    frontier : DataFrame
+        Columns ``patients_per_therapist`` and ``therapists`` (missing where not reached).
+    optimum : (therapists, patients_per_therapist), optional
+    cost_rates : mapping, optional
+        ``{"therapist": c_t, "patient": c_p}`` for the iso-cost curve.
+    target : float, default 0.8
+        For the legend.
+    ax : Axes, optional
+
+    Returns
+    -------
+    Axes
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import pandas as pd
+    >>> ev = pd.DataFrame({"therapists": [20, 30, 12], "patients_per_therapist": [2, 2, 6],
+    ...                    "reached": [False, True, True]})
+    >>> fr = pd.DataFrame({"patients_per_therapist": [2, 6], "therapists": [30, 12]})
+    >>> ax = plot_cost_frontier(ev, fr, optimum=(12, 6),
+    ...                         cost_rates={"therapist": 2000, "patient": 300})
+    >>> ax.get_xlabel(), ax.get_ylabel()
+    ('patients per therapist', 'therapists')
+    """
+    need = {"therapists", "patients_per_therapist", "reached"}
+    if not need <= set(evaluations.columns):
+        raise DataValidationError(
+            f"evaluations need the columns {sorted(need)}; got {list(evaluations.columns)}")
+    ax = _axes(ax)
+    x = evaluations["patients_per_therapist"].to_numpy(float)
+    y = evaluations["therapists"].to_numpy(float)
+    hit = evaluations["reached"].to_numpy(bool)
+    ax.scatter(x[hit], y[hit], color="C0", s=25, zorder=3,
+               label=f"power >= {target:g}")
+    ax.scatter(x[~hit], y[~hit], facecolors="none", edgecolors="C0", s=25, zorder=3,
+               label=f"power < {target:g}")
+    fr = frontier.dropna(subset=["therapists"])
+    if len(fr):
+        ax.plot(fr["patients_per_therapist"].to_numpy(float),
+                fr["therapists"].to_numpy(float), color="C0", lw=1.5, label="frontier")
+    if optimum is not None:
+        t, n = optimum
+        if cost_rates is not None:
+            c_t, c_p = float(cost_rates["therapist"]), float(cost_rates["patient"])
+            total = c_t * t + c_p * t * n
+            grid = np.linspace(max(0.5, float(np.min(x)) - 0.5), float(np.max(x)) + 0.5, 200)
+            ax.plot(grid, total / (c_t + c_p * grid), color="0.4", ls="--", lw=1,
+                    label=f"cost {total:g}")
+        ax.scatter([n], [t], marker="*", s=220, color="C3", zorder=4,
+                   label=f"cheapest: {t} x {n}")
+        ax.set_ylim(0, max(float(np.max(y)), float(t)) * 1.1)
+    ax.set_xlabel("patients per therapist")
+    ax.set_ylabel("therapists")
+    ax.legend(fontsize=8, frameon=False)
     return ax

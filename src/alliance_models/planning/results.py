@@ -2,9 +2,10 @@
 
 :class:`PowerResult` holds one run's replicates (one row per replicate, columns
 ``REPLICATE_COLUMNS``) and the diagnosands computed from them (:func:`summarise`);
-:class:`PowerCurve` and :class:`SampleSizeResult` hold the runs of
-:func:`~alliance_models.planning.search.power_curve` and
-:func:`~alliance_models.planning.search.sample_size`.
+:class:`PowerCurve`, :class:`SampleSizeResult` and :class:`JointSampleSizeResult` hold
+the runs of :func:`~alliance_models.planning.search.power_curve` and
+:func:`~alliance_models.planning.search.sample_size` (one field, or therapists and
+caseload jointly at minimal cost).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .design import Design
 
 __all__ = [
     "REPLICATE_COLUMNS",
+    "JointSampleSizeResult",
     "PowerCurve",
     "PowerResult",
     "SampleSizeResult",
@@ -336,3 +338,104 @@ class SampleSizeResult:
                        for _, r in self.evaluations.iterrows())
         return f"{head}\n{smooth}\nevaluations ({len(self.evaluations)}):\n{ev}\n" \
                f"elapsed {self.elapsed:.1f} s"
+
+
+@dataclass(frozen=True, eq=False)
+class JointSampleSizeResult:
+    """The cheapest (therapists, patients per therapist) pair that reaches a target power.
+
+    Attributes
+    ----------
+    vary : ("therapists", "patients_per_therapist")
+        The fields searched.
+    target : float
+        Target power.
+    cost_rates : dict
+        ``{"therapist": c_t, "patient": c_p}``; a pair costs
+        ``c_t * therapists + c_p * therapists * patients_per_therapist``.
+    budget : float or None
+        The most a pair could cost.
+    therapists, patients_per_therapist : int or None
+        The optimum: the evaluated pair of least cost whose Monte Carlo power reached the
+        target (None when none did).
+    cost : float
+        Its cost (NaN without an optimum).
+    power, ci : float, (float, float)
+        Its power with the 95% Wilson interval.
+    evaluations : DataFrame
+        Every pair evaluated, in order: ``therapists``, ``patients_per_therapist``,
+        ``power``, ``ci_low``, ``ci_high`` (Wilson), ``n_completed``, ``cost``,
+        ``reached``.
+    frontier : DataFrame
+        One row per caseload on the grid: the fewest therapists that reach the target
+        (``<NA>`` when none within the range, or none that could beat the best cost),
+        their power, CI and cost, and ``status`` (``"reached"``, ``"not reached up to
+        ..."``, ``"cannot beat cost ..."``, ``"over budget"``).
+    results : tuple of PowerResult
+        The underlying runs, in the order of ``evaluations``.
+    closed_form : bool
+        Whether :func:`~alliance_models.planning.analytic.design_power` guided the search.
+    elapsed : float
+    """
+
+    vary: tuple[str, str]
+    target: float
+    cost_rates: dict[str, float]
+    budget: float | None
+    therapists: int | None
+    patients_per_therapist: int | None
+    cost: float
+    power: float
+    ci: tuple[float, float]
+    evaluations: pd.DataFrame
+    frontier: pd.DataFrame
+    results: tuple[PowerResult, ...]
+    closed_form: bool
+    elapsed: float
+
+    def to_frame(self) -> pd.DataFrame:
+        """Return the evaluations made (one row per pair tried)."""
+        return self.evaluations.copy()
+
+    def summary(self) -> str:
+        """Printable report of the search: the optimum, the frontier and the evaluations."""
+        rates = (f"cost {self.cost_rates['therapist']:g} per therapist + "
+                 f"{self.cost_rates['patient']:g} per patient"
+                 + (f", budget {self.budget:g}" if self.budget is not None else ""))
+        if self.therapists is None:
+            head = f"target power {self.target:g} not reached by any pair evaluated ({rates})"
+        else:
+            head = (f"cheapest design reaching power {self.target:g}: {self.therapists} "
+                    f"therapists x {self.patients_per_therapist} patients, cost "
+                    f"{self.cost:g} (power {self.power:.3f}, 95% CI [{self.ci[0]:.3f}, "
+                    f"{self.ci[1]:.3f}]; {rates})")
+        fr = "\n".join(
+            f"  {int(r['patients_per_therapist']):>8}  "
+            + (f"{int(r['therapists']):>10}  power {r['power']:.3f}  cost {r['cost']:g}"
+               if r["status"] == "reached" else f"{'-':>10}  {r['status']}")
+            for _, r in self.frontier.iterrows())
+        ev = "\n".join(
+            f"  {int(r['therapists']):>10} x {int(r['patients_per_therapist']):<4} power "
+            f"{r['power']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  cost {r['cost']:g}"
+            for _, r in self.evaluations.iterrows())
+        guide = " (closed form guided the search)" if self.closed_form else ""
+        return (f"{head}\nfrontier: fewest therapists per caseload{guide}\n"
+                f"  caseload  therapists\n{fr}\n"
+                f"evaluations ({len(self.evaluations)} power runs):\n{ev}\n"
+                f"elapsed {self.elapsed:.1f} s")
+
+    def plot(self, ax: Any = None) -> Any:
+        """Draw the evaluated pairs, the frontier and the optimum with its iso-cost line.
+
+        Uses :func:`alliance_models.plots.plot_cost_frontier`.
+
+        Returns
+        -------
+        matplotlib Axes
+        """
+        from ..plots import plot_cost_frontier
+
+        opt = None if self.therapists is None else (self.therapists,
+                                                     self.patients_per_therapist)
+        return plot_cost_frontier(self.evaluations, self.frontier, optimum=opt,
+                                  cost_rates=self.cost_rates, target=self.target, ax=ax)

@@ -11,7 +11,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from scipy import special
 from .._random import RNGLike, seed_sequence
 from ..errors import AllianceModelsWarning, DesignError
 from .design import Design
-from .results import PowerCurve, PowerResult, SampleSizeResult
+from .results import JointSampleSizeResult, PowerCurve, PowerResult, SampleSizeResult
 from .run import power
 
 __all__ = ["power_curve", "sample_size"]
@@ -146,20 +146,28 @@ def sample_size(
     *,
     test: str,
     target: float = 0.8,
-    vary: str = "patients_per_therapist",
-    lo: int = 2,
-    hi: int = 50,
-    step: int = 1,
+    vary: str | Sequence[str] = "patients_per_therapist",
+    lo: int | Mapping[str, int] | None = None,
+    hi: int | Mapping[str, int] | None = None,
+    step: int | Mapping[str, int] | None = None,
     seed: RNGLike = None,
+    cost: Mapping[str, float] | None = None,
+    budget: float | None = None,
     **kwargs: Any,
-) -> SampleSizeResult:
-    """Search for the smallest design size that reaches ``target`` power.
+) -> SampleSizeResult | JointSampleSizeResult:
+    """Search for the smallest design size, or the cheapest design, that reaches ``target``.
 
-    Bisection on the integer grid ``lo, lo + step, ..., hi`` with common random numbers
-    (the same seed at every evaluation, which keeps the Monte Carlo power estimate
-    nearly monotone in the size), so about ``log2((hi - lo) / step) + 2`` power runs
-    are made instead of a full grid. A logistic fit of power on log(size) over all
-    evaluations gives a smoothed crossing point with a confidence interval.
+    With one field (``vary="therapists"``): bisection on the integer grid
+    ``lo, lo + step, ..., hi`` with common random numbers (the same seed at every
+    evaluation, which keeps the Monte Carlo power estimate nearly monotone in the
+    size), so about ``log2((hi - lo) / step) + 2`` power runs are made instead of a full
+    grid. A logistic fit of power on log(size) over all evaluations gives a smoothed
+    crossing point with a confidence interval.
+
+    With both ``vary=("therapists", "patients_per_therapist")`` and a ``cost`` per
+    therapist and per patient: the pair of minimal total cost
+    ``cost["therapist"] * therapists + cost["patient"] * therapists * patients_per_therapist``
+    whose power reaches ``target`` (see Notes).
 
     Parameters
     ----------
@@ -169,18 +177,47 @@ def sample_size(
         As in :func:`power`.
     target : float, default 0.8
         Target power.
-    vary : str, default "patients_per_therapist"
-        An integer :class:`Design` field (``"therapists"``, ``"sessions"`` ...).
-    lo, hi, step : int
-        Search range and grid step (use ``step=2`` for even therapist totals).
+    vary : str or (str, str), default "patients_per_therapist"
+        An integer :class:`Design` field (``"therapists"``, ``"sessions"`` ...), or the
+        pair ``("therapists", "patients_per_therapist")`` (either order) for the joint
+        search.
+    lo, hi, step : int, or mappings of field to int for the joint search
+        Search range and grid step; one field: defaults 2, 50 and 1 (use ``step=2`` for
+        even therapist totals). Joint search: ``lo`` and ``hi`` are required, e.g.
+        ``lo={"therapists": 10, "patients_per_therapist": 2}``; ``step`` defaults to 2
+        therapists under therapist randomisation (equal arms; ``lo`` and ``step`` of
+        therapists must then be even) and 1 otherwise.
     seed : int or None
         Root seed shared by all evaluations.
+    cost : mapping, joint search only
+        ``{"therapist": c_t, "patient": c_p}``: non-negative costs per therapist and per
+        patient (at least one positive).
+    budget : float, optional, joint search only
+        The most a design may cost; dearer pairs are not evaluated.
     **kwargs
         Passed to :func:`power` (``n_sims``, ``method``, ``n_jobs`` ...).
 
     Returns
     -------
-    SampleSizeResult
+    SampleSizeResult or JointSampleSizeResult
+        The latter for the joint search.
+
+    Notes
+    -----
+    The joint search runs, for each caseload on its grid, the one-field bisection over
+    therapists (common random numbers: every evaluation uses the same root seed, so
+    every pair's power comes from the same replicates' seeds), and keeps the cheapest
+    pair that reaches the target. Two things save power runs without changing the
+    answer: a caseload's bisection only looks at therapist counts whose pair costs no
+    more than the cheapest pair found so far (or ``budget``), and it is skipped when
+    none is left; and when :func:`~alliance_models.planning.analytic.design_power` has
+    a closed form for the design and test (a balanced therapist-randomised trial
+    testing ``arm``), it orders the caseloads by their closed-form cost and gives each
+    bisection its first guess. Every reported power is a Monte Carlo estimate; the
+    closed form only decides where to look. The search assumes that power rises with
+    the number of therapists at a fixed caseload (as the one-field bisection does).
+    Among pairs of equal cost the one with the higher power wins, then fewer
+    therapists.
 
     Examples
     --------
@@ -192,8 +229,35 @@ def sample_size(
     ...                     n_jobs=1, seed=3)
     >>> len(ss.evaluations) <= 8
     True
+
+    The cheapest therapist-randomised trial for a standardised arm effect of 0.5:
+
+    >>> d = am.Design(therapists=20, patients_per_therapist=5, sessions=1,
+    ...               randomisation="therapist", icc_therapist=0.05, icc_patient=0.0,
+    ...               moderators={}, effects={"arm": 0.5})
+    >>> best = am.sample_size(d, "adherence ~ arm", test="arm",
+    ...                       vary=("therapists", "patients_per_therapist"),
+    ...                       cost={"therapist": 2000.0, "patient": 300.0},
+    ...                       lo={"therapists": 4, "patients_per_therapist": 2},
+    ...                       hi={"therapists": 60, "patients_per_therapist": 8},
+    ...                       n_sims=40, method="ols", fit_kwargs={"hc": None},
+    ...                       n_jobs=1, seed=3)
+    >>> best.cost == 2000.0 * best.therapists + 300.0 * best.therapists * (
+    ...     best.patients_per_therapist)
+    True
     """
     t0 = time.perf_counter()
+    if not isinstance(vary, str):
+        return _joint_sample_size(design, formula, test=test, target=target, vary=vary,
+                                  lo=lo, hi=hi, step=step, seed=seed, cost=cost,
+                                  budget=budget, t0=t0, **kwargs)
+    if cost is not None or budget is not None:
+        raise DesignError(
+            "cost and budget apply to the joint search, vary=('therapists', "
+            f"'patients_per_therapist'); got vary={vary!r}")
+    lo = 2 if lo is None else lo
+    hi = 50 if hi is None else hi
+    step = 1 if step is None else step
     _check_vary_name(design, vary)
     if not 0 < target < 1:
         raise DesignError(f"target power must be in (0, 1), got {target!r}")
@@ -216,26 +280,14 @@ def sample_size(
             order.append(v)
         return cache[v]
 
-    found: int | None
-    if run(hi).power < target:
-        found = None
+    found = _smallest_reaching(lambda v: run(v).power >= target, lo, hi, step)
+    if found is None:
         warnings.warn(
             f"target power {target:g} not reached at {vary}={hi} (power "
             f"{cache[hi].power:.3f}); raise hi",
             AllianceModelsWarning,
             skip_file_prefixes=(_PACKAGE_DIR,),
         )
-    elif run(lo).power >= target:
-        found = lo
-    else:
-        a, b = lo, hi  # power(a) < target <= power(b)
-        while b - a > step:
-            mid = a + ((b - a) // step // 2) * step
-            if run(mid).power >= target:
-                b = mid
-            else:
-                a = mid
-        found = b
     ev = pd.DataFrame({
         vary: order,
         "power": [cache[v].power for v in order],
@@ -258,4 +310,275 @@ def sample_size(
         ci=res_found.ci if res_found else (math.nan, math.nan),
         smooth_value=sv, smooth_ci=sci, evaluations=ev,
         results=tuple(cache[v] for v in order), elapsed=time.perf_counter() - t0,
+    )
+
+
+def _smallest_reaching(reaches: Callable[[int], bool], lo: int, hi: int, step: int,
+                       guess: int | None = None) -> int | None:
+    """Smallest grid value ``lo + i * step <= hi`` for which ``reaches`` holds, or None.
+
+    Assumes ``reaches`` is monotone (False below some value, True from there on).
+    Without ``guess`` it asks ``hi``, then ``lo``, then bisects. With a ``guess``
+    (snapped onto the grid) it asks there first, then gallops away from it (1, 2, 4 ...
+    steps, down if the guess reaches, up if not) until the answer is bracketed, and
+    bisects the bracket, so a good guess settles the search in a few evaluations.
+    """
+    below: int | None = None  # largest value known to fall short
+    above: int | None = None  # smallest value known to reach
+    if guess is not None:
+        g = min(hi, max(lo, lo + round((guess - lo) / step) * step))
+        jump = step
+        if reaches(g):
+            above = g
+            while below is None and above > lo:
+                probe = max(lo, above - jump)
+                if reaches(probe):
+                    above = probe
+                else:
+                    below = probe
+                jump *= 2
+            if below is None:
+                return above  # lo reaches
+        else:
+            below = g
+            while above is None and below < hi:
+                probe = min(hi, below + jump)
+                if reaches(probe):
+                    above = probe
+                else:
+                    below = probe
+                jump *= 2
+            if above is None:
+                return None  # hi falls short
+    if above is None:
+        if not reaches(hi):
+            return None
+        above = hi
+    if below is None:
+        if reaches(lo):
+            return lo
+        below = lo
+    while above - below > step:  # reaches(below) is False, reaches(above) is True
+        mid = below + ((above - below) // step // 2) * step
+        if reaches(mid):
+            above = mid
+        else:
+            below = mid
+    return above
+
+
+#: the fields a joint search varies, in the order results report them
+_JOINT = ("therapists", "patients_per_therapist")
+_COSTS = ("therapist", "patient")
+
+
+def _joint_ranges(design: Design, vary: Sequence[str], lo: Any, hi: Any, step: Any
+                  ) -> dict[str, tuple[int, int, int]]:
+    """Check the joint search's fields and ranges; return field -> (lo, hi, step)."""
+    names = tuple(vary) if isinstance(vary, Sequence) else ()
+    if sorted(names) != sorted(_JOINT):
+        raise DesignError(
+            f"a joint search varies exactly the fields {_JOINT!r} (in either order), or "
+            f"give one field as a string; got vary={vary!r}")
+    default_step = {"therapists": 2 if design.randomisation == "therapist" else 1,
+                    "patients_per_therapist": 1}
+    out: dict[str, tuple[int, int, int]] = {}
+    for arg, given in (("lo", lo), ("hi", hi), ("step", step)):
+        if given is None and arg == "step":
+            continue
+        if not isinstance(given, Mapping):
+            raise DesignError(
+                f"{arg} must be a mapping of field to integer for a joint search, e.g. "
+                f"{arg}={{'therapists': 10, 'patients_per_therapist': 4}}; got {given!r}")
+        extra = sorted(set(given) - set(_JOINT))
+        if extra:
+            raise DesignError(f"{arg} names {extra[0]!r}, which the search does not vary; "
+                              f"allowed: {', '.join(_JOINT)}")
+        if arg != "step" and set(given) != set(_JOINT):
+            missing = [f for f in _JOINT if f not in given]
+            raise DesignError(f"{arg} must give both fields; missing {missing[0]!r}")
+    for f in _JOINT:
+        a, b = lo[f], hi[f]
+        c = (step or {}).get(f, default_step[f])
+        for arg, v in (("lo", a), ("hi", b), ("step", c)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+                raise DesignError(f"{arg}[{f!r}] must be a positive integer, got {v!r}")
+        if b < a:
+            raise DesignError(f"hi[{f!r}] = {b} is below lo[{f!r}] = {a}")
+        if (b - a) % c:
+            b = a + ((b - a) // c + 1) * c
+        out[f] = (int(a), int(b), int(c))
+    if design.randomisation == "therapist":
+        a, _, c = out["therapists"]
+        if a % 2 or c % 2:
+            raise DesignError(
+                "therapist randomisation splits the therapists equally between the arms: "
+                f"lo['therapists'] and step['therapists'] must be even, got lo={a}, step={c}")
+    ppt = design.patients_per_therapist
+    if isinstance(ppt, tuple) and not isinstance(ppt[0], str):
+        raise DesignError(
+            "patients_per_therapist is a per-therapist list; a joint search sets one "
+            "caseload for every therapist (give an integer caseload)")
+    return out
+
+
+def _check_costs(cost: Any, budget: Any) -> tuple[dict[str, float], float | None]:
+    if not isinstance(cost, Mapping):
+        raise DesignError(
+            "a joint search needs cost={'therapist': ..., 'patient': ...} (cost per "
+            f"therapist and per patient); got cost={cost!r}")
+    unknown = sorted(set(cost) - set(_COSTS))
+    if unknown:
+        raise DesignError(f"cost names {unknown[0]!r}; allowed: {', '.join(_COSTS)}")
+    out = {}
+    for key in _COSTS:
+        if key not in cost:
+            raise DesignError(f"cost must give {key!r} (cost per {key}; 0 if free)")
+        v = cost[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(
+                v) or v < 0:
+            raise DesignError(f"cost[{key!r}] must be a finite number >= 0, got {v!r}")
+        out[key] = float(v)
+    if not any(out.values()):
+        raise DesignError("cost per therapist and per patient are both 0: every design "
+                          "would cost nothing; give at least one positive cost")
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not (
+                math.isfinite(budget)) or budget <= 0:
+            raise DesignError(f"budget must be a positive finite number, got {budget!r}")
+        budget = float(budget)
+    return out, budget
+
+
+def _closed_form(design: Design, test: str, alpha: float) -> Callable[[Design], float] | None:
+    """Closed-form power of the designs of a search, when ``design_power`` has one."""
+    from . import analytic
+
+    try:
+        analytic.design_power(design, test=test, alpha=alpha)
+    except (DesignError, ValueError):
+        return None
+    return lambda d: analytic.design_power(d, test=test, alpha=alpha)
+
+
+def _closed_form_reaches(exact: Callable[[Design], float], design: Design,
+                         target: float) -> bool:
+    try:
+        return exact(design) >= target
+    except DesignError:  # too few therapists for the closed form
+        return False
+
+
+def _joint_sample_size(design: Design, formula: str, *, test: str, target: float,
+                       vary: Sequence[str], lo: Any, hi: Any, step: Any, seed: RNGLike,
+                       cost: Any, budget: Any, t0: float,
+                       **kwargs: Any) -> JointSampleSizeResult:
+    """Run the joint search of :func:`sample_size` over therapists and caseloads."""
+    if not 0 < target < 1:
+        raise DesignError(f"target power must be in (0, 1), got {target!r}")
+    ranges = _joint_ranges(design, vary, lo, hi, step)
+    rates, budget = _check_costs(cost, budget)
+    (t_lo, t_hi, t_step), (n_lo, n_hi, n_step) = ranges["therapists"], ranges[
+        "patients_per_therapist"]
+    t_grid = list(range(t_lo, t_hi + 1, t_step))
+    n_grid = list(range(n_lo, n_hi + 1, n_step))
+    for t in (t_lo, t_hi):  # every corner must be a valid design before any simulation
+        for n in (n_lo, n_hi):
+            design.replace(therapists=t, patients_per_therapist=n)
+
+    def price(t: int, n: int) -> float:
+        return rates["therapist"] * t + rates["patient"] * t * n
+
+    seed = seed_sequence(seed)  # one root for every evaluation (common random numbers)
+    cache: dict[tuple[int, int], PowerResult] = {}
+    order: list[tuple[int, int]] = []
+
+    def reaches(t: int, n: int) -> bool:
+        if (t, n) not in cache:
+            d = design.replace(therapists=t, patients_per_therapist=n)
+            cache[(t, n)] = power(d, formula, test=test, seed=seed, **kwargs)
+            order.append((t, n))
+        return cache[(t, n)].power >= target
+
+    # the closed form (where there is one) orders the caseloads and guesses each answer
+    exact = _closed_form(design.replace(therapists=t_hi, patients_per_therapist=n_lo), test,
+                         float(kwargs.get("alpha", 0.05)))
+    guess: dict[int, int | None] = {}
+    visit = list(n_grid)
+    if exact is not None:
+        for n in n_grid:
+            guess[n] = next((t for t in t_grid if _closed_form_reaches(
+                exact, design.replace(therapists=t, patients_per_therapist=n), target)),
+                None)
+        visit.sort(key=lambda n: (guess[n] is None,
+                                  price(guess[n], n) if guess[n] is not None else 0.0, n))
+    best: tuple[float, float, int, int] | None = None  # (cost, -power, t, n)
+    found: dict[int, int | None] = {}
+    status: dict[int, str] = {}
+    previous: int | None = None
+    for n in visit:
+        caps = [c for c in (budget, None if best is None else best[0]) if c is not None]
+        cap = min(caps) if caps else None
+        allowed = [t for t in t_grid if cap is None or price(t, n) <= cap]
+        if not allowed:
+            found[n] = None
+            status[n] = ("over budget" if best is None else
+                         f"cannot beat cost {best[0]:g}")
+            continue
+        top = allowed[-1]
+        g = guess.get(n) if exact is not None else previous
+        t_min = _smallest_reaching(lambda t, n=n: reaches(t, n), t_lo, top, t_step,
+                                   guess=None if g is None else min(g, top))
+        found[n] = t_min
+        if t_min is None:
+            status[n] = (f"not reached up to {top} therapists" + (
+                "" if top == t_hi else " (dearer pairs cannot beat the best)"))
+            continue
+        status[n] = "reached"
+        previous = t_min
+        res = cache[(t_min, n)]
+        key = (price(t_min, n), -res.power, t_min, n)
+        if best is None or key < best:
+            best = key
+    ev = pd.DataFrame({
+        "therapists": [t for t, _ in order],
+        "patients_per_therapist": [n for _, n in order],
+        "power": [cache[p].power for p in order],
+        "ci_low": [cache[p].ci[0] for p in order],
+        "ci_high": [cache[p].ci[1] for p in order],
+        "n_completed": [cache[p].n_completed for p in order],
+        "cost": [price(*p) for p in order],
+        "reached": [cache[p].power >= target for p in order],
+    })
+    fr = []
+    for n in n_grid:
+        t = found[n]
+        r = cache[(t, n)] if t is not None else None
+        fr.append({"patients_per_therapist": n, "therapists": t if t is not None else pd.NA,
+                   "power": r.power if r else math.nan,
+                   "ci_low": r.ci[0] if r else math.nan, "ci_high": r.ci[1] if r else math.nan,
+                   "cost": price(t, n) if t is not None else math.nan, "status": status[n]})
+    frontier = pd.DataFrame(fr)
+    frontier["therapists"] = frontier["therapists"].astype("Int64")
+    if best is None:
+        warnings.warn(
+            f"target power {target:g} not reached by any pair on the grid"
+            + (f" within budget {budget:g}" if budget is not None else "")
+            + f" (therapists {t_lo}-{t_hi}, patients_per_therapist {n_lo}-{n_hi}); raise hi"
+            + (" or the budget" if budget is not None else ""),
+            AllianceModelsWarning,
+            skip_file_prefixes=(_PACKAGE_DIR,),
+        )
+        opt = None
+    else:
+        opt = cache[(best[2], best[3])]
+    return JointSampleSizeResult(
+        vary=_JOINT, target=target, cost_rates=rates, budget=budget,
+        therapists=None if best is None else best[2],
+        patients_per_therapist=None if best is None else best[3],
+        cost=math.nan if best is None else best[0],
+        power=opt.power if opt else math.nan,
+        ci=opt.ci if opt else (math.nan, math.nan),
+        evaluations=ev, frontier=frontier, results=tuple(cache[p] for p in order),
+        closed_form=exact is not None, elapsed=time.perf_counter() - t0,
     )
