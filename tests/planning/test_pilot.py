@@ -62,7 +62,7 @@ def _vc_se(d: am.Design, share_t: float, share_p: float) -> tuple[float, float]:
 
 def _effect_se(design: am.Design, term: str) -> float:
     text = design.provenance[f"effects[{term!r}]"]
-    return float(re.search(r"SE ([0-9.e+-]+)\)", text).group(1))
+    return float(re.search(r"(?:SE|SD) ([0-9.e+-]+)\)", text).group(1))
 
 
 def _z_scores(est: am.Design, truth: am.Design) -> dict[str, float]:
@@ -145,6 +145,36 @@ def test_from_fit_maps_centred_and_split_alliance_columns_to_the_same_design():
     assert abs(split.effects["alliance"] - 0.25) < Z_MAX * _effect_se(split, "alliance")
 
 
+SLOPES = am.Design(therapists=60, patients_per_therapist=8, sessions=6, icc_therapist=0.1,
+                   moderators={}, effects={"alliance": 0.25}, alliance_slope_sd=0.15,
+                   alliance_slope_correlation=0.3)
+
+
+def test_from_fit_maps_a_therapist_random_slope_of_alliance():
+    # sampling SDs over 30 seeds of this design (measured): slope SD 0.040, correlation
+    # 0.28; the mean of 6 seeds must lie within 4 of its SEs (SD / sqrt(6))
+    est = []
+    for seed in range(6):
+        pilot = am.simulate(SLOPES, seed=seed)
+        if seed == 0:  # the slope on raw (shifted, scaled) alliance: the same design
+            fit = am.fit_mixed("adherence ~ alliance + (1 + alliance | therapist) + "
+                               "(1 | patient)", pilot.assign(alliance=2 * pilot.alliance + 3))
+            shifted = am.Design.from_fit(fit)
+        fit = am.fit_mixed("adherence ~ alliance + (1 + alliance | therapist) + (1 | patient)",
+                           pilot)
+        d = am.Design.from_fit(fit)
+        est.append((d.alliance_slope_sd, d.alliance_slope_correlation))
+        if seed == 0:
+            assert shifted.alliance_slope_sd == pytest.approx(d.alliance_slope_sd, abs=2e-4)
+            assert shifted.alliance_slope_correlation == pytest.approx(
+                d.alliance_slope_correlation, abs=2e-3)
+            assert shifted.icc_therapist == pytest.approx(d.icc_therapist, abs=2e-4)
+            assert "random slope of alliance by therapist" in d.provenance["alliance_slope_sd"]
+    sd, rho = np.mean(est, axis=0)
+    assert abs(sd - 0.15) < 4 * 0.040 / math.sqrt(6)
+    assert abs(rho - 0.3) < 4 * 0.28 / math.sqrt(6)
+
+
 def test_from_fit_binomial_glmm_gives_latent_scale_iccs_and_effects():
     truth = am.Design(therapists=40, patients_per_therapist=8, sessions=6, family="binomial",
                       icc_therapist=0.08, icc_patient=0.2, baseline_adherence=0.7,
@@ -184,7 +214,7 @@ def test_provenance_lists_every_estimated_field_and_keeps_equality():
     estimated = {"therapists", "patients_per_therapist", "sessions", "randomisation",
                  "icc_therapist", "icc_patient", "alliance_components", "alliance_skew",
                  "moderators", "effects", "family", "dropout", "dropout_timing",
-                 "age_distribution"}
+                 "age_distribution", "alliance_slope_sd"}
     assert estimated <= set(est.provenance)
     assert {f"effects[{t!r}]" for t in est.effects} <= set(est.provenance)
     assert "(REML)" in est.provenance["icc_therapist"]
@@ -270,10 +300,11 @@ def test_unknown_terms_and_random_parts_are_dropped_with_a_warning_naming_them()
     assert set(est.effects) == {"alliance"}
     with warnings.catch_warnings():  # no slope variance in the truth: may be singular
         warnings.simplefilter("ignore", SingularFitWarning)
-        fit = am.fit_mixed("adherence ~ alliance + (1 + alliance | therapist) + (1 | patient)",
+        fit = am.fit_mixed("adherence ~ alliance + (1 + age_c | therapist) + (1 | patient)",
                            pilot)
-    with pytest.warns(AllianceModelsWarning, match=r"random slope \(alliance \| therapist\)"):
-        am.Design.from_fit(fit)
+    with pytest.warns(AllianceModelsWarning, match=r"random slope \(age_c \| therapist\)"):
+        est = am.Design.from_fit(fit)
+    assert est.alliance_slope_sd == 0
 
 
 def test_errors_name_the_column_and_value():
@@ -316,3 +347,21 @@ def test_docstring_examples_run():
     for mod in (pilot_mod, design):
         res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert res.failed == 0
+
+
+@pytest.mark.slow
+def test_from_fit_of_fit_bayes_uses_posterior_means_close_to_reml():
+    truth = TRUE.replace(therapists=30)
+    pilot = am.simulate(truth, seed=21)
+    bfit = am.fit_bayes(FORMULA, pilot, draws=1000, tune=1000, chains=2, seed=1)
+    est = am.Design.from_fit(bfit)
+    reml = am.Design.from_fit(am.fit_mixed(FORMULA, pilot))
+    assert "posterior mean" in est.provenance["icc_therapist"]
+    assert "posterior mean, SD" in est.provenance["effects['alliance']"]
+    # the same layout and predictors; posterior means within 2 posterior SDs of REML
+    assert est.to_dict() | {"icc_therapist": 0, "icc_patient": 0, "effects": {}} == (
+        reml.to_dict() | {"icc_therapist": 0, "icc_patient": 0, "effects": {}})
+    for term, val in reml.effects.items():
+        assert abs(est.effects[term] - val) < 2 * _effect_se(est, term), term
+    sd_t = float(re.search(r"posterior SD ([0-9.e+-]+)", est.provenance["icc_therapist"])[1])
+    assert abs(est.icc_therapist - reml.icc_therapist) < 2 * sd_t + 0.02

@@ -435,44 +435,78 @@ def _groups(fit: Any) -> tuple[str | None, str | None, list[str]]:
     return ther, pat, others
 
 
-def _variance_draws(fit: Any, kind: str) -> tuple[dict[str, np.ndarray], list[str], str]:
-    """Draws (one for REML/ML fits) of the therapist, patient and residual variances.
+def _variance_draws(fit: Any, kind: str, pilot: _Pilot
+                    ) -> tuple[dict[str, np.ndarray], list[str], str, tuple[str, ...] | None]:
+    """Draws (one for REML/ML fits) of the variance components the Design has.
 
-    Returns the draws, the dropped random parts (named) and the estimator's name.
+    Returns the draws (``therapist``, ``patient``, ``residual`` variances and, with a
+    therapist-level random slope of an alliance column, ``slope`` variance and ``cov``
+    with the therapist intercept), the dropped random parts (named), the estimator's
+    name and the ``(column, ...)`` of the slope, if any.
     """
     ther, pat, others = _groups(fit)
     dropped = [f"random intercept of {g!r}" for g in others]
-    slopes = [f"{c} | {t.group}" for t in fit.spec.random for c in t.coef_names
-              if c != "(Intercept)"]
-    dropped += [f"random slope ({s})" for s in slopes]
+    slope: tuple[str, ...] | None = None
+    for t in fit.spec.random:
+        for c in t.coef_names:
+            if c == "(Intercept)":
+                continue
+            sc = pilot.column_scale(c) if t.group == ther and slope is None else None
+            if sc is not None and sc[0] == "alliance" and len(_factors(c)) == 1:
+                slope = (c, "correlated" if t.correlated and "(Intercept)" in t.coef_names
+                         else "uncorrelated")
+            else:
+                dropped.append(f"random slope ({c} | {t.group})")
     out: dict[str, np.ndarray] = {}
     if kind == "bayes":
         post = fit.idata.posterior
-        terms = {t.group: t.name for t in fit._terms}  # noqa: SLF001 - the fit's RE names
+
+        def sd_draws(g: str, coef: str) -> np.ndarray:
+            if f"sd_{g}" not in post:
+                raise DesignError(f"the fit_bayes posterior has no sd_{g}; cannot read the "
+                                  f"random part of {g!r}")
+            var = post[f"sd_{g}"]
+            dim = f"{g}_coef"
+            if dim in var.dims:
+                var = var.sel({dim: coef})
+            return np.asarray(var.values, dtype=float).ravel()
+
         for key, g in (("therapist", ther), ("patient", pat)):
-            if g is None:
-                continue
-            var = post[f"sd_{terms[g]}"]
-            vals = np.asarray(var.values, dtype=float).reshape(
-                var.sizes["chain"] * var.sizes["draw"], -1)
-            out[key] = vals[:, 0] ** 2  # the intercept
+            if g is not None:
+                out[key] = sd_draws(g, "(Intercept)") ** 2
+        if slope is not None:
+            assert ther is not None
+            sd_w = sd_draws(ther, slope[0])
+            out["slope"] = sd_w**2
+            out["cov"] = np.zeros_like(sd_w)
+            if slope[1] == "correlated" and f"corr_{ther}" in post:
+                corr = post[f"corr_{ther}"].sel({f"{ther}_coef": "(Intercept)",
+                                                 f"{ther}_coef_bis": slope[0]})
+                out["cov"] = np.asarray(corr.values, dtype=float).ravel() * sd_w * np.sqrt(
+                    out["therapist"])
         if fit.family == "gaussian":
             out["residual"] = np.asarray(post["sigma"].values, dtype=float).ravel() ** 2
         how = f"fit_bayes ({fit.sampler}) posterior mean"
     else:
-        vc = fit.varcomp
-        ints = vc[(vc["var1"] == "(Intercept)") & (vc["var2"].fillna("") == "")]
-        by = dict(zip(ints["group"], ints["vcov"].astype(float), strict=False))
+        vc = fit.varcomp.assign(var2=fit.varcomp["var2"].fillna(""))
+
+        def get(g: str, v1: str, v2: str = "") -> float:
+            rows = vc.loc[(vc["group"] == g) & (vc["var1"] == v1) & (vc["var2"] == v2), "vcov"]
+            return float(rows.iloc[0]) if len(rows) else 0.0
+
         for key, g in (("therapist", ther), ("patient", pat)):
             if g is not None:
-                out[key] = np.array([by[g]])
+                out[key] = np.array([get(g, "(Intercept)")])
+        if slope is not None:
+            assert ther is not None
+            out["slope"] = np.array([get(ther, slope[0])])
+            out["cov"] = np.array([get(ther, "(Intercept)", slope[0])])
         if kind == "mixed":
-            res = vc.loc[vc["group"] == "Residual", "vcov"]
-            out["residual"] = np.array([float(res.iloc[0])])
+            out["residual"] = np.array([get("Residual", "")])
             how = f"fit_mixed ({'REML' if fit.reml else 'ML'})"
         else:
             how = f"fit_mixed ({fit.family} GLMM, {'Laplace' if fit.n_agq == 1 else 'AGQ'})"
-    return out, dropped, how
+    return out, dropped, how, slope
 
 
 # ------------------------------------------------------------------------ fits: effects
@@ -589,16 +623,22 @@ def design_fields_from_fit(fit: Any, overrides: Mapping[str, Any], *,
     prov["family"] = f"{family}: the family of the {kind} fit"
 
     # --- variance components -> ICCs and the standardising scale -----------------------
-    var, dropped_re, how = _variance_draws(fit, kind)
+    var, dropped_re, how, slope = _variance_draws(fit, kind, pilot)
     if dropped_re:
         warnings.warn(
-            f"{source}: the Design has random intercepts of therapist and patient only; "
-            f"dropped from the fit: {', '.join(dropped_re)}", AllianceModelsWarning,
-            stacklevel=3)
+            f"{source}: the Design has random intercepts of therapist and patient and a "
+            f"therapist-level random slope of alliance only; dropped from the fit: "
+            f"{', '.join(dropped_re)}", AllianceModelsWarning, stacklevel=3)
     bayes = kind == "bayes"
     n_draw = max(len(v) for v in var.values())
     zero = np.zeros(n_draw)
     s2_t, s2_p = var.get("therapist", zero), var.get("patient", zero)
+    if slope is not None:
+        # u + w x with x = m + s z: the intercept at z = 0 is u + m w, the slope per SD s w
+        _, _, m_x, s_x = pilot.column_scale(slope[0]) or ("", None, 0.0, 1.0)
+        tau_w, cov = var["slope"], var["cov"]
+        s2_t = s2_t + 2 * m_x * cov + m_x**2 * tau_w
+        slope_var, slope_cov = s_x**2 * tau_w, s_x * (cov + m_x * tau_w)
     s2_e = var["residual"] if family == "gaussian" else np.full(n_draw, LATENT_VAR)
     total = s2_t + s2_p + s2_e
     scale = np.sqrt(total)
@@ -622,6 +662,28 @@ def design_fields_from_fit(fit: Any, overrides: Mapping[str, Any], *,
                          "it from 0, consider a value from the literature"
                          if not bayes and float(part.mean()) <= 1e-8 * float(total.mean())
                          else ""))
+
+    if slope is None:
+        prov["alliance_slope_sd"] = "0: the fit has no therapist-level random slope of alliance"
+    else:
+        sd_std = np.sqrt(slope_var) / scale
+        fields["alliance_slope_sd"] = round(float(sd_std.mean()), 4)
+        prov["alliance_slope_sd"] = (
+            f"alliance_slope_sd = {_fmt(fields['alliance_slope_sd'])} from the {how} random "
+            f"slope of {slope[0]} by therapist ({_fmt(float(tau_w.mean()))} on the fit's "
+            f"scale), per SD of alliance over the residual SD{mean_how}")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = np.where((slope_var > 0) & (s2_t > 0),
+                           slope_cov / np.sqrt(slope_var * s2_t), 0.0)
+        rho = np.clip(rho, -1.0, 1.0)
+        val = round(float(rho.mean()), 4) if fields.get("icc_therapist", 1) > 0 else 0.0
+        fields["alliance_slope_correlation"] = val
+        prov["alliance_slope_correlation"] = (
+            f"alliance_slope_correlation = {_fmt(val)}: correlation of that slope with the "
+            f"therapist intercept at the mean alliance{mean_how}"
+            + ("" if slope[1] == "correlated" or m_x == 0 else
+               "; the fit's intercept and slope are uncorrelated at alliance 0, which "
+               "makes them correlated at the mean alliance"))
 
     # --- fixed effects -> standardised effects -----------------------------------------
     draws, cov, names = _fixed_draws(fit, kind)
