@@ -816,6 +816,7 @@ def test_fast_replicate_by_replicate_route_keeps_order_and_records_failures(monk
             raise np.linalg.LinAlgError("singular matrix in this test")
         return real_fit(*args, **kwargs)
 
+    monkeypatch.setattr(engine, "batch_sums", no_stack)
     monkeypatch.setattr(engine, "batch_arrays", no_stack)
     monkeypatch.setattr(fast, "fit_batch", flaky_fit)
     res = am.power(d, f, **kw)
@@ -881,3 +882,32 @@ def test_parallel_config_threads_keep_blas_pinned_and_restore_it(monkeypatch):
     assert blas_threads() == before
     monkeypatch.setattr(run, "run_batch", real)
     pd.testing.assert_frame_equal(threaded.replicates, am.power(d, f, n_jobs=1, **kw).replicates)
+
+
+@pytest.mark.skipif(not HAS_FAST, reason=NO_FAST)
+@pytest.mark.parametrize("random, groups", [
+    ("(1 | therapist/patient)", ("therapist", "patient")),
+    ("(1 | therapist)", ("therapist", None)),
+    ("(1 | patient)", ("patient", None)),
+])
+def test_stacked_fast_route_fits_the_simulator_sums_as_fit_batch_fits_x_and_y(random, groups):
+    # the stacked route fits the simulator's sums (fit_sums, no X); the same replicates
+    # as X, Y through fit_batch give the same tests to rounding
+    from alliance_models._random import SeedBlock
+    from alliance_models.models.lmm.batch_fit import fit_batch
+    from alliance_models.planning.simulate import batch_arrays
+
+    d = am.Design(therapists=8, patients_per_therapist=4, sessions=4, dropout=0.3,
+                  effects={"alliance": 0.3, "alliance:autonomy": 0.2})
+    res = am.power(d, f"adherence ~ alliance * autonomy + {random}", test="alliance:autonomy",
+                   n_sims=12, seed=4, n_jobs=1, progress=False)
+    assert res.method == "fast"
+    names = ("Intercept", "alliance", "autonomy", "alliance:autonomy")
+    X, Y, ther, pat, mask, _ = batch_arrays(
+        d, "adherence", names, SeedBlock(np.random.SeedSequence(4), range(12)), sims=False)
+    codes = {"therapist": ther, "patient": pat, None: None}
+    ref = fit_batch(X, Y, codes[groups[0]], codes[groups[1]], mask=mask, contrast=3)
+    reps = res.replicates
+    np.testing.assert_allclose(reps["estimate"], ref.estimate, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(reps["se"], ref.estimate_se, rtol=1e-9)
+    np.testing.assert_allclose(reps["df"], ref.df, rtol=1e-7)

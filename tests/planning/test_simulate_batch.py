@@ -13,7 +13,12 @@ import pytest
 
 import alliance_models as am
 from alliance_models._random import spawn
-from alliance_models.planning.simulate import batch_arrays, design_matrix, simulate_arrays
+from alliance_models.planning.simulate import (
+    batch_arrays,
+    batch_sums,
+    design_matrix,
+    simulate_arrays,
+)
 
 DESIGNS = {
     "default": am.Design(therapists=5, patients_per_therapist=3, sessions=4, dropout=0.5),
@@ -365,3 +370,46 @@ def test_a_replicate_draws_from_one_numpy_generator_on_its_seed():
         want = (np.sqrt(c_t) * a_t[sa.therapist] + np.sqrt(c_p) * a_p[sa.patient]
                 + np.sqrt(c_s) * a_s)
         np.testing.assert_allclose(sa.columns["alliance"], want, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("key", list(DESIGNS))
+def test_batch_sums_are_the_sums_of_batch_arrays(key):
+    # the batched engine's sums formed from the block's columns (patient-level factors
+    # times session sums) equal those of the stacked X and Y over the observed rows, to
+    # rounding
+    d = DESIGNS[key]
+    names = _names(d)
+    if "age" in d.moderators:
+        names += ("age_c", "age:autonomy" if "autonomy" in d.moderators else "age")
+    response = "completed" if d.family == "binomial" else "adherence"
+    seeds = spawn(41, 7)
+    sums = batch_sums(d, response, names, seeds)
+    X, Y, ther, pat, mask, _ = batch_arrays(d, response, names, seeds, sims=False)
+    w = mask.astype(float)
+    Xm, Ym = X * w[..., None], Y * w
+    P = int(pat.max()) + 1
+    want = {
+        "G": np.swapaxes(Xm, 1, 2) @ Xm,
+        "xty": (np.swapaxes(Xm, 1, 2) @ Ym[..., None])[..., 0],
+        "yty": (Ym**2).sum(axis=1),
+        "sx": np.stack([np.bincount(pat, Xm[b, :, j], P) for b in range(7)
+                        for j in range(len(names))]).reshape(7, len(names), P).swapaxes(1, 2),
+        "sy": np.stack([np.bincount(pat, Ym[b], P) for b in range(7)]),
+        "nk": np.stack([np.bincount(pat, w[b], P) for b in range(7)]),
+    }
+    for c, v in want.items():
+        scale = np.abs(v).max() if c in ("G", "xty", "yty") else np.abs(v).max() + 1.0
+        np.testing.assert_allclose(sums[c], v, rtol=0, atol=1e-12 * scale, err_msg=c)
+    np.testing.assert_array_equal(sums["therapist"], ther)
+    np.testing.assert_array_equal(sums["patient"], pat)
+    np.testing.assert_array_equal(sums["pat_ther"], ther[np.r_[0, np.flatnonzero(
+        np.diff(pat)) + 1]])
+
+
+def test_batch_sums_needs_a_fixed_layout_and_plain_columns():
+    d = am.Design(therapists=4, patients_per_therapist=("poisson", 3), sessions=2)
+    with pytest.raises(am.errors.ModelSpecError, match="fixed layout"):
+        batch_sums(d, "adherence", ("Intercept",), spawn(1, 2))
+    with pytest.raises(am.errors.ModelSpecError, match="plain-product"):
+        batch_sums(DESIGNS["default"], "adherence", ("Intercept", "I(alliance ** 2)"),
+                   spawn(1, 2))

@@ -62,7 +62,14 @@ from . import checkpoint as _checkpoint
 from .design import Design
 from .executors import Batch, execute, limit_blas
 from .results import BOOL_COLUMNS, REPLICATE_COLUMNS, PowerResult, summarise
-from .simulate import SimArrays, batch_arrays, design_matrix, simulate_arrays, to_frame
+from .simulate import (
+    SimArrays,
+    batch_arrays,
+    batch_sums,
+    design_matrix,
+    simulate_arrays,
+    to_frame,
+)
 
 __all__ = ["METHODS", "power", "run_batch"]
 
@@ -289,9 +296,12 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
     """Fit a batch with the batched REML engine; return replicate columns in rep order.
 
     With a shared layout (fixed caseloads and sessions) and a formula whose columns are
-    plain products of simulated columns, the whole batch is stacked by
-    :func:`~alliance_models.planning.simulate.batch_arrays` (dropout as a mask) and fitted in
-    one call. Otherwise, or if that call fails, replicates are fitted one by one, from
+    plain products of simulated columns, the whole batch is fitted in one call: random
+    intercepts from the simulator's sums
+    (:func:`~alliance_models.planning.simulate.batch_sums`, observed rows only; no
+    ``(B, n, p)`` design is formed) by ``fit_sums``, a random slope from the stacked
+    arrays of :func:`~alliance_models.planning.simulate.batch_arrays` (dropout as a mask)
+    by ``fit_batch``. Otherwise, or if that call fails, replicates are fitted one by one, from
     arrays when possible and from a data frame (formulaic terms such as ``C(arm)``)
     otherwise; a replicate that cannot be fitted is recorded as failed.
     """
@@ -306,7 +316,25 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
                              bf.converged, bf.singular)
 
     codes: dict[str, np.ndarray]
-    if groups is not None and job.design.has_fixed_structure:
+    if groups is not None and job.design.has_fixed_structure and job.slope_index is None:
+        # random intercepts: the simulator's sums, without the (B, n, p) design
+        try:
+            sm = batch_sums(job.design, spec.response, job.x_names, seeds)
+            ther = sm["pat_ther"]
+            sums = [sm[c] for c in ("G", "xty", "yty", "sx", "sy", "nk")]
+            if groups == ("therapist", None):  # the therapists are the level-1 clusters
+                first = np.flatnonzero(np.r_[True, ther[1:] != ther[:-1]])
+                sums[3:] = [np.add.reduceat(a, first, axis=1) for a in sums[3:]]
+                outer, inner = ther[first], None
+            else:
+                outer = ther if groups[1] else np.arange(ther.size)
+                inner = np.arange(ther.size) if groups[1] else None
+            bf = fast.fit_sums(*sums, outer, inner, contrast=job.test_index, reml=True)
+        except _FAIL_EXC:
+            pass  # fit replicate by replicate below, recording failures one at a time
+        else:
+            return [columns(bf, reps)]
+    elif groups is not None and job.design.has_fixed_structure:
         try:
             X, Y, ther, pat, mask, _ = batch_arrays(job.design, spec.response,
                                                     job.x_names, seeds, sims=False)

@@ -39,6 +39,7 @@ __all__ = [
     "SimArrays",
     "age_moments",
     "batch_arrays",
+    "batch_sums",
     "design_matrix",
     "latent_scale",
     "simulate",
@@ -912,6 +913,111 @@ def batch_arrays(
     reps = [SimArrays(observed=observed[b], columns={c: a[b] for c, a in full.items()},
                       eta=eta[b], sizes=sizes, **layout) for b in range(B)]
     return X, Y, lay.therapist.copy(), lay.patient.copy(), mask, reps
+
+
+def batch_sums(
+    design: Design,
+    response: str,
+    x_names: tuple[str, ...],
+    seeds: Sequence[np.random.SeedSequence],
+) -> dict[str, np.ndarray]:
+    """Simulate replicates and reduce them to the batched engine's sums, without ``X``.
+
+    The replicates of :func:`batch_arrays` (same seeds, same values) reduced to what the
+    batched REML engine needs from them
+    (:func:`~alliance_models.models.lmm.batched.sufficient_stats_from_sums`): per
+    replicate ``X'X``, ``X'y``, ``y'y`` and, per patient, the column sums of ``X`` and
+    ``y`` and the number of observed sessions, over the observed rows. Every column of
+    ``X`` is a product of patient-level factors ``C`` and session-level ones ``R``, so
+    a patient's sums are ``C`` times sums of ``R`` products over its sessions: the
+    ``(B, n, p)`` design is never formed. Needs a fixed layout
+    (``design.has_fixed_structure``) and plain-product columns (see :func:`batch_arrays`).
+
+    Returns
+    -------
+    dict
+        ``G`` (B, p, p), ``xty`` (B, p), ``yty`` (B,), ``sx`` (B, P, p), ``sy`` (B, P),
+        ``nk`` (B, P); ``therapist`` and ``patient`` (n,) the row codes, ``pat_ther``
+        (P,) each patient's therapist.
+
+    Examples
+    --------
+    >>> d = Design(therapists=4, patients_per_therapist=3, sessions=2)
+    >>> seeds = np.random.SeedSequence(1).spawn(5)
+    >>> names = ("Intercept", "alliance")
+    >>> sums = batch_sums(d, "adherence", names, seeds)
+    >>> X, Y, *_ = batch_arrays(d, "adherence", names, seeds, sims=False)
+    >>> bool(np.allclose(sums["G"][2], X[2].T @ X[2], rtol=1e-12))
+    True
+    """
+    facs = [_plain_factors(nm) for nm in x_names]
+    if not design.has_fixed_structure or any(f is None for f in facs):
+        raise ModelSpecError("batch_sums needs a fixed layout and plain-product columns")
+    lay = _layout(design)
+    B, P, p = len(seeds), lay.P, len(x_names)
+    out = {"G": np.empty((B, p, p)), "xty": np.empty((B, p)), "yty": np.empty(B),
+           "sx": np.empty((B, P, p)), "sy": np.empty((B, P)), "nk": np.empty((B, P))}
+    need = {response, *(v for f in facs for v in f or [])}
+    for rows, blk in _batch_blocks(lay, seeds, need):
+        _block_sums(blk, [f or [] for f in facs], response, {k: v[rows] for k, v in out.items()})
+    out.update(therapist=lay.therapist.copy(), patient=lay.patient.copy(),
+               pat_ther=lay.pat_ther.copy())
+    return out
+
+
+def _block_sums(blk: _Block, facs: list[list[str]], response: str,
+                out: dict[str, np.ndarray]) -> None:
+    """Write a block's sums (see :func:`batch_sums`) into the views ``out``."""
+    k, P, S = blk.k, blk.P, blk.S
+    obs = None if blk.observed is None else blk.observed.reshape(k, P, S)
+
+    def split(f: list[str]) -> tuple[tuple[str, ...], np.ndarray | None]:
+        row = tuple(sorted(v for v in f if blk.view(v).shape[-1] != 1))
+        cs = [blk.view(v)[:, :, 0] for v in f if blk.view(v).shape[-1] == 1]
+        c = None
+        if cs:
+            c = cs[0].astype(float)
+            for v in cs[1:]:
+                c = c * v
+        return row, c
+
+    moments: dict[tuple[str, ...], np.ndarray] = {}
+
+    def moment(key: tuple[str, ...]) -> np.ndarray:
+        """Sum over each patient's observed sessions of the product of ``key`` (k, P)."""
+        key = tuple(sorted(key))
+        if key not in moments:
+            if not key:
+                moments[key] = (np.full((k, P), float(S)) if obs is None else
+                                obs.sum(axis=-1, dtype=float))
+            else:
+                prod = np.array(blk.view(key[0]), dtype=float)
+                for v in key[1:]:
+                    prod *= blk.view(v)
+                if obs is not None:
+                    prod *= obs
+                total = prod[:, :, 0].copy()
+                for s in range(1, S):  # each patient's sessions added in order
+                    total += prod[:, :, s]
+                moments[key] = total
+        return moments[key]
+
+    def times(c: np.ndarray | None, m: np.ndarray) -> np.ndarray:
+        return m if c is None else c * m
+
+    cols = [split(f) for f in facs]
+    ry, cy = split([response])
+    out["nk"][...] = moment(())
+    out["sy"][...] = times(cy, moment(ry))
+    out["yty"][...] = times(None if cy is None else cy * cy, moment(ry + ry)).sum(axis=1)
+    for j, (rj, cj) in enumerate(cols):
+        out["sx"][:, :, j] = times(cj, moment(rj))
+        out["xty"][:, j] = times(cj, times(cy, moment(rj + ry))).sum(axis=1)
+        for i in range(j + 1):
+            ri, ci = cols[i]
+            c = ci if cj is None else (cj if ci is None else ci * cj)
+            g = times(c, moment(ri + rj)).sum(axis=1)
+            out["G"][:, i, j] = out["G"][:, j, i] = g
 
 
 def _fill_x(X: np.ndarray, blk: _Block, facs: list[list[str] | None]) -> None:

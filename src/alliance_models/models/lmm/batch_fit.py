@@ -38,7 +38,8 @@ from ...spec import ModelFrame, ModelSpec
 from . import batched as core
 from . import batched_slopes as slopes
 
-__all__ = ["BatchFit", "chunk_size", "fit_batch", "frame_codes", "qualifies", "random_slope"]
+__all__ = ["BatchFit", "chunk_size", "fit_batch", "fit_sums", "frame_codes", "qualifies",
+           "random_slope"]
 
 #: Default working-memory budget of one chunk, in bytes.
 DEFAULT_MEMORY = 64 * 2**20
@@ -535,6 +536,15 @@ def fit_batch(
     else:
         outs = [fit_chunk(lo) for lo in starts]
 
+    k = 4 if slope is not None else layout.n_levels
+    return _result(outs, Lrows, single, k, slope is not None, names, components, p, reml)
+
+
+def _result(outs: list[dict[str, np.ndarray]], Lrows: np.ndarray, single: bool, k: int,
+            slope: bool, names: tuple[str, ...] | list[str] | None,
+            components: tuple[str, ...] | None, p: int, reml: bool) -> BatchFit:
+    """Assemble a :class:`BatchFit` from the chunks' :func:`core.batched_fit` outputs."""
+
     def cat(key: str) -> np.ndarray:
         return np.concatenate([o[key] for o in outs], axis=0)
 
@@ -545,8 +555,7 @@ def fit_batch(
         df = df[:, 0]
     else:
         est, est_se = beta, se
-    k = 4 if slope is not None else layout.n_levels
-    default = (("outer", "outer:slope", "slope", "inner") if slope is not None else
+    default = (("outer", "outer:slope", "slope", "inner") if slope else
                ("outer", "inner") if k == 2 else ("outer",))
     comps = components or default
     if len(comps) != k:
@@ -570,3 +579,99 @@ def fit_batch(
         components=tuple(comps),
         reml=reml,
     )
+
+
+def fit_sums(
+    G: np.ndarray,
+    xty: np.ndarray,
+    yty: np.ndarray,
+    sx: np.ndarray,
+    sy: np.ndarray,
+    nk: np.ndarray,
+    outer: np.ndarray,
+    inner: np.ndarray | None = None,
+    *,
+    contrast: np.ndarray | int | None = None,
+    reml: bool = True,
+    names: tuple[str, ...] | list[str] | None = None,
+    components: tuple[str, ...] | None = None,
+) -> BatchFit:
+    """:func:`fit_batch` from cross-products and level-1 cluster sums instead of ``X``, ``y``.
+
+    The random-intercept models of :func:`fit_batch` (no random slope) fitted from what
+    they depend on: ``X'X``, ``X'y``, ``y'y`` and the column sums of ``X`` and ``y`` in
+    each level-1 cluster, over the observed rows (see
+    :func:`~alliance_models.models.lmm.batched.sufficient_stats_from_sums`). A caller
+    that can form these sums directly (a simulator) skips the ``(B, n, p)`` design.
+
+    Parameters
+    ----------
+    G, xty, yty : ndarray, shapes (B, p, p), (B, p), (B,)
+        ``X'X``, ``X'y`` and ``y'y`` of each replicate.
+    sx, sy, nk : ndarray, shapes (B, K, p), (B, K), (B, K)
+        Column sums of ``X``, sums of ``y`` and observed rows in each level-1 cluster,
+        the clusters numbered as the codes ``inner`` (or ``outer`` with one factor) are.
+    outer : ndarray of int, shape (K,)
+        The outer (or only) cluster of each level-1 cluster.
+    inner : ndarray of int, shape (K,), optional
+        The level-1 cluster codes ``0..K-1`` (nested in ``outer``); None with one factor.
+    contrast, reml, names, components
+        As in :func:`fit_batch`.
+
+    Returns
+    -------
+    BatchFit
+        As :func:`fit_batch` gives for the same data, up to rounding.
+
+    Raises
+    ------
+    DataValidationError
+        Non-finite sums, shapes that do not match, an empty cluster.
+    ModelSpecError
+        A contrast out of range, or too few observations for the coefficients.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> ther = np.repeat(np.arange(10), 12)
+    >>> X = np.column_stack([np.ones(120), rng.normal(size=120)])
+    >>> Y = X @ [0.5, 0.3] + rng.normal(size=(4, 10))[:, ther] + rng.normal(size=(4, 120))
+    >>> sx = np.broadcast_to(X.reshape(10, 12, 2).sum(axis=1), (4, 10, 2))
+    >>> fit = fit_sums(np.broadcast_to(X.T @ X, (4, 2, 2)), Y @ X, (Y**2).sum(axis=1),
+    ...                sx, Y.reshape(4, 10, 12).sum(axis=2), np.full((4, 10), 12.0),
+    ...                np.arange(10), contrast=1)
+    >>> bool(np.allclose(fit.beta, fit_batch(X, Y, ther, contrast=1).beta))
+    True
+    """
+    G, xty, yty, sx, sy, nk = (np.asarray(a, dtype=float) for a in (G, xty, yty, sx, sy, nk))
+    B, K, p = sx.shape
+    shapes = {"G": (G.shape, (B, p, p)), "xty": (xty.shape, (B, p)), "yty": (yty.shape, (B,)),
+              "sy": (sy.shape, (B, K)), "nk": (nk.shape, (B, K))}
+    for name, (got, want) in shapes.items():
+        if got != want:
+            raise DataValidationError(f"{name} has shape {got}; sx {sx.shape} needs {want}")
+    for name, a in (("G", G), ("xty", xty), ("yty", yty), ("sx", sx), ("sy", sy)):
+        if not np.all(np.isfinite(a)):
+            raise DataValidationError(f"{name} has non-finite values; the sums must be finite")
+    if not np.all(nk >= 1):
+        raise DataValidationError("every level-1 cluster needs an observed row (nk >= 1)")
+    nobs = nk.sum(axis=1)
+    few = np.flatnonzero(nobs <= p + 1)
+    if few.size:
+        raise ModelSpecError(
+            f"replicates {format_rows(list(few))} have {int(nobs[few[0]])} observations for "
+            f"{p} coefficients; a mixed model needs more observations than coefficients + 1"
+        )
+    Lrows, single = _contrast_rows(contrast, p)
+    o = np.asarray(outer)
+    codes = np.arange(K) if inner is None else np.asarray(inner)
+    if o.shape != (K,) or codes.shape != (K,) or not np.array_equal(codes, np.arange(K)):
+        raise DataValidationError(
+            f"outer and inner must give the {K} level-1 clusters in order (inner = 0..{K - 1})")
+    layout = core.make_layout(o, None if inner is None else codes)
+    perm = codes[layout.order]  # the clusters in the layout's (outer, inner) order
+    if not np.array_equal(perm, np.arange(K)):
+        sx, sy, nk = sx[:, perm], sy[:, perm], nk[:, perm]
+    st = core.sufficient_stats_from_sums(G, xty, yty, sx, sy, nk, layout)
+    outs = [core.batched_fit(st, Lrows, reml=reml)]
+    return _result(outs, Lrows, single, layout.n_levels, False, names, components, p, reml)

@@ -81,6 +81,7 @@ __all__ = [
     "gradient",
     "make_layout",
     "sufficient_stats",
+    "sufficient_stats_from_sums",
 ]
 
 #: A replicate whose scaled X'X has eigenvalue ratio below this is rank deficient.
@@ -428,28 +429,11 @@ def sufficient_stats(
         nk = _row_segment_sum(Ms, layout.inner_starts, m_in)
         sizes, tidx = np.unique(nk, return_inverse=True)
         tidx = tidx.reshape(B, K)
-    T = sizes.shape[0]
-    onehot = tidx[:, :, None] == np.arange(T)  # (B, K, T)
-    count = onehot.sum(axis=1).astype(float)
-    two = layout.outer_starts is not None
-    J = 0 if layout.outer_starts is None else layout.outer_starts.shape[0]
-    m_out = 0 if layout.outer_starts is None else _equal_segments(layout.outer_starts, K)
-
     xtx = np.zeros((B, q, q))
-    Q = np.empty((B, T, q, q))
+    sk = np.empty((B, K, q))
     scale = np.empty((B, p))
     beta0 = np.empty((B, p))
     full = np.empty(B, dtype=bool)
-    S2 = np.empty((B, T, J, q)) if two else None
-    N2 = None
-    if two:
-        n2 = _segment_sum(onehot.astype(float), layout.outer_starts, axis=1)  # type: ignore[arg-type]
-        N2 = np.ascontiguousarray(np.swapaxes(n2, 1, 2))
-    groups = _profile_groups(N2) if two else None  # type: ignore[arg-type]
-    P2 = None
-    if groups is not None:
-        member = groups[0]
-        P2 = np.empty((B, member.shape[1], T, T, q, q))
     nobs = np.full(B, float(n)) if Ms is None else Ms.sum(axis=1)
     shared = X.ndim == 2
     if shared:
@@ -488,31 +472,112 @@ def sufficient_stats(
             sx = _row_segment_sum(xm, layout.inner_starts, m_in) * sc[:, None, :]
         if mb is not None:
             r = r * mb
-        sk = np.empty((b, K, q))
-        sk[..., :p] = sx
-        sk[..., p] = _row_segment_sum(r, layout.inner_starts, m_in)
+        sk[lo:hi, :, :p] = sx
+        sk[lo:hi, :, p] = _row_segment_sum(r, layout.inner_starts, m_in)
         xtx[lo:hi, :p, :p] = Gs
         xtx[lo:hi, p, p] = np.linalg.vecdot(r, r)
-        oh = onehot[lo:hi]
-        for t in range(T):
-            w = sk if T == 1 else sk * oh[:, :, t, None]  # one size: every cluster counts
-            Q[lo:hi, t] = np.swapaxes(w, 1, 2) @ sk
-            if two:
-                S2[lo:hi, t] = _row_segment_sum(  # type: ignore[index]
-                    w, layout.outer_starts, m_out  # type: ignore[arg-type]
-                )
-        if P2 is not None:
-            # P2[b, g, t, u] = sum over the group's outer clusters j of S_tj S_uj'
-            Sj = np.swapaxes(S2[lo:hi], 1, 2).reshape(b, J, T * q)  # type: ignore[index]
-            mem = member[lo:hi]
-            for g in range(mem.shape[1]):
-                Pg = np.swapaxes(Sj * mem[:, g, :, None], 1, 2) @ Sj  # (b, Tq, Tq)
-                P2[lo:hi, g] = np.swapaxes(Pg.reshape(b, T, q, T, q), 2, 3)
         scale[lo:hi] = sc
         beta0[lo:hi] = b0s
+    return _cluster_part(xtx, sk, sizes, tidx, layout, nobs, scale, beta0, full)
+
+
+def sufficient_stats_from_sums(
+    G: np.ndarray,
+    xty: np.ndarray,
+    yty: np.ndarray,
+    sx: np.ndarray,
+    sy: np.ndarray,
+    nk: np.ndarray,
+    layout: ClusterLayout,
+) -> SuffStats:
+    """:func:`sufficient_stats` from cross-products and level-1 cluster sums.
+
+    For callers that can form the sums without the ``(B, n, p)`` design (a simulator
+    whose columns are products of cluster-level and row-level variables). Observed rows
+    only; the level-1 clusters in the order of ``layout``.
+
+    Parameters
+    ----------
+    G : ndarray, shape (B, p, p)
+        ``X'X`` of each replicate.
+    xty : ndarray, shape (B, p)
+        ``X'y``.
+    yty : ndarray, shape (B,)
+        ``y'y``.
+    sx : ndarray, shape (B, K, p)
+        Column sums of ``X`` in each level-1 cluster.
+    sy : ndarray, shape (B, K)
+        Sums of ``y`` in each level-1 cluster.
+    nk : ndarray, shape (B, K)
+        Observed rows in each level-1 cluster (at least one).
+    layout : ClusterLayout
+        From :func:`make_layout` (only its cluster structure is used).
+
+    Returns
+    -------
+    SuffStats
+        As :func:`sufficient_stats` gives for the same data, up to rounding: the OLS
+        residual enters through ``r'r = y'y - 2 b0'X'y + b0'X'X b0`` and its cluster sums
+        ``sy - sx b0``.
+    """
+    B, K, p = sx.shape
+    sizes, tidx = np.unique(nk, return_inverse=True)
+    tidx = tidx.reshape(B, K)
+    nobs = nk.sum(axis=1).astype(float)
+    rms = np.sqrt(np.diagonal(G, axis1=1, axis2=2) / nobs[:, None])
+    sc = 1.0 / np.where(rms > 0, rms, 1.0)
+    Gs = G * sc[:, :, None] * sc[:, None, :]
+    full, b0s = _rank_and_ols(Gs, xty * sc)
+    b0 = b0s * sc
+    xtx = np.zeros((B, p + 1, p + 1))
+    xtx[:, :p, :p] = Gs
+    Gb = (G @ b0[..., None])[..., 0]
+    xtx[:, p, p] = yty - 2.0 * np.linalg.vecdot(b0, xty) + np.linalg.vecdot(b0, Gb)
+    sk = np.empty((B, K, p + 1))
+    sk[..., :p] = sx * sc[:, None, :]
+    sk[..., p] = sy - (sx @ b0[..., None])[..., 0]
+    return _cluster_part(xtx, sk, sizes, tidx, layout, nobs, sc, b0s, full)
+
+
+def _cluster_part(xtx: np.ndarray, sk: np.ndarray, sizes: np.ndarray, tidx: np.ndarray,
+                  layout: ClusterLayout, nobs: np.ndarray, scale: np.ndarray,
+                  beta0: np.ndarray, full: np.ndarray) -> SuffStats:
+    """Return the statistics given the level-1 cluster sums ``sk`` (B, K, q) of ``[X, r]``.
+
+    ``Q``, ``S2``, the size profiles and their groups; ``tidx`` (B, K) is each cluster's
+    index into ``sizes``.
+    """
+    B, K, q = sk.shape
+    T = sizes.shape[0]
+    onehot = tidx[:, :, None] == np.arange(T)  # (B, K, T)
+    count = onehot.sum(axis=1).astype(float)
+    two = layout.outer_starts is not None
+    J = 0 if layout.outer_starts is None else layout.outer_starts.shape[0]
+    m_out = 0 if layout.outer_starts is None else _equal_segments(layout.outer_starts, K)
+    S2 = np.empty((B, T, J, q)) if two else None
+    N2 = None
+    if two:
+        n2 = _segment_sum(onehot.astype(float), layout.outer_starts, axis=1)  # type: ignore[arg-type]
+        N2 = np.ascontiguousarray(np.swapaxes(n2, 1, 2))
+    groups = _profile_groups(N2) if two else None  # type: ignore[arg-type]
+    Q = np.empty((B, T, q, q))
+    for t in range(T):
+        w = sk if T == 1 else sk * onehot[:, :, t, None]  # one size: every cluster counts
+        Q[:, t] = np.swapaxes(w, 1, 2) @ sk
+        if two:
+            S2[:, t] = _row_segment_sum(w, layout.outer_starts, m_out)  # type: ignore[index,arg-type]
+    P2 = None
+    if groups is not None:
+        member = groups[0]
+        P2 = np.empty((B, member.shape[1], T, T, q, q))
+        Sj = np.swapaxes(S2, 1, 2).reshape(B, J, T * q)  # type: ignore[arg-type]
+        for g in range(member.shape[1]):
+            # P2[b, g, t, u] = sum over the group's outer clusters j of S_tj S_uj'
+            Pg = np.swapaxes(Sj * member[:, g, :, None], 1, 2) @ Sj  # (B, Tq, Tq)
+            P2[:, g] = np.swapaxes(Pg.reshape(B, T, q, T, q), 2, 3)
     grp = (None, None) if groups is None else (groups[1], groups[2])
-    return SuffStats(xtx, sizes.astype(float), Q, count, S2, N2, nobs, scale, beta0, p, full,
-                     P2, *grp)
+    return SuffStats(xtx, sizes.astype(float), Q, count, S2, N2, nobs, scale, beta0,
+                     q - 1, full, P2, *grp)
 
 
 # ----------------------------------------------------------------------------------
