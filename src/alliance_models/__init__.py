@@ -88,6 +88,8 @@ _LAZY: dict[str, str] = {
     "cluster_randomised_se": "alliance_models.planning.analytic",
     "cluster_randomised_therapists": "alliance_models.planning.analytic",
     "noncentral_t_power": "alliance_models.planning.analytic",
+    "cluster_randomised_optimum": "alliance_models.planning.analytic",
+    "optimal_caseload": "alliance_models.planning.analytic",
     # report
     "report": "alliance_models.reporting.html",
 }

@@ -128,3 +128,57 @@ def test_cluster_randomised_power_matches_r_power_t_test(d, j, n, m, it, ip, wan
     got = analytic.cluster_randomised_power(d, therapists=j, patients_per_therapist=n,
                                             sessions=m, icc_therapist=it, icc_patient=ip)
     assert got == pytest.approx(want, rel=1e-7)
+
+
+def test_design_power_refuses_random_alliance_slopes():
+    d = am.Design(therapists=20, randomisation="therapist", effects={"arm": 0.3},
+                  alliance_slope_sd=0.1)
+    with pytest.raises(DesignError, match=r"random alliance slopes \(alliance_slope_sd > 0\)"):
+        analytic.design_power(d)
+
+
+def test_optimal_caseload_is_the_classic_square_root_rule():
+    # m = 1, no patient share: n* = sqrt((c_t / c_p) (1 - icc) / icc) (Raudenbush 1997)
+    for ratio, icc in [(10.0, 0.05), (2.5, 0.2), (100.0, 0.01)]:
+        want = math.sqrt(ratio * (1 - icc) / icc)
+        assert analytic.optimal_caseload(ratio, icc_therapist=icc) == pytest.approx(want)
+    # it minimises (a + b / n) (c_t + c_p n) on a fine grid of the continuous caseload
+    a, ip, m, ratio = 0.08, 0.25, 4, 7.0
+    b = ip + (1 - a - ip) / m
+    n = np.linspace(0.5, 60, 200_001)
+    grid_min = n[np.argmin((a + b / n) * (ratio + n))]
+    got = analytic.optimal_caseload(ratio, icc_therapist=a, sessions=m, icc_patient=ip)
+    assert got == pytest.approx(grid_min, abs=1e-3)
+    assert analytic.optimal_caseload(3.0, icc_therapist=0.0) == math.inf
+    with pytest.raises(DesignError, match="cost_ratio .* must be a positive finite number"):
+        analytic.optimal_caseload(0.0, icc_therapist=0.05)
+
+
+@pytest.mark.parametrize(("effect", "cost", "it", "m", "ip"), [
+    (0.5, (2000.0, 300.0), 0.05, 1, 0.0),
+    (0.4, (500.0, 500.0), 0.1, 4, 0.3),
+    (0.6, (8000.0, 100.0), 0.02, 2, 0.1),
+])
+def test_cluster_randomised_optimum_equals_a_full_grid(effect, cost, it, m, ip):
+    kw = {"icc_therapist": it, "sessions": m, "icc_patient": ip}
+    got = analytic.cluster_randomised_optimum(effect, cost=cost, target=0.8, **kw)
+    best = None
+    for n in range(1, 81):
+        for j in range(4, 401, 2):
+            if analytic.cluster_randomised_power(effect, therapists=j,
+                                                 patients_per_therapist=n, **kw) >= 0.8:
+                key = (j * (cost[0] + cost[1] * n), j, n)
+                best = key if best is None or key < best else best
+                break  # the smallest j at this n is the cheapest
+    assert got == (best[1], best[2], best[0])
+    # the integer optimum's caseload lies near the continuous one
+    n_star = analytic.optimal_caseload(cost[0] / cost[1], **kw)
+    assert abs(got[1] - n_star) <= 0.5 * n_star + 1
+
+
+def test_cluster_randomised_optimum_input_errors():
+    with pytest.raises(DesignError, match=r"cost = \(per therapist, per patient\)"):
+        analytic.cluster_randomised_optimum(0.5, cost=(-1.0, 1.0), icc_therapist=0.05)
+    with pytest.raises(DesignError, match="not reached with 20 therapists"):
+        analytic.cluster_randomised_optimum(0.1, cost=(1.0, 1.0), icc_therapist=0.2,
+                                            max_therapists=20, max_patients=10)

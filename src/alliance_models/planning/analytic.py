@@ -14,6 +14,14 @@ noncentrality ``d / SE`` (the analysis of therapist means, which the balanced mi
 reproduces exactly). With ``m = 1`` this is the familiar two-level result with design
 effect ``1 + (n - 1) * icc``. These formulas are the reference the Monte Carlo engine is
 tested against.
+
+With a cost ``c_t`` per therapist and ``c_p`` per patient, a design costs
+``J (c_t + c_p n)`` and the variance above is ``(a + b / n) (1 / J0 + 1 / J1)`` with
+``a = icc_therapist`` and ``b = icc_patient + (1 - icc_therapist - icc_patient) / m``; for a
+fixed variance the cost is least at the caseload ``n* = sqrt((b / a) (c_t / c_p))``
+(:func:`optimal_caseload`; with ``m = 1`` and no patient share the classic
+``sqrt((c_t / c_p) (1 - icc) / icc)``, Raudenbush 1997), and
+:func:`cluster_randomised_optimum` finds the cheapest integer design for a target power.
 """
 
 from __future__ import annotations
@@ -27,12 +35,14 @@ from ..errors import DesignError
 from .design import Design
 
 __all__ = [
+    "cluster_randomised_optimum",
     "cluster_randomised_power",
     "cluster_randomised_se",
     "cluster_randomised_therapists",
     "design_effect",
     "design_power",
     "noncentral_t_power",
+    "optimal_caseload",
 ]
 
 
@@ -182,6 +192,132 @@ def cluster_randomised_therapists(
     raise DesignError(f"target power {target} not reached with {max_therapists} therapists")
 
 
+def optimal_caseload(
+    cost_ratio: float,
+    *,
+    icc_therapist: float,
+    sessions: int = 1,
+    icc_patient: float = 0.0,
+) -> float:
+    """Patients per therapist that minimise cost for a given SE of the arm effect.
+
+    ``sqrt((b / a) * cost_ratio)`` with ``a = icc_therapist``,
+    ``b = icc_patient + (1 - icc_therapist - icc_patient) / sessions`` and
+    ``cost_ratio`` the cost of a therapist over the cost of a patient (see the module
+    docstring); infinite when ``icc_therapist`` is 0 (then therapists add nothing that
+    patients cannot).
+
+    Examples
+    --------
+    >>> round(optimal_caseload(10.0, icc_therapist=0.05), 2)  # sqrt(10 * 0.95 / 0.05)
+    13.78
+    """
+    if isinstance(cost_ratio, bool) or not isinstance(cost_ratio, int | float) or not (
+            math.isfinite(cost_ratio)) or cost_ratio <= 0:
+        raise DesignError(f"cost_ratio (therapist cost / patient cost) must be a positive "
+                          f"finite number, got {cost_ratio!r}")
+    if sessions < 1:
+        raise DesignError(f"sessions must be >= 1, got {sessions!r}")
+    if icc_therapist < 0 or icc_patient < 0 or icc_therapist + icc_patient >= 1:
+        raise DesignError(
+            f"ICCs must be non-negative with a sum below 1, got {icc_therapist!r} and "
+            f"{icc_patient!r}"
+        )
+    if icc_therapist == 0:
+        return math.inf
+    b = icc_patient + (1 - icc_therapist - icc_patient) / sessions
+    return math.sqrt(b / icc_therapist * cost_ratio)
+
+
+def cluster_randomised_optimum(
+    effect: float,
+    *,
+    cost: tuple[float, float],
+    target: float = 0.8,
+    icc_therapist: float,
+    sessions: int = 1,
+    icc_patient: float = 0.0,
+    alpha: float = 0.05,
+    max_patients: int = 500,
+    max_therapists: int = 10_000,
+) -> tuple[int, int, float]:
+    """Cheapest balanced therapist-randomised trial reaching ``target`` power.
+
+    Over caseloads ``1 .. max_patients`` and even therapist totals (half per arm, at
+    least 4), the pair of least cost ``J * (c_t + c_p * n)`` whose noncentral-t power
+    (:func:`cluster_randomised_power`) reaches ``target``; ties go to fewer therapists.
+
+    Parameters
+    ----------
+    effect : float
+        Standardised treatment effect.
+    cost : (float, float)
+        Cost per therapist and per patient (non-negative, not both 0).
+    target, icc_therapist, sessions, icc_patient, alpha
+        As in :func:`cluster_randomised_power`.
+    max_patients, max_therapists : int
+        Search limits.
+
+    Returns
+    -------
+    (therapists, patients_per_therapist, cost)
+
+    Examples
+    --------
+    >>> cluster_randomised_optimum(0.5, cost=(2000.0, 300.0), icc_therapist=0.05)
+    (22, 9, 103400.0)
+    """
+    c_t, c_p = (float(c) for c in cost)
+    if min(c_t, c_p) < 0 or not math.isfinite(c_t + c_p) or c_t + c_p == 0:
+        raise DesignError(f"cost = (per therapist, per patient) must be finite, >= 0 and "
+                          f"not both 0; got {cost!r}")
+
+    def fewest(n: float) -> int | None:
+        # smallest even J (>= 4) reaching the target at caseload n; bisection on the
+        # monotone power (doubling first to bracket it)
+        def reaches(j: int) -> bool:
+            return noncentral_t_power(effect / math.sqrt(per(n) * 4 / j), j - 2,
+                                      alpha) >= target
+        hi = 4
+        while not reaches(hi):
+            if hi >= max_therapists:
+                return None
+            hi = min(max_therapists - max_therapists % 2, hi * 2)
+        lo = 2  # stands for "falls short"
+        while hi - lo > 2:
+            mid = lo + ((hi - lo) // 4) * 2
+            if reaches(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def per(n: float) -> float:
+        return icc_therapist + icc_patient / n + (1 - icc_therapist - icc_patient) / (
+            n * sessions)
+
+    if not 0 < target < 1:
+        raise DesignError(f"target power must be in (0, 1), got {target!r}")
+    if effect == 0:
+        raise DesignError("an effect of 0 cannot reach any power above alpha")
+    optimal_caseload(1.0, icc_therapist=icc_therapist, sessions=sessions,
+                     icc_patient=icc_patient)  # checks the ICCs and sessions
+    # with unlimited patients per therapist no design needs fewer therapists than this
+    floor = fewest(math.inf) if icc_therapist > 0 else 4
+    best: tuple[float, int, int] | None = None
+    for n in range(1, max_patients + 1):
+        if best is not None and floor is not None and floor * (c_t + c_p * n) > best[0]:
+            break  # every larger caseload costs more than the best
+        j = fewest(n)
+        if j is not None and (best is None or (j * (c_t + c_p * n), j) < best[:2]):
+            best = (j * (c_t + c_p * n), j, n)
+    if best is None:
+        raise DesignError(
+            f"target power {target} not reached with {max_therapists} therapists and "
+            f"{max_patients} patients per therapist")
+    return best[1], best[2], best[0]
+
+
 def design_power(design: Design, *, test: str = "arm", alpha: float = 0.05) -> float:
     """Analytic power of a :class:`Design` that is a balanced cluster-randomised trial.
 
@@ -212,6 +348,9 @@ def design_power(design: Design, *, test: str = "arm", alpha: float = 0.05) -> f
         problems.append(f"non-zero effects other than arm: {sorted(others)}")
     if test != "arm":
         problems.append(f"only the arm effect has a closed form here (test={test!r})")
+    if design.alliance_slope_sd:
+        problems.append("therapists' random alliance slopes (alliance_slope_sd > 0) add "
+                        "between-therapist variance")
     if problems:
         raise DesignError("design_power needs a balanced cluster-randomised design: "
                           + "; ".join(problems))
