@@ -206,6 +206,10 @@ def test_round_trip_estimated_design_runs_a_power_analysis():
     res = am.power(est, FORMULA, test="alliance:age", n_sims=20, seed=1, n_jobs=1)
     assert res.n_sims == 20 and 0 <= res.power <= 1
     assert res.design == est
+    # the power report names the design in one line and points at its provenance
+    text = res.summary()
+    assert "where the values came from: design.provenance" in text
+    assert "provenance:" not in text
 
 
 def test_provenance_lists_every_estimated_field_and_keeps_equality():

@@ -653,8 +653,13 @@ class Design:
             out[f.name] = v
         return out
 
-    def describe(self) -> str:
+    def describe(self, provenance: bool = True) -> str:
         """One-line summary of the design, then its :attr:`provenance` (if any), a line each.
+
+        Parameters
+        ----------
+        provenance : bool, default True
+            Add the provenance lines (``False``: the one-line summary only).
 
         Examples
         --------
@@ -671,7 +676,7 @@ class Design:
             + (f"alliance slope SD={self.alliance_slope_sd:g} (correlation "
                f"{self.alliance_slope_correlation:g}); " if self.alliance_slope_sd else "")
             + f"family={self.family}; dropout={self.dropout}; effects: {eff}"
-        ) + "".join(f"\n{line}" for line in self._provenance_lines())
+        ) + "".join(f"\n{line}" for line in self._provenance_lines() if provenance)
 
     def _provenance_lines(self) -> list[str]:
         if not self.provenance:

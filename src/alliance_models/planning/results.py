@@ -150,7 +150,9 @@ class PowerResult:
             f"Monte Carlo {what} for {self.test!r} (alpha = {self.alpha:g}, engine: "
             f"{self.method})",
             f"  formula: {self.formula}",
-            f"  design:  {self.design.describe()}",
+            f"  design:  {self.design.describe(provenance=False)}"
+            + ("  (where the values came from: design.provenance)" if self.design.provenance
+               else ""),
             f"  {what}: {self.power:.3f}  95% CI [{self.ci[0]:.3f}, {self.ci[1]:.3f}]  "
             f"(MC SE {self.mcse:.3f}; {self.n_completed} of {self.n_sims} replicates)",
         ]
