@@ -321,6 +321,11 @@ def test_errors_name_the_column_and_value():
     with pytest.raises(DesignError, match=r"column 'age' must be constant within patient.*"
                                           r"patient 'P01' has 2 values"):
         am.Design.from_data(bad)
+    bad = pilot.copy()
+    bad.loc[bad.patient == "P03", "age"] = np.nan
+    with pytest.raises(DesignError, match=r"column 'age' must be a finite number for every "
+                                          r"patient; 1 patient\(s\) .*\('P03', e.g. nan\)"):
+        am.Design.from_data(bad)
     with pytest.raises(DesignError, match=r"needs the column\(s\) 'therapist'"):
         am.Design.from_data(pilot.drop(columns="therapist"))
     fit = am.fit_mixed("adherence ~ alliance + alliance_pmc + (1 | therapist/patient)", pilot)

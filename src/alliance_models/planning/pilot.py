@@ -113,6 +113,21 @@ def _unit_values(data: pd.DataFrame, col: str, unit: str) -> pd.Series:
     return g.first()
 
 
+def _finite(per_unit: pd.Series, col: str, unit: str) -> np.ndarray:
+    """Return a unit-level column as floats, checked finite (3 units at least)."""
+    x = pd.to_numeric(per_unit, errors="coerce").to_numpy(dtype=float)
+    bad = per_unit.index[~np.isfinite(x)]
+    if len(bad):
+        shown = ", ".join(repr(b) for b in bad[:5])
+        raise DesignError(
+            f"column {col!r} must be a finite number for every {unit}; {len(bad)} {unit}(s) "
+            f"have a missing or non-numeric value ({shown}{' ...' if len(bad) > 5 else ''},"
+            f" e.g. {per_unit[bad[0]]}): drop them or fill them in")
+    if x.size < 3:
+        raise DesignError(f"column {col!r} needs values for at least 3 {unit}s, got {x.size}")
+    return x
+
+
 def _constant_within(data: pd.DataFrame, col: str, unit: str) -> bool:
     return bool((data.groupby(unit, sort=False)[col].nunique(dropna=False) <= 1).all())
 
@@ -297,11 +312,7 @@ class _Pilot:
         d = self.data
         mods: dict[str, str] = {}
         if "age" in d.columns:
-            ages = pd.to_numeric(_unit_values(d, "age", "patient"), errors="coerce")
-            ages = ages.to_numpy(dtype=float)
-            if not np.isfinite(ages).all() or ages.size < 3:
-                raise DesignError("column 'age' needs finite ages (years) for at least 3 "
-                                  "patients")
+            ages = _finite(_unit_values(d, "age", "patient"), "age", "patient")
             mean, sd = float(ages.mean()), float(ages.std(ddof=1))
             lo, hi = float(ages.min()), float(ages.max())
             if sd <= 0:
@@ -325,11 +336,7 @@ class _Pilot:
             if _constant_within(d, "autonomy", "therapist") and self.n_patients > (
                     self.n_therapists):
                 level = "therapist"
-            vals = pd.to_numeric(_unit_values(d, "autonomy", level), errors="coerce")
-            vals = vals.to_numpy(dtype=float)
-            if not np.isfinite(vals).all() or vals.size < 3:
-                raise DesignError(f"column 'autonomy' needs finite values for at least 3 "
-                                  f"{level}s")
+            vals = _finite(_unit_values(d, "autonomy", level), "autonomy", level)
             sd = float(vals.std(ddof=1))
             if sd <= 0:
                 raise DesignError("column 'autonomy' is constant in the pilot data")
