@@ -43,6 +43,10 @@ CHILD = textwrap.dedent(f"""
 
 
     if __name__ == "__main__":
+        if N_JOBS > 1:  # workers already running, as after an earlier run of the session
+            from joblib import Parallel, delayed
+
+            Parallel(n_jobs=N_JOBS)(delayed(abs)(-i) for i in range(N_JOBS))
         d = am.Design(therapists=60, patients_per_therapist=1, sessions=1, icc_therapist=0.0,
                       icc_patient=0.0, moderators={{}}, effects={{"alliance": 0.3}})
         res = am.power(d, "adherence ~ alliance", test="alliance", n_sims={N_SIMS}, seed=5,

@@ -741,12 +741,14 @@ def test_fast_batches_are_memory_chunks_and_do_not_change_results(monkeypatch):
     *_, x_names, first = engine._truth(R1_DESIGN, spec, "fast", {}, seeds[0],
                                        "alliance:autonomy")
     cap = engine._stacked_cap(R1_DESIGN, spec, x_names, first)
-    # design R1: 1,440 rows, 6 coefficients, 240 patients in 30 therapists, 6 sessions
-    assert cap == fast.chunk_size(1440, 6, 240, 30, 6) == 457
+    # design R1: 1,440 rows, 6 coefficients, 240 patients in 30 therapists, 6 sessions;
+    # random intercepts are fitted from sums (no rows in the working set)
+    assert cap == fast.chunk_size(1440, 6, 240, 30, 6, sums=True) == 769
+    assert fast.chunk_size(1440, 6, 240, 30, 6) == 457  # with the rows (fit_batch)
     # at most one chunk per batch, a multiple of 4 batches of equal size from 800
     # replicates on (so 2 or 4 workers share them evenly), one batch for short runs
-    assert engine._default_batch_size("fast", 20000, cap) == 455  # 44 batches
-    assert engine._default_batch_size("fast", 2000, cap) == 250  # 8 batches
+    assert engine._default_batch_size("fast", 20000, cap) == 715  # 28 batches
+    assert engine._default_batch_size("fast", 2000, cap) == 500  # 4 batches
     assert engine._default_batch_size("fast", 1000, cap) == 250
     assert engine._default_batch_size("fast", 799, cap) == 400
     assert engine._default_batch_size("fast", 300, cap) == 300

@@ -13,7 +13,8 @@ out) and yields the finished batches in completion order:
   seconds on a busy machine, longer than a short run); otherwise the workers are started
   and this process keeps computing batches while they start, until the first of them
   returns a result (a batch the workers are still holding when nothing else is left is
-  computed here too, and whichever copy finishes first is used: the copies are equal).
+  computed here too, and whichever copy finishes first is used: the copies are equal,
+  though a fitting function with side effects then runs twice for that batch).
   A surrounding :func:`joblib.parallel_config` that chooses another joblib backend (such
   as ``"threading"``) gets every batch through :class:`joblib.Parallel`;
 * ``"dask"`` or a ``distributed.Client``: one task per batch on the cluster.

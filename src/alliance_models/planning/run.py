@@ -460,12 +460,13 @@ def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
                  sa: SimArrays) -> int | None:
     """Replicates per batch for the stacked fast path, or None when it does not apply.
 
-    The stacked path (one :func:`batch_arrays` call and one batched fit per batch) needs
-    a fixed layout and a formula of plain products of simulated columns. Its batches
-    hold at most one working-memory chunk of :func:`fast.chunk_size` for the layout of
-    the first replicate (457 replicates for 30 therapists x 8 patients x 6 sessions and
-    six coefficients), so each batch is one vectorised fit, per-batch costs are spread
-    over many replicates and memory stays bounded.
+    The stacked path (one :func:`batch_sums` or :func:`batch_arrays` call and one
+    batched fit per batch) needs a fixed layout and a formula of plain products of
+    simulated columns. Its batches hold at most one working-memory chunk of
+    :func:`fast.chunk_size` for the layout of the first replicate (for 30 therapists x
+    8 patients x 6 sessions and six coefficients: 769 replicates from sums, 457 with a
+    random slope, whose fit takes the rows), so each batch is one vectorised fit,
+    per-batch costs are spread over many replicates and memory stays bounded.
     """
     from ..models.lmm import batch_fit as fast
 
@@ -477,8 +478,9 @@ def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
     level1 = codes[groups[1] or groups[0]]
     sizes = np.unique(level1, return_counts=True)[1]
     n_outer = int(np.unique(codes[groups[0]]).size) if groups[1] else 0
+    slope = fast.random_slope(spec) is not None
     return fast.chunk_size(int(sa.therapist.size), len(x_names), int(sizes.size), n_outer,
-                           int(sizes.max()), slope=fast.random_slope(spec) is not None)
+                           int(sizes.max()), slope=slope, sums=not slope)
 
 
 def _default_batch_size(method: str, n_sims: int, stacked_cap: int | None = None) -> int:

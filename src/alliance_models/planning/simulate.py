@@ -253,9 +253,10 @@ def design_matrix(columns: dict[str, np.ndarray], x_names: tuple[str, ...],
 
 
 # replicates per block of the vectorised simulator: about this many rows (replicates x
-# grid rows) at a time keep a block's working arrays (draws, alliance, linear predictor,
-# outcome) in a core's L2 cache while every element-wise pass runs over them
-_BLOCK_ROWS = 1 << 14
+# grid rows) at a time (45 replicates of 1,440 rows): fewer, longer element-wise passes
+# than blocks that fit a core's L2 cache; measured on 2 cores, 2**16 rows simulated R1
+# about 7% faster than 2**14 and 4% faster than 2**17 (benchmarks/power_speed.py)
+_BLOCK_ROWS = 1 << 16
 
 
 @dataclass(eq=False)

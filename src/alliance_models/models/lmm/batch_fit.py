@@ -173,7 +173,7 @@ def frame_codes(frame: ModelFrame) -> tuple[np.ndarray, np.ndarray | None]:
 
 def chunk_size(
     n: int, p: int, n_inner: int, n_outer: int, max_size: int, *, memory: int = DEFAULT_MEMORY,
-    slope: bool = False,
+    slope: bool = False, sums: bool = False,
 ) -> int:
     """Replicates per chunk for a working-memory budget (see the module docstring).
 
@@ -191,6 +191,10 @@ def chunk_size(
         For the random-slope model (wider working copies and per-cluster 2 x (p + 3)
         blocks: about ``8 * (n (2 p + 8) + n_inner (p + 1 + T + 8 (p + 3)) +
         T (p + 1)^2 + 6 n_outer T (p + 3))`` bytes per replicate).
+    sums : bool, default False
+        For :func:`fit_sums` (no rows, only the cluster sums and statistics: about
+        ``8 * (n_inner (4 p + 6 + T) + T (p + 1)^2 + n_outer T (p + 2))`` bytes per
+        replicate).
 
     Returns
     -------
@@ -200,6 +204,8 @@ def chunk_size(
     --------
     >>> chunk_size(1440, 6, 240, 30, 6)  # 30 therapists x 8 patients x 6 sessions, 6 coefficients
     457
+    >>> chunk_size(1440, 6, 240, 30, 6, sums=True)
+    769
     """
     q = p + 1
     T = max_size + 1
@@ -207,6 +213,8 @@ def chunk_size(
         r = q + 2
         per = 8 * (n * (2 * p + 8) + n_inner * (q + T + 8 * r) + T * q * q
                    + 6 * n_outer * T * r)
+    elif sums:
+        per = 8 * (n_inner * (4 * p + 6 + T) + T * q * q + n_outer * T * (q + 1))
     else:
         per = 8 * (n * (p + 3) + n_inner * (q + T) + T * q * q + n_outer * T * (q + 1))
     return int(max(1, min(MAX_CHUNK, memory // per)))

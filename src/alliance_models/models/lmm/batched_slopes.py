@@ -216,7 +216,7 @@ class SlopeStats:
         if not grad:
             return f, R, h, L
         Lf = core._finite_chol(L)
-        Li = np.linalg.inv(Lf[:, :p, :p])
+        Li = core.tri_inv(Lf[:, :p, :p])
         Mi = np.swapaxes(Li, 1, 2) @ Li  # (X'H^-1 X)^-1, scaled X
         beta = (np.swapaxes(Li, 1, 2) @ Lf[:, p, :p, None])[..., 0]
         u = np.concatenate([-beta, np.ones((beta.shape[0], 1))], axis=1)  # (B, q)
