@@ -437,7 +437,8 @@ class JointSampleSizeResult:
         """
         from ..plots import plot_cost_frontier
 
-        opt = None if self.therapists is None else (self.therapists,
-                                                     self.patients_per_therapist)
+        opt = None
+        if self.therapists is not None and self.patients_per_therapist is not None:
+            opt = (self.therapists, self.patients_per_therapist)
         return plot_cost_frontier(self.evaluations, self.frontier, optimum=opt,
                                   cost_rates=self.cost_rates, target=self.target, ax=ax)

@@ -510,8 +510,12 @@ def _joint_sample_size(design: Design, formula: str, *, test: str, target: float
             guess[n] = next((t for t in t_grid if _closed_form_reaches(
                 exact, design.replace(therapists=t, patients_per_therapist=n), target)),
                 None)
-        visit.sort(key=lambda n: (guess[n] is None,
-                                  price(guess[n], n) if guess[n] is not None else 0.0, n))
+
+        def guessed_cost(n: int) -> tuple[bool, float, int]:
+            g = guess[n]
+            return (g is None, 0.0 if g is None else price(g, n), n)
+
+        visit.sort(key=guessed_cost)
     best: tuple[float, float, int, int] | None = None  # (cost, -power, t, n)
     found: dict[int, int | None] = {}
     status: dict[int, str] = {}
@@ -527,7 +531,10 @@ def _joint_sample_size(design: Design, formula: str, *, test: str, target: float
             continue
         top = allowed[-1]
         g = guess.get(n) if exact is not None else previous
-        t_min = _smallest_reaching(lambda t, n=n: reaches(t, n), t_lo, top, t_step,
+        def reaches_at(t: int, n: int = n) -> bool:
+            return reaches(t, n)
+
+        t_min = _smallest_reaching(reaches_at, t_lo, top, t_step,
                                    guess=None if g is None else min(g, top))
         found[n] = t_min
         if t_min is None:
@@ -552,12 +559,15 @@ def _joint_sample_size(design: Design, formula: str, *, test: str, target: float
     })
     fr = []
     for n in n_grid:
-        t = found[n]
-        r = cache[(t, n)] if t is not None else None
-        fr.append({"patients_per_therapist": n, "therapists": t if t is not None else pd.NA,
-                   "power": r.power if r else math.nan,
-                   "ci_low": r.ci[0] if r else math.nan, "ci_high": r.ci[1] if r else math.nan,
-                   "cost": price(t, n) if t is not None else math.nan, "status": status[n]})
+        t_n = found[n]
+        row: dict[str, Any] = {"patients_per_therapist": n, "therapists": pd.NA,
+                               "power": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                               "cost": math.nan, "status": status[n]}
+        if t_n is not None:
+            r = cache[(t_n, n)]
+            row.update(therapists=t_n, power=r.power, ci_low=r.ci[0], ci_high=r.ci[1],
+                       cost=price(t_n, n))
+        fr.append(row)
     frontier = pd.DataFrame(fr)
     frontier["therapists"] = frontier["therapists"].astype("Int64")
     if best is None:
