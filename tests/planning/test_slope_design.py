@@ -88,7 +88,7 @@ def test_slope_fields_are_validated(changes, match):
 def test_batched_slope_engine_recovers_the_variance_components_on_average():
     # 200 replicates; each mean REML estimate within 4 Monte Carlo SEs of the truth
     # (REML's small-sample bias at these sizes is well below that: with this seed the
-    # means lie within 1.2 MC SEs)
+    # means lie within 1.4 MC SEs)
     sd, rho = 0.3, 0.5
     d = BASE.replace(therapists=30, alliance_slope_sd=sd, alliance_slope_correlation=rho,
                      effects={"alliance": 0.3})
