@@ -79,11 +79,53 @@ class Family:
 
     def loglik(self, eta: np.ndarray, y: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Log-likelihood of every observation (normalising constants included)."""
+        return self.log_normaliser(y, n) + self.loglik_kernel(eta, y, n)
+
+    def log_normaliser(self, y: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """The part of :meth:`loglik` free of ``eta``: ``log C(n, y)`` or ``-log y!``."""
+        if self.name == "binomial":
+            return special.gammaln(n + 1) - special.gammaln(y + 1) - special.gammaln(n - y + 1)
+        return -special.gammaln(y + 1)
+
+    def loglik_kernel(self, eta: np.ndarray, y: np.ndarray, n: np.ndarray,
+                      mu: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`loglik` without :meth:`log_normaliser` (zero where ``n = y = 0``).
+
+        For the Poisson family ``n`` is 1 for a row and 0 for a row to leave out.
+        ``mu``, when given, is ``mean(eta)`` (saves its evaluation).
+        """
         if self.name == "binomial":
             e = np.clip(eta, -_ETA_CLAMP, _ETA_CLAMP)
-            const = special.gammaln(n + 1) - special.gammaln(y + 1) - special.gammaln(n - y + 1)
-            return const + y * special.log_expit(e) + (n - y) * special.log_expit(-e)
-        return y * eta - np.exp(eta) - special.gammaln(y + 1)
+            # y log p + (n - y) log(1 - p), with log(1 - p) = log p - e
+            logp = special.log_expit(e) if mu is None else np.log(mu)
+            return n * logp - (n - y) * e
+        return y * eta - n * (np.exp(eta) if mu is None else mu)
+
+    def derivatives(
+        self, eta: np.ndarray, y: np.ndarray, n: np.ndarray, mu: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Score, information and its slope in ``eta`` of every observation.
+
+        Returns ``d loglik / d eta = y - n mu``, the working weight
+        ``w = -d^2 loglik / d eta^2`` (``n mu (1 - mu)`` or ``mu``; the weights of
+        :meth:`working`, canonical links) and ``dw / d eta`` (``w (1 - 2 mu)`` or ``mu``).
+        For the Poisson family ``n`` is 1 for a row and 0 for a row to leave out.
+        ``mu``, when given, is ``mean(eta)``.
+
+        Examples
+        --------
+        >>> g, w, dw = get_family("binomial").derivatives(
+        ...     np.array([0.0]), np.array([3.0]), np.array([4.0]))
+        >>> float(g[0]), float(w[0]), float(dw[0])
+        (1.0, 1.0, 0.0)
+        """
+        if mu is None:
+            mu = self.mean(eta)
+        if self.name == "binomial":
+            w = n * mu * (1.0 - mu)
+            return y - n * mu, w, w * (1.0 - 2.0 * mu)
+        m = n * mu
+        return y - m, m, m
 
     def saturated_loglik(self, y: np.ndarray, n: np.ndarray) -> float:
         """Log-likelihood of the saturated model (each mean at its observation)."""
