@@ -2,11 +2,15 @@
 
 Replicate i is replicate i of am.simulate (seeds from SeedSequence.spawn), so the engine's
 estimate equals a direct fit; the truth is the conditional (subject-specific) coefficient
-of the simulated linear predictor, so bias, RMSE and coverage are defined.
+of the simulated linear predictor, so bias, RMSE and coverage are defined. method="auto"
+fits random-intercept formulas with the batched Laplace engine (models/glmm/batched.py),
+whose fits equal fit_mixed's to the optimisers' tolerance (1e-5 relative here; see
+tests/models/glmm/test_glmm_batched.py), and refits what it marks one by one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -22,7 +26,7 @@ FORMULA = "attended ~ alliance + (1 | therapist/patient)"
 
 def test_binomial_design_uses_the_glmm_with_a_conditional_truth():
     res = am.power(DESIGN, FORMULA, test="alliance", n_sims=4, seed=3, n_jobs=1,
-                   progress=False)
+                   progress=False, method="mixed")
     assert res.method == "mixed" and res.truth_exact and res.truth > 0
     assert np.isfinite(res.bias) and np.isfinite(res.coverage) and np.isfinite(res.rmse)
     reps = res.replicates
@@ -36,6 +40,63 @@ def test_binomial_design_uses_the_glmm_with_a_conditional_truth():
     assert reps["se"].iloc[2] == pytest.approx(fit.fixed.loc["alliance", "se"], rel=1e-12)
     z = fit.params["alliance"] / fit.fixed.loc["alliance", "se"]
     assert reps["p_value"].iloc[2] == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), rel=1e-9)
+
+
+def _direct(design: am.Design, formula: str, seed: np.random.SeedSequence):
+    data = am.simulate(design, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return am.fit_mixed(formula, data, family="binomial", trials="scheduled")
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_auto_fits_the_batch_with_the_batched_engine(dropout):
+    design = DESIGN.replace(dropout=dropout)
+    res = am.power(design, FORMULA, test="alliance", n_sims=6, seed=5, n_jobs=1,
+                   progress=False)
+    assert res.method == "fast" and res.truth_exact and res.truth > 0
+    assert np.isfinite(res.bias) and np.isfinite(res.coverage)
+    reps = res.replicates
+    assert not reps["failed"].any() and np.all(np.isinf(reps["df"]))
+    seeds = np.random.SeedSequence(5).spawn(6)
+    for i in (0, 3, 5):
+        fit = _direct(design, FORMULA, seeds[i])
+        se = fit.fixed.loc["alliance", "se"]
+        assert abs(reps["estimate"].iloc[i] - fit.params["alliance"]) < 1e-5 * se
+        assert reps["se"].iloc[i] == pytest.approx(se, rel=2e-5)
+        assert bool(reps["singular"].iloc[i]) == fit.singular
+
+
+def test_marked_replicates_are_refitted_one_by_one(monkeypatch):
+    from alliance_models.models.glmm import batched
+
+    real = batched.fit_glmm_batch
+
+    def marking(*args, **kwargs):
+        bf = real(*args, **kwargs)
+        status = bf.status.copy()
+        status[1] = "newton"
+        beta = bf.beta.copy()
+        beta[1] = np.nan
+        return dataclasses.replace(bf, status=status, beta=beta)
+
+    monkeypatch.setattr(batched, "fit_glmm_batch", marking)
+    res = am.power(DESIGN, FORMULA, test="alliance", n_sims=3, seed=3, n_jobs=1,
+                   progress=False)
+    assert res.method == "fast" and not res.replicates["failed"].any()
+    fit = _direct(DESIGN, FORMULA, np.random.SeedSequence(3).spawn(3)[1])
+    # replicate 1 is fit_mixed's own result (the method="mixed" record)
+    assert res.replicates["estimate"].iloc[1] == pytest.approx(fit.params["alliance"],
+                                                                rel=1e-12)
+
+
+def test_random_slopes_fall_back_to_the_per_replicate_fit():
+    f = "attended ~ alliance + (1 + alliance | therapist)"
+    res = am.power(DESIGN, f, test="alliance", n_sims=2, seed=1, n_jobs=1, progress=False)
+    assert res.method == "mixed"
+    with pytest.raises(am.errors.ModelSpecError, match="random intercepts"):
+        am.power(DESIGN, f, test="alliance", n_sims=2, seed=1, n_jobs=1, progress=False,
+                 method="fast")
 
 
 def test_proportion_formula_keeps_the_linear_model():

@@ -305,6 +305,8 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
     arrays when possible and from a data frame (formulaic terms such as ``C(arm)``)
     otherwise; a replicate that cannot be fitted is recorded as failed.
     """
+    if job.design.family != "gaussian":
+        return _run_glmm_batch(job, reps, seeds)
     from ..models.lmm import batch_fit as fast
 
     spec = parse_formula(job.formula)
@@ -380,6 +382,59 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
     return out
 
 
+def _run_glmm_batch(job: _Job, reps: Sequence[int],
+                    seeds: Sequence[np.random.SeedSequence]) -> list[dict[str, np.ndarray]]:
+    """Fit a binomial batch with the batched Laplace engine; return replicate columns.
+
+    The replicates are stacked by :func:`~alliance_models.planning.simulate.batch_arrays`
+    (on a padded grid when caseloads or session counts vary; dropout and padding as a
+    mask) and fitted in one call of
+    :func:`~alliance_models.models.glmm.batched.fit_glmm_batch`. Replicates it does not
+    fit to its tolerance (possible separation, no conditional mode, Newton iteration not
+    converged), or every replicate when the formula's columns cannot be stacked, are
+    refitted one by one with ``fit_mixed(family="binomial")``, as ``method="mixed"``.
+    """
+    from ..models.glmm.batched import fit_glmm_batch
+
+    spec = parse_formula(job.formula)
+    groups = _groups_for(spec)
+    k = job.test_index
+    design = job.design
+    cols: dict[str, np.ndarray] | None = None
+    redo = np.ones(len(reps), dtype=bool)
+    if groups is not None:
+        try:
+            X, Y, ther, pat, mask, _ = batch_arrays(
+                design, spec.response, job.x_names, seeds,
+                padded=not design.has_fixed_structure, sims=False)
+        except _FAIL_EXC:
+            pass  # formulaic columns: fit replicate by replicate below
+        else:
+            codes = {"therapist": ther, "patient": pat}
+            inner = codes[groups[1] or groups[0]]
+            outer = codes[groups[0]] if groups[1] else None
+            bf = fit_glmm_batch(X, Y, inner, outer, trials=float(design.n_trials),
+                                mask=None if mask.all() else mask, family=design.family)
+            cols = _wald_columns(reps, bf.beta[:, k], bf.se[:, k], math.nan, job.alpha,
+                                 bf.converged, bf.singular)
+            redo = ~bf.ok
+    if not redo.any():
+        assert cols is not None
+        return [cols]
+    import dataclasses
+
+    one = dataclasses.replace(job, method="mixed")
+    recs = [_fit_frame_replicate(one, reps[i], seeds[i]) for i in np.flatnonzero(redo)]
+    if cols is None:
+        return [_columns_of_records(recs)]
+    refit = _columns_of_records(recs)
+    where = np.flatnonzero(redo)
+    for c in REPLICATE_COLUMNS:
+        cols[c] = cols[c].copy()
+        cols[c][where] = refit[c]
+    return [cols]
+
+
 def _run_frame_batch(job: _Job, reps: Sequence[int],
                      seeds: Sequence[np.random.SeedSequence]) -> list[dict[str, np.ndarray]]:
     """Fit a batch one data frame per replicate (any fitting function)."""
@@ -413,6 +468,18 @@ def _resolve_method(method: str | Callable[..., Any], spec: ModelSpec,
     one_of("method", method, METHODS, ModelSpecError)
     if method in ("auto", "fast"):
         ok = False
+        if (design.family == "binomial" and spec.has_random
+                and spec.response == design.count_columns[0]):
+            # the binomial GLMM of the counts: batched Laplace for random intercepts
+            from ..models.lmm import batch_fit as fast
+
+            ok = bool(fast.qualifies(spec)) and fast.random_slope(spec) is None
+            if method == "fast" and not ok:
+                raise ModelSpecError(
+                    "method='fast' fits a binomial design's counts with random intercepts "
+                    "only, one grouping factor or two nested ones, e.g. "
+                    "'(1 | therapist/patient)'; use method='mixed' for other random parts")
+            return "fast" if ok else "mixed"
         if design.family == "gaussian" and spec.has_random:
             try:
                 from ..models.lmm import batch_fit as fast
@@ -444,7 +511,7 @@ def _truth(design: Design, spec: ModelSpec, method: str, fit_kwargs: Mapping[str
             f"test {test!r} is not a coefficient of {spec.formula!r}; coefficients: "
             f"{', '.join(x_names)}"
         )
-    logit_fit = (method in ("bayes", "mixed")
+    logit_fit = (method in ("bayes", "mixed", "fast")
                  and str(fit_kwargs.get("family", "")) == "binomial")
     if design.family == "binomial" and not logit_fit:
         return math.nan, False, x_names, sa
@@ -466,7 +533,9 @@ def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
     :func:`fast.chunk_size` for the layout of the first replicate (for 30 therapists x
     8 patients x 6 sessions and six coefficients: 769 replicates from sums, 457 with a
     random slope, whose fit takes the rows), so each batch is one vectorised fit,
-    per-batch costs are spread over many replicates and memory stays bounded.
+    per-batch costs are spread over many replicates and memory stays bounded. Binomial
+    designs use the batched Laplace engine's
+    :func:`~alliance_models.models.glmm.batched.chunk_size`.
     """
     from ..models.lmm import batch_fit as fast
 
@@ -478,6 +547,10 @@ def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
     level1 = codes[groups[1] or groups[0]]
     sizes = np.unique(level1, return_counts=True)[1]
     n_outer = int(np.unique(codes[groups[0]]).size) if groups[1] else 0
+    if design.family != "gaussian":  # the batched Laplace engine
+        from ..models.glmm.batched import chunk_size
+
+        return chunk_size(int(sa.therapist.size), len(x_names), int(sizes.size))
     slope = fast.random_slope(spec) is not None
     return fast.chunk_size(int(sa.therapist.size), len(x_names), int(sizes.size), n_outer,
                            int(sizes.max()), slope=slope, sums=not slope)
@@ -627,7 +700,7 @@ def power(
     if resolved == "bayes":
         kwargs.update(bayes_kwargs or {})
     if resolved in ("bayes", "gee") or (
-            resolved == "mixed" and design.family == "binomial"
+            resolved in ("mixed", "fast") and design.family == "binomial"
             and spec.response == design.count_columns[0]):
         # the design's family, unless the caller chose otherwise (fit_gee defaults to
         # binomial); a binomial design whose formula models the counts (e.g. attended)
@@ -645,7 +718,7 @@ def power(
     truth, exact, x_names, first = _truth(design, spec, resolved, kwargs, child(root, 0),
                                           test)
     slope_index = None
-    if resolved == "fast":
+    if resolved == "fast" and design.family == "gaussian":
         from ..models.lmm import batch_fit as fast
 
         var = fast.random_slope(spec)

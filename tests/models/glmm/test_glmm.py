@@ -248,7 +248,7 @@ def test_pirls_mode_is_a_stationary_point(sim):
 
 
 @pytest.mark.parametrize("module", ["family", "agq", "laplace", "counts", "separation",
-                                    "pirls", "result"])
+                                    "pirls", "result", "batched"])
 def test_docstring_examples_run(module):
     res = doctest.testmod(importlib.import_module(f"alliance_models.models.glmm.{module}"),
                           optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

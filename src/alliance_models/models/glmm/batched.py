@@ -53,14 +53,21 @@ from .family import get_family
 from .laplace import CONV_TOL, SINGULAR_TOL
 from .separation import separating_direction
 
-__all__ = ["GLMMBatchFit", "fit_glmm_batch"]
+__all__ = ["GLMMBatchFit", "chunk_size", "fit_glmm_batch"]
 
 #: Newton steps stop when lme4's relative gradient is below this.
 NEWTON_TOL = 1e-8
 #: Replicates whose relative gradient stays above this after :data:`MAXIT` steps are
 #: marked unconverged (``status = "newton"``), for a per-replicate refit.
 ACCEPT_TOL = 1e-6
-MAXIT = 40
+MAXIT = 60
+#: Below this relative gradient the carried (BFGS) Hessian is replaced by a differenced one.
+SWITCH_TOL = 1e-5
+#: A carried Hessian is differenced again after this many steps.
+REFRESH = 8
+#: Largest whitened distance between the estimate and the point where its Hessian was
+#: differenced.
+DIST_TOL = 1e-5
 #: Step of the central differences of the gradient, in units of ``1 / sqrt(H_jj)``.
 FD_STEP = 1e-4
 #: PIRLS stops when the largest Newton step in the modes is below this, or when a full
@@ -75,6 +82,27 @@ THETA_START = 0.5
 #: deviance is even in theta, so its cross-derivatives with beta vanish there; the
 #: per-replicate fit holds such entries at the bound).
 HELD_TOL = 1e-6
+
+
+#: Default working-memory budget of one batch, in bytes.
+DEFAULT_MEMORY = 64 * 2**20
+#: Largest useful batch.
+MAX_CHUNK = 1024
+
+
+def chunk_size(n: int, p: int, n_inner: int, *, memory: int = DEFAULT_MEMORY) -> int:
+    """Replicates per call of :func:`fit_glmm_batch` for a working-memory budget.
+
+    The working set is about ``8 * (n (4 p + 30) + n_inner (2 p + 20))`` bytes per
+    replicate (the design, its weighted copy and cluster sums, a few dozen vectors).
+
+    Examples
+    --------
+    >>> chunk_size(1440, 6, 240)  # 30 therapists x 8 patients x 6 sessions
+    98
+    """
+    per = 8 * (n * (4 * p + 30) + n_inner * (2 * p + 20))
+    return int(max(1, min(MAX_CHUNK, memory // per)))
 
 
 @dataclass(frozen=True)
@@ -389,7 +417,7 @@ class _Problem:
 # --- the optimisation ----------------------------------------------------------------
 
 def _glm_start(prob: _Problem, maxit: int = 30) -> np.ndarray:
-    """Fixed effects of the GLM without random effects (IRLS, all replicates)."""
+    """Return the fixed effects of the GLM without random effects (IRLS, all replicates)."""
     fam = prob.fam
     X = prob.X
     B, _, p = X.shape
@@ -537,7 +565,6 @@ def fit_glmm_batch(
     o = cl.order
     prob = _Problem(np.ascontiguousarray(X[:, o]), Y[:, o], nt[:, o], family, cl)
     k, p = prob.k, prob.p
-    d = k + p
 
     status = np.full(B, "", dtype=object)
     sep = _separated(prob)
@@ -604,7 +631,15 @@ def _separated(prob: _Problem) -> np.ndarray:
 def _optimise(prob: _Problem, x: np.ndarray, v0: np.ndarray, u0: np.ndarray | None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                          np.ndarray]:
-    """Newton iteration on ``(theta, beta)`` for every replicate (active set shrinks)."""
+    """Quasi-Newton, then Newton steps on ``(theta, beta)`` (the active set shrinks).
+
+    The Hessian is differenced at the start; BFGS updates carry it while the relative
+    gradient is above :data:`SWITCH_TOL`; below, it is differenced again at the current
+    point and Newton steps with it finish. A replicate is done when the relative
+    gradient is below :data:`NEWTON_TOL` with a differenced Hessian from within
+    :data:`DIST_TOL` (whitened distance) of the estimate, so its SEs are those of the
+    estimate.
+    """
     B, d = x.shape
     k = prob.k
     x_out = x.copy()
@@ -624,18 +659,34 @@ def _optimise(prob: _Problem, x: np.ndarray, v0: np.ndarray, u0: np.ndarray | No
         st_out[bad] = "pirls"
         keep = ~bad
         act, pt, scale = act[keep], _sub_point(pt, keep), scale[keep]
+    nA = act.size
+    H = np.zeros((nA, d, d))
+    fd_dist = np.full(nA, np.inf)  # whitened distance from where H was differenced
+    need = np.ones(nA, dtype=bool)
+    rel = np.full(nA, np.inf)
+    age = np.zeros(nA, dtype=np.int64)  # steps since the Hessian was differenced
     for it in range(1, MAXIT + 1):
         if act.size == 0:
             break
-        with np.errstate(all="ignore"):
-            H = _hessian(pt, scale)
+        if need.any():
+            sub = _sub_point(pt, need)
+            with np.errstate(all="ignore"):
+                Hn = _hessian(sub, scale[need])
+            H[need] = np.where(np.isfinite(Hn).all(axis=(1, 2))[:, None, None], Hn, np.nan)
+            fd_dist[need] = 0.0
         finite = np.isfinite(H).all(axis=(1, 2))
-        H = np.where(finite[:, None, None], H, np.eye(d))
-        rel = _rel_grad(pt.grad, H)
-        done = finite & (rel < NEWTON_TOL)
+        rel = np.where(finite, _rel_grad(pt.grad, np.where(finite[:, None, None], H,
+                                                             np.eye(d))), np.inf)
+        # below SWITCH_TOL a carried (BFGS) Hessian is differenced again at this point;
+        # so is one that is not positive definite or carried for REFRESH steps
+        age += 1
+        need = finite & (fd_dist > DIST_TOL) & (
+            (rel < SWITCH_TOL) | ~np.isfinite(rel) | (age > REFRESH))
+        age[need] = 0
+        done = finite & (rel < NEWTON_TOL) & (fd_dist <= DIST_TOL)
         fail = ~finite
         it_out[act] = it
-        rel_out[act] = np.where(finite, rel, np.inf)
+        rel_out[act] = rel
         x_out[act], H_out[act], dev_out[act] = pt.x, H, pt.m.dev
         st_out[act[done]] = ""
         st_out[act[fail]] = "pirls"
@@ -643,22 +694,64 @@ def _optimise(prob: _Problem, x: np.ndarray, v0: np.ndarray, u0: np.ndarray | No
         if not keep.any():
             act = act[:0]
             break
-        act, pt, H = act[keep], _sub_point(pt, keep), H[keep]
-        diag = np.abs(np.diagonal(H, axis1=1, axis2=2))
-        scale = 1.0 / np.sqrt(np.maximum(diag, 1e-12))
-        step = _newton_step(H, pt.grad)
-        moved = _line_search(pt, step)
-        if moved is None:
-            break
-        pt, stalled = moved
+        act, pt, H, scale = act[keep], _sub_point(pt, keep), H[keep], scale[keep]
+        fd_dist, need, rel, age = fd_dist[keep], need[keep], rel[keep], age[keep]
+        if need.all():
+            continue
+        move = ~need
+        mv = _sub_point(pt, move)
+        Hm = H[move]
+        step = _newton_step(Hm, mv.grad)
+        res = _line_search(mv, step)
+        new, stalled = res
+        s_ = new.x - mv.x
+        y_ = new.grad - mv.grad
+        newton = (rel[move] < SWITCH_TOL) & (fd_dist[move] <= DIST_TOL)
+        # whitened length of the step under the current Hessian
+        with np.errstate(all="ignore"):
+            sHs = np.einsum("bi,bij,bj->b", s_, Hm, s_)
+            sy = np.einsum("bi,bi->b", s_, y_)
+            Hs = np.einsum("bij,bj->bi", Hm, s_)
+            upd = (~newton & (sy > 1e-12 * np.maximum(np.abs(sHs), 1e-300)) & (sHs > 0))
+            Hb = (Hm - np.einsum("bi,bj->bij", Hs, Hs) / np.where(upd, sHs, 1.0)[:, None, None]
+                  + np.einsum("bi,bj->bij", y_, y_) / np.where(upd, sy, 1.0)[:, None, None])
+        Hm = np.where(upd[:, None, None], Hb, Hm)
+        dist = fd_dist[move]
+        dist = np.where(newton, dist + np.sqrt(np.abs(sHs)), np.where(upd, np.inf, dist))
+        idx = np.flatnonzero(move)
+        H[idx], fd_dist[idx] = Hm, dist
+        scale[idx] = 1.0 / np.sqrt(np.maximum(np.abs(np.diagonal(Hm, axis1=1, axis2=2)),
+                                              1e-12))
+        pt = _merge_point(pt, idx, new)
         if stalled.any():
-            # no decrease along the step: the point is as good as this iteration gets
-            st_out[act[stalled]] = np.where(rel_out[act[stalled]] < ACCEPT_TOL, "", "newton")
-            keep = ~stalled
-            act, pt, scale = act[keep], _sub_point(pt, keep), scale[keep]
+            # no decrease along the step: as good as it gets; differenced Hessian needed
+            si = idx[stalled]
+            sel = rel[si] < ACCEPT_TOL
+            st_out[act[si[sel]]] = ""
+            st_out[act[si[~sel]]] = "newton"
+            need[si] = fd_dist[si] > DIST_TOL  # recompute the Hessian once if carried
+            drop = np.zeros(act.size, dtype=bool)
+            drop[si] = ~need[si]
+            if drop.any():
+                keep = ~drop
+                act, pt, H, scale = act[keep], _sub_point(pt, keep), H[keep], scale[keep]
+                fd_dist, need, rel, age = fd_dist[keep], need[keep], rel[keep], age[keep]
     ok = st_out == ""
     st_out[~ok & (rel_out < ACCEPT_TOL)] = ""
     return x_out, H_out, dev_out, rel_out, it_out, st_out
+
+
+def _merge_point(pt: _Point, idx: np.ndarray, new: _Point) -> _Point:
+    """``pt`` with the replicates ``idx`` replaced by ``new``'s."""
+    x, grad = pt.x.copy(), pt.grad.copy()
+    m = pt.m
+    v, eta, mu, dev = m.v.copy(), m.eta.copy(), m.mu.copy(), m.dev.copy()
+    u = None if m.u is None else m.u.copy()
+    x[idx], grad[idx], v[idx], eta[idx], mu[idx], dev[idx] = (
+        new.x, new.grad, new.m.v, new.m.eta, new.m.mu, new.m.dev)
+    if u is not None:
+        u[idx] = new.m.u
+    return _Point(pt.prob, x, _Mode(v=v, u=u, eta=eta, mu=mu, dev=dev, ok=m.ok), grad)
 
 
 def _sub_point(pt: _Point, keep: np.ndarray) -> _Point:

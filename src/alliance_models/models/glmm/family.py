@@ -82,7 +82,7 @@ class Family:
         return self.log_normaliser(y, n) + self.loglik_kernel(eta, y, n)
 
     def log_normaliser(self, y: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """The part of :meth:`loglik` free of ``eta``: ``log C(n, y)`` or ``-log y!``."""
+        """Return the part of :meth:`loglik` free of ``eta``: ``log C(n, y)`` or ``-log y!``."""
         if self.name == "binomial":
             return special.gammaln(n + 1) - special.gammaln(y + 1) - special.gammaln(n - y + 1)
         return -special.gammaln(y + 1)
