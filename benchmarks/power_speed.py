@@ -18,11 +18,15 @@ documentation), the same number of simulations. Routes (issue 14, item 5):
   (1 | therapist:patient)`` against MCPower's ``(1 + alliance|therapist) + (1|patient)``
   (it parses no slope inside a nested term) on 2 threads.
 
-Binomial line (issue 13, one process, skipped with ``--no-binomial``): R1 with attendance
-as the outcome (8 scheduled sessions per session row, attended ~ Binomial), ``attended ~
+Binomial lines (issue 13, in this process, skipped with ``--no-binomial``, alone with
+``--binomial-only``; ``benchmarks/results/glmm_speed.txt``): R1 with attendance as the
+outcome (8 scheduled sessions per session row, attended ~ Binomial), ``attended ~
 alliance * (age + autonomy) + (1 | therapist/patient)``: ``am.power`` fitting the binomial
-GLMM to every replicate, side by side with MCPower's GLMM (``family="logit"``: one
-Bernoulli outcome per row on the same 1,440-row nested design; its own simulator).
+GLMM to every replicate with the batched Laplace engine (``method="auto"``,
+``n_jobs=1`` and ``n_jobs=-1`` with loky's workers started) and with one ``fit_mixed`` per
+replicate (``method="mixed"``), side by side with MCPower's GLMM (``family="logit"``: one
+Bernoulli outcome per row on the same 1,440-row nested design; its own simulator; 2
+threads); then 2,000 null replicates (every effect 0) with both: the rejection rate.
 
 Every measurement is a fresh process (``r1_children.py``); ours and MCPower's alternate
 round by round and the medians are compared. The machine is shared: the load average is
@@ -56,24 +60,53 @@ def child(kind: str, n: int, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_am_power_binomial(B: int) -> tuple[float, float] | None:
-    """``am.power`` with the per-replicate binomial GLMM on R1 (one process)."""
+def _timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+BINOMIAL_EFFECTS = {"alliance": 0.25, "autonomy": 0.1, "alliance:age": 0.05,
+                    "alliance:autonomy": 0.1}
+BINOMIAL_FORMULA = "attended ~ alliance * (age + autonomy) + (1 | therapist/patient)"
+
+
+def _binomial_design(effects: dict[str, float]):  # noqa: ANN202
+    import alliance_models as am
+
+    return am.Design(therapists=T, patients_per_therapist=P, sessions=S, family="binomial",
+                     counts="attendance", trials=8, effects=effects)
+
+
+def bench_am_power_binomial(B: int, repeats: int, method: str = "auto", n_jobs: int = 1,
+                            effects: dict[str, float] | None = None
+                            ) -> tuple[float, float, str, int] | None:
+    """``am.power`` on binomial R1: median rep/s, power, engine, rejections (last run)."""
     try:
         import alliance_models as am
     except ImportError:
         return None
-    design = am.Design(therapists=T, patients_per_therapist=P, sessions=S, family="binomial",
-                       counts="attendance", trials=8,
-                       effects={"alliance": 0.25, "autonomy": 0.1, "alliance:age": 0.05,
-                                "alliance:autonomy": 0.1})
-    t0 = time.perf_counter()
-    res = am.power(design, "attended ~ alliance * (age + autonomy) + (1 | therapist/patient)",
-                   test="alliance:autonomy", n_sims=B, seed=1, n_jobs=1, progress=False)
-    return res.n_completed / (time.perf_counter() - t0), res.power
+    design = _binomial_design(BINOMIAL_EFFECTS if effects is None else effects)
+    seeds = iter(range(1, 10**6))
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        res = am.power(design, BINOMIAL_FORMULA, test="alliance:autonomy", n_sims=B,
+                       seed=next(seeds), n_jobs=n_jobs, progress=False, method=method)
+        out["res"] = res
+
+    times = _timed(run, repeats)
+    res = out["res"]
+    rej = int(res.replicates["reject"].sum())
+    return B / statistics.median(times), res.power, res.method, rej
 
 
-def bench_mcpower_glmm(B: int) -> tuple[float, float] | None:
-    """MCPower's GLMM (logit) on the R1 layout, 2 threads."""
+def bench_mcpower_glmm(B: int, repeats: int = 1, effects: str | None = None
+                       ) -> tuple[float, float] | None:
+    """MCPower's GLMM (logit) on the R1 layout, 2 threads: median rep/s and power."""
     try:
         import mcpower
         from mcpower import _engine
@@ -87,14 +120,19 @@ def bench_mcpower_glmm(B: int) -> tuple[float, float] | None:
             " + (1|therapist/patient)", family="logit")
         m.set_cluster("therapist", ICC=0.05, n_clusters=T)
         m.set_cluster("therapist:patient", ICC=0.30, n_per_parent=P)
-        m.set_effects("alliance=0.25, age=0.0, autonomy=0.1, alliance:age=0.05, "
+        m.set_effects(effects or "alliance=0.25, age=0.0, autonomy=0.1, alliance:age=0.05, "
                       "alliance:autonomy=0.1")
         m.set_baseline_probability(0.75)
         m.set_simulations(B)
-        m.set_seed(1)
-        t0 = time.perf_counter()
-        power = _mc_power(m, N)
-        return B / (time.perf_counter() - t0), power
+        seeds = iter(range(1, 10**6))
+        out: dict[str, float] = {}
+
+        def run() -> None:
+            m.set_seed(next(seeds))
+            out["power"] = _mc_power(m, N)
+
+        times = _timed(run, repeats)
+        return B / statistics.median(times), out["power"]
     except Exception as err:  # noqa: BLE001 - report the API failure, do not crash
         print(f"  MCPower GLMM: failed ({type(err).__name__}: {err})")
         return None
@@ -108,8 +146,13 @@ def _mc_power(m, n: int) -> float:  # noqa: ANN001
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--no-binomial", action="store_true", help="skip the GLMM line")
+    ap.add_argument("--no-binomial", action="store_true", help="skip the GLMM lines")
+    ap.add_argument("--binomial-only", action="store_true", help="only the GLMM lines")
+    ap.add_argument("--quick", action="store_true", help="GLMM lines: fewer replicates")
     args = ap.parse_args()
+    if args.binomial_only:
+        binomial(args.rounds, args.quick)
+        return
     import numpy as np
 
     try:
@@ -155,25 +198,62 @@ def main() -> None:
           "differ because the two simulators' predictors differ (ours: skewed alliance with "
           "therapist/patient/session parts, age in years; MCPower: its own)")
     if not args.no_binomial:
-        binomial()
+        binomial(args.rounds)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
-def binomial() -> None:
-    """The binomial line (issue 13): the GLMM per replicate against MCPower's GLMM."""
+def binomial(rounds: int = 5, quick: bool = False) -> None:
+    """The binomial lines (issue 13): batched Laplace, fit_mixed per replicate, MCPower."""
     sys.path.insert(0, str(HERE.parent / "src"))
-    B_glmm, B_mc_glmm = 20, 200
-    print("binomial (attendance, 8 scheduled sessions per row)")
-    ours = bench_am_power_binomial(B_glmm)
+    reps = 3 if quick else rounds
+    B_fast, B_rep, B_mc = (200, 3, 100) if quick else (1000, 10, 400)
+    print(f"binomial (attendance, 8 scheduled sessions per row): {BINOMIAL_FORMULA}, "
+          f"test alliance:autonomy; medians of {reps} timings")
+    ours = bench_am_power_binomial(B_fast, reps)
     if ours is not None:
-        print(f"  am.power binomial GLMM per replicate ({B_glmm} replicates, 1 process): "
-              f"{ours[0]:8.2f} rep/s   (power {ours[1]:.3f})")
-    theirs = bench_mcpower_glmm(B_mc_glmm)
+        print(f"  am.power binomial GLMM, batched Laplace (engine {ours[2]!r}, {B_fast} "
+              f"replicates, n_jobs=1): {ours[0]:8.2f} rep/s   (power {ours[1]:.3f})")
+    ours2 = bench_am_power_binomial(B_fast, 1, n_jobs=-1)  # starts the loky workers
+    ours2 = bench_am_power_binomial(B_fast, reps, n_jobs=-1)
+    if ours2 is not None:
+        print(f"  am.power binomial GLMM, batched Laplace ({B_fast} replicates, n_jobs=-1, "
+              f"workers started): {ours2[0]:8.2f} rep/s   (power {ours2[1]:.3f})")
+    per = bench_am_power_binomial(B_rep, 1 if quick else 3, method="mixed")
+    if per is not None:
+        print(f"  am.power binomial GLMM, fit_mixed per replicate (engine {per[2]!r}, "
+              f"{B_rep} replicates, n_jobs=1): {per[0]:8.2f} rep/s")
+    theirs = bench_mcpower_glmm(B_mc, reps)
     if theirs is not None:
-        print(f"  MCPower GLMM logit ({B_mc_glmm} replicates, 2 threads, Bernoulli rows): "
+        print(f"  MCPower GLMM logit ({B_mc} replicates, 2 threads, Bernoulli rows): "
               f"{theirs[0]:8.2f} rep/s   (power {theirs[1]:.3f})")
     if ours is not None and theirs is not None:
-        print(f"  am.power binomial GLMM / MCPower GLMM: {ours[0] / theirs[0]:8.3f}x")
+        print(f"  batched Laplace n_jobs=1 / MCPower GLMM (2 threads): "
+              f"{ours[0] / theirs[0]:8.2f}x   (goal >= 1x)")
+    if ours2 is not None and theirs is not None:
+        print(f"  batched Laplace n_jobs=-1 / MCPower GLMM (2 threads): "
+              f"{ours2[0] / theirs[0]:8.2f}x")
+    if ours is not None and per is not None:
+        print(f"  batched Laplace / fit_mixed per replicate (n_jobs=1): "
+              f"{ours[0] / per[0]:8.1f}x")
+    if quick:
+        return
+    B_null = 2000
+    null = bench_am_power_binomial(B_null, 1, n_jobs=-1, effects={})
+    mc_null = bench_mcpower_glmm(B_null, 1, effects="alliance=0.0, age=0.0, autonomy=0.0, "
+                                 "alliance:age=0.0, alliance:autonomy=0.0")
+    se = (0.05 * 0.95 / B_null) ** 0.5
+    print(f"null (every effect 0), {B_null} replicates, rejection of alliance:autonomy at "
+          f"0.05 (Monte Carlo SE {se:.4f}):")
+    if null is not None:
+        print(f"  am.power batched Laplace: {null[3]} / {B_null} = {null[1]:.4f}   "
+              f"({null[0]:.1f} rep/s, n_jobs=-1)")
+    if mc_null is not None:
+        print(f"  MCPower GLMM logit:       {mc_null[1]:.4f}   ({mc_null[0]:.1f} rep/s)")
+
+
+def _mc_power(m, n: int) -> float:  # noqa: ANN001
+    r = m.find_power(n, target_test="alliance:autonomy", verbose=False, progress_callback=False)
+    return float(r["power_uncorrected"][0][0])
 
 
 if __name__ == "__main__":

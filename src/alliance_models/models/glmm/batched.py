@@ -362,6 +362,22 @@ class _Problem:
                 ld += np.log(St).sum(axis=1)
             return self._pdev(eta, mu, v, u) + ld - 2.0 * self.const, w
 
+    def beta_information(self, th: np.ndarray, m: _Mode) -> np.ndarray:
+        """``2 X' (W - W M A^{-1} M' W) X`` at the modes (the penalised fit's beta block)."""
+        cl = self.cl
+        _, w, _ = self.fam.derivatives(m.eta, self.y, self.nt, m.mu)
+        App, Atp, St = self._arrow(th, cl.sum_in(w))
+        wX = w[:, :, None] * self.X
+        SX = cl.sum_in(wX)
+        rv = th[:, :1, None] * SX
+        ru = th[:, 1:2, None] * cl.sum_out(SX) if cl.nested else None
+        zv, zu = self._solve(App, Atp, St, rv, ru)
+        info = np.matmul(wX.transpose(0, 2, 1), self.X)
+        info -= np.matmul(rv.transpose(0, 2, 1), zv)
+        if zu is not None:
+            info -= np.matmul(ru.transpose(0, 2, 1), zu)
+        return 2.0 * info
+
     # -- the exact gradient of the Laplace deviance -----------------------------------
     def gradient(self, th: np.ndarray, m: _Mode) -> np.ndarray:
         """Gradient of ``D`` in ``(theta, beta)`` at the modes ``m`` (see module text)."""
@@ -475,12 +491,18 @@ class _Point:
         return cls(prob, x, m, grad)
 
 
-def _hessian(pt: _Point, scale: np.ndarray) -> np.ndarray:
-    """Central differences of the exact gradient, one column per parameter."""
+def _hessian(pt: _Point, scale: np.ndarray, *, full: bool = True) -> np.ndarray:
+    """Central differences of the exact gradient, one column per parameter.
+
+    With ``full=False`` only the ``theta`` columns (and rows) are differenced and the
+    ``beta`` block is the information of the penalised fit at the modes
+    (:meth:`_Problem.beta_information`, which leaves out the second derivatives of
+    ``log |A|``): a cheap start for the quasi-Newton steps.
+    """
     prob, x = pt.prob, pt.x
     B, d = x.shape
     H = np.empty((B, d, d))
-    for j in range(d):
+    for j in range(d if full else prob.k):
         hj = FD_STEP * scale[:, j]
         cols = []
         for sgn in (1.0, -1.0):
@@ -488,6 +510,10 @@ def _hessian(pt: _Point, scale: np.ndarray) -> np.ndarray:
             xx[:, j] += sgn * hj
             cols.append(_Point.at(prob, xx, pt.m.v, pt.m.u).grad)
         H[:, :, j] = (cols[0] - cols[1]) / (2.0 * hj[:, None])
+    if not full:
+        k = prob.k
+        H[:, :k, k:] = H[:, k:, :k].transpose(0, 2, 1)
+        H[:, k:, k:] = prob.beta_information(x[:, :k], pt.m)
     return (H + H.transpose(0, 2, 1)) / 2
 
 
@@ -662,27 +688,32 @@ def _optimise(prob: _Problem, x: np.ndarray, v0: np.ndarray, u0: np.ndarray | No
     nA = act.size
     H = np.zeros((nA, d, d))
     fd_dist = np.full(nA, np.inf)  # whitened distance from where H was differenced
-    need = np.ones(nA, dtype=bool)
+    need = np.zeros(nA, dtype=bool)  # a full differenced Hessian at this point
+    cheap = np.ones(nA, dtype=bool)  # a start Hessian (theta columns differenced)
     rel = np.full(nA, np.inf)
-    age = np.zeros(nA, dtype=np.int64)  # steps since the Hessian was differenced
+    age = np.zeros(nA, dtype=np.int64)  # steps since the Hessian was formed
     for it in range(1, MAXIT + 1):
         if act.size == 0:
             break
-        if need.any():
-            sub = _sub_point(pt, need)
-            with np.errstate(all="ignore"):
-                Hn = _hessian(sub, scale[need])
-            H[need] = np.where(np.isfinite(Hn).all(axis=(1, 2))[:, None, None], Hn, np.nan)
-            fd_dist[need] = 0.0
+        for which, full in ((need, True), (cheap, False)):
+            if which.any():
+                sub = _sub_point(pt, which)
+                with np.errstate(all="ignore"):
+                    Hn = _hessian(sub, scale[which], full=full)
+                H[which] = np.where(np.isfinite(Hn).all(axis=(1, 2))[:, None, None], Hn,
+                                    np.nan)
+                fd_dist[which] = 0.0 if full else np.inf
+                age[which] = 0
         finite = np.isfinite(H).all(axis=(1, 2))
         rel = np.where(finite, _rel_grad(pt.grad, np.where(finite[:, None, None], H,
                                                              np.eye(d))), np.inf)
         # below SWITCH_TOL a carried (BFGS) Hessian is differenced again at this point;
-        # so is one that is not positive definite or carried for REFRESH steps
+        # one that is not positive definite or carried for REFRESH steps is replaced by
+        # a start Hessian there
+        need = finite & (fd_dist > DIST_TOL) & (rel < SWITCH_TOL)
+        cheap = (finite & ~need & (fd_dist > DIST_TOL) & (age >= 1)
+                 & (~np.isfinite(rel) | (age > REFRESH)))
         age += 1
-        need = finite & (fd_dist > DIST_TOL) & (
-            (rel < SWITCH_TOL) | ~np.isfinite(rel) | (age > REFRESH))
-        age[need] = 0
         done = finite & (rel < NEWTON_TOL) & (fd_dist <= DIST_TOL)
         fail = ~finite
         it_out[act] = it
@@ -696,9 +727,10 @@ def _optimise(prob: _Problem, x: np.ndarray, v0: np.ndarray, u0: np.ndarray | No
             break
         act, pt, H, scale = act[keep], _sub_point(pt, keep), H[keep], scale[keep]
         fd_dist, need, rel, age = fd_dist[keep], need[keep], rel[keep], age[keep]
-        if need.all():
+        cheap = cheap[keep]
+        move = ~(need | cheap)
+        if not move.any():
             continue
-        move = ~need
         mv = _sub_point(pt, move)
         Hm = H[move]
         step = _newton_step(Hm, mv.grad)
@@ -736,6 +768,7 @@ def _optimise(prob: _Problem, x: np.ndarray, v0: np.ndarray, u0: np.ndarray | No
                 keep = ~drop
                 act, pt, H, scale = act[keep], _sub_point(pt, keep), H[keep], scale[keep]
                 fd_dist, need, rel, age = fd_dist[keep], need[keep], rel[keep], age[keep]
+                cheap = cheap[keep]
     ok = st_out == ""
     st_out[~ok & (rel_out < ACCEPT_TOL)] = ""
     return x_out, H_out, dev_out, rel_out, it_out, st_out
