@@ -4,8 +4,9 @@
 formula to each, and tests one coefficient. Replicate ``i`` always uses the i-th child
 of ``SeedSequence(seed).spawn`` and replicates run in fixed batches, so the result does
 not depend on ``n_jobs`` or on the backend (:mod:`~alliance_models.planning.executors`).
-A batch is fitted by its method's route (:data:`BATCH_ROUTES`: the batched REML engine
-for ``"fast"``, one data-frame fit per replicate otherwise).
+A batch is fitted by its method's route (:data:`BATCH_ROUTES`: for ``"fast"`` the batched
+REML engine, or the batched Laplace engine of binomial designs; one data-frame fit per
+replicate otherwise).
 
 What the truth is
 -----------------
@@ -616,10 +617,13 @@ def power(
         the nested intercept, ``(1 + alliance | therapist) + (1 | therapist:patient)``,
         whose slope variable is also a fixed effect), else ``fit_mixed`` (random
         terms) or ``fit_ols``. For a binomial design whose formula models the counts
-        (``"attended ~ ..."`` or ``"completed ~ ..."``), ``"auto"`` and ``"mixed"`` fit
-        the binomial GLMM (``fit_mixed(family="binomial", trials=<denominator>)``,
-        Laplace, Wald z) to every replicate; bias, RMSE and coverage then refer to the
-        true conditional (subject-specific) coefficient. A callable
+        (``"attended ~ ..."`` or ``"completed ~ ..."``), every replicate is fitted by
+        the binomial GLMM (Laplace, Wald z) and bias, RMSE and coverage refer to the true
+        conditional (subject-specific) coefficient: ``"auto"`` (and ``"fast"``) use the
+        batched Laplace engine for random intercepts (one factor or two nested ones;
+        replicates it marks as not fitted to its tolerance are refitted one by one),
+        ``"mixed"`` (and ``"auto"`` for other random parts) one
+        ``fit_mixed(family="binomial", trials=<denominator>)`` per replicate. A callable
         ``f(formula, data, **fit_kwargs)`` returning a fit with ``params``,
         ``cov_params()`` and ``contrast_df(L)`` is used as is.
     n_jobs : int, default -1
