@@ -114,7 +114,10 @@ def bench_mcpower_glmm(B: int, repeats: int = 1, effects: str | None = None
         print("  MCPower: not installed (pip install mcpower)")
         return None
     try:
-        _engine.set_n_threads(2)
+        try:
+            _engine.set_n_threads(2)
+        except ValueError:  # its pool was started (with 2 threads) by an earlier call
+            pass
         m = mcpower.MCPower(
             "attended ~ alliance + age + autonomy + alliance:age + alliance:autonomy"
             " + (1|therapist/patient)", family="logit")
