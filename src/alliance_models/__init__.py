@@ -71,6 +71,7 @@ _LAZY: dict[str, str] = {
     "plot_johnson_neyman": "alliance_models.plots",
     "plot_power_curve": "alliance_models.plots",
     "plot_cost_frontier": "alliance_models.plots",
+    "plot_scenario_power": "alliance_models.plots",
     # planning trials
     "Design": "alliance_models.planning.design",
     "simulate": "alliance_models.planning.simulate",
@@ -81,6 +82,9 @@ _LAZY: dict[str, str] = {
     "PowerCurve": "alliance_models.planning.results",
     "SampleSizeResult": "alliance_models.planning.results",
     "JointSampleSizeResult": "alliance_models.planning.results",
+    "ScenarioResult": "alliance_models.planning.results",
+    "ScenarioCurve": "alliance_models.planning.results",
+    "Scenario": "alliance_models.planning.scenarios",
     # closed-form power (what ``alliance_models.power.analytic`` held)
     "design_power": "alliance_models.planning.analytic",
     "design_effect": "alliance_models.planning.analytic",

@@ -27,6 +27,7 @@ __all__ = [
     "plot_cost_frontier",
     "plot_johnson_neyman",
     "plot_power_curve",
+    "plot_scenario_power",
     "plot_simple_slopes",
 ]
 
@@ -346,4 +347,65 @@ def plot_cost_frontier(
     ax.set_xlabel("patients per therapist")
     ax.set_ylabel("therapists")
     ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+def plot_scenario_power(
+    names: Sequence[str],
+    power: Sequence[float] | np.ndarray,
+    lo: Sequence[float] | np.ndarray,
+    hi: Sequence[float] | np.ndarray,
+    *,
+    ax: Axes | None = None,
+    target: float | None = 0.8,
+    xlabel: str = "power",
+    title: str | None = None,
+) -> Axes:
+    """Plot power under several scenarios (one row each) with their intervals.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Scenario names, drawn top to bottom in the order given.
+    power, lo, hi : array-like
+        Estimated power per scenario and the ends of its interval (0-1).
+    ax : Axes, optional
+        Where to draw.
+    target : float or None, default 0.8
+        Vertical reference line; ``None`` for none.
+    xlabel, title : str, optional
+        Axis label and title.
+
+    Returns
+    -------
+    Axes
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> ax = plot_scenario_power(["baseline", "pessimistic"], [0.82, 0.61],
+    ...                          [0.79, 0.58], [0.85, 0.64])
+    >>> [t.get_text() for t in ax.get_yticklabels()]
+    ['baseline', 'pessimistic']
+    """
+    pw, lo_a, hi_a = (np.asarray(v, float) for v in (power, lo, hi))
+    if not (len(names) == pw.size == lo_a.size == hi_a.size) or pw.ndim != 1:
+        raise DataValidationError(
+            f"names, power, lo and hi must have one entry per scenario; got lengths "
+            f"{len(names)}, {pw.size}, {lo_a.size}, {hi_a.size}"
+        )
+    ax = _axes(ax)
+    y = np.arange(len(names))
+    ax.errorbar(pw, y, xerr=[pw - lo_a, hi_a - pw], fmt="o", capsize=4, lw=1.5)
+    for yi, p in zip(y, pw, strict=True):
+        ax.annotate(f"{p:.2f}", (p, yi), textcoords="offset points", xytext=(0, 7),
+                    ha="center", fontsize=8)
+    if target is not None:
+        ax.axvline(target, color="0.4", ls="--", lw=1)
+    ax.set_yticks(y, labels=list(names))
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize=10)
     return ax

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import DesignError
 from ..planning.design import Design
@@ -104,7 +104,7 @@ def run_power_file(path: str | os.PathLike[str], *,
         if not isinstance(vary, Mapping):
             raise DesignError(
                 "[curve] needs vary = { therapists = [20, 30, 40] } (one design field)")
-        curve = power_curve(design, formula, test=test, vary=vary, **ana)
+        curve = cast(PowerCurve, power_curve(design, formula, test=test, vary=vary, **ana))
         if out is not None:
             import matplotlib.pyplot as plt
 
@@ -112,4 +112,4 @@ def run_power_file(path: str | os.PathLike[str], *,
             ax.figure.savefig(out, dpi=120, bbox_inches="tight")
             plt.close(ax.figure)
         return curve
-    return power(design, formula, test=test, **ana)
+    return cast(PowerResult, power(design, formula, test=test, **ana))

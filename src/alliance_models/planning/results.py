@@ -11,6 +11,7 @@ caseload jointly at minimal cost).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ __all__ = [
     "PowerCurve",
     "PowerResult",
     "SampleSizeResult",
+    "ScenarioCurve",
+    "ScenarioResult",
     "summarise",
     "wilson_interval",
 ]
@@ -100,6 +103,8 @@ class PowerResult:
         One row per replicate (estimate, se, df, p_value, CI, reject, flags).
     assurance_rule : str or None
         For ``method="bayes"``: the rule that counted a replicate as a success.
+    scenario : Scenario or None
+        The robustness scenario the design was simulated under (None: as designed).
     """
 
     design: Design
@@ -128,6 +133,7 @@ class PowerResult:
     seed: int | None
     replicates: pd.DataFrame
     assurance_rule: str | None = None
+    scenario: Any = None
 
     def to_frame(self) -> pd.DataFrame:
         """One-row data frame of the headline numbers and diagnosands."""
@@ -153,6 +159,8 @@ class PowerResult:
             f"  design:  {self.design.describe(provenance=False)}"
             + ("  (where the values came from: design.provenance)" if self.design.provenance
                else ""),
+            *([f"  scenario {self.scenario.name}: {self.scenario.describe()}"]
+              if self.scenario is not None else []),
             f"  {what}: {self.power:.3f}  95% CI [{self.ci[0]:.3f}, {self.ci[1]:.3f}]  "
             f"(MC SE {self.mcse:.3f}; {self.n_completed} of {self.n_sims} replicates)",
         ]
@@ -442,3 +450,239 @@ class JointSampleSizeResult:
             opt = (self.therapists, self.patients_per_therapist)
         return plot_cost_frontier(self.evaluations, self.frontier, optimum=opt,
                                   cost_rates=self.cost_rates, target=self.target, ax=ax)
+
+
+def _paired_difference(ref: pd.DataFrame, other: pd.DataFrame) -> tuple[float, float]:
+    """Power difference ``other - ref`` over their common replicates, with its paired SE.
+
+    Scenario runs share their seeds (common random numbers), so replicate ``i`` of two
+    runs is a matched pair: with ``b`` pairs rejected by ``ref`` only and ``c`` by
+    ``other`` only out of ``n``, the difference is ``(c - b) / n`` and its standard error
+    ``sqrt(b + c - (c - b)**2 / n) / n`` (McNemar's).
+    """
+    both = ref[["rep", "reject"]].merge(other[["rep", "reject"]], on="rep",
+                                        suffixes=("_ref", "_other"))
+    n = len(both)
+    if n == 0:
+        return math.nan, math.nan
+    r0 = both["reject_ref"].to_numpy(bool)
+    r1 = both["reject_other"].to_numpy(bool)
+    b, c = int(np.sum(r0 & ~r1)), int(np.sum(~r0 & r1))
+    return (c - b) / n, math.sqrt(max(b + c - (c - b) ** 2 / n, 0.0)) / n
+
+
+@dataclass(frozen=True, eq=False)
+class ScenarioResult:
+    """Power of one design under several robustness scenarios, side by side.
+
+    From :func:`~alliance_models.power` with ``scenarios=``. Every scenario ran with the
+    same seed (common random numbers), so a difference between two scenarios reflects
+    their perturbations; its Monte Carlo SE is the paired (McNemar) one. For the type-I
+    error rate under each scenario, run the design with the tested effect set to 0
+    (``design.replace(effects={...: 0})``): the table then reports ``type_i``.
+
+    Attributes
+    ----------
+    scenarios : mapping of str to Scenario
+        The scenarios, in the order run (the first is the reference, normally the
+        unperturbed ``"baseline"``).
+    results : mapping of str to PowerResult
+        One power run per scenario (``results["realistic"].replicates`` ...).
+    elapsed : float
+        Seconds of wall time.
+    """
+
+    scenarios: Mapping[str, Any]
+    results: Mapping[str, PowerResult]
+    elapsed: float
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The scenario names, in the order run."""
+        return tuple(self.results)
+
+    def __getitem__(self, name: str) -> PowerResult:
+        """Return the power run of scenario ``name``."""
+        if name not in self.results:
+            raise KeyError(f"no scenario {name!r}; scenarios: {', '.join(self.results)}")
+        return self.results[name]
+
+    def to_frame(self) -> pd.DataFrame:
+        """Return one row per scenario: power, CI, paired difference, bias, coverage ...
+
+        Also the type-I error rate (``type_i``, when the tested coefficient is null in
+        the design) and the fit diagnostics; ``diff`` / ``diff_se`` are the power
+        difference to the first (reference) scenario and its paired Monte Carlo SE.
+        """
+        ref = self.results[self.names[0]]
+        rows = []
+        for name, res in self.results.items():
+            diff, diff_se = _paired_difference(ref.replicates, res.replicates)
+            row = res.to_frame().iloc[0].to_dict()
+            rows.append({
+                "scenario": name, "perturbations": self.scenarios[name].describe(),
+                "power": res.power, "ci_low": res.ci[0], "ci_high": res.ci[1],
+                "mcse": res.mcse, "diff": diff, "diff_se": diff_se,
+                "type_i": res.power if res.truth == 0 else math.nan,
+                **{k: row[k] for k in ("truth", "bias", "rmse", "coverage", "mean_se",
+                                       "empirical_sd", "type_s_rate",
+                                       "nonconvergence_rate", "singular_rate",
+                                       "failure_rate", "n_completed", "elapsed")},
+            })
+        return pd.DataFrame(rows)
+
+    def summary(self) -> str:
+        """Printable side-by-side table (power with its 95% Wilson CI per scenario)."""
+        ref_name = self.names[0]
+        r0 = self.results[ref_name]
+        null = all(r.truth == 0 for r in self.results.values())
+        what = "type-I error" if null else ("assurance" if r0.method == "bayes" else "power")
+        df = self.to_frame()
+        width = max(12, *(len(n) for n in self.names))
+        lines = [
+            f"Monte Carlo {what} for {r0.test!r} under {len(self.names)} scenarios "
+            f"(alpha = {r0.alpha:g}, engine: {r0.method}, {r0.n_sims} replicates each, "
+            "same seed in every scenario)",
+            f"  formula: {r0.formula}",
+            f"  design:  {r0.design.describe()}",
+            f"  {'scenario':<{width}}  {what[:12]:>12}  95% CI            "
+            f"diff vs {ref_name} (SE)  bias     coverage  failed",
+        ]
+        for _, row in df.iterrows():
+            diff = ("" if row["scenario"] == ref_name else
+                    f"{row['diff']:+.3f} ({row['diff_se']:.3f})")
+            lines.append(
+                f"  {row['scenario']:<{width}}  {row['power']:>12.3f}  "
+                f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]  {diff:>22}  "
+                f"{_fmt(row['bias'], 4):>7}  {_fmt(row['coverage']):>8}  "
+                f"{row['failure_rate']:6.3f}")
+        lines.append("  perturbations:")
+        lines += [f"    {name}: {sc.describe()}" for name, sc in self.scenarios.items()]
+        drop = r0.design.dropout
+        if not (max(drop) if isinstance(drop, tuple) else drop) and any(
+                sc.dropout_odds_ratio != 1 for sc in self.scenarios.values()):
+            lines.append("  note: the design has no dropout, so dropout_odds_ratio has no "
+                         "effect")
+        if r0.truth != 0 and math.isfinite(r0.truth):
+            lines.append(f"  truth {_fmt(r0.truth, 4)} (the unperturbed coefficient in every "
+                         "scenario: attenuation shows as bias)")
+        lines.append(f"  elapsed {self.elapsed:.1f} s")
+        return "\n".join(lines)
+
+    def plot(self, ax: Any = None, *, target: float | None = 0.8) -> Any:
+        """Draw power per scenario with its 95% Wilson interval.
+
+        Uses :func:`alliance_models.plots.plot_scenario_power`.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Where to draw.
+        target : float or None, default 0.8
+            Reference line.
+
+        Returns
+        -------
+        matplotlib Axes
+        """
+        from ..plots import plot_scenario_power
+
+        r0 = self.results[self.names[0]]
+        res = list(self.results.values())
+        return plot_scenario_power(
+            list(self.names), [r.power for r in res], [r.ci[0] for r in res],
+            [r.ci[1] for r in res], ax=ax, target=target,
+            xlabel="assurance" if r0.method == "bayes" else "power",
+            title=f"{r0.test}: {r0.n_sims} simulated trials per scenario ({r0.method} engine)")
+
+
+@dataclass(frozen=True, eq=False)
+class ScenarioCurve:
+    """Power curves of one design under several robustness scenarios.
+
+    From :func:`~alliance_models.power_curve` with ``scenarios=``: one
+    :class:`PowerCurve` per scenario, every point with the same seed.
+
+    Attributes
+    ----------
+    scenarios : mapping of str to Scenario
+        The scenarios, in the order run.
+    curves : mapping of str to PowerCurve
+        One curve per scenario.
+    elapsed : float
+        Seconds of wall time.
+    """
+
+    scenarios: Mapping[str, Any]
+    curves: Mapping[str, PowerCurve]
+    elapsed: float
+
+    @property
+    def vary(self) -> str:
+        """The :class:`Design` field varied."""
+        return next(iter(self.curves.values())).vary
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        """Its values, in the order run."""
+        return next(iter(self.curves.values())).values
+
+    def __getitem__(self, name: str) -> PowerCurve:
+        """Return the power curve of scenario ``name``."""
+        if name not in self.curves:
+            raise KeyError(f"no scenario {name!r}; scenarios: {', '.join(self.curves)}")
+        return self.curves[name]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per scenario and value (long format)."""
+        parts = [c.to_frame().assign(scenario=name) for name, c in self.curves.items()]
+        df = pd.concat(parts, ignore_index=True)
+        first = ["scenario", self.vary]
+        return df[[*first, *[c for c in df.columns if c not in first]]]
+
+    def summary(self) -> str:
+        """Printable table: power (95% CI) per value and scenario."""
+        r0 = next(iter(self.curves.values())).results[0]
+        cells = {name: [f"{r.power:.3f} [{r.ci[0]:.2f}, {r.ci[1]:.2f}]" for r in c.results]
+                 for name, c in self.curves.items()}
+        width = {name: max(20, len(name)) for name in self.curves}
+        head = (f"Power curves for {r0.test!r} over {self.vary} under {len(self.curves)} "
+                f"scenarios (engine {r0.method}, {r0.n_sims} replicates per point, "
+                f"alpha {r0.alpha:g}, same seed everywhere)\n  formula: {r0.formula}\n")
+        lines = [f"  {self.vary:>24}  " + "  ".join(f"{n:>{width[n]}}" for n in self.curves)]
+        for i, v in enumerate(self.values):
+            lines.append(f"  {v!s:>24}  " + "  ".join(
+                f"{cells[n][i]:>{width[n]}}" for n in self.curves))
+        lines.append("  perturbations:")
+        lines += [f"    {name}: {sc.describe()}" for name, sc in self.scenarios.items()]
+        return head + "\n".join(lines) + f"\n  elapsed {self.elapsed:.1f} s"
+
+    def plot(self, ax: Any = None, *, target: float | None = 0.8) -> Any:
+        """Draw one power curve per scenario (with 95% Wilson bands) on one Axes.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Where to draw.
+        target : float or None, default 0.8
+            Reference line.
+
+        Returns
+        -------
+        matplotlib Axes
+        """
+        from ..plots import plot_power_curve
+
+        r0 = next(iter(self.curves.values())).results[0]
+        for i, (name, c) in enumerate(self.curves.items()):
+            ax = plot_power_curve(
+                np.asarray(c.values, dtype=float), [r.power for r in c.results],
+                [r.ci[0] for r in c.results], [r.ci[1] for r in c.results], ax=ax,
+                target=target if i == 0 else None, xlabel=self.vary.replace("_", " "),
+                label=name,
+                title=f"{r0.test}: {r0.n_sims} simulated trials per point and scenario "
+                      f"({r0.method} engine)")
+        ax.legend(title="scenario")
+        if r0.method == "bayes":
+            ax.set_ylabel("assurance")
+        return ax

@@ -62,7 +62,8 @@ from ..spec import ModelSpec
 from . import checkpoint as _checkpoint
 from .design import Design
 from .executors import Batch, execute, limit_blas
-from .results import BOOL_COLUMNS, REPLICATE_COLUMNS, PowerResult, summarise
+from .results import BOOL_COLUMNS, REPLICATE_COLUMNS, PowerResult, ScenarioResult, summarise
+from .scenarios import Scenario, resolve_scenarios
 from .simulate import (
     SimArrays,
     batch_arrays,
@@ -103,10 +104,12 @@ class _Job:
     fitter: Callable[..., Any] | None = None
     #: the fast path's random-slope column (``(1 + x | therapist) + (1 | therapist:patient)``)
     slope_index: int | None = None
+    #: the robustness scenario the design is simulated under (planning.scenarios)
+    scenario: Scenario | None = None
 
     def describe(self) -> dict[str, Any]:
         """Return what identifies the run (its checkpoint fingerprint adds the seed)."""
-        return {
+        out = {
             "design": self.design.to_dict(), "formula": self.formula, "test": self.test,
             "method": self.method, "alpha": self.alpha,
             "fitter": None if self.fitter is None else
@@ -115,6 +118,9 @@ class _Job:
             "fit_kwargs": {k: repr(v) for k, v in sorted(self.fit_kwargs.items())},
             "bayes": [self.bayes_rule, self.threshold, self.rope],
         }
+        if self.scenario is not None:
+            out["scenario"] = self.scenario.to_dict()
+        return out
 
 
 def _fit_seed(ss: np.random.SeedSequence) -> int:
@@ -230,7 +236,7 @@ def _wald_record(rep: int, est: float, se: float, df: float | None, alpha: float
 
 def _fit_frame_replicate(job: _Job, rep: int, ss: np.random.SeedSequence) -> dict[str, Any]:
     """Simulate one data frame and fit it with a data-frame backend."""
-    data = to_frame(simulate_arrays(job.design, ss), job.design)
+    data = to_frame(simulate_arrays(job.design, ss, scenario=job.scenario), job.design)
     fitter = job.fitter or _resolve_fitter(job.method)
     kwargs = dict(job.fit_kwargs)
     if job.method == "bayes":
@@ -322,7 +328,8 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
     if groups is not None and job.design.has_fixed_structure and job.slope_index is None:
         # random intercepts: the simulator's sums, without the (B, n, p) design
         try:
-            sm = batch_sums(job.design, spec.response, job.x_names, seeds)
+            sm = batch_sums(job.design, spec.response, job.x_names, seeds,
+                            scenario=job.scenario)
             ther = sm["pat_ther"]
             sums = [sm[c] for c in ("G", "xty", "yty", "sx", "sy", "nk")]
             if groups == ("therapist", None):  # the therapists are the level-1 clusters
@@ -340,7 +347,8 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
     elif groups is not None and job.design.has_fixed_structure:
         try:
             X, Y, ther, pat, mask, _ = batch_arrays(job.design, spec.response,
-                                                    job.x_names, seeds, sims=False)
+                                                    job.x_names, seeds, sims=False,
+                                                    scenario=job.scenario)
             codes = {"therapist": ther, "patient": pat}
             bf = fast.fit_batch(X, Y, codes[groups[0]],
                                 codes[groups[1]] if groups[1] else None,
@@ -354,7 +362,7 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
     failed: list[dict[str, Any]] = []
     for rep, ss in zip(reps, seeds, strict=True):
         try:
-            sa = simulate_arrays(job.design, ss)
+            sa = simulate_arrays(job.design, ss, scenario=job.scenario)
             keep = sa.observed
             Xr = design_matrix(sa.columns, job.x_names, rows=keep)
             if groups is not None and Xr is not None and spec.response in sa.columns:
@@ -595,7 +603,9 @@ def power(
     rule: str = "interval",
     threshold: float = 0.975,
     rope: float = 0.0,
-) -> PowerResult:
+    scenario: Scenario | None = None,
+    scenarios: Any = None,
+) -> PowerResult | ScenarioResult:
     """Estimate the power to detect one coefficient by simulating the planned trial.
 
     Parameters
@@ -662,10 +672,24 @@ def power(
         the probability of direction reaches ``threshold``.
     threshold, rope : float
         See ``rule``.
+    scenario : Scenario, optional
+        Simulate the design under one robustness scenario
+        (:class:`~alliance_models.Scenario`: non-normal residuals or random effects,
+        heteroskedasticity by therapist, dropout linked to alliance, alliance measured
+        with error). The truth stays the unperturbed coefficient, so bias shows what the
+        perturbation does to the estimate.
+    scenarios : True, preset name, Scenario, sequence or mapping, optional
+        Run the design under several scenarios side by side and return a
+        :class:`~alliance_models.ScenarioResult`: ``True`` for the presets
+        ``"optimistic"``, ``"realistic"`` and ``"pessimistic"``, or your own (a mapping
+        names them). The unperturbed design runs first as ``"baseline"``. Every
+        scenario uses the same seed (common random numbers), so differences reflect
+        the perturbations; a checkpoint is kept per scenario
+        (``<stem>-scenario=<name><suffix>``).
 
     Returns
     -------
-    PowerResult
+    PowerResult, or ScenarioResult with ``scenarios``
 
     Raises
     ------
@@ -685,8 +709,22 @@ def power(
     (20, True)
     """
     t0 = time.perf_counter()
+    if scenarios is not None and scenarios is not False:
+        if scenario is not None:
+            raise ModelSpecError("give scenario (one) or scenarios (side by side), not both")
+        return _power_scenarios(
+            design, formula, scenarios, seed=seed, checkpoint=checkpoint, test=test,
+            n_sims=n_sims, alpha=alpha, method=method, n_jobs=n_jobs, backend=backend,
+            progress=progress, batch_size=batch_size, fit_kwargs=fit_kwargs,
+            bayes_kwargs=bayes_kwargs, rule=rule, threshold=threshold, rope=rope)
     if not isinstance(design, Design):
         raise DesignError(f"design must be an alliance_models.Design, got {type(design).__name__}")
+    if scenario is not None:
+        if not isinstance(scenario, Scenario):
+            raise ModelSpecError(
+                f"scenario must be an alliance_models.Scenario, got {scenario!r}; use "
+                "am.Scenario.preset('realistic') for a preset")
+        scenario.check(design)
     positive_int("n_sims", n_sims, ModelSpecError)
     probability("alpha", alpha, ModelSpecError)
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int | np.integer) or n_jobs == 0:
@@ -734,12 +772,18 @@ def power(
             resolved = "mixed"
         elif var is not None:
             slope_index = x_names.index(var)
+    if scenario is not None and BATCH_ROUTES.get(resolved, _run_frame_batch) not in (
+            _run_fast_batch, _run_frame_batch):
+        raise ModelSpecError(
+            f"method {resolved!r} has a batch route that does not simulate robustness "
+            "scenarios yet; use method='mixed' (one fit per replicate) for scenario runs")
     stacked = _stacked_cap(design, spec, x_names, first) if resolved == "fast" else None
     job = _Job(
         design=design, formula=formula, test=test, test_index=x_names.index(test),
         x_names=x_names, method=resolved, alpha=float(alpha), fit_kwargs=kwargs,
         bayes_rule=rule, threshold=float(threshold), rope=float(rope),
         fitter=method if callable(method) else None, slope_index=slope_index,
+        scenario=scenario,
     )
     bs = batch_size or _default_batch_size(resolved, n_sims, stacked)
     fp = _checkpoint.fingerprint(job.describe(), root)
@@ -804,8 +848,32 @@ def power(
              + (f"[-{rope:g}, {rope:g}]" if rope else "0") if rule == "interval"
              else f"probability of direction >= {threshold:g}") if resolved == "bayes"
             else None),
+        scenario=scenario,
         **summ,
     )
+
+
+def _power_scenarios(design: Design, formula: str, scenarios: Any, *, seed: RNGLike,
+                     checkpoint: str | os.PathLike[str] | None,
+                     **kwargs: Any) -> ScenarioResult:
+    """Run :func:`power` once per scenario with one root seed (common random numbers)."""
+    t0 = time.perf_counter()
+    if seed is None and checkpoint is not None:
+        raise DesignError("a checkpoint needs a fixed seed (seed=...) to resume the same run")
+    resolved = resolve_scenarios(scenarios)
+    for sc in resolved.values():  # every scenario must fit the design before any run
+        sc.check(design)
+    root = seed_sequence(seed)
+    results: dict[str, Any] = {}
+    for name, sc in resolved.items():
+        ck = None
+        if checkpoint is not None:
+            p = Path(checkpoint)
+            ck = p.with_name(f"{p.stem}-scenario={name}{p.suffix}")
+        results[name] = power(design, formula, seed=root, checkpoint=ck,
+                              scenario=None if sc.is_null else sc, **kwargs)
+    return ScenarioResult(scenarios=resolved, results=results,
+                          elapsed=time.perf_counter() - t0)
 
 
 def _with_progress(stream: Iterator[pd.DataFrame], total: int, enabled: bool | None,

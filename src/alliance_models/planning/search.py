@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -22,8 +22,15 @@ from scipy import special
 from .._random import RNGLike, seed_sequence
 from ..errors import AllianceModelsWarning, DesignError
 from .design import Design
-from .results import JointSampleSizeResult, PowerCurve, PowerResult, SampleSizeResult
+from .results import (
+    JointSampleSizeResult,
+    PowerCurve,
+    PowerResult,
+    SampleSizeResult,
+    ScenarioCurve,
+)
 from .run import power
+from .scenarios import resolve_scenarios
 
 __all__ = ["power_curve", "sample_size"]
 
@@ -46,8 +53,9 @@ def power_curve(
     vary: Mapping[str, Sequence[Any]],
     seed: RNGLike = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    scenarios: Any = None,
     **kwargs: Any,
-) -> PowerCurve:
+) -> PowerCurve | ScenarioCurve:
     """Power over a range of one design quantity (e.g. the number of therapists).
 
     Parameters
@@ -62,13 +70,20 @@ def power_curve(
         The same root seed is used at every value (common random numbers), which makes
         the curve smoother than independent runs.
     checkpoint : path, optional
-        One checkpoint per value, named ``<stem>-<field>=<value><suffix>``.
+        One checkpoint per value, named ``<stem>-<field>=<value><suffix>`` (with
+        ``scenarios``: ``<stem>-scenario=<name>-<field>=<value><suffix>``).
+    scenarios : True, preset name, Scenario, sequence or mapping, optional
+        One curve per robustness scenario, as ``scenarios`` of :func:`power` (the
+        unperturbed design first, as ``"baseline"``); returns a
+        :class:`~alliance_models.ScenarioCurve` whose plot draws a line per scenario.
+        Every point of every curve uses the same seed.
     **kwargs
-        Passed to :func:`power` (``n_sims``, ``method``, ``n_jobs``, ``backend`` ...).
+        Passed to :func:`power` (``n_sims``, ``method``, ``n_jobs``, ``backend``,
+        ``scenario`` ...).
 
     Returns
     -------
-    PowerCurve
+    PowerCurve, or ScenarioCurve with ``scenarios``
 
     Examples
     --------
@@ -95,13 +110,34 @@ def power_curve(
     seed = seed_sequence(seed)  # one root for every evaluation (common random numbers)
     # every value must give a valid design before any simulation runs
     designs = [design.replace(**{name: v}) for v in values]
+    if scenarios is not None and scenarios is not False:
+        if kwargs.get("scenario") is not None:
+            raise DesignError("give scenario (one) or scenarios (side by side), not both")
+        resolved = resolve_scenarios(scenarios)
+        for sc in resolved.values():  # every scenario must fit every design first
+            for d in designs:
+                sc.check(d)
+        curves: dict[str, PowerCurve] = {}
+        for sname, sc in resolved.items():
+            ck = None
+            if checkpoint is not None:
+                p = Path(checkpoint)
+                ck = p.with_name(f"{p.stem}-scenario={sname}{p.suffix}")
+            curves[sname] = cast(PowerCurve, power_curve(
+                design, formula, test=test, vary=vary, seed=seed, checkpoint=ck,
+                scenario=None if sc.is_null else sc,
+                **{k: v for k, v in kwargs.items() if k != "scenario"}))
+        return ScenarioCurve(scenarios=resolved, curves=curves,
+                             elapsed=time.perf_counter() - t0)
     results = []
     for v, d in zip(values, designs, strict=True):
         ck = None
         if checkpoint is not None:
             p = Path(checkpoint)
             ck = p.with_name(f"{p.stem}-{name}={v}{p.suffix}")
-        results.append(power(d, formula, test=test, seed=seed, checkpoint=ck, **kwargs))
+        # without scenarios= (not a keyword here), power() returns a PowerResult
+        results.append(cast(PowerResult, power(d, formula, test=test, seed=seed,
+                                               checkpoint=ck, **kwargs)))
     return PowerCurve(vary=name, values=values, results=tuple(results),
                       elapsed=time.perf_counter() - t0)
 
@@ -247,6 +283,9 @@ def sample_size(
     True
     """
     t0 = time.perf_counter()
+    if kwargs.get("scenarios") not in (None, False):
+        raise DesignError("sample_size searches under one scenario at a time: give "
+                          "scenario=am.Scenario.preset('pessimistic'), not scenarios=...")
     if not isinstance(vary, str):
         return _joint_sample_size(design, formula, test=test, target=target, vary=vary,
                                   lo=lo, hi=hi, step=step, seed=seed, cost=cost,
@@ -275,8 +314,8 @@ def sample_size(
 
     def run(v: int) -> PowerResult:
         if v not in cache:
-            cache[v] = power(design.replace(**{vary: v}), formula, test=test, seed=seed,
-                             **kwargs)
+            cache[v] = cast(PowerResult, power(design.replace(**{vary: v}), formula,
+                                               test=test, seed=seed, **kwargs))
             order.append(v)
         return cache[v]
 
@@ -496,7 +535,8 @@ def _joint_sample_size(design: Design, formula: str, *, test: str, target: float
     def reaches(t: int, n: int) -> bool:
         if (t, n) not in cache:
             d = design.replace(therapists=t, patients_per_therapist=n)
-            cache[(t, n)] = power(d, formula, test=test, seed=seed, **kwargs)
+            cache[(t, n)] = cast(PowerResult, power(d, formula, test=test, seed=seed,
+                                                    **kwargs))
             order.append((t, n))
         return cache[(t, n)].power >= target
 

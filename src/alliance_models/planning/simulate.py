@@ -33,6 +33,7 @@ from scipy import special, stats
 
 from .._random import RNGLike, SeedBlock, seed_sequence
 from ..errors import ModelSpecError
+from . import scenarios as _sc
 from .design import Design
 
 __all__ = [
@@ -124,7 +125,8 @@ def latent_scale(design: Design) -> float:
     return math.sqrt((math.pi**2 / 3) / (1 - design.icc_therapist - design.icc_patient))
 
 
-def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
+def simulate_arrays(design: Design, seed: RNGLike = None, *,
+                    scenario: _sc.Scenario | None = None) -> SimArrays:
     """Simulate one replicate of ``design`` as arrays (the numpy core of :func:`simulate`).
 
     A batch of one of the simulator behind :func:`batch_arrays`: the same seed gives the
@@ -138,6 +140,9 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
         Source of randomness (see :mod:`alliance_models._random`). Every draw of the
         replicate comes from one Generator on this seed, in a fixed order (structure,
         arms, standard normals, uniforms, random slopes, binomial counts).
+    scenario : Scenario, optional
+        Simulate under a robustness scenario (:mod:`alliance_models.planning.scenarios`);
+        the draws the scenario does not perturb are those of the same seed without it.
 
     Returns
     -------
@@ -151,7 +156,7 @@ def simulate_arrays(design: Design, seed: RNGLike = None) -> SimArrays:
     """
     (root,) = _roots([seed])
     rng = _generator(root)
-    lay = _layout(design, rng)
+    lay = _layout(design, rng, scenario)
     return _replicates(lay, _simulate_block(lay, [rng], None))[0]
 
 
@@ -170,14 +175,15 @@ def to_frame(sa: SimArrays, design: Design) -> pd.DataFrame:
     if "arm" in sa.columns:
         out["arm"] = sa.columns["arm"][keep].astype(np.int64)
     order = ["alliance", "alliance_pm", "alliance_pmc", "age", "autonomy", "adherence",
-             *design.count_columns, "age_c", "autonomy_c", "alliance_cwc"]
+             *design.count_columns, "age_c", "autonomy_c", "alliance_cwc", "alliance_true"]
     for c in order:
         if c in sa.columns:
             out[c] = sa.columns[c][keep]
     return pd.DataFrame(out)
 
 
-def simulate(design: Design, seed: RNGLike = None) -> pd.DataFrame:
+def simulate(design: Design, seed: RNGLike = None, *,
+             scenario: _sc.Scenario | None = None) -> pd.DataFrame:
     """Simulate one data set from a planned trial, in the canonical analysis shape.
 
     Parameters
@@ -186,6 +192,11 @@ def simulate(design: Design, seed: RNGLike = None) -> pd.DataFrame:
         The planned trial.
     seed : int, SeedSequence, Generator or None
         Source of randomness; the same seed gives the same data.
+    scenario : Scenario, optional
+        A robustness scenario (:class:`~alliance_models.Scenario`: non-normal residuals
+        or random effects, heteroskedasticity, dropout linked to alliance, alliance
+        measured with error); with measurement error, ``alliance_true`` holds the true
+        alliance and the other alliance columns are observed values.
 
     Returns
     -------
@@ -210,7 +221,7 @@ def simulate(design: Design, seed: RNGLike = None) -> pd.DataFrame:
     >>> list(df.columns[:4])
     ['therapist', 'patient', 'session', 'arm']
     """
-    return to_frame(simulate_arrays(design, seed), design)
+    return to_frame(simulate_arrays(design, seed, scenario=scenario), design)
 
 
 # --- arrays for the batched engine ---------------------------------------------------
@@ -280,6 +291,8 @@ class _Layout:
     patient: np.ndarray
     session: np.ndarray
     cells: np.ndarray | None
+    #: the robustness scenario simulated (planning.scenarios), or None
+    scenario: _sc.Scenario | None = None
 
     @property
     def n(self) -> int:
@@ -344,13 +357,17 @@ def _generator(root: _Root) -> np.random.Generator:
         entropy, spawn_key=key, pool_size=pool)))
 
 
-def _layout(design: Design, rng: np.random.Generator | None = None) -> _Layout:
+def _layout(design: Design, rng: np.random.Generator | None = None,
+            scenario: _sc.Scenario | None = None) -> _Layout:
     """Return the grid of a replicate.
 
     With fixed caseloads and session counts (``design.has_fixed_structure``) every
     replicate has the same grid and ``rng`` is not used; otherwise caseloads and
-    session counts are the first draws of the replicate's Generator.
+    session counts are the first draws of the replicate's Generator. A ``scenario``
+    (checked against the design) is simulated on that grid.
     """
+    if scenario is not None:
+        scenario.check(design)
     T = design.n_therapists
     r = None
     if not design.has_fixed_structure:
@@ -372,7 +389,7 @@ def _layout(design: Design, rng: np.random.Generator | None = None) -> _Layout:
         cells = patient * S + session - 1
     return _Layout(design=design, T=T, P=P, S=S, sizes=sizes, m=m, pat_ther=pat_ther,
                    therapist=pat_ther[patient], patient=patient, session=session,
-                   cells=cells)
+                   cells=cells, scenario=scenario)
 
 
 def _no_dropout(design: Design) -> bool:
@@ -502,6 +519,9 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
         g_all = _on_grid(g_all, T + (2 * P if skewed else P), lay)
         if gaussian:
             g_out = _on_grid(g_out, T + P, lay)
+    scenario = lay.scenario
+    if scenario is not None:  # robustness scenario: shapes and heteroskedasticity
+        _sc.perturb_outcome_draws(scenario, g_out, rngs, lay, gaussian)
 
     pat: dict[str, np.ndarray] = {}
     row: dict[str, np.ndarray] = {}
@@ -661,6 +681,12 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
             pat[den_col] = np.full((k, P), ntrials, dtype=np.int64)
         row["adherence"] = np.divide(num, ntrials, out=y_out)
 
+    if scenario is not None and scenario.alliance_reliability < 1:
+        # robustness scenario: the outcome is built; the analysis sees measured alliance
+        if wanted("alliance_true"):
+            row["alliance_true"] = alliance.copy()
+        _sc.measurement_error(scenario, alliance, rngs, lay)
+
     # --- dropout, then the observed patient means ----------------------------------------
     observed: np.ndarray | None = None
     obs3: np.ndarray | None = None  # (k, P, S)
@@ -671,6 +697,9 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
             p_drop = np.where(pat_arm == 1, d[1], d[0])
         else:
             p_drop = np.full((k, P), float(d))
+        if scenario is not None and scenario.dropout_odds_ratio != 1:
+            # robustness scenario: dropout linked to the patient-level (true) alliance
+            p_drop = _sc.mnar_dropout(scenario, p_drop, tp / math.sqrt(c_t + c_p), pat_arm)
         assert g_drop is not None
         drops = g_drop[:, :P] < p_drop
         if uniform_timing:
@@ -768,9 +797,10 @@ def _padded_batch(
     response: str,
     x_names: tuple[str, ...],
     seeds: Sequence[RNGLike],
+    scenario: _sc.Scenario | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[SimArrays]]:
     """Replicates of a random-structure design on a padded grid (see :func:`batch_arrays`)."""
-    sims = [simulate_arrays(design, s) for s in seeds]
+    sims = [simulate_arrays(design, s, scenario=scenario) for s in seeds]
     T = design.n_therapists
     p_max = max(max(sa.sizes) for sa in sims)
     s_max = max(int(sa.session.max()) for sa in sims)
@@ -800,6 +830,7 @@ def batch_arrays(
     *,
     padded: bool = False,
     sims: bool = True,
+    scenario: _sc.Scenario | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[SimArrays]]:
     """Simulate replicates with one shared layout and stack them for the batched engine.
 
@@ -835,6 +866,8 @@ def batch_arrays(
         Also return the replicates as :class:`SimArrays`. With False the list is empty
         and, for a fixed layout, only the columns that ``X``, ``Y`` and the outcome
         need are formed (faster; ``X``, ``Y`` and ``mask`` are the same).
+    scenario : Scenario, optional
+        A robustness scenario, as in :func:`simulate_arrays`.
 
     Returns
     -------
@@ -876,9 +909,9 @@ def batch_arrays(
             "columns; use a data-frame engine"
         )
     if not design.has_fixed_structure:
-        out = _padded_batch(design, response, x_names, seeds)
+        out = _padded_batch(design, response, x_names, seeds, scenario)
         return (*out[:5], out[5] if sims else [])
-    lay = _layout(design)
+    lay = _layout(design, scenario=scenario)
     B, P, S = len(seeds), lay.P, lay.S
     n = P * S
     X = np.empty((B, n, len(x_names)))
@@ -921,6 +954,8 @@ def batch_sums(
     response: str,
     x_names: tuple[str, ...],
     seeds: Sequence[np.random.SeedSequence],
+    *,
+    scenario: _sc.Scenario | None = None,
 ) -> dict[str, np.ndarray]:
     """Simulate replicates and reduce them to the batched engine's sums, without ``X``.
 
@@ -932,7 +967,8 @@ def batch_sums(
     ``X`` is a product of patient-level factors ``C`` and session-level ones ``R``, so
     a patient's sums are ``C`` times sums of ``R`` products over its sessions: the
     ``(B, n, p)`` design is never formed. Needs a fixed layout
-    (``design.has_fixed_structure``) and plain-product columns (see :func:`batch_arrays`).
+    (``design.has_fixed_structure``) and plain-product columns (see :func:`batch_arrays`);
+    a robustness ``scenario`` is simulated as in :func:`simulate_arrays`.
 
     Returns
     -------
@@ -954,7 +990,7 @@ def batch_sums(
     facs = [_plain_factors(nm) for nm in x_names]
     if not design.has_fixed_structure or any(f is None for f in facs):
         raise ModelSpecError("batch_sums needs a fixed layout and plain-product columns")
-    lay = _layout(design)
+    lay = _layout(design, scenario=scenario)
     B, P, p = len(seeds), lay.P, len(x_names)
     out = {"G": np.empty((B, p, p)), "xty": np.empty((B, p)), "yty": np.empty(B),
            "sx": np.empty((B, P, p)), "sy": np.empty((B, P)), "nk": np.empty((B, P))}

@@ -493,7 +493,10 @@ def _power_section(power: Any) -> str:
     if df is not None and len(df) > 1:
         parts.append(_table(df, index=False))
     if hasattr(power, "plot"):
-        parts.append(_try_plot(power.plot, "Power curve"))
+        # a scenario result (ScenarioResult / ScenarioCurve) names its scenarios
+        caption = ("Power by scenario" if hasattr(power, "results") else
+                   "Power curve by scenario") if hasattr(power, "scenarios") else "Power curve"
+        parts.append(_try_plot(power.plot, caption))
     return "\n".join(parts)
 
 
@@ -536,8 +539,10 @@ def report(
     bayes : BayesFit, optional
         Posterior summary with r_hat / ESS, and trace, forest and posterior predictive
         plots drawn with ``bayes.plot(kind, path)``.
-    power : PowerResult or PowerCurve, optional
-        Its summary, table and (for a curve) the plot.
+    power : PowerResult, PowerCurve, ScenarioResult or ScenarioCurve, optional
+        Its summary, table and (for a curve or a scenario run) the plot; a scenario run
+        (``am.power(..., scenarios=True)``) shows the side-by-side scenario table and
+        the power of each scenario.
     glmm : GLMMFit, optional
         A second model of a count outcome (e.g. the binomial attendance model, sessions
         attended of scheduled) in its own section: estimates, odds ratios, summary.
@@ -613,7 +618,8 @@ def report(
         page.add("glmm", f"Attendance model ({family} mixed model)" if family == "binomial"
                  else f"Count model ({family} mixed model)", body)
     if power is not None:
-        page.add("power", "Power", _power_section(power))
+        page.add("power", "Power under robustness scenarios" if hasattr(power, "scenarios")
+                 else "Power", _power_section(power))
     if figures:
         page.add("figures", "Further figures",
                  "\n".join(_img(fig, str(cap)) for cap, fig in figures.items()))
