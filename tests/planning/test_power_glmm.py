@@ -67,6 +67,20 @@ def test_auto_fits_the_batch_with_the_batched_engine(dropout):
         assert bool(reps["singular"].iloc[i]) == fit.singular
 
 
+def test_random_caseloads_and_sessions_use_the_padded_batch():
+    design = DESIGN.replace(patients_per_therapist=("poisson", 4), sessions=("negbin", 4, 4),
+                            randomisation="patient", effects={"arm": 0.3})
+    f = "attended ~ arm * alliance + (1 | therapist/patient)"
+    res = am.power(design, f, test="arm", n_sims=3, seed=8, n_jobs=1, progress=False)
+    assert res.method == "fast" and not res.replicates["failed"].any()
+    seeds = np.random.SeedSequence(8).spawn(3)
+    for i in (0, 2):
+        fit = _direct(design, f, seeds[i])
+        se = fit.fixed.loc["arm", "se"]
+        assert abs(res.replicates["estimate"].iloc[i] - fit.params["arm"]) < 1e-5 * se
+        assert res.replicates["se"].iloc[i] == pytest.approx(se, rel=2e-5)
+
+
 def test_marked_replicates_are_refitted_one_by_one(monkeypatch):
     from alliance_models.models.glmm import batched
 
