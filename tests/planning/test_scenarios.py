@@ -356,6 +356,30 @@ def test_frame_route_simulates_the_same_scenario_data():
                                rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(("design", "formula"), [
+    (am.Design(therapists=10, patients_per_therapist=4, sessions=4, family="binomial",
+               counts="attendance", moderators={}, effects={"alliance": 0.4}, dropout=0.2),
+     "attended ~ alliance + (1 | therapist/patient)"),
+    (am.Design(therapists=10, patients_per_therapist=4, sessions=4, moderators={},
+               alliance_slope_sd=0.2, dropout=0.2),
+     "adherence ~ alliance + (1 + alliance | therapist) + (1 | therapist:patient)"),
+], ids=["binomial-laplace", "random-slope"])
+def test_every_batched_route_simulates_the_scenario(design, formula):
+    # the batched engines (Laplace for binomial counts, REML with a random slope) fit the
+    # same perturbed data as one fit_mixed per replicate, and differ from the design as
+    # given
+    sc = Scenario(random_effects="t", random_effect_df=4, alliance_reliability=0.6,
+                  dropout_odds_ratio=0.5)
+    kw = {"test": "alliance", "n_sims": 4, "seed": 3, "n_jobs": 1, "progress": False}
+    fast = am.power(design, formula, scenario=sc, **kw)
+    mixed = am.power(design, formula, method="mixed", scenario=sc, **kw)
+    plain = am.power(design, formula, **kw)
+    assert fast.method == "fast"
+    np.testing.assert_allclose(fast.replicates["estimate"], mixed.replicates["estimate"],
+                               rtol=1e-4, atol=1e-6)
+    assert not np.allclose(fast.replicates["estimate"], plain.replicates["estimate"])
+
+
 def test_power_scenario_argument_errors(monkeypatch):
     d = am.Design(therapists=6, patients_per_therapist=3, sessions=2, moderators={})
     kw = {"test": "alliance", "n_sims": 5, "seed": 1, "n_jobs": 1}

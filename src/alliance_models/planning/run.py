@@ -415,7 +415,7 @@ def _run_glmm_batch(job: _Job, reps: Sequence[int],
         try:
             X, Y, ther, pat, mask, _ = batch_arrays(
                 design, spec.response, job.x_names, seeds,
-                padded=not design.has_fixed_structure, sims=False)
+                padded=not design.has_fixed_structure, sims=False, scenario=job.scenario)
         except _FAIL_EXC:
             pass  # formulaic columns: fit replicate by replicate below
         else:
@@ -775,8 +775,10 @@ def power(
     if scenario is not None and BATCH_ROUTES.get(resolved, _run_frame_batch) not in (
             _run_fast_batch, _run_frame_batch):
         raise ModelSpecError(
-            f"method {resolved!r} has a batch route that does not simulate robustness "
-            "scenarios yet; use method='mixed' (one fit per replicate) for scenario runs")
+            f"method {resolved!r} fits its replicates by a batch route that does not "
+            "simulate robustness scenarios; scenarios run with the batched REML engine "
+            "('fast', or 'auto' for gaussian designs) and with one data-frame fit per "
+            "replicate")
     stacked = _stacked_cap(design, spec, x_names, first) if resolved == "fast" else None
     job = _Job(
         design=design, formula=formula, test=test, test_index=x_names.index(test),
