@@ -79,6 +79,7 @@ _LAZY: dict[str, str] = {
     "power_curve": "alliance_models.planning.search",
     "sample_size": "alliance_models.planning.search",
     "PowerResult": "alliance_models.planning.results",
+    "MultiPowerResult": "alliance_models.planning.multitest",
     "PowerCurve": "alliance_models.planning.results",
     "SampleSizeResult": "alliance_models.planning.results",
     "JointSampleSizeResult": "alliance_models.planning.results",

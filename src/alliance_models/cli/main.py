@@ -421,7 +421,9 @@ worked example:
 
   prints power with its Wilson CI and the diagnosands (bias, RMSE, coverage, ...) per
   design and, with [curve], writes the curve plot (default: design.png next to the file).
-  [analysis] also takes method, alpha, n_jobs, backend ("loky" or "dask") and checkpoint.
+  [analysis] also takes method, alpha, n_jobs, backend ("loky" or "dask") and checkpoint;
+  test = ["alliance:age", "alliance:autonomy"] tests several coefficients together, with
+  correction = "holm" (or "bonferroni", "bh"), and reports per-test and all / any power.
 """
 
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from ..errors import DesignError
 from ..planning.design import Design
+from ..planning.multitest import MultiPowerResult
 from ..planning.results import PowerCurve, PowerResult
 from ..planning.run import power
 from ..planning.search import power_curve
@@ -40,15 +41,17 @@ def design_from_toml(table: Mapping[str, Any]) -> Design:
         raise DesignError(f"[design] has an unknown key ({err}); allowed keys: {names}") from None
 
 
-def run_power_file(path: str | os.PathLike[str], *,
-                   out: str | os.PathLike[str] | None = None) -> PowerResult | PowerCurve:
+def run_power_file(path: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None
+                   ) -> PowerResult | MultiPowerResult | PowerCurve:
     """Run the power analysis described in a TOML design file.
 
     The file has a ``[design]`` table (the :class:`Design` fields; ``effects`` and
     ``moderators`` as sub-tables, tuples as arrays), an ``[analysis]`` table (``formula``,
     ``test``, and optionally ``n_sims``, ``method``, ``seed``, ``alpha``, ``n_jobs``,
     ``backend``, ``batch_size``, ``checkpoint``) and an optional ``[curve]`` table with
-    ``vary = { therapists = [20, 30, 40] }``.
+    ``vary = { therapists = [20, 30, 40] }``. ``test`` may be an array of coefficients
+    tested together, with ``correction = "holm"`` (``"bonferroni"``, ``"bh"``; none
+    when absent).
 
     Parameters
     ----------
@@ -59,7 +62,8 @@ def run_power_file(path: str | os.PathLike[str], *,
 
     Returns
     -------
-    PowerResult or PowerCurve
+    PowerResult, MultiPowerResult or PowerCurve
+        ``MultiPowerResult`` (or a curve of them) when ``test`` is an array.
 
     Raises
     ------
@@ -92,11 +96,16 @@ def run_power_file(path: str | os.PathLike[str], *,
         raise DesignError(f"[analysis] in {str(p)!r} needs {', '.join(missing)}")
     allowed = {"formula", "test", "n_sims", "method", "seed", "alpha", "n_jobs", "backend",
                "batch_size", "checkpoint", "progress", "fit_kwargs", "rule", "threshold",
-               "rope", "bayes_kwargs"}
+               "rope", "bayes_kwargs", "correction"}
     unknown = sorted(set(ana) - allowed)
     if unknown:
         raise DesignError(f"[analysis] has unknown keys {unknown}; allowed: {sorted(allowed)}")
     formula, test = ana.pop("formula"), ana.pop("test")
+    if not isinstance(test, str | list):
+        raise DesignError(
+            f"[analysis] test must be a coefficient name or an array of them, got {test!r}")
+    if "correction" in ana and ana["correction"] == "none":
+        ana["correction"] = None  # TOML has no null
     if "checkpoint" in ana and not Path(ana["checkpoint"]).is_absolute():
         ana["checkpoint"] = str(p.parent / ana["checkpoint"])
     if "curve" in doc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,11 @@ def fingerprint(run: Mapping[str, Any], root: np.random.SeedSequence) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def read(path: Path, fp: str) -> pd.DataFrame:
+def read(path: Path, fp: str, columns: Sequence[str] = REPLICATE_COLUMNS) -> pd.DataFrame:
     """Return the replicates saved in ``path`` (none if it does not exist).
+
+    ``columns`` are the record columns of the run (a run of several tests adds
+    ``test``, one row per replicate and test).
 
     Raises
     ------
@@ -49,10 +52,12 @@ def read(path: Path, fp: str) -> pd.DataFrame:
         The file belongs to a run with another fingerprint.
     """
     if not path.exists():
-        return pd.DataFrame(columns=[*REPLICATE_COLUMNS, "fingerprint"])
+        return pd.DataFrame(columns=[*columns, "fingerprint"])
+    text = ("error", "fingerprint", "test")
     df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(
-        path, dtype={"error": str, "fingerprint": str}, keep_default_na=False,
-        na_values={c: [""] for c in REPLICATE_COLUMNS if c not in ("error", "rep")})
+        path, dtype={c: str for c in text if c in (*columns, "fingerprint")},
+        keep_default_na=False,
+        na_values={c: [""] for c in columns if c not in (*text, "rep")})
     if len(df) and set(df["fingerprint"].astype(str)) != {fp}:
         raise DesignError(
             f"checkpoint {str(path)!r} belongs to a different run (design, formula, test, "
@@ -60,6 +65,8 @@ def read(path: Path, fp: str) -> pd.DataFrame:
             "to start afresh"
         )
     df["error"] = df["error"].fillna("").astype(str)
+    if "test" in columns:
+        df["test"] = df["test"].astype(str)
     for c in BOOL_COLUMNS:
         df[c] = df[c].astype(bool)
     return df

@@ -13,13 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from .design import Design
+
+if TYPE_CHECKING:
+    from .multitest import MultiPowerResult
 
 __all__ = [
     "REPLICATE_COLUMNS",
@@ -223,27 +226,58 @@ class PowerCurve:
         The :class:`Design` field varied.
     values : tuple
         Its values, in the order run.
-    results : tuple of PowerResult
-        One result per value (same seed: common random numbers).
+    results : tuple of PowerResult or MultiPowerResult
+        One result per value (same seed: common random numbers); ``MultiPowerResult``
+        when several tests were run together.
     elapsed : float
         Seconds of wall time.
     """
 
     vary: str
     values: tuple[Any, ...]
-    results: tuple[PowerResult, ...]
+    results: tuple[PowerResult, ...] | tuple[MultiPowerResult, ...]
     elapsed: float
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per value: power, its CI and the diagnosands."""
-        rows = [r.to_frame().assign(**{self.vary: [v]}) for v, r in
-                zip(self.values, self.results, strict=True)]
-        df = pd.concat(rows, ignore_index=True)
-        return df[[self.vary, *[c for c in df.columns if c != self.vary]]]
+        """One row per value (per value and test, with several tests): power, CI, ..."""
+        rows = []
+        for v, r in zip(self.values, self.results, strict=True):
+            f = r.to_frame()
+            f.insert(0, self.vary, [v] * len(f))
+            rows.append(f)
+        return pd.concat(rows, ignore_index=True)
+
+    def _series(self) -> list[tuple[str, list[float], list[float], list[float]]]:
+        """(label, power, ci low, ci high) of each curve: one, or each test, all, any."""
+        r0 = self.results[0]
+        if isinstance(r0, PowerResult):
+            rs: list[Any] = list(self.results)
+            return [(r0.test, [r.power for r in rs], [r.ci[0] for r in rs],
+                     [r.ci[1] for r in rs])]
+        out = []
+        for of in (*r0.tests, "all", "any"):
+            pc = [r.power_of(of) for r in self.results]  # type: ignore[union-attr]
+            label = (f"{of} (all tests reject)" if of == "all" else
+                     "any (at least one rejects)" if of == "any" else of)
+            out.append((label, [p for p, _ in pc], [c[0] for _, c in pc],
+                        [c[1] for _, c in pc]))
+        return out
 
     def summary(self) -> str:
         """Printable table of the curve."""
         r0 = self.results[0]
+        if not isinstance(r0, PowerResult):
+            corr = r0.correction or "no"
+            head = (f"Power curve for {len(r0.tests)} tests over {self.vary} ({corr} "
+                    f"correction, engine {r0.method}, {r0.n_sims} replicates per point, "
+                    f"alpha {r0.alpha:g})\n  formula: {r0.formula}\n")
+            series = self._series()
+            lines = [f"  {self.vary:>24}  " + "  ".join(f"{lab.split(' ')[0]:>18}"
+                                                      for lab, *_ in series)]
+            for i, v in enumerate(self.values):
+                lines.append(f"  {v!s:>24}  " + "  ".join(
+                    f"{pw[i]:.3f} [{lo[i]:.2f},{hi[i]:.2f}]" for _, pw, lo, hi in series))
+            return head + "\n".join(lines) + f"\n  elapsed {self.elapsed:.1f} s"
         head = (f"Power curve for {r0.test!r} over {self.vary} (engine {r0.method}, "
                 f"{r0.n_sims} replicates per point, alpha {r0.alpha:g})\n"
                 f"  formula: {r0.formula}\n")
@@ -275,16 +309,19 @@ class PowerCurve:
         from ..plots import plot_power_curve
 
         r0 = self.results[0]
-        ax = plot_power_curve(
-            np.asarray(self.values, dtype=float),
-            [r.power for r in self.results],
-            [r.ci[0] for r in self.results],
-            [r.ci[1] for r in self.results],
-            ax=ax,
-            target=target,
-            xlabel=self.vary.replace("_", " "),
-            title=f"{r0.test}: {r0.n_sims} simulated trials per point ({r0.method} engine)",
-        )
+        series = self._series()
+        many = len(series) > 1
+        what = (f"{len(series) - 2} tests ({r0.correction or 'no'} correction)" if many
+                else series[0][0])
+        for i, (label, pw, lo, hi) in enumerate(series):
+            ax = plot_power_curve(
+                np.asarray(self.values, dtype=float), pw, lo, hi, ax=ax,
+                target=target if i == len(series) - 1 else None,
+                xlabel=self.vary.replace("_", " "), label=label if many else None,
+                title=f"{what}: {r0.n_sims} simulated trials per point ({r0.method} engine)",
+            )
+        if many:
+            ax.legend(fontsize="small")
         if r0.method == "bayes":
             ax.set_ylabel("assurance")
         return ax
@@ -300,6 +337,9 @@ class SampleSizeResult:
         The field searched (``"therapists"``, ``"patients_per_therapist"``, ...).
     target : float
         Target power.
+    target_of : str or None
+        With several tests, which power was targeted (``"all"``, ``"any"`` or a test);
+        None for one test.
     value : int or None
         Smallest evaluated value whose Monte Carlo power reached the target (None when
         even ``hi`` fell short).
@@ -312,8 +352,9 @@ class SampleSizeResult:
         conservative allowance for the correlation that common random numbers induce;
         lack of fit is ignored). NaN when the fit is not possible.
     evaluations : DataFrame
-        Every evaluation in order: value, power, CI, replicates.
-    results : tuple of PowerResult
+        Every evaluation in order: value, power, CI, replicates (with several tests,
+        also ``power[<test>]``, ``power[all]`` and ``power[any]``).
+    results : tuple of PowerResult or MultiPowerResult
         The underlying runs.
     elapsed : float
     """
@@ -326,8 +367,9 @@ class SampleSizeResult:
     smooth_value: float
     smooth_ci: tuple[float, float]
     evaluations: pd.DataFrame
-    results: tuple[PowerResult, ...]
+    results: tuple[PowerResult, ...] | tuple[MultiPowerResult, ...]
     elapsed: float
+    target_of: str | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """Return the evaluations made (one row per value tried)."""
@@ -335,11 +377,16 @@ class SampleSizeResult:
 
     def summary(self) -> str:
         """Printable report of the search."""
+        of = ""
+        if self.target_of is not None:
+            of = (" (all tests rejecting)" if self.target_of == "all" else
+                  " (at least one test rejecting)" if self.target_of == "any" else
+                  f" (of {self.target_of!r})")
         if self.value is None:
-            head = (f"target power {self.target:g} not reached for {self.vary} up to "
+            head = (f"target power {self.target:g}{of} not reached for {self.vary} up to "
                     f"{int(self.evaluations[self.vary].max())}")
         else:
-            head = (f"smallest {self.vary} reaching power {self.target:g}: {self.value} "
+            head = (f"smallest {self.vary} reaching power {self.target:g}{of}: {self.value} "
                     f"(power {self.power:.3f}, 95% CI [{self.ci[0]:.3f}, {self.ci[1]:.3f}])")
         smooth = (f"logistic fit over the evaluations: {self.vary} = {_fmt(self.smooth_value, 1)}"
                   f" (95% CI {_fmt(self.smooth_ci[0], 1)} to {_fmt(self.smooth_ci[1], 1)})")

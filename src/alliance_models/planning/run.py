@@ -62,6 +62,14 @@ from ..spec import ModelSpec
 from . import checkpoint as _checkpoint
 from .design import Design
 from .executors import Batch, execute, limit_blas
+from .multitest import (
+    MULTI_REPLICATE_COLUMNS,
+    MultiPowerResult,
+    adjust_frame,
+    check_correction,
+    check_tests,
+    summarise_family,
+)
 from .results import BOOL_COLUMNS, REPLICATE_COLUMNS, PowerResult, ScenarioResult, summarise
 from .scenarios import Scenario, resolve_scenarios
 from .simulate import (
@@ -106,11 +114,16 @@ class _Job:
     slope_index: int | None = None
     #: the robustness scenario the design is simulated under (planning.scenarios)
     scenario: Scenario | None = None
+    #: a run of several tests (``test=[...]``): the tests and their columns; empty for
+    #: one test (``test``/``test_index``)
+    tests: tuple[str, ...] = ()
+    test_indices: tuple[int, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """Return what identifies the run (its checkpoint fingerprint adds the seed)."""
         out = {
-            "design": self.design.to_dict(), "formula": self.formula, "test": self.test,
+            "design": self.design.to_dict(), "formula": self.formula,
+            "test": list(self.tests) if self.tests else self.test,
             "method": self.method, "alpha": self.alpha,
             "fitter": None if self.fitter is None else
             f"{getattr(self.fitter, '__module__', '')}."
@@ -199,26 +212,49 @@ def _wald_columns(rep: Any, est: Any, se: Any, df: Any, alpha: float, converged:
     }
 
 
-def _columns_of_records(recs: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+def _columns_of_records(recs: Sequence[Mapping[str, Any]],
+                        columns: Sequence[str] = REPLICATE_COLUMNS) -> dict[str, np.ndarray]:
     """Replicate records (dicts) as replicate columns."""
     cols: dict[str, np.ndarray] = {}
-    for c in REPLICATE_COLUMNS:
+    for c in columns:
         values = [r[c] for r in recs]
-        cols[c] = (np.array(values, dtype=object) if c == "error" else
+        cols[c] = (np.array(values, dtype=object) if c in ("error", "test") else
                    np.array(values, dtype=np.int64 if c == "rep" else
                             bool if c in BOOL_COLUMNS else float))
     return cols
 
 
-def _replicate_frame(pieces: Sequence[Mapping[str, np.ndarray]]) -> pd.DataFrame:
+def _replicate_frame(pieces: Sequence[Mapping[str, np.ndarray]],
+                     columns: Sequence[str] = REPLICATE_COLUMNS) -> pd.DataFrame:
     """Concatenate replicate columns into the replicate data frame (in the given order)."""
     if not pieces:
-        return pd.DataFrame(columns=list(REPLICATE_COLUMNS))
+        return pd.DataFrame(columns=list(columns))
     if len(pieces) == 1:
         cols = dict(pieces[0])
     else:
-        cols = {c: np.concatenate([pc[c] for pc in pieces]) for c in REPLICATE_COLUMNS}
-    return pd.DataFrame(cols, columns=list(REPLICATE_COLUMNS))
+        cols = {c: np.concatenate([pc[c] for pc in pieces]) for c in columns}
+    return pd.DataFrame(cols, columns=list(columns))
+
+
+#: the records of a run of several tests before the correction (no ``p_adjusted``)
+_TESTS_COLUMNS = tuple(c for c in MULTI_REPLICATE_COLUMNS if c != "p_adjusted")
+
+
+def _interleave(per_test: Sequence[Mapping[str, np.ndarray]],
+                tests: Sequence[str]) -> dict[str, np.ndarray]:
+    """Replicate columns of each test (same replicates) as rows by replicate, then test."""
+    m = len(tests)
+    n = len(per_test[0]["rep"])
+    out: dict[str, np.ndarray] = {}
+    for c in REPLICATE_COLUMNS:
+        out[c] = np.stack([pc[c] for pc in per_test], axis=1).reshape(n * m)
+    out["test"] = np.tile(np.asarray(tests, dtype=object), n)
+    return out
+
+
+def _tests_records(rec: Mapping[str, Any], tests: Sequence[str]) -> list[dict[str, Any]]:
+    """One record per test from one replicate record (a fit that failed for all)."""
+    return [{**rec, "test": t} for t in tests]
 
 
 def _wald_record(rep: int, est: float, se: float, df: float | None, alpha: float,
@@ -234,8 +270,13 @@ def _wald_record(rep: int, est: float, se: float, df: float | None, alpha: float
     return rec
 
 
-def _fit_frame_replicate(job: _Job, rep: int, ss: np.random.SeedSequence) -> dict[str, Any]:
-    """Simulate one data frame and fit it with a data-frame backend."""
+def _fit_frame_replicate(job: _Job, rep: int, ss: np.random.SeedSequence
+                         ) -> dict[str, Any] | list[dict[str, Any]]:
+    """Simulate one data frame and fit it with a data-frame backend.
+
+    Returns the replicate's record, or with several tests (``job.tests``) one record
+    per test.
+    """
     data = to_frame(simulate_arrays(job.design, ss, scenario=job.scenario), job.design)
     fitter = job.fitter or _resolve_fitter(job.method)
     kwargs = dict(job.fit_kwargs)
@@ -246,7 +287,8 @@ def _fit_frame_replicate(job: _Job, rep: int, ss: np.random.SeedSequence) -> dic
         try:
             fit = fitter(job.formula, data, **kwargs)
         except _FAIL_EXC as err:
-            return _empty_record(rep, f"{type(err).__name__}: {err}")
+            rec = _empty_record(rep, f"{type(err).__name__}: {err}")
+            return _tests_records(rec, job.tests) if job.tests else rec
     cats = {w.category for w in caught}
     conv = getattr(fit, "converged", None)
     converged = (ConvergenceWarning not in cats) if conv is None else bool(conv)
@@ -254,13 +296,22 @@ def _fit_frame_replicate(job: _Job, rep: int, ss: np.random.SeedSequence) -> dic
     singular = (SingularFitWarning in cats) if sing is None else bool(sing)
     if job.method == "bayes":
         return _bayes_record(job, rep, fit, converged)
+    if job.tests:
+        return [{**_coef_record(job, rep, fit, t, converged, singular), "test": t}
+                for t in job.tests]
+    return _coef_record(job, rep, fit, job.test, converged, singular)
+
+
+def _coef_record(job: _Job, rep: int, fit: Any, test: str, converged: bool,
+                 singular: bool) -> dict[str, Any]:
+    """Return the Wald/t test of one coefficient of a fit as a replicate record."""
     try:
         params = fit.params
-        est = float(params[job.test])
+        est = float(params[test])
         cov = fit.cov_params()
-        se = math.sqrt(float(cov.loc[job.test, job.test]))
+        se = math.sqrt(float(cov.loc[test, test]))
         L = np.zeros(len(params))
-        L[list(params.index).index(job.test)] = 1.0
+        L[list(params.index).index(test)] = 1.0
         df = float(fit.contrast_df(L))
     except _FAIL_EXC as err:
         rec = _empty_record(rep, f"{type(err).__name__}: {err}")
@@ -319,8 +370,15 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
     spec = parse_formula(job.formula)
     groups = _groups_for(spec)
     k = job.test_index
+    # several tests: df for each listed coefficient (each as in its own run)
+    contrast: int | list[int] = list(job.test_indices) if job.tests else k
 
     def columns(bf: Any, idx: Sequence[int]) -> dict[str, np.ndarray]:
+        if job.tests:
+            return _interleave([
+                _wald_columns(idx, bf.beta[:, kj], bf.se[:, kj], bf.df[:, j], job.alpha,
+                              bf.converged, bf.singular)
+                for j, kj in enumerate(job.test_indices)], job.tests)
         return _wald_columns(idx, bf.beta[:, k], bf.se[:, k], bf.df, job.alpha,
                              bf.converged, bf.singular)
 
@@ -339,7 +397,7 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
             else:
                 outer = ther if groups[1] else np.arange(ther.size)
                 inner = np.arange(ther.size) if groups[1] else None
-            bf = fast.fit_sums(*sums, outer, inner, contrast=job.test_index, reml=True)
+            bf = fast.fit_sums(*sums, outer, inner, contrast=contrast, reml=True)
         except _FAIL_EXC:
             pass  # fit replicate by replicate below, recording failures one at a time
         else:
@@ -353,7 +411,7 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
             bf = fast.fit_batch(X, Y, codes[groups[0]],
                                 codes[groups[1]] if groups[1] else None,
                                 mask=None if mask.all() else mask,
-                                contrast=job.test_index, reml=True, slope=job.slope_index)
+                                contrast=contrast, reml=True, slope=job.slope_index)
         except _FAIL_EXC:
             pass  # fit replicate by replicate below, recording failures one at a time
         else:
@@ -379,7 +437,7 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
                 Xr, y = frame.X, frame.y
                 outer, inner = fast.frame_codes(frame)
             bf = fast.fit_batch(Xr, y[None, :], outer, inner, mask=None,
-                                contrast=job.test_index, reml=True, slope=job.slope_index)
+                                contrast=contrast, reml=True, slope=job.slope_index)
         except _FAIL_EXC as err:
             failed.append(_empty_record(rep, f"{type(err).__name__}: {err}"))
             out.append({})  # placeholder, filled below in rep order
@@ -387,7 +445,9 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
         out.append(columns(bf, [rep]))
     if failed:
         it = iter(failed)
-        out = [pc if pc else _columns_of_records([next(it)]) for pc in out]
+        out = [pc if pc else (
+            _columns_of_records(_tests_records(next(it), job.tests), _TESTS_COLUMNS)
+            if job.tests else _columns_of_records([next(it)])) for pc in out]
     return out
 
 
@@ -424,8 +484,14 @@ def _run_glmm_batch(job: _Job, reps: Sequence[int],
             outer = codes[groups[0]] if groups[1] else None
             bf = fit_glmm_batch(X, Y, inner, outer, trials=float(design.n_trials),
                                 mask=None if mask.all() else mask, family=design.family)
-            cols = _wald_columns(reps, bf.beta[:, k], bf.se[:, k], math.nan, job.alpha,
-                                 bf.converged, bf.singular)
+            if job.tests:  # several tests: one Wald z test per listed coefficient
+                cols = _interleave([
+                    _wald_columns(reps, bf.beta[:, kj], bf.se[:, kj], math.nan, job.alpha,
+                                  bf.converged, bf.singular) for kj in job.test_indices],
+                    job.tests)
+            else:
+                cols = _wald_columns(reps, bf.beta[:, k], bf.se[:, k], math.nan, job.alpha,
+                                     bf.converged, bf.singular)
             redo = ~bf.ok
     if not redo.any():
         assert cols is not None
@@ -433,14 +499,21 @@ def _run_glmm_batch(job: _Job, reps: Sequence[int],
     import dataclasses
 
     one = dataclasses.replace(job, method="mixed")
-    recs = [_fit_frame_replicate(one, reps[i], seeds[i]) for i in np.flatnonzero(redo)]
+    recs: list[Any] = [_fit_frame_replicate(one, reps[i], seeds[i])
+                       for i in np.flatnonzero(redo)]
+    columns = REPLICATE_COLUMNS
+    m = 1
+    if job.tests:  # one record per replicate and test
+        recs = [r for group in recs for r in group]
+        columns, m = _TESTS_COLUMNS, len(job.tests)
     if cols is None:
-        return [_columns_of_records(recs)]
-    refit = _columns_of_records(recs)
+        return [_columns_of_records(recs, columns)]
+    refit = _columns_of_records(recs, columns)
     where = np.flatnonzero(redo)
-    for c in REPLICATE_COLUMNS:
+    rows = (where[:, None] * m + np.arange(m)).reshape(-1)
+    for c in columns:
         cols[c] = cols[c].copy()
-        cols[c][where] = refit[c]
+        cols[c][rows] = refit[c]
     return [cols]
 
 
@@ -448,7 +521,10 @@ def _run_frame_batch(job: _Job, reps: Sequence[int],
                      seeds: Sequence[np.random.SeedSequence]) -> list[dict[str, np.ndarray]]:
     """Fit a batch one data frame per replicate (any fitting function)."""
     recs = [_fit_frame_replicate(job, r, s) for r, s in zip(reps, seeds, strict=True)]
-    return [_columns_of_records(recs)] if recs else []
+    if job.tests:
+        flat = [rec for group in recs for rec in group]  # type: ignore[union-attr]
+        return [_columns_of_records(flat, _TESTS_COLUMNS)] if flat else []
+    return [_columns_of_records(recs)] if recs else []  # type: ignore[arg-type]
 
 
 #: method -> how a batch of its replicates is fitted (replicate columns in rep order);
@@ -461,11 +537,14 @@ def run_batch(job: _Job, reps: Sequence[int],
               seeds: Sequence[np.random.SeedSequence]) -> pd.DataFrame:
     """Run one batch of replicates (in a worker or in this process) with BLAS pinned.
 
-    Returns the batch's replicate frame (``REPLICATE_COLUMNS``, in ``reps`` order).
+    Returns the batch's replicate frame (``REPLICATE_COLUMNS``, in ``reps`` order; with
+    several tests, a ``test`` column and one row per replicate and test, before the
+    multiple-testing correction).
     """
     route = BATCH_ROUTES.get(job.method, _run_frame_batch)
     with limit_blas():
-        return _replicate_frame(route(job, reps, seeds))
+        return _replicate_frame(route(job, reps, seeds),
+                                _TESTS_COLUMNS if job.tests else REPLICATE_COLUMNS)
 
 
 # --- the public engine ---------------------------------------------------------------
@@ -509,27 +588,34 @@ def _resolve_method(method: str | Callable[..., Any], spec: ModelSpec,
 
 
 def _truth(design: Design, spec: ModelSpec, method: str, fit_kwargs: Mapping[str, Any],
-           ss: np.random.SeedSequence, test: str
-           ) -> tuple[float, bool, tuple[str, ...], SimArrays]:
-    """Validate the formula on one replicate; return (truth, exact, x_names, replicate)."""
+           ss: np.random.SeedSequence, test: str | Sequence[str]
+           ) -> tuple[Any, bool, tuple[str, ...], SimArrays]:
+    """Validate the formula on one replicate; return (truth, exact, x_names, replicate).
+
+    ``truth`` is the true value of ``test``, or a tuple of the true values of a list.
+    """
+    tests = (test,) if isinstance(test, str) else tuple(test)
     sa = simulate_arrays(design, ss)
     frame = spec.build(to_frame(sa, design))
     x_names = frame.x_names
-    if test not in x_names:
-        raise ModelSpecError(
-            f"test {test!r} is not a coefficient of {spec.formula!r}; coefficients: "
-            f"{', '.join(x_names)}"
-        )
+    for t in tests:
+        if t not in x_names:
+            raise ModelSpecError(
+                f"test {t!r} is not a coefficient of {spec.formula!r}; coefficients: "
+                f"{', '.join(x_names)}"
+            )
     logit_fit = (method in ("bayes", "mixed", "fast")
                  and str(fit_kwargs.get("family", "")) == "binomial")
     if design.family == "binomial" and not logit_fit:
-        return math.nan, False, x_names, sa
+        nan = tuple(math.nan for _ in tests)
+        return (nan[0] if isinstance(test, str) else nan), False, x_names, sa
     eta = sa.eta[sa.observed]
     coef, *_ = np.linalg.lstsq(frame.X, eta, rcond=None)
     resid = eta - frame.X @ coef
     exact = bool(np.sqrt(np.mean(resid**2)) < 1e-8 * max(1.0, float(np.std(eta))))
-    value = float(coef[x_names.index(test)])
-    return (0.0 if abs(value) < 1e-12 else value), exact, x_names, sa
+    values = tuple(0.0 if abs(v) < 1e-12 else v
+                   for v in (float(coef[x_names.index(t)]) for t in tests))
+    return (values[0] if isinstance(test, str) else values), exact, x_names, sa
 
 
 def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
@@ -588,7 +674,8 @@ def power(
     design: Design,
     formula: str,
     *,
-    test: str,
+    test: str | Sequence[str],
+    correction: str | None = None,
     n_sims: int = 1000,
     alpha: float = 0.05,
     method: str | Callable[..., Any] = "auto",
@@ -605,8 +692,12 @@ def power(
     rope: float = 0.0,
     scenario: Scenario | None = None,
     scenarios: Any = None,
-) -> PowerResult | ScenarioResult:
+) -> PowerResult | MultiPowerResult | ScenarioResult:
     """Estimate the power to detect one coefficient by simulating the planned trial.
+
+    With a list of coefficients (``test=[...]``), every replicate is fitted once and
+    each coefficient tested, after a multiple-testing correction within the replicate
+    (see :mod:`alliance_models.planning.multitest`).
 
     Parameters
     ----------
@@ -614,9 +705,17 @@ def power(
         The planned trial.
     formula : str
         The analysis formula, fitted to every simulated data set.
-    test : str
+    test : str or list of str
         The coefficient to test, by its formulaic name (``"alliance:autonomy"``,
-        ``"arm"``, ``"C(arm)[T.1]"``).
+        ``"arm"``, ``"C(arm)[T.1]"``), or a list of coefficients tested together (each
+        once; not with ``method="bayes"``): the result is then a
+        :class:`~alliance_models.planning.multitest.MultiPowerResult` with each test's
+        power after the correction, the power that all / any of them reject, and the
+        family-wise type-I error over the tests whose true value is zero.
+    correction : {None, "bonferroni", "holm", "bh"}, default None
+        Multiple-testing correction of a list of tests within each replicate
+        (Benjamini-Hochberg for ``"bh"``; as statsmodels' ``multipletests``). A single
+        test is not affected.
     n_sims : int, default 1000
         Replicates.
     alpha : float, default 0.05
@@ -689,12 +788,14 @@ def power(
 
     Returns
     -------
-    PowerResult, or ScenarioResult with ``scenarios``
+    PowerResult, MultiPowerResult, or ScenarioResult with ``scenarios``
+        A :class:`PowerResult` for one test (a string), a ``MultiPowerResult`` for a list.
 
     Raises
     ------
     ModelSpecError
-        Unknown method or backend, or ``test`` is not a coefficient of the formula.
+        Unknown method, backend or correction; a ``test`` that is not a coefficient of
+        the formula, or a list that repeats one; a list with ``method="bayes"``.
     DesignError
         A checkpoint from a different run, or a checkpoint without a seed.
 
@@ -707,11 +808,20 @@ def power(
     ...                method="ols", n_jobs=1, seed=1, fit_kwargs={"hc": None})
     >>> res.n_completed, 0 <= res.power <= 1
     (20, True)
+    >>> both = am.power(d, "adherence ~ alliance", test=["Intercept", "alliance"],
+    ...                 correction="holm", n_sims=20, method="ols", n_jobs=1, seed=1,
+    ...                 fit_kwargs={"hc": None})
+    >>> both.power_all <= both.per_test["alliance"].power <= both.power_any
+    True
     """
     t0 = time.perf_counter()
     if scenarios is not None and scenarios is not False:
         if scenario is not None:
             raise ModelSpecError("give scenario (one) or scenarios (side by side), not both")
+        if not isinstance(test, str):
+            raise ModelSpecError(
+                f"scenarios side by side compare one test (a string), got test={test!r}; "
+                "for several tests run power(..., scenario=...) once per scenario")
         return _power_scenarios(
             design, formula, scenarios, seed=seed, checkpoint=checkpoint, test=test,
             n_sims=n_sims, alpha=alpha, method=method, n_jobs=n_jobs, backend=backend,
@@ -736,8 +846,14 @@ def power(
         positive_int("batch_size", batch_size, ModelSpecError)
     n_jobs = int(n_jobs)
     one_of("rule", rule, ("interval", "pd"), ModelSpecError, quote=True)
+    correction = check_correction(correction)
+    tests = None if isinstance(test, str) else check_tests(test)
     spec = parse_formula(formula)
     resolved = _resolve_method(method, spec, design)
+    if tests is not None and resolved == "bayes":
+        raise ModelSpecError(
+            f"method='bayes' tests one coefficient per run (test={list(tests)!r} is a list): "
+            "its assurance has no p-values to correct; run power() once per coefficient")
     kwargs = dict(fit_kwargs or {})
     if resolved == "bayes":
         kwargs.update(bayes_kwargs or {})
@@ -757,8 +873,9 @@ def power(
     # SeedBlocks, which pickle as a few numbers
     root = seed_sequence(seed)
     entropy = root.entropy
-    truth, exact, x_names, first = _truth(design, spec, resolved, kwargs, child(root, 0),
-                                          test)
+    truths, exact, x_names, first = _truth(design, spec, resolved, kwargs, child(root, 0),
+                                           tests or (test,))
+    truth = truths[0]  # a single test: its truth
     slope_index = None
     if resolved == "fast" and design.family == "gaussian":
         from ..models.lmm import batch_fit as fast
@@ -780,19 +897,24 @@ def power(
             "('fast', or 'auto' for gaussian designs) and with one data-frame fit per "
             "replicate")
     stacked = _stacked_cap(design, spec, x_names, first) if resolved == "fast" else None
+    first_test = tests[0] if tests else test
     job = _Job(
-        design=design, formula=formula, test=test, test_index=x_names.index(test),
+        design=design, formula=formula, test=first_test,
+        test_index=x_names.index(first_test),
         x_names=x_names, method=resolved, alpha=float(alpha), fit_kwargs=kwargs,
         bayes_rule=rule, threshold=float(threshold), rope=float(rope),
         fitter=method if callable(method) else None, slope_index=slope_index,
         scenario=scenario,
+        tests=tests or (), test_indices=tuple(x_names.index(t) for t in tests or ()),
     )
+    columns = _TESTS_COLUMNS if tests else REPLICATE_COLUMNS
     bs = batch_size or _default_batch_size(resolved, n_sims, stacked)
     fp = _checkpoint.fingerprint(job.describe(), root)
     ck_path = Path(checkpoint) if checkpoint is not None else None
     if ck_path is not None and ck_path.suffix not in (".parquet", ".csv"):
         raise DesignError(f"checkpoint {str(ck_path)!r} must end in .parquet or .csv")
-    done = _checkpoint.read(ck_path, fp) if ck_path is not None else pd.DataFrame()
+    done = (_checkpoint.read(ck_path, fp, columns) if ck_path is not None
+            else pd.DataFrame())
     done = done[done["rep"] < n_sims] if len(done) else done
     have = set(done["rep"].astype(int)) if len(done) else set()
     batches: list[Batch] = []
@@ -806,7 +928,8 @@ def power(
     n_done_batches = 0
     stream = execute(functools.partial(run_batch, job), batches, n_jobs, backend)
     try:
-        for part in _with_progress(stream, len(batches), progress, desc=f"power {test}"):
+        for part in _with_progress(stream, len(batches), progress,
+                                   desc=f"power {', '.join(tests or (test,))}"):
             parts.append(part)
             n_done_batches += 1
             if ck_path is not None:
@@ -823,7 +946,8 @@ def power(
         with contextlib.suppress(Exception):
             stream.close()  # type: ignore[attr-defined]
     reps_df = (pd.concat(parts, ignore_index=True) if parts else
-               pd.DataFrame(columns=list(REPLICATE_COLUMNS)))
+               pd.DataFrame(columns=list(columns)))
+    # batches hold each replicate's tests in the order given
     reps_df = reps_df.sort_values("rep", kind="stable").reset_index(drop=True)
     for c in BOOL_COLUMNS:
         reps_df[c] = reps_df[c].astype(bool)
@@ -839,6 +963,16 @@ def power(
         )
     if len(reps_df) == 0:
         raise KeyboardInterrupt("power run interrupted before any replicate finished")
+    if tests:
+        reps_df = adjust_frame(reps_df, tests, correction, alpha)
+        return summarise_family(
+            reps_df, tests=tests, truths=truths, truth_exact=exact, correction=correction,
+            alpha=float(alpha), common={
+                "design": design, "formula": formula, "method": resolved,
+                "alpha": float(alpha), "n_sims": n_sims,
+                "elapsed": time.perf_counter() - t0, "interrupted": interrupted,
+                "seed": entropy if isinstance(entropy, int) else None,
+                "scenario": scenario})
     summ = summarise(reps_df, truth=truth, alpha=alpha)
     return PowerResult(
         design=design, formula=formula, test=test, method=resolved, alpha=float(alpha),

@@ -20,8 +20,9 @@ import pandas as pd
 from scipy import special
 
 from .._random import RNGLike, seed_sequence
-from ..errors import AllianceModelsWarning, DesignError
+from ..errors import AllianceModelsWarning, DesignError, ModelSpecError
 from .design import Design
+from .multitest import MultiPowerResult, check_tests
 from .results import (
     JointSampleSizeResult,
     PowerCurve,
@@ -49,7 +50,7 @@ def power_curve(
     design: Design,
     formula: str,
     *,
-    test: str,
+    test: str | Sequence[str],
     vary: Mapping[str, Sequence[Any]],
     seed: RNGLike = None,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -62,8 +63,11 @@ def power_curve(
     ----------
     design : Design
         The base design.
-    formula, test : str
+    formula : str
         As in :func:`power`.
+    test : str or list of str
+        As in :func:`power`; with a list (and ``correction=...``) every point is a
+        ``MultiPowerResult`` and the curve shows each test and the all / any power.
     vary : mapping with one key
         ``{"therapists": [20, 30, 40]}``: a :class:`Design` field and its values.
     seed : int or None
@@ -180,8 +184,9 @@ def sample_size(
     design: Design,
     formula: str,
     *,
-    test: str,
+    test: str | Sequence[str],
     target: float = 0.8,
+    target_of: str = "all",
     vary: str | Sequence[str] = "patients_per_therapist",
     lo: int | Mapping[str, int] | None = None,
     hi: int | Mapping[str, int] | None = None,
@@ -209,10 +214,17 @@ def sample_size(
     ----------
     design : Design
         Base design.
-    formula, test : str
+    formula : str
         As in :func:`power`.
+    test : str or list of str
+        As in :func:`power` (a list is tested together, with ``correction=...``).
     target : float, default 0.8
         Target power.
+    target_of : str, default "all"
+        With a list of tests, which power must reach ``target``: ``"all"`` (every test
+        rejects in the same trial, after the correction), ``"any"`` (at least one does)
+        or the name of one of the tests (its power after the correction); in the one-field
+        and the joint search. Ignored for a single test (any of the three names it).
     vary : str or (str, str), default "patients_per_therapist"
         An integer :class:`Design` field (``"therapists"``, ``"sessions"`` ...), or the
         pair ``("therapists", "patients_per_therapist")`` (either order) for the joint
@@ -286,8 +298,14 @@ def sample_size(
     if kwargs.get("scenarios") not in (None, False):
         raise DesignError("sample_size searches under one scenario at a time: give "
                           "scenario=am.Scenario.preset('pessimistic'), not scenarios=...")
+    tests = (test,) if isinstance(test, str) else check_tests(test)
+    if target_of not in ("all", "any", *tests):
+        raise ModelSpecError(
+            f"target_of {target_of!r} is unknown; allowed: 'all', 'any', "
+            + ", ".join(repr(t) for t in tests))
     if not isinstance(vary, str):
-        return _joint_sample_size(design, formula, test=test, target=target, vary=vary,
+        return _joint_sample_size(design, formula, test=test, target=target,
+                                  target_of=target_of, vary=vary,
                                   lo=lo, hi=hi, step=step, seed=seed, cost=cost,
                                   budget=budget, t0=t0, **kwargs)
     if cost is not None or budget is not None:
@@ -309,32 +327,39 @@ def sample_size(
     for v in (lo, hi):  # both ends must be valid designs before any simulation runs
         design.replace(**{vary: v})
     seed = seed_sequence(seed)  # one root for every evaluation (common random numbers)
-    cache: dict[int, PowerResult] = {}
+    cache: dict[int, PowerResult | MultiPowerResult] = {}
     order: list[int] = []
 
-    def run(v: int) -> PowerResult:
+    def run(v: int) -> PowerResult | MultiPowerResult:
         if v not in cache:
             cache[v] = cast(PowerResult, power(design.replace(**{vary: v}), formula,
                                                test=test, seed=seed, **kwargs))
             order.append(v)
         return cache[v]
 
-    found = _smallest_reaching(lambda v: run(v).power >= target, lo, hi, step)
+    def pw(v: int) -> float:
+        return _target_power(run(v), target_of)[0]
+
+    found = _smallest_reaching(lambda v: pw(v) >= target, lo, hi, step)
     if found is None:
         warnings.warn(
             f"target power {target:g} not reached at {vary}={hi} (power "
-            f"{cache[hi].power:.3f}); raise hi",
+            f"{pw(hi):.3f}); raise hi",
             AllianceModelsWarning,
             skip_file_prefixes=(_PACKAGE_DIR,),
         )
+    targets = [_target_power(cache[v], target_of) for v in order]
     ev = pd.DataFrame({
         vary: order,
-        "power": [cache[v].power for v in order],
-        "ci_low": [cache[v].ci[0] for v in order],
-        "ci_high": [cache[v].ci[1] for v in order],
+        "power": [t[0] for t in targets],
+        "ci_low": [t[1][0] for t in targets],
+        "ci_high": [t[1][1] for t in targets],
         "n_completed": [cache[v].n_completed for v in order],
     })
-    k = np.array([int(cache[v].replicates["reject"].sum()) for v in order], float)
+    if not isinstance(test, str):  # every power of the family, beside the target's
+        for of in (*tests, "all", "any"):
+            ev[f"power[{of}]"] = [_target_power(cache[v], of)[0] for v in order]
+    k = np.array([t[2] for t in targets], float)
     nn = ev["n_completed"].to_numpy(float)
     xs = ev[vary].to_numpy(float)
     # a two-parameter curve fits only locally: use evaluations within a factor of 2 of
@@ -342,14 +367,26 @@ def sample_size(
     near = (xs >= found / 2) & (xs <= found * 2) if found is not None else np.ones(len(xs),
                                                                                   bool)
     sv, sci = _logistic_crossing(xs[near], k[near], nn[near], target)
-    res_found = cache[found] if found is not None else None
+    res_found = _target_power(cache[found], target_of) if found is not None else None
     return SampleSizeResult(
         vary=vary, target=target, value=found,
-        power=res_found.power if res_found else math.nan,
-        ci=res_found.ci if res_found else (math.nan, math.nan),
+        power=res_found[0] if res_found else math.nan,
+        ci=res_found[1] if res_found else (math.nan, math.nan),
         smooth_value=sv, smooth_ci=sci, evaluations=ev,
-        results=tuple(cache[v] for v in order), elapsed=time.perf_counter() - t0,
+        results=tuple(cache[v] for v in order),  # type: ignore[arg-type]
+        elapsed=time.perf_counter() - t0,
+        target_of=None if isinstance(test, str) else target_of,
     )
+
+
+def _target_power(res: PowerResult | MultiPowerResult, of: str
+                  ) -> tuple[float, tuple[float, float], int]:
+    """Power, its Wilson CI and the rejecting replicates of what ``sample_size`` targets."""
+    if isinstance(res, MultiPowerResult):
+        k, _ = res.successes(of)
+        p, ci = res.power_of(of)
+        return p, ci, k
+    return res.power, res.ci, int(res.replicates["reject"].sum())
 
 
 def _smallest_reaching(reaches: Callable[[int], bool], lo: int, hi: int, step: int,
@@ -508,7 +545,8 @@ def _closed_form_reaches(exact: Callable[[Design], float], design: Design,
         return False
 
 
-def _joint_sample_size(design: Design, formula: str, *, test: str, target: float,
+def _joint_sample_size(design: Design, formula: str, *, test: str | Sequence[str],
+                       target: float, target_of: str,
                        vary: Sequence[str], lo: Any, hi: Any, step: Any, seed: RNGLike,
                        cost: Any, budget: Any, t0: float,
                        **kwargs: Any) -> JointSampleSizeResult:
@@ -529,8 +567,11 @@ def _joint_sample_size(design: Design, formula: str, *, test: str, target: float
         return rates["therapist"] * t + rates["patient"] * t * n
 
     seed = seed_sequence(seed)  # one root for every evaluation (common random numbers)
-    cache: dict[tuple[int, int], PowerResult] = {}
+    cache: dict[tuple[int, int], PowerResult | MultiPowerResult] = {}
     order: list[tuple[int, int]] = []
+
+    def pw(pair: tuple[int, int]) -> tuple[float, tuple[float, float], int]:
+        return _target_power(cache[pair], target_of)
 
     def reaches(t: int, n: int) -> bool:
         if (t, n) not in cache:
@@ -538,11 +579,13 @@ def _joint_sample_size(design: Design, formula: str, *, test: str, target: float
             cache[(t, n)] = cast(PowerResult, power(d, formula, test=test, seed=seed,
                                                     **kwargs))
             order.append((t, n))
-        return cache[(t, n)].power >= target
+        return pw((t, n))[0] >= target
 
-    # the closed form (where there is one) orders the caseloads and guesses each answer
-    exact = _closed_form(design.replace(therapists=t_hi, patients_per_therapist=n_lo), test,
-                         float(kwargs.get("alpha", 0.05)))
+    # the closed form (where there is one: a single test) orders the caseloads and
+    # guesses each answer
+    exact = None if not isinstance(test, str) else _closed_form(
+        design.replace(therapists=t_hi, patients_per_therapist=n_lo), test,
+        float(kwargs.get("alpha", 0.05)))
     guess: dict[int, int | None] = {}
     visit = list(n_grid)
     if exact is not None:
@@ -583,19 +626,18 @@ def _joint_sample_size(design: Design, formula: str, *, test: str, target: float
             continue
         status[n] = "reached"
         previous = t_min
-        res = cache[(t_min, n)]
-        key = (price(t_min, n), -res.power, t_min, n)
+        key = (price(t_min, n), -pw((t_min, n))[0], t_min, n)
         if best is None or key < best:
             best = key
     ev = pd.DataFrame({
         "therapists": [t for t, _ in order],
         "patients_per_therapist": [n for _, n in order],
-        "power": [cache[p].power for p in order],
-        "ci_low": [cache[p].ci[0] for p in order],
-        "ci_high": [cache[p].ci[1] for p in order],
+        "power": [pw(p)[0] for p in order],
+        "ci_low": [pw(p)[1][0] for p in order],
+        "ci_high": [pw(p)[1][1] for p in order],
         "n_completed": [cache[p].n_completed for p in order],
         "cost": [price(*p) for p in order],
-        "reached": [cache[p].power >= target for p in order],
+        "reached": [pw(p)[0] >= target for p in order],
     })
     fr = []
     for n in n_grid:
@@ -604,12 +646,13 @@ def _joint_sample_size(design: Design, formula: str, *, test: str, target: float
                                "power": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                                "cost": math.nan, "status": status[n]}
         if t_n is not None:
-            r = cache[(t_n, n)]
-            row.update(therapists=t_n, power=r.power, ci_low=r.ci[0], ci_high=r.ci[1],
+            p_n, ci_n, _ = pw((t_n, n))
+            row.update(therapists=t_n, power=p_n, ci_low=ci_n[0], ci_high=ci_n[1],
                        cost=price(t_n, n))
         fr.append(row)
     frontier = pd.DataFrame(fr)
     frontier["therapists"] = frontier["therapists"].astype("Int64")
+    opt: tuple[float, tuple[float, float], int] | None
     if best is None:
         warnings.warn(
             f"target power {target:g} not reached by any pair on the grid"
@@ -621,14 +664,15 @@ def _joint_sample_size(design: Design, formula: str, *, test: str, target: float
         )
         opt = None
     else:
-        opt = cache[(best[2], best[3])]
+        opt = pw((best[2], best[3]))
     return JointSampleSizeResult(
         vary=_JOINT, target=target, cost_rates=rates, budget=budget,
         therapists=None if best is None else best[2],
         patients_per_therapist=None if best is None else best[3],
         cost=math.nan if best is None else best[0],
-        power=opt.power if opt else math.nan,
-        ci=opt.ci if opt else (math.nan, math.nan),
-        evaluations=ev, frontier=frontier, results=tuple(cache[p] for p in order),
+        power=opt[0] if opt else math.nan,
+        ci=opt[1] if opt else (math.nan, math.nan),
+        evaluations=ev, frontier=frontier,
+        results=tuple(cache[p] for p in order),  # type: ignore[arg-type]
         closed_form=exact is not None, elapsed=time.perf_counter() - t0,
     )

@@ -484,6 +484,12 @@ def _bayes_section(bayes: Any) -> str:
     return "\n".join(parts)
 
 
+def _curve_field(power: Any) -> str | None:
+    """Return the design field a power curve varies (None for one run)."""
+    vary = getattr(power, "vary", None)
+    return vary if isinstance(vary, str) else None
+
+
 def _power_section(power: Any) -> str:
     parts = []
     text = _summary_text(power)
@@ -491,6 +497,11 @@ def _power_section(power: Any) -> str:
         parts.append(_pre(text))
     df = _frame(power)
     if df is not None and len(df) > 1:
+        if "kind" in df.columns:  # several tests (per test, then all / any / type-I)
+            keep = [c for c in (_curve_field(power), "test", "kind", "correction", "power",
+                                "ci_low", "ci_high", "mcse", "truth", "bias", "coverage")
+                    if c in df.columns]
+            df = df[keep]
         parts.append(_table(df, index=False))
     if hasattr(power, "plot"):
         # a scenario result (ScenarioResult / ScenarioCurve) names its scenarios
@@ -539,10 +550,11 @@ def report(
     bayes : BayesFit, optional
         Posterior summary with r_hat / ESS, and trace, forest and posterior predictive
         plots drawn with ``bayes.plot(kind, path)``.
-    power : PowerResult, PowerCurve, ScenarioResult or ScenarioCurve, optional
+    power : PowerResult, MultiPowerResult, PowerCurve, ScenarioResult or ScenarioCurve, optional
         Its summary, table and (for a curve or a scenario run) the plot; a scenario run
         (``am.power(..., scenarios=True)``) shows the side-by-side scenario table and
-        the power of each scenario.
+        the power of each scenario; a run of several tests shows the per-test power and
+        the family-wise (all / any, type-I) rows.
     glmm : GLMMFit, optional
         A second model of a count outcome (e.g. the binomial attendance model, sessions
         attended of scheduled) in its own section: estimates, odds ratios, summary.

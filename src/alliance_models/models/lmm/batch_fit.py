@@ -27,6 +27,7 @@ chunk.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -228,10 +229,12 @@ class BatchFit:
     ----------
     beta, se : ndarray, shape (B, p)
         Fixed effects and their standard errors.
-    df : ndarray, shape (B,) or (B, p)
-        Satterthwaite df for the contrast (per coefficient when ``contrast`` was None).
-    estimate, estimate_se : ndarray, shape (B,) or (B, p)
-        The contrast ``L beta`` and its standard error (``beta``/``se`` when None).
+    df : ndarray, shape (B,), (B, r) or (B, p)
+        Satterthwaite df for the contrast (per listed coefficient when ``contrast`` was a
+        list of indices, per coefficient when it was None).
+    estimate, estimate_se : ndarray, shape (B,), (B, r) or (B, p)
+        The contrast ``L beta`` and its standard error (``beta``/``se`` of the listed
+        coefficients, or of all of them when None).
     sigma2 : ndarray, shape (B,)
         Residual variance.
     tau2 : ndarray, shape (B, k)
@@ -252,6 +255,9 @@ class BatchFit:
         Names of the variance components (``("outer", "inner")`` unless given).
     reml : bool
         REML or ML.
+    contrasts : tuple of int or None
+        The coefficient indices whose df were asked for as a list (columns of ``df``),
+        else None.
     """
 
     beta: np.ndarray
@@ -268,6 +274,7 @@ class BatchFit:
     names: tuple[str, ...]
     components: tuple[str, ...]
     reml: bool = True
+    contrasts: tuple[int, ...] | None = None
 
     @property
     def n_rep(self) -> int:
@@ -299,8 +306,9 @@ class BatchFit:
         for j, nm in enumerate(self.names):
             cols[f"se[{nm}]"] = self.se[:, j]
         if self.df.ndim == 2:
-            for j, nm in enumerate(self.names):
-                cols[f"df[{nm}]"] = self.df[:, j]
+            listed = range(len(self.names)) if self.contrasts is None else self.contrasts
+            for j, k in enumerate(listed):
+                cols[f"df[{self.names[k]}]"] = self.df[:, j]
         else:
             cols["estimate"] = self.estimate
             cols["estimate_se"] = self.estimate_se
@@ -341,16 +349,30 @@ class BatchFit:
         return "\n".join(lines)
 
 
-def _contrast_rows(contrast: np.ndarray | int | None, p: int) -> tuple[np.ndarray, bool]:
+def _contrast_rows(contrast: np.ndarray | int | Sequence[int] | None, p: int
+                   ) -> tuple[np.ndarray, bool, tuple[int, ...] | None]:
+    """Contrast rows, whether one contrast was asked for, and the coefficient indices."""
     if contrast is None:
-        return np.eye(p), False
+        return np.eye(p), False, None
     if isinstance(contrast, (int, np.integer)):
         if not -p <= int(contrast) < p:
             raise ModelSpecError(
                 f"contrast index {int(contrast)} is out of range for {p} coefficients "
                 f"(allowed 0..{p - 1})"
             )
-        return np.eye(p)[[int(contrast)]], True
+        return np.eye(p)[[int(contrast)]], True, None
+    if isinstance(contrast, (list, tuple)):
+        idx = []
+        for c in contrast:
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < p:
+                raise ModelSpecError(
+                    f"contrast index {c!r} in {list(contrast)!r} is not a coefficient index "
+                    f"(allowed 0..{p - 1})")
+            idx.append(int(c))
+        if not idx or len(set(idx)) != len(idx):
+            raise ModelSpecError(
+                f"a list of contrast indices must be non-empty without repeats, got {idx}")
+        return np.eye(p)[idx], False, tuple(idx)
     L = np.asarray(contrast, dtype=float)
     if L.shape != (p,):
         raise ModelSpecError(
@@ -358,7 +380,7 @@ def _contrast_rows(contrast: np.ndarray | int | None, p: int) -> tuple[np.ndarra
         )
     if not np.all(np.isfinite(L)) or not np.any(L != 0):
         raise ModelSpecError(f"contrast vector {L.tolist()} must be finite and not all zero")
-    return L[None, :], True
+    return L[None, :], True, None
 
 
 def _check_finite(a: np.ndarray, name: str, mask: np.ndarray | None) -> None:
@@ -383,7 +405,7 @@ def fit_batch(
     inner: np.ndarray | None = None,
     *,
     mask: np.ndarray | None = None,
-    contrast: np.ndarray | int | None = None,
+    contrast: np.ndarray | int | Sequence[int] | None = None,
     reml: bool = True,
     names: tuple[str, ...] | list[str] | None = None,
     components: tuple[str, ...] | None = None,
@@ -406,9 +428,10 @@ def fit_batch(
         single factor.
     mask : ndarray of bool, shape (B, n), optional
         ``False`` marks an observation missing in that replicate (dropout).
-    contrast : int or ndarray of shape (p,), optional
-        Coefficient index or vector ``L``; ``df`` is then (B,) for ``L beta``. None gives
-        df for every coefficient, shape (B, p).
+    contrast : int, list of int or ndarray of shape (p,), optional
+        Coefficient index or vector ``L``; ``df`` is then (B,) for ``L beta``. A list of
+        coefficient indices gives df for those coefficients, shape (B, r), each equal to
+        its single-index value. None gives df for every coefficient, shape (B, p).
     reml : bool, default True
         REML (lme4's and ``fit_mixed``'s default) or ML.
     names : sequence of str, optional
@@ -496,7 +519,7 @@ def fit_batch(
             f"threads must be a positive number of threads or -1 for every core; got {threads!r}"
         )
     n_threads = (os.cpu_count() or 1) if threads == -1 else int(threads)
-    Lrows, single = _contrast_rows(contrast, p)
+    Lrows, single, indices = _contrast_rows(contrast, p)
     if slope is not None:
         if isinstance(slope, bool) or not isinstance(slope, int | np.integer) or not (
                 0 <= int(slope) < p):
@@ -545,12 +568,14 @@ def fit_batch(
         outs = [fit_chunk(lo) for lo in starts]
 
     k = 4 if slope is not None else layout.n_levels
-    return _result(outs, Lrows, single, k, slope is not None, names, components, p, reml)
+    return _result(outs, Lrows, single, k, slope is not None, names, components, p, reml,
+                   indices)
 
 
 def _result(outs: list[dict[str, np.ndarray]], Lrows: np.ndarray, single: bool, k: int,
             slope: bool, names: tuple[str, ...] | list[str] | None,
-            components: tuple[str, ...] | None, p: int, reml: bool) -> BatchFit:
+            components: tuple[str, ...] | None, p: int, reml: bool,
+            indices: tuple[int, ...] | None = None) -> BatchFit:
     """Assemble a :class:`BatchFit` from the chunks' :func:`core.batched_fit` outputs."""
 
     def cat(key: str) -> np.ndarray:
@@ -561,6 +586,8 @@ def _result(outs: list[dict[str, np.ndarray]], Lrows: np.ndarray, single: bool, 
         est = beta @ Lrows[0]
         est_se = np.sqrt(var_l[:, 0])
         df = df[:, 0]
+    elif indices is not None:
+        est, est_se = beta[:, list(indices)], se[:, list(indices)]
     else:
         est, est_se = beta, se
     default = (("outer", "outer:slope", "slope", "inner") if slope else
@@ -586,6 +613,7 @@ def _result(outs: list[dict[str, np.ndarray]], Lrows: np.ndarray, single: bool, 
         names=nm,
         components=tuple(comps),
         reml=reml,
+        contrasts=indices,
     )
 
 
@@ -599,7 +627,7 @@ def fit_sums(
     outer: np.ndarray,
     inner: np.ndarray | None = None,
     *,
-    contrast: np.ndarray | int | None = None,
+    contrast: np.ndarray | int | Sequence[int] | None = None,
     reml: bool = True,
     names: tuple[str, ...] | list[str] | None = None,
     components: tuple[str, ...] | None = None,
@@ -670,7 +698,7 @@ def fit_sums(
             f"replicates {format_rows(list(few))} have {int(nobs[few[0]])} observations for "
             f"{p} coefficients; a mixed model needs more observations than coefficients + 1"
         )
-    Lrows, single = _contrast_rows(contrast, p)
+    Lrows, single, indices = _contrast_rows(contrast, p)
     o = np.asarray(outer)
     codes = np.arange(K) if inner is None else np.asarray(inner)
     if o.shape != (K,) or codes.shape != (K,) or not np.array_equal(codes, np.arange(K)):
@@ -682,4 +710,5 @@ def fit_sums(
         sx, sy, nk = sx[:, perm], sy[:, perm], nk[:, perm]
     st = core.sufficient_stats_from_sums(G, xty, yty, sx, sy, nk, layout)
     outs = [core.batched_fit(st, Lrows, reml=reml)]
-    return _result(outs, Lrows, single, layout.n_levels, False, names, components, p, reml)
+    return _result(outs, Lrows, single, layout.n_levels, False, names, components, p, reml,
+                   indices)

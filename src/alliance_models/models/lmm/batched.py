@@ -836,9 +836,7 @@ def _solve_all(
     Lxx = Lf[:, :p, :p]
     lxy = Lf[:, p, :p]
     beta = np.linalg.solve(np.swapaxes(Lxx, 1, 2), lxy[..., None])[..., 0]
-    Lt = Lrows[None, :, :] * st.scale[:, None, :]  # contrast on the scaled coefficients
-    Zc = np.linalg.solve(Lxx, np.swapaxes(Lt, 1, 2))  # (B, p, r)
-    cvals = (Zc**2).sum(axis=1)
+    cvals = _contrast_quad(Lxx, Lrows, st.scale)
     Li = np.linalg.solve(Lxx, np.broadcast_to(np.eye(p), Lxx.shape))
     mdiag = (Li**2).sum(axis=1)
     return beta, cvals, mdiag
@@ -865,6 +863,21 @@ def tri_inv(L: np.ndarray) -> np.ndarray:
         X[:, i, :i] = -np.einsum("bk,bkj->bj", L[:, i, :i], X[:, :i, :i]) * d[:, i, None]
         X[:, i, i] = d[:, i]
     return X
+
+
+def _contrast_quad(Lxx: np.ndarray, Lrows: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``diag(L M^{-1} L')`` (B, r) from the Cholesky factor ``Lxx`` of ``M``, row by row.
+
+    Each contrast row is solved on its own, with the arrays a single row has, so the
+    value of a row does not depend on which other rows are asked for (a power run of
+    several tests gives each test the bits of its own run).
+    """
+    out = []
+    for j in range(Lrows.shape[0]):
+        Lt = Lrows[None, j:j + 1, :] * scale[:, None, :]  # contrast on the scaled coefficients
+        Zc = np.linalg.solve(Lxx, np.swapaxes(Lt, 1, 2))  # (B, p, 1)
+        out.append((Zc**2).sum(axis=1))
+    return out[0] if len(out) == 1 else np.concatenate(out, axis=1)
 
 
 def _finite_chol(L: np.ndarray) -> np.ndarray:
@@ -1258,9 +1271,7 @@ def batched_fit(
 
     def fun(x: np.ndarray) -> tuple[np.ndarray, ...]:
         _, _, _, Lc, dRx, dhx = _evaluate(st, x, reml, grad=True)
-        Lt = Lr[None, :, :] * st.scale[:, None, :]
-        Zc = np.linalg.solve(_finite_chol(Lc)[:, :p, :p], np.swapaxes(Lt, 1, 2))
-        return dRx, dhx, (Zc**2).sum(axis=1)
+        return dRx, dhx, _contrast_quad(_finite_chol(Lc)[:, :p, :p], Lr, st.scale)
 
     jR, jh, gc = central_jacobian(fun, s, DF_STEP * np.maximum(1.0, np.abs(s)))
     # jR[:, i, j] = d(dR/ds_j)/ds_i: symmetric Hessians of R and h; gc: (B, k, r)
@@ -1278,7 +1289,9 @@ def batched_fit(
     G[:, k, :] = 2.0 * sig[:, None] * cvals_s
     bounded = np.ones(k, dtype=bool) if slope_st is None else slope_st.bounded
     held = np.concatenate([(s <= HELD_TOL) & bounded, np.zeros((B, 1), dtype=bool)], axis=1)
-    df = degrees_of_freedom(var_l, G, Hd, held)
+    # row by row, as the contrast quadratic forms (a row's df does not depend on the others)
+    df = np.concatenate([degrees_of_freedom(var_l[:, j:j + 1], G[:, :, j:j + 1], Hd, held)
+                         for j in range(var_l.shape[1])], axis=1)
     ok = np.all(np.isfinite(beta), axis=1) & np.isfinite(loglik) & st.full_rank
     conv = conv & ok
     # rank-deficient replicates (lme4 would drop columns): no estimates, not converged
