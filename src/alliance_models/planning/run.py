@@ -32,6 +32,7 @@ bias, RMSE, coverage and the type-S rate are reported as NaN.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -496,8 +497,6 @@ def _run_glmm_batch(job: _Job, reps: Sequence[int],
     if not redo.any():
         assert cols is not None
         return [cols]
-    import dataclasses
-
     one = dataclasses.replace(job, method="mixed")
     recs: list[Any] = [_fit_frame_replicate(one, reps[i], seeds[i])
                        for i in np.flatnonzero(redo)]

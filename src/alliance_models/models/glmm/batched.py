@@ -282,7 +282,7 @@ class _Problem:
         below :data:`PIRLS_TOL`.
         """
         cl, fam = self.cl, self.fam
-        off = np.einsum("bnp,bp->bn", self.X, beta)
+        off = np.matmul(self.X, beta[:, :, None])[:, :, 0]
         v, u = v0.copy(), None if u0 is None else u0.copy()
         tI = th[:, :1]
         tO = th[:, 1:2] if cl.nested else None
@@ -408,7 +408,7 @@ class _Problem:
         mwx = np.einsum("bg,bgp->bp", za_v * tI, SX)
         if cl.nested:
             mwx += np.einsum("bg,bgp->bp", za_u * th[:, 1:2], cl.sum_out(SX))
-        grad_beta = np.einsum("bn,bnp->bp", c, self.X) - mwx
+        grad_beta = np.matmul(c[:, None, :], self.X)[:, 0, :] - mwx
         # theta_inner: J = v[inner]; M' W J = (tI Wp v, tO sum_out(Wp v)); dM' g = (Gp, 0)
         Sc = cl.sum_in(c)
         Wv = Wp * v
