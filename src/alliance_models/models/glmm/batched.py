@@ -24,10 +24,14 @@ this engine uses its exact gradient: by the envelope theorem the penalised devia
 contributes ``-2 (d eta / d phi)' (y - n mu)`` at fixed ``u``, and ``log |A|`` is
 differentiated through its explicit dependence on ``theta`` and through the weights at
 the mode (``dw / d eta`` times the implicit derivative of the mode,
-``d eta = J + M A^{-1} (dM' g - M' W J)`` with ``M = Z Lambda``). The Hessian is the
-central difference of that gradient (one column per parameter, steps scaled by the
-curvature), and Newton steps on ``(theta, beta)`` with step halving run until lme4's
-relative gradient ``max |L^{-1} g|`` (``H = L L'``) is below :data:`NEWTON_TOL`.
+``d eta = J + M A^{-1} (dM' g - M' W J)`` with ``M = Z Lambda``; checked against
+differences of ``D`` in the tests). Steps on ``(theta, beta)`` with step halving start
+from a cheap Hessian (the ``theta`` columns differenced, the penalised fit's information
+for ``beta``) carried by BFGS updates; below a relative gradient of :data:`SWITCH_TOL`
+the Hessian is the central difference of the exact gradient (one column per parameter,
+steps scaled by the curvature) and Newton steps run until lme4's relative gradient
+``max |L^{-1} g|`` (``H = L L'``) is below :data:`NEWTON_TOL`; the standard errors come
+from that Hessian.
 
 ``D`` is even in each ``theta`` entry (the sign of a standard deviation is absorbed by
 the modes), so ``theta`` is unconstrained during the iteration and reported as its
@@ -398,7 +402,7 @@ class _Problem:
         else:
             Cpp = 1.0 / App
             h = tI * tI * Cpp
-        a = dw * cl.rows_in(h)  # d log|A| / d eta at fixed modes... through the weights
+        a = dw * cl.rows_in(h)  # d log|A| / d eta through the weights, per row
         c = a - 2.0 * g
         Sa = cl.sum_in(a)
         za_v, za_u = self._solve(App, Atp, St, tI * Sa,
