@@ -401,6 +401,19 @@ def test_power_scenario_argument_errors(monkeypatch):
     with pytest.raises(ModelSpecError, match="does not simulate robustness scenarios"):
         am.power(d, "adherence ~ alliance", method="ols", scenario=PRESETS["realistic"],
                  **kw)
+    with pytest.raises(ModelSpecError, match="compare one test"):
+        am.power(d, FORMULA, test=["alliance", "Intercept"], n_sims=5, n_jobs=1,
+                 scenarios=True)
+    with pytest.raises(ModelSpecError, match="compare one test"):
+        am.power_curve(d, FORMULA, test=["alliance", "Intercept"], n_sims=5, n_jobs=1,
+                       vary={"therapists": [6, 8]}, scenarios=True)
+    # one scenario and several tests: the multi-test result under the scenario
+    multi = am.power(d, FORMULA, test=["alliance", "Intercept"], n_sims=5, n_jobs=1,
+                     seed=1, scenario=PRESETS["pessimistic"])
+    single = am.power(d, FORMULA, test="alliance", n_sims=5, n_jobs=1, seed=1,
+                      scenario=PRESETS["pessimistic"])
+    row = multi.to_frame().set_index("test").loc["alliance"]
+    assert row["power"] == single.power
     with pytest.raises(DesignError, match="one scenario at a time"):
         am.sample_size(d, FORMULA, test="alliance", vary="therapists", lo=4, hi=8,
                        n_sims=5, n_jobs=1, seed=1, scenarios=True)

@@ -117,6 +117,11 @@ def power_curve(
     if scenarios is not None and scenarios is not False:
         if kwargs.get("scenario") is not None:
             raise DesignError("give scenario (one) or scenarios (side by side), not both")
+        if not isinstance(test, str):
+            raise ModelSpecError(
+                f"scenario curves side by side compare one test (a string), got "
+                f"test={test!r}; for several tests run power_curve(..., scenario=...) "
+                "once per scenario")
         resolved = resolve_scenarios(scenarios)
         for sc in resolved.values():  # every scenario must fit every design first
             for d in designs:
