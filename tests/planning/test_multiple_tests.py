@@ -412,6 +412,20 @@ def test_sample_size_targets_all_any_or_one_test():
         am.sample_size(d, CLUSTERED, target_of="both", **kw)
 
 
+def test_joint_sample_size_records_and_names_its_target():
+    kw = {"test": TERMS[:2], "correction": "holm",
+          "vary": ("therapists", "patients_per_therapist"),
+          "cost": {"therapist": 4.0, "patient": 1.0},
+          "lo": {"therapists": 4, "patients_per_therapist": 2},
+          "hi": {"therapists": 24, "patients_per_therapist": 3}, "step": {"therapists": 4},
+          "n_sims": 20, "seed": 2, "n_jobs": 1, "progress": False}
+    d = SMALL.replace(effects={"alliance": 0.4, "autonomy": 0.25})
+    with pytest.warns(am.FewClustersWarning):
+        res = am.sample_size(d, CLUSTERED, target_of="any", **kw)
+    assert res.target_of == "any"
+    assert "(at least one test rejecting)" in res.summary()
+
+
 def test_report_shows_the_per_test_and_family_rows(tmp_path):
     res = am.power(SMALL, CLUSTERED, test=TERMS, correction="holm", n_sims=10, seed=1,
                    n_jobs=1, progress=False)

@@ -481,6 +481,45 @@ def test_power_curve_checkpoints_per_value(tmp_path):
         am.power_curve(INDEP, "adherence ~ alliance", **{**kw, "seed": 5})
 
 
+def test_sample_size_checkpoints_per_evaluated_size(tmp_path):
+    # one file per power run of the search (one file for all would be refused as "a
+    # different run" from the second evaluation on); a rerun resumes every run from it
+    ck = tmp_path / "search.csv"
+    d = am.Design(therapists=10, patients_per_therapist=4, randomisation="patient",
+                  moderators={}, effects={"arm": 0.5})
+    kw = {"test": "arm", "vary": "therapists", "lo": 4, "hi": 24, "step": 4, "n_sims": 8,
+          "seed": 3, "checkpoint": ck, "method": counting_ols, "n_jobs": 1,
+          "progress": False}
+    res = am.sample_size(d, "adherence ~ arm", **kw)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == sorted(f"search-therapists={v}.csv" for v in res.evaluations["therapists"])
+    assert len(files) >= 2
+    CALLS.clear()
+    again = am.sample_size(d, "adherence ~ arm", **kw)
+    assert CALLS == []  # every evaluation came from its checkpoint
+    assert again.value == res.value
+
+
+def test_joint_sample_size_checkpoints_per_pair(tmp_path):
+    ck = tmp_path / "joint.parquet"
+    d = am.Design(therapists=10, patients_per_therapist=4, randomisation="patient",
+                  moderators={}, effects={"arm": 0.5})
+    kw = {"test": "arm", "vary": ("therapists", "patients_per_therapist"),
+          "cost": {"therapist": 5.0, "patient": 1.0},
+          "lo": {"therapists": 4, "patients_per_therapist": 2},
+          "hi": {"therapists": 16, "patients_per_therapist": 4}, "step": {"therapists": 4},
+          "n_sims": 8, "seed": 3, "checkpoint": ck, "method": counting_ols, "n_jobs": 1,
+          "progress": False}
+    res = am.sample_size(d, "adherence ~ arm", **kw)
+    ev = res.evaluations
+    want = sorted(f"joint-therapists={t}-patients_per_therapist={n}.parquet"
+                  for t, n in zip(ev["therapists"], ev["patients_per_therapist"], strict=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == want
+    CALLS.clear()
+    am.sample_size(d, "adherence ~ arm", **kw)
+    assert CALLS == []
+
+
 def test_sample_size_checks_the_search_range_first():
     d = am.Design(therapists=10, patients_per_therapist=4, randomisation="patient",
                   effects={"arm": 0.3})
@@ -913,3 +952,16 @@ def test_stacked_fast_route_fits_the_simulator_sums_as_fit_batch_fits_x_and_y(ra
     np.testing.assert_allclose(reps["estimate"], ref.estimate, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(reps["se"], ref.estimate_se, rtol=1e-9)
     np.testing.assert_allclose(reps["df"], ref.df, rtol=1e-7)
+
+
+def test_logistic_crossing_of_separated_powers_is_open_ended():
+    # powers that jump from ~0 to 1 between two sizes (few replicates) make the slope
+    # of the logistic fit huge; its interval runs off the scale and must come back as an
+    # open interval (it raised OverflowError in math.exp before)
+    from alliance_models.planning.search import _logistic_crossing
+
+    x, n = np.array([4.0, 8.0, 12.0]), np.full(3, 8.0)
+    mid, (lo, hi) = _logistic_crossing(x, np.array([0.0, 1.0, 8.0]), n, 0.8)
+    assert 8 < mid < 12 and lo == 0.0 and hi == math.inf
+    mid, (lo, hi) = _logistic_crossing(x, np.array([1.0, 7.0, 8.0]), n, 0.8)
+    assert 4 < lo < mid < hi < 12  # an ordinary crossing keeps a finite interval

@@ -377,11 +377,7 @@ class SampleSizeResult:
 
     def summary(self) -> str:
         """Printable report of the search."""
-        of = ""
-        if self.target_of is not None:
-            of = (" (all tests rejecting)" if self.target_of == "all" else
-                  " (at least one test rejecting)" if self.target_of == "any" else
-                  f" (of {self.target_of!r})")
+        of = _target_phrase(self.target_of)
         if self.value is None:
             head = (f"target power {self.target:g}{of} not reached for {self.vary} up to "
                     f"{int(self.evaluations[self.vary].max())}")
@@ -395,6 +391,15 @@ class SampleSizeResult:
                        for _, r in self.evaluations.iterrows())
         return f"{head}\n{smooth}\nevaluations ({len(self.evaluations)}):\n{ev}\n" \
                f"elapsed {self.elapsed:.1f} s"
+
+
+def _target_phrase(target_of: str | None) -> str:
+    """Which power a search targeted, as a phrase for its summary ("" for one test)."""
+    if target_of is None:
+        return ""
+    return (" (all tests rejecting)" if target_of == "all" else
+            " (at least one test rejecting)" if target_of == "any" else
+            f" (of {target_of!r})")
 
 
 @dataclass(frozen=True, eq=False)
@@ -433,6 +438,9 @@ class JointSampleSizeResult:
     closed_form : bool
         Whether :func:`~alliance_models.planning.analytic.design_power` guided the search.
     elapsed : float
+    target_of : str or None
+        With several tests, which power was targeted (``"all"``, ``"any"`` or a test);
+        None for one test.
     """
 
     vary: tuple[str, str]
@@ -449,6 +457,7 @@ class JointSampleSizeResult:
     results: tuple[PowerResult, ...]
     closed_form: bool
     elapsed: float
+    target_of: str | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """Return the evaluations made (one row per pair tried)."""
@@ -459,10 +468,12 @@ class JointSampleSizeResult:
         rates = (f"cost {self.cost_rates['therapist']:g} per therapist + "
                  f"{self.cost_rates['patient']:g} per patient"
                  + (f", budget {self.budget:g}" if self.budget is not None else ""))
+        of = _target_phrase(self.target_of)
         if self.therapists is None:
-            head = f"target power {self.target:g} not reached by any pair evaluated ({rates})"
+            head = (f"target power {self.target:g}{of} not reached by any pair evaluated "
+                    f"({rates})")
         else:
-            head = (f"cheapest design reaching power {self.target:g}: {self.therapists} "
+            head = (f"cheapest design reaching power {self.target:g}{of}: {self.therapists} "
                     f"therapists x {self.patients_per_therapist} patients, cost "
                     f"{self.cost:g} (power {self.power:.3f}, 95% CI [{self.ci[0]:.3f}, "
                     f"{self.ci[1]:.3f}]; {rates})")

@@ -39,6 +39,26 @@ __all__ = ["power_curve", "sample_size"]
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def _point_checkpoint(checkpoint: str | os.PathLike[str] | None, **point: Any) -> Path | None:
+    """Return the checkpoint file of one point of a search, ``<stem>-<k>=<v>...<suffix>``.
+
+    Every power run of a curve or a sample-size search gets a file of its own next to
+    ``checkpoint``, so a rerun of the same search resumes each run from its own file.
+
+    Examples
+    --------
+    >>> _point_checkpoint("run.parquet", therapists=20, patients_per_therapist=8).name
+    'run-therapists=20-patients_per_therapist=8.parquet'
+    >>> _point_checkpoint(None, therapists=20) is None
+    True
+    """
+    if checkpoint is None:
+        return None
+    p = Path(checkpoint)
+    tag = "-".join(f"{k}={v}" for k, v in point.items())
+    return p.with_name(f"{p.stem}-{tag}{p.suffix}")
+
+
 def _check_vary_name(design: Design, name: str) -> None:
     from dataclasses import fields as dc_fields
 
@@ -128,10 +148,7 @@ def power_curve(
                 sc.check(d)
         curves: dict[str, PowerCurve] = {}
         for sname, sc in resolved.items():
-            ck = None
-            if checkpoint is not None:
-                p = Path(checkpoint)
-                ck = p.with_name(f"{p.stem}-scenario={sname}{p.suffix}")
+            ck = _point_checkpoint(checkpoint, scenario=sname)
             curves[sname] = cast(PowerCurve, power_curve(
                 design, formula, test=test, vary=vary, seed=seed, checkpoint=ck,
                 scenario=None if sc.is_null else sc,
@@ -140,10 +157,7 @@ def power_curve(
                              elapsed=time.perf_counter() - t0)
     results = []
     for v, d in zip(values, designs, strict=True):
-        ck = None
-        if checkpoint is not None:
-            p = Path(checkpoint)
-            ck = p.with_name(f"{p.stem}-{name}={v}{p.suffix}")
+        ck = _point_checkpoint(checkpoint, **{name: v})
         # without scenarios= (not a keyword here), power() returns a PowerResult
         results.append(cast(PowerResult, power(d, formula, test=test, seed=seed,
                                                checkpoint=ck, **kwargs)))
@@ -183,7 +197,13 @@ def _logistic_crossing(x: np.ndarray, k: np.ndarray, n: np.ndarray,
     logx = (lt - a) / b
     grad = np.array([-1 / b, -(lt - a) / b**2])
     se = math.sqrt(max(float(grad @ cov @ grad), 0.0))
-    return math.exp(logx), (math.exp(logx - 1.96 * se), math.exp(logx + 1.96 * se))
+
+    def exp(v: float) -> float:  # an interval that runs off the scale is open-ended
+        return math.exp(v) if v < 700.0 else math.inf
+
+    if not (math.isfinite(logx) and math.isfinite(se)):
+        return math.nan, nan2
+    return exp(logx), (exp(logx - 1.96 * se), exp(logx + 1.96 * se))
 
 def sample_size(
     design: Design,
@@ -248,7 +268,11 @@ def sample_size(
     budget : float, optional, joint search only
         The most a design may cost; dearer pairs are not evaluated.
     **kwargs
-        Passed to :func:`power` (``n_sims``, ``method``, ``n_jobs`` ...).
+        Passed to :func:`power` (``n_sims``, ``method``, ``n_jobs`` ...). A
+        ``checkpoint`` path gives every evaluated size a file of its own,
+        ``<stem>-<field>=<value><suffix>`` (joint search:
+        ``<stem>-therapists=<t>-patients_per_therapist=<n><suffix>``), so a rerun of the
+        same search resumes each power run.
 
     Returns
     -------
@@ -335,10 +359,15 @@ def sample_size(
     cache: dict[int, PowerResult | MultiPowerResult] = {}
     order: list[int] = []
 
+    checkpoint = kwargs.pop("checkpoint", None)
+
     def run(v: int) -> PowerResult | MultiPowerResult:
         if v not in cache:
             cache[v] = cast(PowerResult, power(design.replace(**{vary: v}), formula,
-                                               test=test, seed=seed, **kwargs))
+                                               test=test, seed=seed,
+                                               checkpoint=_point_checkpoint(checkpoint,
+                                                                           **{vary: v}),
+                                               **kwargs))
             order.append(v)
         return cache[v]
 
@@ -560,6 +589,7 @@ def _joint_sample_size(design: Design, formula: str, *, test: str | Sequence[str
         raise DesignError(f"target power must be in (0, 1), got {target!r}")
     ranges = _joint_ranges(design, vary, lo, hi, step)
     rates, budget = _check_costs(cost, budget)
+    checkpoint = kwargs.pop("checkpoint", None)
     (t_lo, t_hi, t_step), (n_lo, n_hi, n_step) = ranges["therapists"], ranges[
         "patients_per_therapist"]
     t_grid = list(range(t_lo, t_hi + 1, t_step))
@@ -581,8 +611,9 @@ def _joint_sample_size(design: Design, formula: str, *, test: str | Sequence[str
     def reaches(t: int, n: int) -> bool:
         if (t, n) not in cache:
             d = design.replace(therapists=t, patients_per_therapist=n)
+            ck = _point_checkpoint(checkpoint, therapists=t, patients_per_therapist=n)
             cache[(t, n)] = cast(PowerResult, power(d, formula, test=test, seed=seed,
-                                                    **kwargs))
+                                                    checkpoint=ck, **kwargs))
             order.append((t, n))
         return pw((t, n))[0] >= target
 
@@ -680,4 +711,5 @@ def _joint_sample_size(design: Design, formula: str, *, test: str | Sequence[str
         evaluations=ev, frontier=frontier,
         results=tuple(cache[p] for p in order),  # type: ignore[arg-type]
         closed_form=exact is not None, elapsed=time.perf_counter() - t0,
+        target_of=None if isinstance(test, str) else target_of,
     )
