@@ -261,6 +261,11 @@ SLOPE_REGRESSION_CASES = {
     # log-likelihood): rank-one solutions are rerun from inside
     "RANK_ONE_LOCAL": (5, [2, 1, 4, 1, 1], [2, 5, 3, 2, 4, 6, 6, 3, 5], (1.0, 0.0), -0.7, 0.0,
                        0.0, 4),
+    # replicate 1: fit_mixed stopped on the face l11 = 0 (1.4e-6 lower log-likelihood,
+    # beta 1.3e-4 SE away) while the optimum has l11 = 2.7e-4: below the smallest inward
+    # probe then (1e-3, already worse there); INWARD now starts at 1e-4
+    "TINY_L11": (7, [1, 2, 1, 3, 1, 4, 3], [2, 2, 6, 6, 2, 5, 6, 2, 2, 2, 6, 6, 2, 2, 6],
+                 (0.0, 0.8), -0.7, 0.0, 0.0, 374),
 }
 
 

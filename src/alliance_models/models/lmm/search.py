@@ -81,8 +81,9 @@ FACE_MARGIN = 3.0
 GRID = (0.0, 0.1, 0.3, 0.8, 2.0, 5.0, 10.0)
 #: Problems with at most this many components (all scalar SDs) are searched on the grid.
 MAX_GRID_TERMS = 3
-#: Relative SDs probed inward from a zero component (very flat optima lie near 1e-3).
-INWARD = (1e-3, 1e-2, 0.1, 0.5, 1.0, 3.0, 10.0)
+#: Relative SDs probed inward from a zero component (very flat optima lie near 1e-3,
+#: and a slope-intercept covariance factor's near 1e-4).
+INWARD = (1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 3.0, 10.0)
 #: Size of the entries of a zero 2 x 2 covariance factor in the probes that estimate the
 #: criterion's derivative there (:func:`_rank_one_probes`).
 FACTOR_PROBE = 1e-3
