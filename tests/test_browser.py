@@ -111,7 +111,8 @@ def test_full_report_in_chromium(full_report, tmp_path):
 def test_demo_report_in_chromium(tmp_path):
     """The page `alliance-models demo` writes (quick settings, Bayes and power included).
 
-    2 interaction + 2 posterior interaction + 2 Johnson-Neyman + 3 Bayesian + 1 power plot.
+    2 interaction + 2 posterior interaction + 2 Johnson-Neyman + 3 Bayesian + 2 binomial
+    GLMM (response-scale interaction) + 1 power plot.
     """
     import sys
 
@@ -123,9 +124,9 @@ def test_demo_report_in_chromium(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = out / "index.html"
     n_images = page.read_text().count("<img ")
-    assert n_images == 10
+    assert n_images == 12
     status = image_status(page, tmp_path / "profile-dom")
-    assert status == {"total": "10", "loaded": "10", "broken": ""}
+    assert status == {"total": "12", "loaded": "12", "broken": ""}
     png = tmp_path / "demo.png"
     proc = chromium(page, tmp_path / "profile-shot", f"--screenshot={png}",
                     "--window-size=1280,4000")
