@@ -269,6 +269,13 @@ SLOPE_REGRESSION_CASES = {
     # probe then (1e-3, already worse there); INWARD now starts at 1e-4
     "TINY_L11": (7, [1, 2, 1, 3, 1, 4, 3], [2, 2, 6, 6, 2, 5, 6, 2, 2, 2, 6, 6, 2, 2, 6],
                  (0.0, 0.8), -0.7, 0.0, 0.0, 374),
+    # replicate 1: fit_mixed stalled at l11 = 3.1e-8 next to the saddle Lambda = 0 (a
+    # rounding error above zero, so not snapped, and neither probed inward nor along the
+    # rank-one direction, which took exact zeros only); the optimum has l11 = 0.024,
+    # l21 = -0.0016 (1.3e-5 in the log-likelihood, beta 1e-3 SE away): entries below
+    # BOUNDARY_SNAP now count as zero in the inward step
+    "NEAR_ZERO_FACTOR": (7, [1, 1, 1, 4, 3, 1, 4], [6, 6, 6, 2, 3, 3, 6, 2, 2, 3, 4, 4, 2, 6, 5],
+                         (0.0, 0.0), -0.7, 0.0, 0.0, 1),
 }
 
 

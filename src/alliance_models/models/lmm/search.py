@@ -25,7 +25,10 @@ any (replicate, point) pairs and its local optimiser with some components held a
    scalar SD, or a diagonal entry of a covariance factor), the optimiser runs from the
    solution with that entry held at zero.
 3. **Across the face.** A solution with a component at exactly zero is a stationary
-   point in that component even when the criterion falls inward. Each such component is
+   point in that component even when the criterion falls inward, and one a hair above
+   zero (below :data:`BOUNDARY_SNAP`, where an optimiser stalls on a flat criterion and
+   :func:`snap` leaves it when zero is higher by a rounding error) is as good as one
+   there: both count as zero here. Each such component is
    moved to the probe values :data:`INWARD` (very small to far out) in turn; when a
    probe beats the solution, the free optimiser runs from the best probe. A zero
    diagonal entry of a covariance factor (a random slope's term) is probed with the
@@ -267,26 +270,29 @@ def _rank_one_probes(
     if ns.size != 3 or crit.bounded[ns].tolist() != [True, False, True]:
         return x, rows
     i11, i21, i22 = ns
-    # zero: bounded entries exactly, the free one to rounding (optimisers leave ~1e-20)
-    whole = np.flatnonzero((theta[:, i11] == 0.0) & (theta[:, i22] == 0.0)
+    # zero: every entry below BOUNDARY_SNAP (as in _near_zero; the free one too)
+    near = _near_zero(crit, theta)
+    whole = np.flatnonzero(near[:, i11] & near[:, i22]
                            & (np.abs(theta[:, i21]) < BOUNDARY_SNAP) & np.isfinite(f))
     if whole.size == 0:
         return x, rows
     e = FACTOR_PROBE
-    p = np.repeat(theta[whole], 3, axis=0)
-    p[:, i21] = 0.0
+    base = theta[whole].copy()
+    base[:, [i11, i21, i22]] = 0.0
+    f0 = crit.values(whole, base)
+    p = np.repeat(base, 3, axis=0)
     p[0::3, i11] = e  # S = e^2 [[1, 0], [0, 0]]
     p[1::3, i22] = e  # S = e^2 [[0, 0], [0, 1]]
     p[2::3, i11] = e  # S = e^2 [[1, 1], [1, 1]]
     p[2::3, i21] = e
-    d = (crit.values(np.repeat(whole, 3), p).reshape(-1, 3) - f[whole, None]) / e**2
+    d = (crit.values(np.repeat(whole, 3), p).reshape(-1, 3) - f0[:, None]) / e**2
     g11, g22 = d[:, 0], d[:, 1]
     g12 = 0.5 * (d[:, 2] - g11 - g22)
     a = 0.5 * np.arctan2(2.0 * g12, g11 - g22) + 0.5 * np.pi  # smallest eigenvalue's
     c, sn = np.cos(a), np.sin(a)
     sign = np.where(c < 0, -1.0, 1.0)  # l11 >= 0
     h = np.array(INWARD)
-    xj = np.repeat(theta[whole], h.size, axis=0)
+    xj = np.repeat(base, h.size, axis=0)
     hv = np.tile(h, whole.size)
     xj[:, i11] = np.repeat(sign * c, h.size) * hv
     xj[:, i21] = np.repeat(sign * sn, h.size) * hv
@@ -294,10 +300,20 @@ def _rank_one_probes(
     return np.concatenate([x, xj]), np.r_[rows, np.repeat(whole, h.size)]
 
 
+def _near_zero(crit: Criterion, theta: np.ndarray) -> np.ndarray:
+    """Bounded entries at zero or within :data:`BOUNDARY_SNAP` of it, shape (n_rep, k).
+
+    An optimiser that approaches a stationary point on a face can stop a hair off it
+    (``1e-8``) where the criterion is flat, and :func:`snap` keeps it there when the
+    face is higher by a rounding error; such an entry is probed as if it were zero.
+    """
+    return crit.bounded[None, :] & (theta < BOUNDARY_SNAP)
+
+
 def _inward_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> bool:
     """Step 3: probe inward from every zero component; True if a solution moved."""
     theta, f, _ = state
-    at_zero = (theta == 0.0) & crit.bounded[None, :]
+    at_zero = _near_zero(crit, theta)
     reps, comps = np.nonzero(at_zero)
     if reps.size == 0:
         return False
