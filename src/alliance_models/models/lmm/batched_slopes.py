@@ -61,41 +61,6 @@ __all__ = ["SlopeStats", "slope_stats"]
 _L22_STARTS = (0.1, 0.3, 1.0)
 
 
-def _inv2(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the determinants and inverses of (..., 2, 2) matrices (closed form)."""
-    a, b, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 0], A[..., 1, 1]
-    det = a * d - b * c
-    inv = np.empty_like(A)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv[..., 0, 0] = d / det
-        inv[..., 0, 1] = -b / det
-        inv[..., 1, 0] = -c / det
-        inv[..., 1, 1] = a / det
-    return det, inv
-
-
-def _cov_factor(s: np.ndarray) -> np.ndarray:
-    """``S = Lambda Lambda'`` (B, 2, 2) from ``theta`` (B, 4)."""
-    l11, l21, l22 = s[:, 0], s[:, 1], s[:, 2]
-    S = np.empty((s.shape[0], 2, 2))
-    S[:, 0, 0] = l11 * l11
-    S[:, 0, 1] = S[:, 1, 0] = l11 * l21
-    S[:, 1, 1] = l21 * l21 + l22 * l22
-    return S
-
-
-def _dcov(s: np.ndarray) -> np.ndarray:
-    """``dS / d(l11, l21, l22)``: (B, 3, 2, 2)."""
-    l11, l21, l22 = s[:, 0], s[:, 1], s[:, 2]
-    D = np.zeros((s.shape[0], 3, 2, 2))
-    D[:, 0, 0, 0] = 2.0 * l11
-    D[:, 0, 0, 1] = D[:, 0, 1, 0] = l21
-    D[:, 1, 0, 1] = D[:, 1, 1, 0] = l11
-    D[:, 1, 1, 1] = 2.0 * l21
-    D[:, 2, 1, 1] = 2.0 * l22
-    return D
-
-
 @dataclass(frozen=True)
 class SlopeStats:
     """Per-replicate sufficient statistics of the slope model (module docstring).
@@ -183,28 +148,48 @@ class SlopeStats:
         """Criterion pieces at ``theta`` (B, 4), as :func:`.batched._evaluate` returns them.
 
         ``(f, R, h, L)`` and, with ``grad``, ``dR`` and ``dh`` (B, 4).
+
+        Every 2 x 2 matrix of an outer cluster (``F_j``, ``N_j^{-1}``, ``K_j``, ...) is held
+        as its entries, arrays of shape (B, J), and multiplied out by hand; the
+        contractions over clusters and columns are batched matrix products over the
+        flattened (cluster, row) axis.
         """
         p, q = self.p, self.p + 1
+        r = q + 2
+        B = s.shape[0]
+        J = self.C.shape[1]
         m = self.sizes[None, :]
         g = (s[:, 3] ** 2)[:, None]
         a = 1.0 / (1.0 + m * g)  # (B, T)
         c = g * a
         logdet = (self.count * np.log1p(m * g)).sum(axis=1)
-        M0 = self.xtx - core._tsum(c, self.Q)
-        Gf = self.C - core._tsum(c, self.P)  # (B, J, 2, q + 2)
-        G = Gf[..., :q]
-        F = Gf[..., q:]
-        F = 0.5 * (F + np.swapaxes(F, -1, -2))
-        S = _cov_factor(s)[:, None]  # (B, 1, 2, 2)
-        N = np.eye(2) + F @ S  # (B, J, 2, 2)
-        detN, Ninv = _inv2(N)
-        K = S @ Ninv
-        K = 0.5 * (K + np.swapaxes(K, -1, -2))
-        KG = K @ G  # (B, J, 2, q)
-        M = M0 - np.einsum("bjaq,bjar->bqr", G, KG)
-        M = 0.5 * (M + np.swapaxes(M, 1, 2))
+        M = self.xtx - core._tsum(c, self.Q)
+        Gf = self.C - core._tsum(c, self.P)  # (B, J, 2, r): [G_j, F_j]
+        f00 = Gf[..., 0, q]
+        f11 = Gf[..., 1, q + 1]
+        f01 = 0.5 * (Gf[..., 0, q + 1] + Gf[..., 1, q])
+        l11, l21, l22 = s[:, 0, None], s[:, 1, None], s[:, 2, None]
+        s00, s01, s11 = l11 * l11, l11 * l21, l21 * l21 + l22 * l22  # S (B, 1)
+        # N = I + F S and its inverse (entries (B, J))
+        n00 = 1.0 + f00 * s00 + f01 * s01
+        n01 = f00 * s01 + f01 * s11
+        n10 = f01 * s00 + f11 * s01
+        n11 = 1.0 + f01 * s01 + f11 * s11
+        detN = n00 * n11 - n01 * n10
         with np.errstate(divide="ignore", invalid="ignore"):
+            i00, i01, i10, i11 = n11 / detN, -n01 / detN, -n10 / detN, n00 / detN
             logdet = logdet + np.log(detN).sum(axis=1)
+        # K = S N^{-1} (symmetric)
+        k00 = s00 * i00 + s01 * i10
+        k11 = s01 * i01 + s11 * i11
+        k01 = 0.5 * ((s00 * i01 + s01 * i11) + (s01 * i00 + s11 * i10))
+        # M = Xa'H^-1 Xa = M0 - sum_j G_j' K_j G_j, over the flattened (j, row) axis
+        KG = np.empty((B, J, 2, r))
+        KG[:, :, 0] = k00[..., None] * Gf[:, :, 0] + k01[..., None] * Gf[:, :, 1]
+        KG[:, :, 1] = k01[..., None] * Gf[:, :, 0] + k11[..., None] * Gf[:, :, 1]
+        GKG = np.swapaxes(KG.reshape(B, 2 * J, r), 1, 2) @ Gf.reshape(B, 2 * J, r)
+        M = M - GKG[:, :q, :q]
+        M = 0.5 * (M + np.swapaxes(M, 1, 2))
         L = core._chol(M)
         dg = np.diagonal(L, axis1=1, axis2=2)
         R = dg[:, p] ** 2
@@ -219,44 +204,74 @@ class SlopeStats:
         Li = core.tri_inv(Lf[:, :p, :p])
         Mi = np.swapaxes(Li, 1, 2) @ Li  # (X'H^-1 X)^-1, scaled X
         beta = (np.swapaxes(Li, 1, 2) @ Lf[:, p, :p, None])[..., 0]
-        u = np.concatenate([-beta, np.ones((beta.shape[0], 1))], axis=1)  # (B, q)
-        B = s.shape[0]
-        # -- the entries of Lambda
-        V = Ninv @ G  # Z_j' H^-1 Xa
-        Vu = (V @ u[:, None, :, None])[..., 0]  # (B, J, 2)
-        Tu = np.einsum("bja,bjc->bac", Vu, Vu)
-        Tz = (Ninv @ F).sum(axis=1)
-        Tz = 0.5 * (Tz + np.swapaxes(Tz, 1, 2))
-        D = _dcov(s)  # (B, 3, 2, 2)
+        up = np.zeros((B, r))  # u = (-beta, 1), padded with zeros to the columns of W
+        up[:, :p] = -beta
+        up[:, p] = 1.0
+        u = up[:, :q]
+        # -- the entries of Lambda; w_j = G_j u, V_j u = N_j^-1 w_j
+        w = (Gf.reshape(B, 2 * J, r) @ up[:, :, None]).reshape(B, J, 2)
+        w0, w1 = w[..., 0], w[..., 1]
+        v0, v1 = i00 * w0 + i01 * w1, i10 * w0 + i11 * w1
+        tu = np.stack([(v0 * v0).sum(1), (v0 * v1).sum(1), (v1 * v1).sum(1)], axis=1)
+        # sum_j N_j^-1 F_j (symmetrised)
+        tz = np.stack([(i00 * f00 + i01 * f01).sum(1),
+                       0.5 * ((i00 * f01 + i01 * f11) + (i10 * f00 + i11 * f01)).sum(1),
+                       (i10 * f01 + i11 * f11).sum(1)], axis=1)
+        if reml:
+            # Y_j = G_jx M^-1 G_jx' and sum_j N_j^-1 Y_j N_j^-T
+            Gx = Gf[..., :p].reshape(B, 2 * J, p)
+            GxM = (Gx @ Mi).reshape(B, J, 2, p)
+            Gx = Gx.reshape(B, J, 2, p)
+            y00 = np.linalg.vecdot(GxM[:, :, 0], Gx[:, :, 0])
+            y01 = np.linalg.vecdot(GxM[:, :, 0], Gx[:, :, 1])
+            y11 = np.linalg.vecdot(GxM[:, :, 1], Gx[:, :, 1])
+            a00, a01 = i00 * y00 + i01 * y01, i00 * y01 + i01 * y11
+            a10, a11 = i10 * y00 + i11 * y01, i10 * y01 + i11 * y11
+            tk = np.stack([(a00 * i00 + a01 * i01).sum(1),
+                           0.5 * ((a00 * i10 + a01 * i11) + (a10 * i00 + a11 * i01)).sum(1),
+                           (a10 * i10 + a11 * i11).sum(1)], axis=1)
+            tz = tz - tk
         dR = np.empty((B, 4))
         dh = np.empty((B, 4))
-        dR[:, :3] = -np.einsum("biac,bac->bi", D, Tu)
-        dh[:, :3] = np.einsum("biac,bac->bi", D, Tz)
+        # <dS/dl, T> for T = (T00, T01, T11): l11, l21, l22
+        l1, l2, l3 = s[:, 0, None], s[:, 1, None], s[:, 2, None]
+        for out, t, sign in ((dR, tu, -1.0), (dh, tz, 1.0)):
+            out[:, 0:1] = sign * 2.0 * (l1 * t[:, 0:1] + l2 * t[:, 1:2])
+            out[:, 1:2] = sign * 2.0 * (l1 * t[:, 1:2] + l2 * t[:, 2:3])
+            out[:, 2:3] = sign * 2.0 * l3 * t[:, 2:3]
+        # -- the inner SD: 1_k' H^-1 W = a_k (sigma_k - G_j' K_j zeta_k). Contractions of
+        # P_tj with per-cluster weights (B, J, 2, r), one matrix product for all:
+        # -2 e'Pq u + e'Pz e; <K, Pz>; -2 <Pq[:p], K G_x M^-1> + <K Y K, Pz>
+        e0 = k00 * w0 + k01 * w1
+        e1 = k01 * w0 + k11 * w1
+        nw = 3 if reml else 2
+        Wt = np.zeros((B, nw, J, 2, r))
+        Wt[:, 0, :, 0, :q] = -2.0 * e0[..., None] * u[:, None, :]
+        Wt[:, 0, :, 1, :q] = -2.0 * e1[..., None] * u[:, None, :]
+        Wt[:, 0, :, 0, q], Wt[:, 0, :, 0, q + 1] = e0 * e0, e0 * e1
+        Wt[:, 0, :, 1, q], Wt[:, 0, :, 1, q + 1] = e1 * e0, e1 * e1
+        Wt[:, 1, :, 0, q], Wt[:, 1, :, 0, q + 1] = k00, k01
+        Wt[:, 1, :, 1, q], Wt[:, 1, :, 1, q + 1] = k01, k11
         if reml:
-            Vx = V[..., :p]
-            Tk = np.einsum("bjax,bxy,bjcy->bac", Vx, Mi, Vx)
-            dh[:, :3] -= np.einsum("biac,bac->bi", D, Tk)
-        # -- the inner SD: 1_k' H^-1 W = a_k (sigma_k - G_j' K_j zeta_k)
-        Pq = self.P[..., :q]  # (B, T, J, 2, q)
-        Pz = self.P[..., q:]  # (B, T, J, 2, 2): sum zeta zeta'
+            Wt[:, 2, :, 0, :p] = -2.0 * (k00[..., None] * GxM[:, :, 0]
+                                         + k01[..., None] * GxM[:, :, 1])
+            Wt[:, 2, :, 1, :p] = -2.0 * (k01[..., None] * GxM[:, :, 0]
+                                         + k11[..., None] * GxM[:, :, 1])
+            b00, b01 = k00 * y00 + k01 * y01, k00 * y01 + k01 * y11
+            b10, b11 = k01 * y00 + k11 * y01, k01 * y01 + k11 * y11
+            Wt[:, 2, :, 0, q], Wt[:, 2, :, 0, q + 1] = b00 * k00 + b01 * k01, b00 * k01 + b01 * k11
+            Wt[:, 2, :, 1, q], Wt[:, 2, :, 1, q + 1] = b10 * k00 + b11 * k01, b10 * k01 + b11 * k11
+        T = self.P.shape[1]
+        res = self.P.reshape(B, T, J * 2 * r) @ np.swapaxes(Wt.reshape(B, nw, J * 2 * r), 1, 2)
         a2 = a**2
-        w = (G @ u[:, None, :, None])[..., 0]  # (B, J, 2)
-        e = (K @ w[..., None])[..., 0]  # (B, J, 2)
-        uQu = np.einsum("btxy,bx,by->bt", self.Q, u, u)
-        ePu = np.einsum("bja,btjax,bx->bt", e, Pq, u)
-        ePe = np.einsum("bja,btjac,bjc->bt", e, Pz, e)
-        uu_b = (a2 * (uQu - 2.0 * ePu + ePe)).sum(axis=1)
-        KPz = np.einsum("bjac,btjac->bt", K, Pz)
-        tr_b = (self.count * a * m).sum(axis=1) - (a2 * KPz).sum(axis=1)
+        Qu = (self.Q @ u[:, None, :, None])[..., 0]  # (B, T, q)
+        uQu = np.linalg.vecdot(Qu, u[:, None, :])
+        uu_b = (a2 * (uQu + res[..., 0])).sum(axis=1)
+        tr_b = (self.count * a * m).sum(axis=1) - (a2 * res[..., 1]).sum(axis=1)
         if reml:
-            Gx = G[..., :p]
-            QM = np.einsum("btxy,bxy->bt", self.Q[..., :p, :p], Mi)
-            PMG = np.einsum("btjax,bxy,bjcy->btjac", Pq[..., :p], Mi, Gx)
-            KPMG = np.einsum("bjac,btjca->bt", K, PMG)
-            Y = np.einsum("bjax,bxy,bjcy->bjac", Gx, Mi, Gx)
-            KYK = K @ Y @ K  # (B, J, 2, 2)
-            KPzK = np.einsum("bjac,btjca->bt", KYK, Pz)
-            kk_b = (a2 * (QM - 2.0 * KPMG + KPzK)).sum(axis=1)
+            QM = np.linalg.vecdot(self.Q[..., :p, :p].reshape(B, T, p * p),
+                                  Mi.reshape(B, 1, p * p))
+            kk_b = (a2 * (QM + res[..., 2])).sum(axis=1)
         else:
             kk_b = np.zeros(B)
         sb = s[:, 3]
@@ -266,6 +281,7 @@ class SlopeStats:
         dR[bad] = np.nan
         dh[bad] = np.nan
         return f, R, h, L, dR, dh
+
 
 
 def slope_stats(
