@@ -1004,6 +1004,13 @@ def _newton(
 
     The components in ``fixed`` (a boundary face) stay at their start values: their
     gradient entries and steps are zero, their Hessian rows and columns the identity.
+
+    For the random-slope model, whose gradient costs a small multiple of its criterion,
+    the first trial point of each line search (the full step, which is usually taken) is
+    evaluated with its gradient, which the next iteration then reuses; the iterates are
+    those of evaluating the gradient afresh at every accepted point. (For the
+    random-intercept statistics the gradient costs more than the criterion calls it
+    saves.)
     """
     B, k = s.shape
     held = list(fixed)
@@ -1014,14 +1021,27 @@ def _newton(
     s_prev = np.zeros_like(s)
     g_prev = np.zeros_like(s)
     active = np.arange(B)
+    # criterion and raw gradient at s, where known from the last line search
+    f_at = np.empty(B)
+    g_at = np.empty((B, k))
+    known = np.zeros(B, dtype=bool)
+    fuse = not isinstance(st, SuffStats)
+
+    def fg(sub_: SuffStats | SlopeStats, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fx, Rx, _, _, dRx, dhx = _evaluate(sub_, x, reml, grad=True)
+        nux = sub_.n - sub_.p if reml else sub_.n
+        return fx, nux[:, None] * dRx / Rx[:, None] + dhx
+
     for _ in range(_MAX_ITER):
         if active.size == 0:
             break
         sub = st.take(active) if active.size < B else st
         sa = s[active]
-        f0, R, _, _, dR, dh = _evaluate(sub, sa, reml, grad=True)
-        nu = sub.n - sub.p if reml else sub.n
-        g = nu[:, None] * dR / R[:, None] + dh
+        new = np.flatnonzero(~known[active])
+        if new.size:
+            f_new, g_new = fg(sub.take(new) if new.size < active.size else sub, sa[new])
+            f_at[active[new]], g_at[active[new]] = f_new, g_new
+        f0, g = f_at[active], g_at[active].copy()
         if held:
             g[:, held] = 0.0
         gmax = np.abs(g).max(axis=1)
@@ -1073,16 +1093,23 @@ def _newton(
         tiny = ~accepted & (-slope < 1e-13 * np.maximum(1.0, np.abs(f0)))
         snew[tiny] = sa[tiny] + d[tiny]
         accepted |= tiny
+        known[active[~accepted | tiny]] = False  # rows that move
         for _ls in range(40):
             todo = np.flatnonzero(~accepted)
             if todo.size == 0:
                 break
             x = sa[todo] + t[todo, None] * d[todo]
             sub2 = sub.take(todo) if todo.size < active.size else sub
-            fx = criterion(sub2, x, reml=reml)[0]
+            if fuse and _ls == 0:  # the full step, with its gradient (next iteration's)
+                fx, gx = fg(sub2, x)
+            else:
+                fx = criterion(sub2, x, reml=reml)[0]
             ok = fx <= f0[todo] + 1e-4 * t[todo] * slope[todo]
             snew[todo[ok]] = x[ok]
             accepted[todo[ok]] = True
+            if fuse and _ls == 0:
+                f_at[active[todo[ok]]], g_at[active[todo[ok]]] = fx[ok], gx[ok]
+                known[active[todo[ok]]] = True
             t[todo[~ok]] *= 0.5
         stuck = ~accepted
         done |= stuck & (gmax < 1e-5)
