@@ -61,7 +61,10 @@ def test_dask_run_writes_checkpoint(client, tmp_path):
     pd.testing.assert_series_equal(saved["estimate"], res.replicates["estimate"])
 
 
-def test_dask_fast_engine_equals_local(client):
+def test_dask_fast_engine_equals_local(client, monkeypatch):
+    # bit for bit: the serial run, the thread route of a cold local run, and the cluster
+    from alliance_models.planning import executors
+
     d = am.Design(therapists=10, patients_per_therapist=4, sessions=3, dropout=0.2,
                   effects={"alliance": 0.3, "alliance:autonomy": 0.1})
     kw = {"test": "alliance:autonomy", "n_sims": 30, "seed": 3, "batch_size": 10,
@@ -70,7 +73,11 @@ def test_dask_fast_engine_equals_local(client):
     local = am.power(d, formula, n_jobs=1, **kw)
     remote = am.power(d, formula, backend=client, **kw)
     assert local.method == remote.method == "fast"
-    pd.testing.assert_frame_equal(local.replicates, remote.replicates)
+    pd.testing.assert_frame_equal(local.replicates, remote.replicates, check_exact=True)
+    monkeypatch.setattr(executors, "_running_executor", lambda workers: None)
+    monkeypatch.setattr(executors, "WORKER_START_SECONDS", float("inf"))
+    threaded = am.power(d, formula, n_jobs=2, **kw)
+    pd.testing.assert_frame_equal(threaded.replicates, remote.replicates, check_exact=True)
 
 
 def test_dask_interrupted_run_returns_partial_result(client, monkeypatch):

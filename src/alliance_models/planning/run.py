@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import math
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -91,6 +92,11 @@ _FAIL_EXC = (np.linalg.LinAlgError, ArithmeticError, AllianceModelsError, ValueE
 _MIN_STACKED = 200
 #: warnings point at the caller's line, outside alliance_models.planning
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+#: held while a batch changes the process's warning filters (``catch_warnings`` is not
+#: thread-safe: two threads inside it at once can leave a filter behind); the batched
+#: engines run in threads (executors) and change no filters, their per-replicate
+#: fallbacks take this lock
+_WARNINGS_LOCK = threading.RLock()
 
 
 # --- the job a worker runs -----------------------------------------------------------
@@ -283,7 +289,7 @@ def _fit_frame_replicate(job: _Job, rep: int, ss: np.random.SeedSequence
     kwargs = dict(job.fit_kwargs)
     if job.method == "bayes":
         kwargs.setdefault("seed", _fit_seed(ss))
-    with warnings.catch_warnings(record=True) as caught:
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             fit = fitter(job.formula, data, **kwargs)
@@ -430,7 +436,7 @@ def _run_fast_batch(job: _Job, reps: Sequence[int],
                 outer = codes[groups[0]]
                 inner = codes[groups[1]] if groups[1] else None
             else:
-                with warnings.catch_warnings():
+                with _WARNINGS_LOCK, warnings.catch_warnings():
                     # few-cluster notes would repeat once per replicate; the main process
                     # has already shown them for the first replicate
                     warnings.simplefilter("ignore")
@@ -739,10 +745,13 @@ def power(
         more than one worker and more than one batch, batches run in joblib's loky
         worker processes; once started, they stay alive for a few idle minutes, so the
         runs that follow use them at once. A run that finds no running workers computes
-        its first batch in this process and starts them only if the rest would take
+        its first batches in this process and starts them only if the rest would take
         more than a couple of seconds here, computing batches itself while they start
         (see :mod:`~alliance_models.planning.executors`): a short run never waits for
-        worker start-up.
+        worker start-up. In this process the batched engines (``"fast"`` with a fixed
+        layout and plain-product columns) run in ``n_jobs`` threads (at most one per
+        core), so a short first run uses every core; other fits run one batch at a
+        time.
     backend : "loky", "dask" or distributed.Client
         ``"loky"`` runs batches in loky's reusable processes (joblib's), or with
         :class:`joblib.Parallel` on the joblib backend a surrounding
@@ -925,7 +934,10 @@ def power(
     parts: list[pd.DataFrame] = [done.drop(columns="fingerprint")] if len(done) else []
     interrupted = False
     n_done_batches = 0
-    stream = execute(functools.partial(run_batch, job), batches, n_jobs, backend)
+    # the package's own stacked engines are pure numpy and safe in threads (a cold
+    # run computes them in a thread pool); other fits stay on one thread of this process
+    stream = execute(functools.partial(run_batch, job), batches, n_jobs, backend,
+                     threads=job.fitter is None and resolved == "fast" and stacked is not None)
     try:
         for part in _with_progress(stream, len(batches), progress,
                                    desc=f"power {', '.join(tests or (test,))}"):
