@@ -5,18 +5,21 @@ intercepts for therapist and patient, ``adherence ~ alliance * (age + autonomy) 
 (1 | therapist/patient)``, testing ``alliance:autonomy`` with Satterthwaite df. MCPower
 (``pip install mcpower==1.4.1``) runs ``find_power`` with ``family="lme"`` on the same
 layout and effects (its own simulator; Satterthwaite df for nested groupings per its
-documentation), the same number of simulations. Routes (issue 14, item 5):
+documentation), the same number of simulations. Routes (issue 14, item 5), each against
+MCPower in the same run:
 
-* ``n_jobs=1``: ``am.power(n_jobs=1)`` (one process, one thread) against MCPower on 2
-  threads (and on 1 thread, CPU time, for the like-for-like single-core comparison);
+* ``n_jobs=1``: ``am.power(n_jobs=1)`` (one process, one thread) against MCPower on 1
+  thread, wall and CPU time (the one-thread comparison), and, for information, against
+  MCPower on 2 threads (wall);
 * first run on all cores: the first ``am.power(n_jobs=-1)`` of a session (no worker
-  processes yet) against MCPower's first ``find_power`` of a session, both after a small
-  warm-up so that imports are not timed, wall time;
+  processes yet) against MCPower's first ``find_power`` of a session on 2 threads, both
+  after a small warm-up so that imports are not timed, wall time;
 * warm workers: ``am.power(n_jobs=-1)`` while loky's workers are running against MCPower
   on 2 threads, wall time;
-* random slope: ``am.power(n_jobs=1)`` with ``(1 + alliance | therapist) +
-  (1 | therapist:patient)`` against MCPower's ``(1 + alliance|therapist) + (1|patient)``
-  (it parses no slope inside a nested term) on 2 threads.
+* random slope: ``(1 + alliance | therapist) + (1 | therapist:patient)`` against
+  MCPower's ``(1 + alliance|therapist) + (1|patient)`` (it parses no slope inside a
+  nested term): ``n_jobs=1`` against MCPower on 1 thread, and the first run on all cores
+  against MCPower's first run on 2 threads (wall).
 
 Binomial lines (issue 13, in this process, skipped with ``--no-binomial``, alone with
 ``--binomial-only``; ``benchmarks/results/glmm_speed.txt``): R1 with attendance as the
@@ -28,9 +31,10 @@ replicate (``method="mixed"``), side by side with MCPower's GLMM (``family="logi
 Bernoulli outcome per row on the same 1,440-row nested design; its own simulator; 2
 threads); then 2,000 null replicates (every effect 0) with both: the rejection rate.
 
-Every measurement is a fresh process (``r1_children.py``); ours and MCPower's alternate
-round by round and the medians are compared. The machine is shared: the load average is
-printed with each line. Run: ``.venv/bin/python benchmarks/power_speed.py [--rounds N]``.
+Every measurement is a fresh process (``r1_children.py``); each round runs every kind once,
+in an order that rotates from round to round (ours and MCPower's interleaved), and the
+medians over rounds are compared. The machine is shared: the load average is printed with
+each line. Run: ``.venv/bin/python benchmarks/power_speed.py [--rounds N] [--no-binomial]``.
 """
 
 from __future__ import annotations
@@ -170,39 +174,59 @@ def main() -> None:
           f"{mc_version}, cores {os.cpu_count()}; {args.rounds} rounds, fresh process each, "
           "ours and MCPower interleaved; medians")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    # (label, ours, theirs, n_sims, timed runs per process, measure ours/theirs)
-    pairs = [
-        ("n_jobs=1 vs MCPower 2 threads (wall)", ("am1", "mc2"), 2000, 2, ("wall", "wall")),
-        ("n_jobs=1 vs MCPower 1 thread (CPU)", ("am1", "mc1"), 2000, 2, ("cpu", "cpu")),
-        ("first run on all cores (wall)", ("amfirst", "mcfirst"), 2000, 1, ("wall", "wall")),
-        ("warm workers vs MCPower 2 threads (wall)", ("amwarm", "mc2"), 2000, 3,
-         ("wall", "wall")),
-        ("random slope, n_jobs=1 vs MCPower 2 threads (wall)", ("amslope", "mcslope"), 500,
-         2, ("wall", "wall")),
-    ]
-    cache: dict[tuple[str, int], list[dict]] = {}
-    for _, kinds, n, reps, _ in pairs:
-        todo = [k for k in kinds if (k, n) not in cache]
-        for k in todo:
-            cache[(k, n)] = []
-        for r in range(args.rounds):
-            for k in (todo if r % 2 == 0 else todo[::-1]):
-                cache[(k, n)].append(child(k, n, reps))
-    print(f"{'route':52s} {'am.power':>14s} {'MCPower':>14s} {'ratio':>7s}")
-    for label, (ours, theirs), n, _, (m1, m2) in pairs:
-        a, b = cache[(ours, n)], cache[(theirs, n)]
-        ta = statistics.median(t for d in a for t in d[m1])
-        tb = statistics.median(t for d in b for t in d[m2])
-        loads = [d["load"] for d in a + b]
-        print(f"{label:52s} {n / ta:9.0f} rep/s {n / tb:9.0f} rep/s {tb / ta:6.2f}x   "
-              f"(power {a[-1]['power']:.3f} / {b[-1]['power']:.3f}; {n} sims; load "
-              f"{min(loads):.1f}-{max(loads):.1f})")
-    print("ratio = am.power speed / MCPower speed (goal >= 1.5x in each route); the powers "
-          "differ because the two simulators' predictors differ (ours: skewed alliance with "
-          "therapist/patient/session parts, age in years; MCPower: its own)")
+    for line in r1_lines(args.rounds):
+        print(line)
     if not args.no_binomial:
         binomial(args.rounds)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+#: the R1 lines: (label, (ours, theirs), n_sims, timed runs per process, measure, goal)
+#: (goal False: for information, no goal)
+R1_LINES = [
+    ("n_jobs=1 vs MCPower 1 thread (wall)", ("am1", "mc1"), 2000, 2, "wall", True),
+    ("n_jobs=1 vs MCPower 1 thread (CPU)", ("am1", "mc1"), 2000, 2, "cpu", True),
+    ("n_jobs=1 vs MCPower 2 threads (wall)", ("am1", "mc2"), 2000, 2, "wall", False),
+    ("first run, all cores vs MCPower first, 2 threads", ("amfirst", "mcfirst"), 2000, 1,
+     "wall", True),
+    ("warm workers vs MCPower 2 threads (wall)", ("amwarm", "mc2"), 2000, 3, "wall", True),
+    ("slope, n_jobs=1 vs MCPower 1 thread (wall)", ("amslope", "mcslope1"), 500, 2, "wall",
+     True),
+    ("slope, first run, all cores vs MCPower first, 2 thr.",
+     ("amslopefirst", "mcslopefirst"), 500, 1, "wall", True),
+]
+GOAL = 1.5
+
+
+def r1_lines(rounds: int) -> list[str]:
+    """Run every R1 kind ``rounds`` times (rotating order) and format the lines."""
+    kinds: dict[tuple[str, int], int] = {}  # (kind, n_sims) -> timed runs per process
+    for _, pair, n, reps, _, _ in R1_LINES:
+        for k in pair:
+            kinds[(k, n)] = max(reps, kinds.get((k, n), 0))
+    order = list(kinds)
+    res: dict[tuple[str, int], list[dict]] = {k: [] for k in order}
+    for r in range(rounds):
+        shift = (r * 3) % len(order)
+        for key in (order[shift:] + order[:shift])[:: -1 if r % 2 else 1]:
+            res[key].append(child(key[0], key[1], kinds[key]))
+    out = [f"{'route':52s} {'am.power':>14s} {'MCPower':>14s} {'ratio':>7s}"]
+    for label, (ours, theirs), n, _, measure, goal in R1_LINES:
+        a, b = res[(ours, n)], res[(theirs, n)]
+        ta = statistics.median(t for d in a for t in d[measure])
+        tb = statistics.median(t for d in b for t in d[measure])
+        loads = [d["load"] for d in a + b]
+        ratio = tb / ta
+        verdict = (f"goal >= {GOAL}x {'met' if ratio >= GOAL else 'NOT met'}" if goal
+                   else "for information")
+        out.append(f"{label:52s} {n / ta:9.0f} rep/s {n / tb:9.0f} rep/s {ratio:6.2f}x   "
+                   f"{verdict}   (power {a[-1]['power']:.3f} / {b[-1]['power']:.3f}; {n} "
+                   f"sims; load {min(loads):.1f}-{max(loads):.1f})")
+    out.append("ratio = am.power speed / MCPower speed (medians over rounds of fresh "
+               "processes); the powers differ because the two simulators' predictors differ "
+               "(ours: skewed alliance with therapist/patient/session parts, age in years; "
+               "MCPower: its own)")
+    return out
 
 
 def binomial(rounds: int = 5, quick: bool = False) -> None:
@@ -252,11 +276,6 @@ def binomial(rounds: int = 5, quick: bool = False) -> None:
               f"({null[0]:.1f} rep/s, n_jobs=-1)")
     if mc_null is not None:
         print(f"  MCPower GLMM logit:       {mc_null[1]:.4f}   ({mc_null[0]:.1f} rep/s)")
-
-
-def _mc_power(m, n: int) -> float:  # noqa: ANN001
-    r = m.find_power(n, target_test="alliance:autonomy", verbose=False, progress_callback=False)
-    return float(r["power_uncorrected"][0][0])
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ Run as ``python r1_children.py KIND N_SIMS REPEATS`` with ``PYTHONPATH`` pointin
   time is the run's, not the imports');
 * ``amwarm``: ``am.power(n_jobs=-1)`` once loky's workers are running (a long warm-up
   run with ``n_jobs=-1`` first);
-* ``amslope``: ``am.power(n_jobs=1)`` with the random-slope formula;
+* ``amslope`` / ``amslopefirst``: ``am1`` / ``amfirst`` with the random-slope formula;
 * ``mc2`` / ``mc1``: MCPower ``find_power`` (``family="lme"``, nested groupings, so
   Satterthwaite df) on 2 threads / 1 thread after a warm-up call; ``mcfirst``: its first
-  2-thread call after a 50-simulation warm-up; ``mcslope``: with a random alliance slope
-  by therapist.
+  2-thread call after a 50-simulation warm-up; ``mcslope`` / ``mcslope1`` /
+  ``mcslopefirst``: ``mc2`` / ``mc1`` / ``mcfirst`` with a random alliance slope by
+  therapist.
 
 R1: 30 therapists x 8 patients x 6 sessions, ``adherence ~ alliance * (age + autonomy) +
 (1 | therapist/patient)``, test ``alliance:autonomy``.
@@ -94,21 +95,22 @@ def main() -> None:
     wall: list[float] = []
     power = float("nan")
     seeds = iter(range(1, 10**6))
+    slope = "slope" in kind
+    formula = SLOPE_FORMULA if slope else R1_FORMULA
     if kind in ("am1", "amslope"):
-        formula = SLOPE_FORMULA if kind == "amslope" else R1_FORMULA
         _am_run(min(n, 200), 1, 0, formula)
         runs = [lambda: _am_run(n, 1, next(seeds), formula) for _ in range(repeats)]
-    elif kind == "amfirst":
-        _am_run(50, 1, 0)
-        runs = [lambda: _am_run(n, -1, next(seeds))]
+    elif kind in ("amfirst", "amslopefirst"):
+        _am_run(50, 1, 0, formula)
+        runs = [lambda: _am_run(n, -1, next(seeds), formula)]
     elif kind == "amwarm":
         _am_run(max(n, 20000), -1, 0)  # long enough to start the workers in any version
         runs = [lambda: _am_run(n, -1, next(seeds)) for _ in range(repeats)]
-    elif kind in ("mc1", "mc2", "mcfirst", "mcslope"):
-        m = _mc_model(1 if kind == "mc1" else 2, slope=kind == "mcslope")
-        _mc_run(m, 50 if kind == "mcfirst" else n, 0)
-        runs = [lambda: _mc_run(m, n, next(seeds))
-                for _ in range(1 if kind == "mcfirst" else repeats)]
+    elif kind in ("mc1", "mc2", "mcfirst", "mcslope", "mcslope1", "mcslopefirst"):
+        first = kind.endswith("first")
+        m = _mc_model(1 if kind.endswith("1") else 2, slope=slope)
+        _mc_run(m, 50 if first else n, 0)
+        runs = [lambda: _mc_run(m, n, next(seeds)) for _ in range(1 if first else repeats)]
     else:
         raise SystemExit(f"unknown kind {kind!r}")
     for fn in runs:

@@ -7,7 +7,12 @@ medians over rounds are compared (ratio after / before: above 1 is faster). Line
 * ``n_jobs=1``: CPU and wall time of a 2,000-replicate run (after a warm-up run);
 * the first ``n_jobs=-1`` run of a session (2,000 replicates, wall time, no workers yet);
 * the first ``n_jobs=-1`` run of a session with 20,000 replicates (wall);
-* ``n_jobs=-1`` with loky's workers running (2,000 replicates, wall).
+* ``n_jobs=-1`` with loky's workers running (2,000 replicates, wall);
+* the first ``n_jobs=-1`` run of a session with the random-slope formula (500
+  replicates, wall).
+
+``--before`` may name any other tree's ``src`` (such as ``/work/wt/_speed0/src``, main
+before a round of speed work); its commit is printed.
 
 Make the "before" tree with
 ``git worktree add --detach /work/wt/_before 467b1f4`` and run
@@ -37,6 +42,18 @@ def child(src: Path, kind: str, n: int, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _commit(src: Path) -> str:
+    """The tree's commit (and '+changes' when its work tree differs), or '?'."""
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "."],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head + ("+changes" if dirty else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", default="/work/wt/_before/src")
@@ -50,9 +67,12 @@ def main() -> None:
         ("first n_jobs=-1 run, 2,000 replicates, wall", "amfirst", 2000, 1, 1, "wall"),
         ("first n_jobs=-1 run, 20,000 replicates, wall", "amfirst", 20000, 1, 0.6, "wall"),
         ("n_jobs=-1, workers running, 2,000 replicates, wall", "amwarm", 2000, 3, 0.6, "wall"),
+        ("first n_jobs=-1 run, random slope, 500 replicates, wall", "amslopefirst", 500, 1,
+         1, "wall"),
     ]
     print(f"R1 (30 therapists x 8 patients x 6 sessions), {args.rounds} rounds, trees "
-          "interleaved; before = 467b1f4, after = " + str(trees["after"]))
+          f"interleaved; before = {trees['before']} ({_commit(trees['before'])}), after = "
+          f"{trees['after']} ({_commit(trees['after'])})")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     done: dict[str, dict[str, list[dict]]] = {}
     for _label, kind, n, reps, factor, _ in lines:
