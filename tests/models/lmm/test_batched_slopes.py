@@ -276,6 +276,12 @@ SLOPE_REGRESSION_CASES = {
     # BOUNDARY_SNAP now count as zero in the inward step
     "NEAR_ZERO_FACTOR": (7, [1, 1, 1, 4, 3, 1, 4], [6, 6, 6, 2, 3, 3, 6, 2, 2, 3, 4, 4, 2, 6, 5],
                          (0.0, 0.0), -0.7, 0.0, 0.0, 1),
+    # replicate 1: fit_mixed ended at a local optimum on the rank-one face l22 = 0 (0.045
+    # lower log-likelihood, the opposite sign of l21); the batched engine's rerun from
+    # inside found the better one: that rerun is now the search's, for both engines
+    "RANK_ONE_LOCAL_DENSE": (8, [4, 1, 4, 3, 1, 1, 2, 4],
+                             [3, 2, 2, 6, 6, 3, 5, 6, 4, 5, 2, 2, 4, 5, 3, 3, 4, 5, 4, 5],
+                             (1.0, 0.3), 0.0, 0.0, 0.2, 1211),
 }
 
 

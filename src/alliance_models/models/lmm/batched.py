@@ -67,7 +67,7 @@ import numpy as np
 
 from ...errors import DataValidationError, format_rows
 from .satterthwaite import DF_STEP, central_jacobian, degrees_of_freedom
-from .search import BOUNDARY_SNAP, GRAD_TOL, GRID, HELD_TOL, ROUNDING, SINGULAR_TOL, search
+from .search import GRAD_TOL, GRID, HELD_TOL, ROUNDING, SINGULAR_TOL, search
 
 if TYPE_CHECKING:
     from .batched_slopes import SlopeStats
@@ -89,8 +89,6 @@ __all__ = [
 RANK_TOL = 1e-10
 #: Iterations of the quasi-Newton optimiser.
 _MAX_ITER = 60
-#: Random-slope model: ``l22`` of the reruns from inside for rank-one solutions.
-_INSIDE_STARTS = (0.3, 1.0)
 #: Forward-difference step (times ``max(1, |s|)``) for the Newton Hessians.
 _NEWTON_STEP = 1e-5
 
@@ -1175,36 +1173,6 @@ class BatchedCriterion:
         return (s if isinstance(sub, SuffStats) else sub.canonical(s)), conv
 
 
-def _second_start(
-    st: SlopeStats, s: np.ndarray, conv: np.ndarray, reml: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rerun the quasi-Newton from inside for solutions on the rank-one face.
-
-    Runs from the start mostly end with ``l22`` at (or near) zero, and that face can hold
-    a local optimum with a better one inside that no single-entry probe of the search
-    reaches (the criterion rises along ``l22`` alone; found by hypothesis runs). Those
-    replicates are rerun from their solution with ``l22`` set to each of
-    :data:`_INSIDE_STARTS`; the best optimum is kept.
-    """
-    idx = np.flatnonzero(s[:, 2] < BOUNDARY_SNAP)
-    if idx.size == 0:
-        return s, conv
-    sub = st.take(idx)
-    s, conv = s.copy(), conv.copy()
-    f0 = criterion(sub, s[idx], reml=reml)[0]
-    for v in _INSIDE_STARTS:
-        x = s[idx].copy()
-        x[:, 2] = v
-        cand, ok = _newton(sub, x, reml)
-        cand = st.canonical(cand)
-        fc = criterion(sub, cand, reml=reml)[0]
-        better = fc < f0 - ROUNDING * np.maximum(1.0, np.abs(f0))
-        s[idx[better]] = cand[better]
-        conv[idx[better]] = ok[better]
-        f0 = np.where(better, fc, f0)
-    return s, conv
-
-
 def _finish_on_face(
     st: SlopeStats, s: np.ndarray, conv: np.ndarray, reml: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1275,7 +1243,7 @@ def batched_fit(
     p = st.p
     s, conv = _newton(st, _start(st, reml), reml)
     if slope_st is not None:
-        s, conv = _second_start(slope_st, slope_st.canonical(s), conv, reml)
+        s = slope_st.canonical(s)
     s, conv = search(BatchedCriterion(st, reml), s, conv)
     if slope_st is not None:
         s = slope_st.canonical(s)

@@ -23,7 +23,11 @@ any (replicate, point) pairs and its local optimiser with some components held a
    polished point replaces the solution when it is better. Larger problems (more terms,
    random slopes) get the face checks instead: for every bounded entry not at zero (a
    scalar SD, or a diagonal entry of a covariance factor), the optimiser runs from the
-   solution with that entry held at zero.
+   solution with that entry held at zero; and for every diagonal entry of a covariance
+   factor at zero (a rank-deficient factor, where runs from a start mostly end and
+   which can hold a local optimum with a better one inside that no probe of step 3
+   beats), the optimiser runs from the solution with that entry at each of
+   :data:`INSIDE`.
 3. **Across the face.** A solution with a component at exactly zero is a stationary
    point in that component even when the criterion falls inward, and one a hair above
    zero (below :data:`BOUNDARY_SNAP`, where an optimiser stalls on a flat criterion and
@@ -60,6 +64,7 @@ __all__ = [
     "GRAD_TOL",
     "GRID",
     "HELD_TOL",
+    "INSIDE",
     "INWARD",
     "INWARD_ROUNDS",
     "MAX_GRID_TERMS",
@@ -87,6 +92,8 @@ MAX_GRID_TERMS = 3
 #: Relative SDs probed inward from a zero component (very flat optima lie near 1e-3,
 #: and a slope-intercept covariance factor's near 1e-4).
 INWARD = (1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 3.0, 10.0)
+#: Values a zero diagonal entry of a covariance factor is rerun from (step 2).
+INSIDE = (0.3, 1.0)
 #: Size of the entries of a zero 2 x 2 covariance factor in the probes that estimate the
 #: criterion's derivative there (:func:`_rank_one_probes`).
 FACTOR_PROBE = 1e-3
@@ -248,6 +255,26 @@ def _face_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]
         start[:, i] = 0.0
         cand, conv = crit.polish(idx, start, (int(i),))
         _accept(crit, state, idx, cand, conv)
+    _inside_step(crit, state)
+
+
+def _inside_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Rerun from inside every solution with a diagonal entry of a covariance factor at zero.
+
+    For ``(1 + x | g)`` that is correlation +-1 (``l22 = 0``) or no intercept variance
+    (``l11 = 0``); the free run starts from the solution with the entry at each of
+    :data:`INSIDE` (zero here as in :func:`_near_zero`).
+    """
+    theta, f, _ = state
+    near = _near_zero(crit, theta) & ~crit.scalar[None, :] & np.isfinite(f)[:, None]
+    for i in np.flatnonzero(near.any(axis=0)):
+        idx = np.flatnonzero(near[:, i])
+        base = theta[idx].copy()
+        for v in INSIDE:
+            start = base.copy()
+            start[:, i] = v
+            cand, conv = crit.polish(idx, start, ())
+            _accept(crit, state, idx, cand, conv)
 
 
 def _rank_one_probes(
