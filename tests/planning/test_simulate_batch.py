@@ -406,6 +406,26 @@ def test_batch_sums_are_the_sums_of_batch_arrays(key):
         np.diff(pat)) + 1]])
 
 
+@pytest.mark.parametrize("key", ["default", "r1", "mixed-order", "patient-rand-unequal"])
+def test_batch_sums_of_a_replicate_do_not_depend_on_its_batch_or_block(key, monkeypatch):
+    # a replicate's sums are formed from its own rows only: the same bits whether it is
+    # simulated alone, in blocks of two or in one block with the others
+    from alliance_models.planning import simulate as sim_mod
+
+    d = DESIGNS[key]
+    names = _names(d) + (("age_c",) if "age" in d.moderators else ())
+    seeds = spawn(43, 5)
+    whole = batch_sums(d, "adherence", names, seeds)
+    n = simulate_arrays(d, seeds[0]).n_rows
+    monkeypatch.setattr(sim_mod, "_BLOCK_ROWS", 2 * n)
+    small = batch_sums(d, "adherence", names, seeds)
+    for b in range(5):
+        alone = batch_sums(d, "adherence", names, seeds[b:b + 1])
+        for c in ("G", "xty", "yty", "sx", "sy", "nk"):
+            np.testing.assert_array_equal(whole[c][b], alone[c][0], err_msg=c)
+            np.testing.assert_array_equal(whole[c][b], small[c][b], err_msg=c)
+
+
 def test_batch_sums_needs_a_fixed_layout_and_plain_columns():
     d = am.Design(therapists=4, patients_per_therapist=("poisson", 3), sessions=2)
     with pytest.raises(am.errors.ModelSpecError, match="fixed layout"):

@@ -306,9 +306,11 @@ class _Block:
 
     ``pat`` holds columns constant within a patient as ``(k, P)`` arrays (``arm``,
     ``age``, ``autonomy``, ``age_c``, ``autonomy_c``, ``alliance_pm`` and the binomial
-    denominator), ``row`` the others as ``(k, P * S)`` grid arrays; ``eta`` is at either
-    level and ``observed`` is None when every grid cell is an observed row. :meth:`view`
-    broadcasts either level to ``(k, P, S)`` without copying.
+    denominator), ``row`` the others as ``(k, P, S)`` grid arrays, usually transposed
+    views of session-major ``(k, S, P)`` arrays (see :func:`_simulate_block`); ``eta``
+    is at either level and ``observed`` (``(k, P * S)``) is None when every grid cell is
+    an observed row. :meth:`view` broadcasts either level to ``(k, P, S)`` without
+    copying.
     """
 
     k: int
@@ -323,7 +325,11 @@ class _Block:
         """Column ``name`` as a ``(k, P, S)`` or broadcastable ``(k, P, 1)`` view."""
         if name in self.pat:
             return self.pat[name][:, :, None]
-        return self.row[name].reshape(self.k, self.P, self.S)
+        return self.row[name]
+
+    def eta_view(self) -> np.ndarray:
+        """``eta`` as a ``(k, P, S)`` or broadcastable ``(k, P, 1)`` view."""
+        return self.eta[:, :, None] if self.eta.ndim == 2 else self.eta
 
     def names(self) -> list[str]:
         """Names of the columns computed for this block."""
@@ -540,21 +546,35 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
         pat["arm"] = pat_arm.astype(float)
 
     # --- alliance: (therapist + patient) at patient level, + session at row level -------
+    # Row-level arrays are session-major, (k, S, P) in memory: a patient-level value is
+    # then broadcast along contiguous runs of P patients (instead of runs of S sessions),
+    # and sums over sessions add contiguous slabs. The first operation on each row-level
+    # draw reads it from the draws' patient-major grid order; the values are those of the
+    # same operations on the patient-major grid, element by element. ``row`` holds the
+    # columns as (k, P, S) views of these arrays.
+    def sm(x: np.ndarray) -> np.ndarray:
+        """View a patient-major (k, P * S) grid array as session-major (k, S, P)."""
+        return x.reshape(k, P, S).transpose(0, 2, 1)
+
+    def pm(x: np.ndarray) -> np.ndarray:
+        """View a session-major (k, S, P) array as (k, P, S)."""
+        return x.transpose(0, 2, 1)
+
     c_t, c_p, c_s = design.alliance_components
     if skewed:
         a_p = _std_skewnormal_inplace(design.alliance_skew, g_all[:, T:T + P],
                                       g_all[:, T + P:T + 2 * P])
-        a_s = _std_skewnormal_inplace(design.alliance_skew, g_all[:, T + 2 * P:T + 2 * P + G],
-                                      g_all[:, T + 2 * P + G:])
+        a_s = _std_skewnormal_inplace(design.alliance_skew, sm(g_all[:, T + 2 * P:T + 2 * P + G]),
+                                      sm(g_all[:, T + 2 * P + G:]), out=np.empty((k, S, P)))
+        a_s *= math.sqrt(c_s)
     else:
-        a_p, a_s = g_all[:, T:T + P], g_all[:, T + P:]
+        a_p = g_all[:, T:T + P]
+        a_s = np.multiply(sm(g_all[:, T + P:]), math.sqrt(c_s))
     tp = (math.sqrt(c_t) * g_all[:, :T])[:, pat_ther]
     tp += math.sqrt(c_p) * a_p
-    a_s *= math.sqrt(c_s)
-    alliance3 = a_s.reshape(k, P, S)
-    alliance3 += tp[:, :, None]  # s + (t + p) == (t + p) + s
-    alliance = a_s  # (k, G), in the normals' buffer
-    row["alliance"] = alliance
+    a_s += tp[:, None, :]  # s + (t + p) == (t + p) + s
+    alliance_sm = a_s  # (k, S, P)
+    row["alliance"] = pm(alliance_sm)
 
     # --- moderators (patient level) -----------------------------------------------------
     age_p: np.ndarray | None = None
@@ -571,9 +591,9 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
     z_pat: dict[str, np.ndarray] = {}
 
     def z_of(var: str) -> np.ndarray:
-        """Return a standardised factor: (k, P) if patient-level, else (k, P, S)."""
+        """Return a standardised factor: (k, P) if patient-level, else (k, S, P)."""
         if var == "alliance":
-            return alliance3
+            return alliance_sm
         if var not in z_pat:
             if var == "age":
                 assert age_p is not None
@@ -584,34 +604,34 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
         return z_pat[var]
 
     fixed_pat: np.ndarray | None = None
-    fixed_row: np.ndarray | None = None  # (k, P, S)
+    fixed_row: np.ndarray | None = None  # (k, S, P)
     for term, beta in design.effects.items():
         zs = [z_of(v) for v in term.split(":")]
         if all(z.ndim == 2 for z in zs):
             prod = beta * zs[0] if len(zs) == 1 else _product(zs, beta)
             if fixed_row is not None:
-                fixed_row += prod[:, :, None]
+                fixed_row += prod[:, None, :]
             elif fixed_pat is None:
                 fixed_pat = prod  # 0 + x == x
             else:
                 fixed_pat += prod
             continue
-        views = [z if z.ndim == 3 else z[:, :, None] for z in zs]
+        views = [z if z.ndim == 3 else z[:, None, :] for z in zs]
         if fixed_row is None:
-            term_row = np.empty((k, P, S))
+            term_row = np.empty((k, S, P))
             _product(views, beta, out=term_row)
             if fixed_pat is not None:
-                term_row += fixed_pat[:, :, None]  # fixed + term == term + fixed
+                term_row += fixed_pat[:, None, :]  # fixed + term == term + fixed
             fixed_row = term_row
         else:
-            fixed_row += _product(views, beta, out=np.empty((k, P, S)))
+            fixed_row += _product(views, beta, out=np.empty((k, S, P)))
     if fixed_pat is None and fixed_row is None:
         fixed_pat = np.zeros((k, P))
 
     # --- outcome ------------------------------------------------------------------------
     u_p = (g_out[:, :T] * math.sqrt(design.icc_therapist))[:, pat_ther]
     v_p = g_out[:, T:T + P] * math.sqrt(design.icc_patient)
-    # the therapists' random alliance slopes times alliance (k, P, S), or None: w_t =
+    # the therapists' random alliance slopes times alliance (k, S, P), or None: w_t =
     # sd * (rho * z_u + sqrt(1 - rho^2) * z_w) with z_u the therapist intercept's draw
     slope3: np.ndarray | None = None
     if g_slope is not None:
@@ -619,48 +639,53 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
         w = g_slope * (slope_sd * math.sqrt(1 - rho * rho))
         if rho:
             w += g_out[:, :T] * (slope_sd * rho)
-        slope3 = w[:, pat_ther][:, :, None] * alliance3
+        slope3 = w[:, pat_ther][:, None, :] * alliance_sm
     eta: np.ndarray
     if gaussian:
-        e = g_out[:, T + P:]
-        e *= math.sqrt(1 - design.icc_therapist - design.icc_patient)
-        e3 = e.reshape(k, P, S)
+        # the residuals, scaled (session-major)
+        e3 = np.multiply(sm(g_out[:, T + P:]),
+                         math.sqrt(1 - design.icc_therapist - design.icc_patient))
+        y_pm = None if y_out is None else y_out.reshape(k, P, S)  # written last
         if fixed_row is not None:
-            eta = fixed_row.reshape(k, G)
+            eta = pm(fixed_row)
             # ((eta + u) + v) + e; eta itself is kept only if asked for
-            if y_out is not None:
-                y3 = y_out.reshape(k, P, S)
-            else:
-                y3 = fixed_row if not wanted("eta") else np.empty((k, P, S))
-            np.add(fixed_row, u_p[:, :, None], out=y3)
-            y3 += v_p[:, :, None]
-            y3 += e3
+            y3 = np.add(fixed_row, u_p[:, None, :],
+                        out=fixed_row if not wanted("eta") else np.empty((k, S, P)))
+            y3 += v_p[:, None, :]
+            last = e3
         else:
             assert fixed_pat is not None
             eta = fixed_pat
             yp = fixed_pat + u_p
             yp += v_p
-            y3 = e3 if y_out is None else y_out.reshape(k, P, S)
-            np.add(e3, yp[:, :, None], out=y3)  # e + (eta + u + v) == (eta + u + v) + e
+            y3 = e3  # e + (eta + u + v) == (eta + u + v) + e
+            last = yp[:, None, :]
         if slope3 is not None:
-            y3 += slope3
-        row["adherence"] = y3.reshape(k, G)
+            y3 += last
+            last = slope3
+        if y_pm is not None:
+            np.add(y3, last, out=pm(y_pm))
+            row["adherence"] = y_pm
+        else:
+            y3 += last
+            row["adherence"] = pm(y3)
     else:
         scale = latent_scale(design)
         base = float(special.logit(design.baseline_adherence))
         uv = u_p + v_p
         uv *= scale
         if fixed_row is not None:
-            eta = base + scale * fixed_row.reshape(k, G)
-            lin = np.add(eta.reshape(k, P, S), uv[:, :, None])  # eta + u == u + eta
+            eta_sm = base + scale * fixed_row
+            eta = pm(eta_sm)
+            lin = np.add(eta_sm, uv[:, None, :])  # eta + u == u + eta
             if slope3 is not None:
                 lin += scale * slope3
-            prob = special.expit(lin, out=lin).reshape(k, G)
+            prob = np.ascontiguousarray(pm(special.expit(lin, out=lin))).reshape(k, G)
         elif slope3 is not None:
             assert fixed_pat is not None
             eta = base + scale * fixed_pat
-            lin = (eta + uv)[:, :, None] + scale * slope3
-            prob = special.expit(lin, out=lin).reshape(k, G)
+            lin = (eta + uv)[:, None, :] + scale * slope3
+            prob = np.ascontiguousarray(pm(special.expit(lin, out=lin))).reshape(k, G)
         else:
             assert fixed_pat is not None
             eta = base + scale * fixed_pat
@@ -676,16 +701,18 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
             else:
                 num[b] = r.binomial(ntrials, prob[b])
         num_col, den_col = design.count_columns
-        row[num_col] = num
+        row[num_col] = num.reshape(k, P, S)
         if wanted(den_col):
             pat[den_col] = np.full((k, P), ntrials, dtype=np.int64)
-        row["adherence"] = np.divide(num, ntrials, out=y_out)
+        row["adherence"] = np.divide(num, ntrials, out=y_out).reshape(k, P, S)
 
     if scenario is not None and scenario.alliance_reliability < 1:
         # robustness scenario: the outcome is built; the analysis sees measured alliance
         if wanted("alliance_true"):
-            row["alliance_true"] = alliance.copy()
-        _sc.measurement_error(scenario, alliance, rngs, lay)
+            row["alliance_true"] = pm(alliance_sm.copy())
+        measured = np.ascontiguousarray(pm(alliance_sm)).reshape(k, G)
+        _sc.measurement_error(scenario, measured, rngs, lay)
+        alliance_sm[...] = sm(measured)
 
     # --- dropout, then the observed patient means ----------------------------------------
     observed: np.ndarray | None = None
@@ -703,29 +730,29 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
         assert g_drop is not None
         drops = g_drop[:, :P] < p_drop
         if uniform_timing:
-            last = np.floor(g_drop[:, P:] * np.maximum(m - 1, 1)).astype(np.int64) + 1
+            last_s = np.floor(g_drop[:, P:] * np.maximum(m - 1, 1)).astype(np.int64) + 1
         else:
-            last = np.full((k, P), int(design.dropout_timing))
-        last = np.where(drops & (m > 1), np.minimum(last, m), m)
-        obs3 = np.arange(1, S + 1) <= last[:, :, None]
+            last_s = np.full((k, P), int(design.dropout_timing))
+        last_s = np.where(drops & (m > 1), np.minimum(last_s, m), m)
+        obs3 = np.arange(1, S + 1) <= last_s[:, :, None]
     elif ragged:
         obs3 = np.broadcast_to(np.arange(1, S + 1) <= m[:, None], (k, P, S))
     if obs3 is not None:
         observed = obs3.reshape(k, G)
     if any(wanted(c) for c in ("alliance_pm", "alliance_pmc", "alliance_cwc")):
         if obs3 is None:
-            aw = alliance3  # x * 1.0 == x
+            aw = alliance_sm  # x * 1.0 == x
             count: np.ndarray | float = float(S)
         else:
-            aw = alliance3 * obs3
+            aw = alliance_sm * obs3.transpose(0, 2, 1)
             count = obs3.sum(axis=-1)
         total = np.zeros((k, P))
         for s in range(S):  # each patient's sessions summed in order
-            total += aw[:, :, s]
+            total += aw[:, s]
         total /= count
         pat["alliance_pm"] = total
         if wanted("alliance_pmc") or wanted("alliance_cwc"):
-            pmc = np.subtract(alliance3, total[:, :, None]).reshape(k, G)
+            pmc = pm(np.subtract(alliance_sm, total[:, None, :]))
             row["alliance_pmc"] = row["alliance_cwc"] = pmc
     # the centred columns am.prepare adds by default: moderators at the mean over
     # patients (each counted once; every patient has an observed session), alliance
@@ -747,7 +774,7 @@ def _replicates(lay: _Layout, blk: _Block) -> list[SimArrays]:
 
     cols = {c: rows(blk.view(c)) for c in blk.names() if c != "alliance_cwc"}
     cols["alliance_cwc"] = cols["alliance_pmc"]  # the same column
-    eta = rows(blk.eta[:, :, None] if blk.eta.shape[1] == P else blk.eta.reshape(k, P, S))
+    eta = rows(blk.eta_view())
     observed = np.ones((k, lay.n), bool) if blk.observed is None else rows(
         blk.observed.reshape(k, P, S))
     sizes = tuple(int(s) for s in lay.sizes)
@@ -777,19 +804,26 @@ def _age_moments_of(age_distribution: tuple[float, float, float, float]) -> tupl
     return float(m), float(math.sqrt(v))
 
 
-def _std_skewnormal_inplace(shape: float, u0: np.ndarray, u1: np.ndarray) -> np.ndarray:
+def _std_skewnormal_inplace(shape: float, u0: np.ndarray, u1: np.ndarray,
+                            out: np.ndarray | None = None) -> np.ndarray:
     """:func:`_std_skewnormal` from its two standard-normal draws, overwriting ``u0``/``u1``.
 
-    The same floating-point operations as :func:`_std_skewnormal`; returns ``u0``.
+    The same floating-point operations as :func:`_std_skewnormal`; returns ``u0``, or,
+    with ``out`` (of the draws' shape, e.g. a different memory order), writes the values
+    into ``out`` and returns it, leaving the draws as they are.
     """
     delta = shape / math.sqrt(1 + shape * shape)
-    np.abs(u0, out=u0)
-    u0 *= delta
-    u1 *= math.sqrt(1 - delta * delta)
-    u0 += u1
-    u0 -= delta * math.sqrt(2 / math.pi)
-    u0 /= math.sqrt(1 - 2 * delta * delta / math.pi)
-    return u0
+    if out is None:
+        out = u0
+        u1 *= math.sqrt(1 - delta * delta)
+    else:
+        u1 = np.multiply(u1, math.sqrt(1 - delta * delta))
+    np.abs(u0, out=out)
+    out *= delta
+    out += u1
+    out -= delta * math.sqrt(2 / math.pi)
+    out /= math.sqrt(1 - 2 * delta * delta / math.pi)
+    return out
 
 
 def _padded_batch(
@@ -929,8 +963,7 @@ def batch_arrays(
             mask[rows] = blk.observed
         if sims:
             parts = {c: blk.view(c) for c in blk.names() if c != "alliance_cwc"}
-            parts["eta"] = blk.eta[:, :, None] if blk.eta.shape[1] == P else (
-                blk.eta.reshape(k, P, S))
+            parts["eta"] = blk.eta_view()
             for c, v in parts.items():
                 if c not in full:
                     full[c] = np.empty((B, n), dtype=v.dtype)
@@ -973,9 +1006,9 @@ def batch_sums(
     Returns
     -------
     dict
-        ``G`` (B, p, p), ``xty`` (B, p), ``yty`` (B,), ``sx`` (B, P, p), ``sy`` (B, P),
-        ``nk`` (B, P); ``therapist`` and ``patient`` (n,) the row codes, ``pat_ther``
-        (P,) each patient's therapist.
+        ``G`` (B, p, p), ``xty`` (B, p), ``yty`` (B,), ``sx`` (B, P, p) (a transposed
+        view of a (B, p, P) array), ``sy`` (B, P), ``nk`` (B, P); ``therapist`` and
+        ``patient`` (n,) the row codes, ``pat_ther`` (P,) each patient's therapist.
 
     Examples
     --------
@@ -992,69 +1025,107 @@ def batch_sums(
         raise ModelSpecError("batch_sums needs a fixed layout and plain-product columns")
     lay = _layout(design, scenario=scenario)
     B, P, p = len(seeds), lay.P, len(x_names)
+    # sx is a (B, P, p) view of a (B, p, P) array: each column's sums are contiguous,
+    # as the block writes them and the engine reads them
     out = {"G": np.empty((B, p, p)), "xty": np.empty((B, p)), "yty": np.empty(B),
-           "sx": np.empty((B, P, p)), "sy": np.empty((B, P)), "nk": np.empty((B, P))}
+           "sx": np.empty((B, p, P)).transpose(0, 2, 1), "sy": np.empty((B, P)),
+           "nk": np.empty((B, P))}
     need = {response, *(v for f in facs for v in f or [])}
+    plan: _SumPlan | None = None
     for rows, blk in _batch_blocks(lay, seeds, need):
-        _block_sums(blk, [f or [] for f in facs], response, {k: v[rows] for k, v in out.items()})
+        if plan is None:
+            plan = _SumPlan(blk, [f or [] for f in facs], response)
+        plan.block_sums(blk, {c: v[rows] for c, v in out.items()})
     out.update(therapist=lay.therapist.copy(), patient=lay.patient.copy(),
                pat_ther=lay.pat_ther.copy())
     return out
 
 
-def _block_sums(blk: _Block, facs: list[list[str]], response: str,
-                out: dict[str, np.ndarray]) -> None:
-    """Write a block's sums (see :func:`batch_sums`) into the views ``out``."""
-    k, P, S = blk.k, blk.P, blk.S
-    obs = None if blk.observed is None else blk.observed.reshape(k, P, S)
+class _SumPlan:
+    """How :func:`batch_sums` reduces a block (the same for every block of a batch).
 
-    def split(f: list[str]) -> tuple[tuple[str, ...], np.ndarray | None]:
-        row = tuple(sorted(v for v in f if blk.view(v).shape[-1] != 1))
-        cs = [blk.view(v)[:, :, 0] for v in f if blk.view(v).shape[-1] == 1]
-        c = None
-        if cs:
-            c = cs[0].astype(float)
-            for v in cs[1:]:
-                c = c * v
-        return row, c
+    Every column of ``X`` (and the response) is a product of patient-level factors ``c``
+    and row-level ones ``r``; over a patient's observed sessions its sums are ``c`` times
+    the session sum of the product of the ``r`` (a *moment*; the moment of no factor
+    counts the sessions). A block's moments are formed once each (``(k, P)``, from the
+    session-major columns), then every sum of the block from them at patient level.
+    Each replicate's sums are formed from its own rows only, in an order that does not
+    depend on the block (element-wise operations, ``einsum`` contractions per replicate).
+    """
 
-    moments: dict[tuple[str, ...], np.ndarray] = {}
+    def __init__(self, blk: _Block, facs: list[list[str]], response: str) -> None:
+        def split(f: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+            row = tuple(sorted(v for v in f if blk.view(v).shape[-1] != 1))
+            pat = tuple(v for v in f if blk.view(v).shape[-1] == 1)
+            return row, pat
 
-    def moment(key: tuple[str, ...]) -> np.ndarray:
-        """Sum over each patient's observed sessions of the product of ``key`` (k, P)."""
-        key = tuple(sorted(key))
-        if key not in moments:
-            if not key:
-                moments[key] = (np.full((k, P), float(S)) if obs is None else
-                                obs.sum(axis=-1, dtype=float))
-            else:
-                prod = np.array(blk.view(key[0]), dtype=float)
-                for v in key[1:]:
-                    prod *= blk.view(v)
+        self.cols = [split(f) for f in facs]
+        self.resp = split([response])
+        # the columns grouped by their row-level product, in order of first appearance
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for j, (r, _) in enumerate(self.cols):
+            groups.setdefault(r, []).append(j)
+        self.groups = list(groups.items())
+
+    def block_sums(self, blk: _Block, out: dict[str, np.ndarray]) -> None:
+        """Write the sums of the block's replicates into the views ``out``."""
+        k, P, S = blk.k, blk.P, blk.S
+        obs = None if blk.observed is None else (
+            blk.observed.reshape(k, P, S).transpose(0, 2, 1).astype(float))
+        moments: dict[tuple[str, ...], np.ndarray] = {}
+        pats: dict[tuple[str, ...], np.ndarray | None] = {(): None}
+
+        def moment(*rs: tuple[str, ...]) -> np.ndarray:
+            """Sum over each patient's observed sessions of the product of ``rs`` (k, P)."""
+            key = tuple(sorted(sum(rs, ())))
+            if key not in moments:
+                # session-major (k, S, P) views of the factors (and the observed mask)
+                fs = [blk.view(v).transpose(0, 2, 1) for v in key]
                 if obs is not None:
-                    prod *= obs
-                total = prod[:, :, 0].copy()
-                for s in range(1, S):  # each patient's sessions added in order
-                    total += prod[:, :, s]
-                moments[key] = total
-        return moments[key]
+                    fs.append(obs)
+                if not fs:
+                    moments[key] = np.full((k, P), float(S))
+                elif len(fs) == 1:
+                    moments[key] = np.sum(fs[0], axis=1, dtype=float)
+                else:
+                    sub = ",".join(["ksp"] * len(fs))
+                    moments[key] = np.einsum(f"{sub}->kp", *fs, dtype=float)
+            return moments[key]
 
-    def times(c: np.ndarray | None, m: np.ndarray) -> np.ndarray:
-        return m if c is None else c * m
+        def pat(names: tuple[str, ...]) -> np.ndarray | None:
+            """Return the product of the patient-level factors ``names`` (k, P), or None."""
+            if names not in pats:
+                c = np.array(blk.view(names[0])[:, :, 0], dtype=float)
+                for v in names[1:]:
+                    c *= blk.view(v)[:, :, 0]
+                pats[names] = c
+            return pats[names]
 
-    cols = [split(f) for f in facs]
-    ry, cy = split([response])
-    out["nk"][...] = moment(())
-    out["sy"][...] = times(cy, moment(ry))
-    out["yty"][...] = times(None if cy is None else cy * cy, moment(ry + ry)).sum(axis=1)
-    for j, (rj, cj) in enumerate(cols):
-        out["sx"][:, :, j] = times(cj, moment(rj))
-        out["xty"][:, j] = times(cj, times(cy, moment(rj + ry))).sum(axis=1)
-        for i in range(j + 1):
-            ri, ci = cols[i]
-            c = ci if cj is None else (cj if ci is None else ci * cj)
-            g = times(c, moment(ri + rj)).sum(axis=1)
-            out["G"][:, i, j] = out["G"][:, j, i] = g
+        def times(c: np.ndarray | None, m: np.ndarray) -> np.ndarray:
+            return m if c is None else c * m
+
+        ry, cy = self.resp
+        c_y = pat(cy)
+        out["nk"][...] = moment(())
+        out["sy"][...] = times(c_y, moment(ry))
+        yy = moment(ry, ry)
+        out["yty"][...] = (yy if c_y is None else (c_y * c_y) * yy).sum(axis=1)
+        sx, xty, G = out["sx"], out["xty"], out["G"]
+        C = []  # (k, P, n) patient-level factors of each group's columns
+        for rg, ig in self.groups:
+            cs = [pat(self.cols[j][1]) for j in ig]
+            C.append(np.stack([np.ones((k, P)) if c is None else c for c in cs], axis=-1))
+            m = moment(rg)
+            for j, c in zip(ig, cs, strict=True):
+                sx[:, :, j] = times(c, m)
+            xty[:, ig] = (times(c_y, moment(rg, ry))[:, None, :] @ C[-1])[:, 0, :]
+        for g, (rg, ig) in enumerate(self.groups):
+            for h in range(g, len(self.groups)):
+                rh, ih = self.groups[h]
+                # per replicate: (n_g, P) @ (P, n_h) products over its patients
+                Ggh = np.swapaxes(C[g] * moment(rg, rh)[:, :, None], 1, 2) @ C[h]
+                G[:, np.array(ig)[:, None], np.array(ih)[None, :]] = Ggh
+                G[:, np.array(ih)[:, None], np.array(ig)[None, :]] = np.swapaxes(Ggh, 1, 2)
 
 
 def _fill_x(X: np.ndarray, blk: _Block, facs: list[list[str] | None]) -> None:

@@ -106,3 +106,18 @@ def test_fit_sums_errors():
         fit_sums(*sums, pt, np.arange(32)[::-1])
     with pytest.raises(ModelSpecError, match="out of range"):
         fit_sums(*sums, pt, np.arange(32), contrast=5)
+
+
+@pytest.mark.parametrize("kind", ["one", "counts", "gaps", "fractional"])
+def test_size_classes_are_those_of_unique(kind):
+    # the distinct cluster sizes and each cluster's index, as np.unique gives them
+    rng = np.random.default_rng(3)
+    nk = {"one": np.full((4, 9), 6.0),
+          "counts": rng.integers(1, 7, size=(5, 11)).astype(float),
+          "gaps": rng.choice([1.0, 4.0, 30.0], size=(3, 8)),
+          "fractional": rng.choice([1.0, 2.5, 3.0], size=(3, 8))}[kind]
+    sizes, tidx = core._size_classes(nk)
+    want_sizes, want_idx = np.unique(nk, return_inverse=True)
+    np.testing.assert_array_equal(sizes, want_sizes)
+    np.testing.assert_array_equal(tidx, want_idx.reshape(nk.shape))
+    np.testing.assert_array_equal(sizes[tidx], nk)

@@ -60,6 +60,7 @@ in ``s`` (central differences of their analytic first derivatives) and the close
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -330,6 +331,8 @@ def _profile_groups(N2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     B, T, J = N2.shape
     if B == 0 or J == 0 or T * T >= J:  # even one group would not pay
         return None
+    if np.all(N2 == N2[:, :, :1]):  # one profile in every replicate (balanced designs)
+        return np.ones((B, 1, J), dtype=bool), N2[:, :, :1].copy(), np.full((B, 1), float(J))
     # one exact scalar key per profile (counts are small integers: digits in base c+1)
     base = float(N2.max()) + 1.0
     if base**T >= 2.0**53:  # pragma: no cover - keys would not be exact
@@ -504,7 +507,8 @@ def sufficient_stats_from_sums(
     yty : ndarray, shape (B,)
         ``y'y``.
     sx : ndarray, shape (B, K, p)
-        Column sums of ``X`` in each level-1 cluster.
+        Column sums of ``X`` in each level-1 cluster (any memory order; a transposed view
+        of a ``(B, p, K)`` array is read fastest).
     sy : ndarray, shape (B, K)
         Sums of ``y`` in each level-1 cluster.
     nk : ndarray, shape (B, K)
@@ -520,8 +524,7 @@ def sufficient_stats_from_sums(
         ``sy - sx b0``.
     """
     B, K, p = sx.shape
-    sizes, tidx = np.unique(nk, return_inverse=True)
-    tidx = tidx.reshape(B, K)
+    sizes, tidx = _size_classes(nk)
     nobs = nk.sum(axis=1).astype(float)
     rms = np.sqrt(np.diagonal(G, axis1=1, axis2=2) / nobs[:, None])
     sc = 1.0 / np.where(rms > 0, rms, 1.0)
@@ -532,47 +535,101 @@ def sufficient_stats_from_sums(
     xtx[:, :p, :p] = Gs
     Gb = (G @ b0[..., None])[..., 0]
     xtx[:, p, p] = yty - 2.0 * np.linalg.vecdot(b0, xty) + np.linalg.vecdot(b0, Gb)
-    sk = np.empty((B, K, p + 1))
-    sk[..., :p] = sx * sc[:, None, :]
-    sk[..., p] = sy - (sx @ b0[..., None])[..., 0]
-    return _cluster_part(xtx, sk, sizes, tidx, layout, nobs, sc, b0s, full)
+    sxT = np.swapaxes(sx, 1, 2)  # (B, p, K)
+
+    def columns(lo: int, hi: int) -> np.ndarray:
+        """``[sx * scale, sy - sx b0]`` of replicates ``lo:hi`` as (b, q, K) columns."""
+        out = np.empty((hi - lo, p + 1, K))
+        np.multiply(sxT[lo:hi], sc[lo:hi, :, None], out=out[:, :p])
+        np.subtract(sy[lo:hi], (b0[lo:hi, None, :] @ sxT[lo:hi])[:, 0], out=out[:, p])
+        return out
+
+    return _cluster_part(xtx, columns, sizes, tidx, layout, nobs, sc, b0s, full)
 
 
-def _cluster_part(xtx: np.ndarray, sk: np.ndarray, sizes: np.ndarray, tidx: np.ndarray,
-                  layout: ClusterLayout, nobs: np.ndarray, scale: np.ndarray,
-                  beta0: np.ndarray, full: np.ndarray) -> SuffStats:
-    """Return the statistics given the level-1 cluster sums ``sk`` (B, K, q) of ``[X, r]``.
+def _size_classes(nk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct level-1 cluster sizes (sorted) and each cluster's index into them (B, K).
 
-    ``Q``, ``S2``, the size profiles and their groups; ``tidx`` (B, K) is each cluster's
-    index into ``sizes``.
+    As ``np.unique(nk, return_inverse=True)``; row counts (small whole numbers) by a
+    table instead of a sort.
     """
-    B, K, q = sk.shape
+    B, K = nk.shape
+    if nk.size and np.all(nk == nk.flat[0]):  # one size (no dropout, equal caseloads)
+        return nk.reshape(-1)[:1].copy(), np.zeros((B, K), np.int64)
+    top = float(nk.max()) if nk.size else 0.0
+    ints = nk.astype(np.int64)
+    if nk.size == 0 or top > 4 * nk.size + 64 or not np.array_equal(ints, nk) or ints.min() < 0:
+        sizes, tidx = np.unique(nk, return_inverse=True)
+        return sizes, tidx.reshape(B, K)
+    present = np.bincount(ints.reshape(-1), minlength=int(top) + 1) > 0
+    where = np.cumsum(present) - 1
+    return np.flatnonzero(present).astype(nk.dtype), where[ints]
+
+
+#: Replicates whose level-1 cluster columns (B, q, K) :func:`_cluster_part` holds at once.
+_CLUSTER_CHUNK = 64
+
+
+def _cluster_part(xtx: np.ndarray, columns: np.ndarray | Callable[[int, int], np.ndarray],
+                  sizes: np.ndarray, tidx: np.ndarray, layout: ClusterLayout,
+                  nobs: np.ndarray, scale: np.ndarray, beta0: np.ndarray,
+                  full: np.ndarray) -> SuffStats:
+    """Return the statistics given the level-1 cluster sums ``s_k`` of ``[X, r]``.
+
+    ``columns`` is the (B, K, q) array of the sums, or a function giving those of the
+    replicates ``lo:hi`` as (b, q, K) columns (then formed :data:`_CLUSTER_CHUNK`
+    replicates at a time, so that they stay in cache). ``Q``, ``S2``,
+    the size profiles and their groups; ``tidx`` (B, K) is each cluster's index into
+    ``sizes``. Every sum is a product per replicate (stacked matrix products: a
+    replicate's statistics do not depend on the others in the batch).
+    """
+    if callable(columns):
+        cols_of, chunk = columns, _CLUSTER_CHUNK
+    else:
+        sk, chunk = columns, max(1, columns.shape[0])
+
+        def cols_of(lo: int, hi: int) -> np.ndarray:
+            return np.swapaxes(sk[lo:hi], 1, 2)
+
+    B, K = tidx.shape
+    q = xtx.shape[-1]
     T = sizes.shape[0]
-    onehot = tidx[:, :, None] == np.arange(T)  # (B, K, T)
-    count = onehot.sum(axis=1).astype(float)
+    onehot = None if T == 1 else tidx[:, :, None] == np.arange(T)  # (B, K, T)
+    count = np.full((B, 1), float(K)) if onehot is None else onehot.sum(axis=1).astype(float)
     two = layout.outer_starts is not None
     J = 0 if layout.outer_starts is None else layout.outer_starts.shape[0]
-    m_out = 0 if layout.outer_starts is None else _equal_segments(layout.outer_starts, K)
     S2 = np.empty((B, T, J, q)) if two else None
-    N2 = None
+    N2 = E = None
     if two:
-        n2 = _segment_sum(onehot.astype(float), layout.outer_starts, axis=1)  # type: ignore[arg-type]
-        N2 = np.ascontiguousarray(np.swapaxes(n2, 1, 2))
+        # E[k, j] = 1 when level-1 cluster k is in outer cluster j
+        outer_of = np.cumsum(np.isin(np.arange(K), layout.outer_starts)) - 1
+        E = (outer_of[:, None] == np.arange(J)).astype(float)
+        if onehot is None:
+            N2 = np.broadcast_to(E.sum(axis=0), (B, 1, J)).copy()
+        else:
+            N2 = np.swapaxes(onehot.astype(float), 1, 2) @ E  # (B, T, J)
     groups = _profile_groups(N2) if two else None  # type: ignore[arg-type]
     Q = np.empty((B, T, q, q))
-    for t in range(T):
-        w = sk if T == 1 else sk * onehot[:, :, t, None]  # one size: every cluster counts
-        Q[:, t] = np.swapaxes(w, 1, 2) @ sk
-        if two:
-            S2[:, t] = _row_segment_sum(w, layout.outer_starts, m_out)  # type: ignore[index,arg-type]
+    for lo in range(0, B, chunk):
+        hi = min(B, lo + chunk)
+        c = cols_of(lo, hi)  # (b, q, K)
+        cT = np.swapaxes(c, 1, 2)
+        for t in range(T):
+            # one size: every cluster counts
+            w = c if onehot is None else c * onehot[lo:hi, None, :, t]
+            Q[lo:hi, t] = w @ cT
+            if two:
+                S2[lo:hi, t] = np.swapaxes(w @ E, 1, 2)  # type: ignore[index,operator]
     P2 = None
     if groups is not None:
         member = groups[0]
         P2 = np.empty((B, member.shape[1], T, T, q, q))
         Sj = np.swapaxes(S2, 1, 2).reshape(B, J, T * q)  # type: ignore[arg-type]
+        SjT = np.swapaxes(Sj, 1, 2)
         for g in range(member.shape[1]):
             # P2[b, g, t, u] = sum over the group's outer clusters j of S_tj S_uj'
-            Pg = np.swapaxes(Sj * member[:, g, :, None], 1, 2) @ Sj  # (B, Tq, Tq)
+            # (one group: every outer cluster is a member)
+            Pg = (SjT if member.shape[1] == 1 else SjT * member[:, g, None, :]) @ Sj
             P2[:, g] = np.swapaxes(Pg.reshape(B, T, q, T, q), 2, 3)
     grp = (None, None) if groups is None else (groups[1], groups[2])
     return SuffStats(xtx, sizes.astype(float), Q, count, S2, N2, nobs, scale, beta0,
