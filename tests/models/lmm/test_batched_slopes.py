@@ -282,6 +282,11 @@ SLOPE_REGRESSION_CASES = {
     "RANK_ONE_LOCAL_DENSE": (8, [4, 1, 4, 3, 1, 1, 2, 4],
                              [3, 2, 2, 6, 6, 3, 5, 6, 4, 5, 2, 2, 4, 5, 3, 3, 4, 5, 4, 5],
                              (1.0, 0.3), 0.0, 0.0, 0.2, 1211),
+    # replicate 0: the inward probe moved fit_mixed from l11 = 0 onto the face l22 = 0,
+    # where it stopped (6.8e-6 lower log-likelihood, beta 4e-4 SE away): the reruns from
+    # inside now belong to every inward round, for the solutions the last round moved
+    "RANK_ONE_AFTER_PROBE": (6, [4, 3, 1, 1, 3, 1], [2, 2, 6, 3, 3, 5, 3, 4, 6, 6, 6, 5, 3],
+                             (0.0, 0.0), -0.7, 0.5, 0.0, 0),
 }
 
 

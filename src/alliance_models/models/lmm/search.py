@@ -23,11 +23,7 @@ any (replicate, point) pairs and its local optimiser with some components held a
    polished point replaces the solution when it is better. Larger problems (more terms,
    random slopes) get the face checks instead: for every bounded entry not at zero (a
    scalar SD, or a diagonal entry of a covariance factor), the optimiser runs from the
-   solution with that entry held at zero; and for every diagonal entry of a covariance
-   factor at zero (a rank-deficient factor, where runs from a start mostly end and
-   which can hold a local optimum with a better one inside that no probe of step 3
-   beats), the optimiser runs from the solution with that entry at each of
-   :data:`INSIDE`.
+   solution with that entry held at zero.
 3. **Across the face.** A solution with a component at exactly zero is a stationary
    point in that component even when the criterion falls inward, and one a hair above
    zero (below :data:`BOUNDARY_SNAP`, where an optimiser stalls on a flat criterion and
@@ -41,8 +37,12 @@ any (replicate, point) pairs and its local optimiser with some components held a
    arbitrary, while off the face it sets the sign of the correlation. A factor that is
    zero altogether (a 2 x 2 one) is also probed along the rank-one direction in which
    the criterion falls fastest (estimated from three small probes): a correlated pair
-   of variances can raise the likelihood where neither alone does.
-   Repeated up to :data:`INWARD_ROUNDS` times.
+   of variances can raise the likelihood where neither alone does. Before the probes,
+   a solution with a zero diagonal entry of a covariance factor (a rank-deficient
+   factor: runs from a start mostly end there, and it can hold a local optimum with a
+   better one inside that no probe beats) is rerun by the free optimiser from itself
+   with that entry at each of :data:`INSIDE`. Repeated up to :data:`INWARD_ROUNDS`
+   times, for the solutions the last round moved (each may end on another face).
 4. **Snap.** Bounded components below :data:`BOUNDARY_SNAP` are set to exactly zero
    when the criterion does not rise (:func:`snap`).
 
@@ -92,7 +92,7 @@ MAX_GRID_TERMS = 3
 #: Relative SDs probed inward from a zero component (very flat optima lie near 1e-3,
 #: and a slope-intercept covariance factor's near 1e-4).
 INWARD = (1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 3.0, 10.0)
-#: Values a zero diagonal entry of a covariance factor is rerun from (step 2).
+#: Values a zero diagonal entry of a covariance factor is rerun from (step 3).
 INSIDE = (0.3, 1.0)
 #: Size of the entries of a zero 2 x 2 covariance factor in the probes that estimate the
 #: criterion's derivative there (:func:`_rank_one_probes`).
@@ -255,20 +255,21 @@ def _face_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]
         start[:, i] = 0.0
         cand, conv = crit.polish(idx, start, (int(i),))
         _accept(crit, state, idx, cand, conv)
-    _inside_step(crit, state)
 
 
-def _inside_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    """Rerun from inside every solution with a diagonal entry of a covariance factor at zero.
+def _inside_step(
+    crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray
+) -> None:
+    """Rerun from inside the solutions ``rows`` with a factor's diagonal entry at zero.
 
     For ``(1 + x | g)`` that is correlation +-1 (``l22 = 0``) or no intercept variance
     (``l11 = 0``); the free run starts from the solution with the entry at each of
-    :data:`INSIDE` (zero here as in :func:`_near_zero`).
+    :data:`INSIDE` (zero as in :func:`_near_zero`).
     """
     theta, f, _ = state
-    near = _near_zero(crit, theta) & ~crit.scalar[None, :] & np.isfinite(f)[:, None]
+    near = _near_zero(crit, theta[rows]) & ~crit.scalar[None, :] & np.isfinite(f[rows])[:, None]
     for i in np.flatnonzero(near.any(axis=0)):
-        idx = np.flatnonzero(near[:, i])
+        idx = rows[near[:, i]]
         base = theta[idx].copy()
         for v in INSIDE:
             start = base.copy()
@@ -279,7 +280,7 @@ def _inside_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarra
 
 def _rank_one_probes(
     crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray,
-    rows: np.ndarray,
+    rows: np.ndarray, todo: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add rank-one probes for a 2 x 2 covariance factor that is zero altogether.
 
@@ -290,7 +291,8 @@ def _rank_one_probes(
     order ``1e-6``: the first-order term dominates), and the factor is probed along the
     eigenvector of its smallest eigenvalue (``l11 = h cos a``, ``l21 = h sin a``,
     ``l22 = 0``, ``h`` in :data:`INWARD`). Applies when the non-scalar entries are one
-    lower-triangular 2 x 2 factor (``l11, l21, l22``: bounded, free, bounded).
+    lower-triangular 2 x 2 factor (``l11, l21, l22``: bounded, free, bounded); only the
+    solutions ``todo`` are probed.
     """
     theta, f, _ = state
     ns = np.flatnonzero(~crit.scalar)
@@ -298,9 +300,9 @@ def _rank_one_probes(
         return x, rows
     i11, i21, i22 = ns
     # zero: every entry below BOUNDARY_SNAP (as in _near_zero; the free one too)
-    near = _near_zero(crit, theta)
-    whole = np.flatnonzero(near[:, i11] & near[:, i22]
-                           & (np.abs(theta[:, i21]) < BOUNDARY_SNAP) & np.isfinite(f))
+    near = _near_zero(crit, theta[todo])
+    whole = todo[near[:, i11] & near[:, i22] & (np.abs(theta[todo, i21]) < BOUNDARY_SNAP)
+                 & np.isfinite(f[todo])]
     if whole.size == 0:
         return x, rows
     e = FACTOR_PROBE
@@ -337,13 +339,22 @@ def _near_zero(crit: Criterion, theta: np.ndarray) -> np.ndarray:
     return crit.bounded[None, :] & (theta < BOUNDARY_SNAP)
 
 
-def _inward_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]) -> bool:
-    """Step 3: probe inward from every zero component; True if a solution moved."""
+def _inward_step(
+    crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray], todo: np.ndarray
+) -> np.ndarray:
+    """Step 3 for the solutions ``todo``; returns those that moved.
+
+    Reruns from inside (:func:`_inside_step`), then probes inward from every zero
+    component (:func:`_rank_one_probes` too).
+    """
     theta, f, _ = state
-    at_zero = _near_zero(crit, theta)
+    before = theta[todo].copy()
+    _inside_step(crit, state, todo)
+    at_zero = np.zeros(theta.shape, dtype=bool)
+    at_zero[todo] = _near_zero(crit, theta[todo])
     reps, comps = np.nonzero(at_zero)
     if reps.size == 0:
-        return False
+        return todo[np.any(theta[todo] != before, axis=1)]
     h = np.array(INWARD)
     base = theta[reps]
     # a zero diagonal entry of a covariance factor leaves the signs of the entries below
@@ -359,21 +370,17 @@ def _inward_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarra
     x = np.repeat(base, h.size, axis=0)
     x[np.arange(x.shape[0]), np.repeat(comps, h.size)] = np.tile(h, reps.size)
     rows = np.repeat(reps, h.size)
-    x, rows = _rank_one_probes(crit, state, x, rows)
+    x, rows = _rank_one_probes(crit, state, x, rows, todo)
     fx = crit.values(rows, x)
     # the best probe per replicate (the first of equal ones, in probe order)
     order = np.lexsort((fx, rows))
     first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
     lower = fx[first] < f[rows[first]] - _tol(f[rows[first]])
-    if not lower.any():
-        return False
-    pick = first[lower]
-    idx = rows[pick]
-    start = x[pick]
-    cand, conv = crit.polish(idx, start, ())
-    before = theta[idx].copy()
-    _accept(crit, state, idx, cand, conv)
-    return bool(np.any(theta[idx] != before))
+    if lower.any():
+        pick = first[lower]
+        cand, conv = crit.polish(rows[pick], x[pick], ())
+        _accept(crit, state, rows[pick], cand, conv)
+    return todo[np.any(theta[todo] != before, axis=1)]
 
 
 def search(
@@ -416,7 +423,9 @@ def search(
         _grid_step(crit, state)
     else:
         _face_step(crit, state)
+    todo = everyone
     for _ in range(INWARD_ROUNDS):
-        if not _inward_step(crit, state):
+        todo = _inward_step(crit, state, todo)
+        if todo.size == 0:
             break
     return state[0], state[2]
