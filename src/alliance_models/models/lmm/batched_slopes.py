@@ -50,6 +50,7 @@ and the Satterthwaite df to :func:`.batched.batched_fit`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -94,6 +95,11 @@ class SlopeStats:
     def n_rep(self) -> int:
         """Replicates."""
         return int(self.xtx.shape[0])
+
+    @cached_property
+    def Pz(self) -> np.ndarray:  # noqa: N802 - the module docstring's name
+        """``sum zeta_k zeta_k'`` per size and outer cluster (B, T, J, 2, 2), contiguous."""
+        return np.ascontiguousarray(self.P[..., self.p + 1:])
 
     def take(self, idx: np.ndarray) -> SlopeStats:
         """Return the statistics of the replicates ``idx``."""
@@ -184,9 +190,10 @@ class SlopeStats:
         k11 = s01 * i01 + s11 * i11
         k01 = 0.5 * ((s00 * i01 + s01 * i11) + (s01 * i00 + s11 * i10))
         # M = Xa'H^-1 Xa = M0 - sum_j G_j' K_j G_j, over the flattened (j, row) axis
-        KG = np.empty((B, J, 2, r))
-        KG[:, :, 0] = k00[..., None] * Gf[:, :, 0] + k01[..., None] * Gf[:, :, 1]
-        KG[:, :, 1] = k01[..., None] * Gf[:, :, 0] + k11[..., None] * Gf[:, :, 1]
+        K = np.empty((B, J, 2, 2))
+        K[..., 0, 0], K[..., 1, 1] = k00, k11
+        K[..., 0, 1] = K[..., 1, 0] = k01
+        KG = K @ Gf  # (stacked 2 x 2 products: faster than broadcasting the entries)
         GKG = np.swapaxes(KG.reshape(B, 2 * J, r), 1, 2) @ Gf.reshape(B, 2 * J, r)
         M = M - GKG[:, :q, :q]
         M = 0.5 * (M + np.swapaxes(M, 1, 2))
@@ -239,39 +246,24 @@ class SlopeStats:
             out[:, 0:1] = sign * 2.0 * (l1 * t[:, 0:1] + l2 * t[:, 1:2])
             out[:, 1:2] = sign * 2.0 * (l1 * t[:, 1:2] + l2 * t[:, 2:3])
             out[:, 2:3] = sign * 2.0 * l3 * t[:, 2:3]
-        # -- the inner SD: 1_k' H^-1 W = a_k (sigma_k - G_j' K_j zeta_k). Contractions of
-        # P_tj with per-cluster weights (B, J, 2, r), one matrix product for all:
-        # -2 e'Pq u + e'Pz e; <K, Pz>; -2 <Pq[:p], K G_x M^-1> + <K Y K, Pz>
-        e0 = k00 * w0 + k01 * w1
-        e1 = k01 * w0 + k11 * w1
-        nw = 3 if reml else 2
-        Wt = np.zeros((B, nw, J, 2, r))
-        Wt[:, 0, :, 0, :q] = -2.0 * e0[..., None] * u[:, None, :]
-        Wt[:, 0, :, 1, :q] = -2.0 * e1[..., None] * u[:, None, :]
-        Wt[:, 0, :, 0, q], Wt[:, 0, :, 0, q + 1] = e0 * e0, e0 * e1
-        Wt[:, 0, :, 1, q], Wt[:, 0, :, 1, q + 1] = e1 * e0, e1 * e1
-        Wt[:, 1, :, 0, q], Wt[:, 1, :, 0, q + 1] = k00, k01
-        Wt[:, 1, :, 1, q], Wt[:, 1, :, 1, q + 1] = k01, k11
-        if reml:
-            Wt[:, 2, :, 0, :p] = -2.0 * (k00[..., None] * GxM[:, :, 0]
-                                         + k01[..., None] * GxM[:, :, 1])
-            Wt[:, 2, :, 1, :p] = -2.0 * (k01[..., None] * GxM[:, :, 0]
-                                         + k11[..., None] * GxM[:, :, 1])
-            b00, b01 = k00 * y00 + k01 * y01, k00 * y01 + k01 * y11
-            b10, b11 = k01 * y00 + k11 * y01, k01 * y01 + k11 * y11
-            Wt[:, 2, :, 0, q], Wt[:, 2, :, 0, q + 1] = b00 * k00 + b01 * k01, b00 * k01 + b01 * k11
-            Wt[:, 2, :, 1, q], Wt[:, 2, :, 1, q + 1] = b10 * k00 + b11 * k01, b10 * k01 + b11 * k11
+        # -- the inner SD: 1_k' H^-1 Xa = a_k (sigma_k - G_j' K_j zeta_k) =: a_k v_k'. Per
+        # size t, Phi_t = sum_k v_k v_k' = Q_t - A_t - A_t' + X_t with A_t = sum_j (K_j G_j)'
+        # P_tj and X_t = sum_j (K_j G_j)' Pz_tj (K_j G_j), products over (j, row) (q block)
         T = self.P.shape[1]
-        res = self.P.reshape(B, T, J * 2 * r) @ np.swapaxes(Wt.reshape(B, nw, J * 2 * r), 1, 2)
+        KGt = np.swapaxes(KG.reshape(B, 1, 2 * J, r), 2, 3)
+        A = KGt @ self.P.reshape(B, T, 2 * J, r)  # (B, T, r, r)
+        Pz = self.Pz  # (B, T, J, 2, 2), symmetric
+        X = KGt @ (Pz @ KG[:, None]).reshape(B, T, 2 * J, r)
+        Phi = self.Q + (X[..., :q, :q] - A[..., :q, :q] - np.swapaxes(A[..., :q, :q], 2, 3))
         a2 = a**2
-        Qu = (self.Q @ u[:, None, :, None])[..., 0]  # (B, T, q)
-        uQu = np.linalg.vecdot(Qu, u[:, None, :])
-        uu_b = (a2 * (uQu + res[..., 0])).sum(axis=1)
-        tr_b = (self.count * a * m).sum(axis=1) - (a2 * res[..., 1]).sum(axis=1)
+        uPu = np.linalg.vecdot((Phi @ u[:, None, :, None])[..., 0], u[:, None, :])  # (B, T)
+        uu_b = (a2 * uPu).sum(axis=1)
+        KPz = (k00[:, None] * Pz[..., 0, 0] + 2.0 * k01[:, None] * Pz[..., 0, 1]
+               + k11[:, None] * Pz[..., 1, 1]).sum(axis=2)
+        tr_b = (self.count * a * m).sum(axis=1) - (a2 * KPz).sum(axis=1)
         if reml:
-            QM = np.linalg.vecdot(self.Q[..., :p, :p].reshape(B, T, p * p),
-                                  Mi.reshape(B, 1, p * p))
-            kk_b = (a2 * (QM + res[..., 2])).sum(axis=1)
+            PM = np.linalg.vecdot(Phi[..., :p, :p].reshape(B, T, p * p), Mi.reshape(B, 1, p * p))
+            kk_b = (a2 * PM).sum(axis=1)
         else:
             kk_b = np.zeros(B)
         sb = s[:, 3]
