@@ -14,6 +14,7 @@ lme4 / lmerTest on the committed ``nested_slope`` data.
 from __future__ import annotations
 
 import itertools
+import sys
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import alliance_models as am
 from alliance_models.errors import ModelSpecError
 from alliance_models.models.lmm import batched as core
 from alliance_models.models.lmm import batched_slopes
+from alliance_models.models.lmm import search as search_mod
 from alliance_models.models.lmm.batch_fit import fit_batch
 
 R_DIR = Path(__file__).parents[2] / "r"
@@ -383,6 +385,53 @@ def test_replicate_does_not_depend_on_its_batch():
     np.testing.assert_allclose(alone.estimate, whole.estimate[2:3], rtol=1e-10)
     np.testing.assert_allclose(alone.df, whole.df[2:3], rtol=1e-8)
     np.testing.assert_allclose(alone.loglik, whole.loglik[2:3], rtol=1e-12)
+
+
+class _OneAtATime:
+    """The batched criterion without ``polish_faces``: the search polishes face by face."""
+
+    def __init__(self, crit):
+        self.crit = crit
+        self.n_rep, self.k = crit.n_rep, crit.k
+        self.bounded, self.scalar = crit.bounded, crit.scalar
+
+    def values(self, rep, theta):
+        return self.crit.values(rep, theta)
+
+    def polish(self, rep, theta0, held):
+        return self.crit.polish(rep, theta0, held)
+
+
+def test_merged_runs_are_one_run_per_face_and_start():
+    # the search runs the face step's faces, and the inside step's starts of one entry, as
+    # one quasi-Newton run of the batched engine over every (replicate, face or start)
+    # pair; the results are those of one run per face or start in turn, also where an
+    # earlier face replaced a solution (the later faces then run again from the new one)
+    rng = np.random.default_rng(2)
+    X, Y, outer, inner, _ = simulate(rng, 8, [3] * 8, [3] * 24, (0.5, 0.8), 0.0, 0.0, 24)
+    st_ = batched_slopes.slope_stats(X, Y, core.make_layout(outer, inner), 1)
+    s, conv = core._newton(st_, core._start(st_, True), True)
+    s = st_.canonical(s)
+    crit = core.BatchedCriterion(st_, True)
+    reruns, merged_runs = [], []
+    polish, polish_faces = crit.polish, crit.polish_faces
+
+    def counted(rep, theta0, held):
+        if sys._getframe(1).f_code.co_name == "_face_step":
+            reruns.append(rep.size)
+        return polish(rep, theta0, held)
+
+    def counted_faces(jobs):
+        merged_runs.append(sys._getframe(1).f_code.co_name)
+        return polish_faces(jobs)
+
+    crit.polish, crit.polish_faces = counted, counted_faces
+    merged = search_mod.search(crit, s, conv)
+    assert reruns  # a face replaced some solution before a later face ran
+    assert {"_face_step", "_inside_step"} <= set(merged_runs)
+    one = search_mod.search(_OneAtATime(core.BatchedCriterion(st_, True)), s, conv)
+    np.testing.assert_array_equal(merged[0], one[0])
+    np.testing.assert_array_equal(merged[1], one[1])
 
 
 def test_slope_errors_name_the_problem():

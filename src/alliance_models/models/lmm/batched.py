@@ -1009,29 +1009,43 @@ def _start(st: SuffStats | SlopeStats, reml: bool) -> np.ndarray:
     return s0
 
 
+def _hold_mask(fixed: tuple[int, ...] | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Return ``fixed`` as a (B, k) mask (one tuple of components for every row, or per row)."""
+    if isinstance(fixed, np.ndarray):
+        return fixed
+    hold = np.zeros(shape, dtype=bool)
+    hold[:, list(fixed)] = True
+    return hold
+
+
 def _fd_hessian(
     sub: SuffStats | SlopeStats,
     sa: np.ndarray,
     g: np.ndarray,
     reml: bool,
-    fixed: tuple[int, ...] = (),
+    fixed: tuple[int, ...] | np.ndarray = (),
 ) -> np.ndarray:
     """Forward differences of the analytic gradient (k extra evaluations), symmetrised.
 
-    Components in ``fixed`` are not differenced: their rows and columns are the identity.
+    Components in ``fixed`` (a tuple for every row, or a (B, k) mask) are not
+    differenced: their rows and columns are the identity.
     """
-    k = sa.shape[1]
+    B, k = sa.shape
+    hold = _hold_mask(fixed, (B, k))
     step = _NEWTON_STEP * np.maximum(1.0, np.abs(sa))
     cols = []
     for i in range(k):
-        if i in fixed:
-            cols.append(np.broadcast_to(np.eye(k)[i], g.shape))
-            continue
-        x = sa.copy()
-        x[:, i] += step[:, i]
-        gi = (gradient(sub, x, reml=reml) - g) / step[:, i, None]
-        gi[:, list(fixed)] = 0.0
-        cols.append(gi)
+        col = np.zeros((B, k))
+        col[:, i] = 1.0
+        free = np.flatnonzero(~hold[:, i])
+        if free.size:
+            x = sa[free].copy()
+            x[:, i] += step[free, i]
+            sub_i = sub if free.size == B else sub.take(free)
+            gi = (gradient(sub_i, x, reml=reml) - g[free]) / step[free, i, None]
+            gi[hold[free]] = 0.0
+            col[free] = gi
+        cols.append(col)
     H = np.stack(cols, axis=2)
     H = 0.5 * (H + np.swapaxes(H, 1, 2))
     return np.where(np.isfinite(H), H, 0.0)
@@ -1046,7 +1060,8 @@ def _make_pd(H: np.ndarray) -> np.ndarray:
 
 
 def _newton(
-    st: SuffStats | SlopeStats, s: np.ndarray, reml: bool, fixed: tuple[int, ...] = ()
+    st: SuffStats | SlopeStats, s: np.ndarray, reml: bool,
+    fixed: tuple[int, ...] | np.ndarray = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Quasi-Newton minimisation of the profiled criterion; returns (s, converged).
 
@@ -1057,8 +1072,9 @@ def _newton(
     ``max |df/ds| <= GRAD_TOL``, or a negligible step / a line search that cannot
     improve while the gradient is below ``1e-5`` (the numerical floor).
 
-    The components in ``fixed`` (a boundary face) stay at their start values: their
-    gradient entries and steps are zero, their Hessian rows and columns the identity.
+    The components in ``fixed`` (a boundary face; one tuple for every replicate, or a
+    (B, k) mask, a face per replicate) stay at their start values: their gradient
+    entries and steps are zero, their Hessian rows and columns the identity.
 
     For the random-slope model, whose gradient costs a small multiple of its criterion,
     the first trial point of each line search (the full step, which is usually taken) is
@@ -1068,7 +1084,8 @@ def _newton(
     saves.)
     """
     B, k = s.shape
-    held = list(fixed)
+    hold = _hold_mask(fixed, (B, k))
+    held = bool(hold.any())
     s = s.copy()
     conv = np.zeros(B, dtype=bool)
     Hq = np.zeros((B, k, k))
@@ -1098,7 +1115,7 @@ def _newton(
             f_at[active[new]], g_at[active[new]] = f_new, g_new
         f0, g = f_at[active], g_at[active].copy()
         if held:
-            g[:, held] = 0.0
+            g[hold[active]] = 0.0
         gmax = np.abs(g).max(axis=1)
         done = gmax <= GRAD_TOL
         # BFGS update from the previous step
@@ -1120,7 +1137,8 @@ def _newton(
         if fd.any():
             idx = np.flatnonzero(fd)
             sub_fd = sub.take(idx) if idx.size < active.size else sub
-            Hq[active[idx]] = _make_pd(_fd_hessian(sub_fd, sa[idx], g[idx], reml, fixed))
+            Hq[active[idx]] = _make_pd(_fd_hessian(sub_fd, sa[idx], g[idx], reml,
+                                                   hold[active[idx]]))
             need_fd[active[idx]] = False
         Hs = Hq[active]
         gf = np.where(np.isfinite(g), g, 0.0)
@@ -1130,7 +1148,7 @@ def _newton(
                                  gf[..., None])[..., 0]
         d = np.where(np.isfinite(d), d, 0.0)
         if held:  # exactly: eigh in _make_pd may mix the blocks at rounding level
-            d[:, held] = 0.0
+            d[hold[active]] = 0.0
         # cap the step length (relative SDs live on an O(1) scale)
         cap = 2.0 * np.maximum(1.0, np.abs(sa).max(axis=1))
         nrm = np.sqrt((d**2).sum(axis=1))
@@ -1228,6 +1246,31 @@ class BatchedCriterion:
         sub = self._sub(rep)
         s, conv = _newton(sub, s0, self.reml, fixed=held)
         return (s if isinstance(sub, SuffStats) else sub.canonical(s)), conv
+
+    def polish_faces(
+        self, jobs: list[tuple[np.ndarray, np.ndarray, tuple[int, ...]]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`polish` for several ``(rep, s0, held)`` at once, in one quasi-Newton run.
+
+        Each row keeps its own held components, so the results are those of one
+        :meth:`polish` per job, with fewer (larger) evaluations.
+        """
+        sizes = [j[0].size for j in jobs]
+        if sum(sizes) == 0:
+            return [(j[1].copy(), np.ones(0, dtype=bool)) for j in jobs]
+        rep = np.concatenate([j[0] for j in jobs])
+        s0 = np.concatenate([j[1] for j in jobs])
+        hold = np.zeros(s0.shape, dtype=bool)
+        lo = 0
+        for (_, _, held), m in zip(jobs, sizes, strict=True):
+            hold[lo:lo + m, list(held)] = True
+            lo += m
+        sub = self._sub(rep)
+        s, conv = _newton(sub, s0, self.reml, fixed=hold)
+        if not isinstance(sub, SuffStats):
+            s = sub.canonical(s)
+        cuts = np.cumsum(sizes)[:-1]
+        return list(zip(np.split(s, cuts), np.split(conv, cuts), strict=True))
 
 
 def _finish_on_face(

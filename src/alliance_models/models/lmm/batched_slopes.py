@@ -105,11 +105,14 @@ class SlopeStats:
 
     def take(self, idx: np.ndarray) -> SlopeStats:
         """Return the statistics of the replicates ``idx``."""
-        return SlopeStats(
+        out = SlopeStats(
             self.xtx[idx], self.sizes, self.Q[idx], self.count[idx], self.C[idx],
             self.P[idx], self.n[idx], self.scale[idx], self.beta0[idx], self.p,
             self.full_rank[idx], self.zscale[idx],
         )
+        if "Pz" in self.__dict__:  # the cached copy, taken along
+            out.__dict__["Pz"] = self.Pz[idx]
+        return out
 
     @staticmethod
     def canonical(s: np.ndarray) -> np.ndarray:

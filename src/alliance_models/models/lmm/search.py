@@ -245,16 +245,44 @@ def _face_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]
     criterion is flat there.
     """
     theta, _, _ = state
-    for i in np.flatnonzero(crit.bounded):
-        idx = np.flatnonzero(theta[:, i] != 0.0)
-        if idx.size == 0:
-            continue
+    faces = [int(i) for i in np.flatnonzero(crit.bounded)]
+
+    def job(i: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = rows[theta[rows, i] != 0.0]
         start = theta[idx].copy()
         # other components at zero start inside (zero is a stationary point)
         start[(start == 0.0) & crit.bounded[None, :]] = 1.0
         start[:, i] = 0.0
-        cand, conv = crit.polish(idx, start, (int(i),))
-        _accept(crit, state, idx, cand, conv)
+        return idx, start
+
+    everyone = np.arange(crit.n_rep)
+    many = getattr(crit, "polish_faces", None)
+    if many is None:  # one face after the other
+        for i in faces:
+            idx, start = job(i, everyone)
+            if idx.size:
+                cand, conv = crit.polish(idx, start, (i,))
+                _accept(crit, state, idx, cand, conv)
+        return
+    # every face in one run (an engine that polishes many replicates at once) from the
+    # solutions as they stand; where a face replaced a solution, the later faces run
+    # again from the new one, so the result is that of one face after the other
+    theta0 = theta.copy()
+    jobs = [job(i, everyone) for i in faces]
+    results = many([(idx, start, (i,)) for i, (idx, start) in zip(faces, jobs, strict=True)])
+    for i, (idx, _), (cand, conv) in zip(faces, jobs, results, strict=True):
+        moved = np.flatnonzero((theta != theta0).any(axis=1))
+        if moved.size:
+            keep = ~np.isin(idx, moved)
+            idx, cand, conv = idx[keep], cand[keep], conv[keep]
+            idx2, start2 = job(i, moved)
+            if idx2.size:
+                cand2, conv2 = crit.polish(idx2, start2, (i,))
+                idx = np.concatenate([idx, idx2])
+                cand = np.concatenate([cand, cand2])
+                conv = np.concatenate([conv, conv2])
+        if idx.size:
+            _accept(crit, state, idx, cand, conv)
 
 
 def _inside_step(
@@ -264,18 +292,28 @@ def _inside_step(
 
     For ``(1 + x | g)`` that is correlation +-1 (``l22 = 0``) or no intercept variance
     (``l11 = 0``); the free run starts from the solution with the entry at each of
-    :data:`INSIDE` (zero as in :func:`_near_zero`).
+    :data:`INSIDE` (zero as in :func:`_near_zero`). The runs of one entry start from the
+    same solutions, so an engine that polishes many replicates at once
+    (``polish_faces``) runs them together.
     """
     theta, f, _ = state
     near = _near_zero(crit, theta[rows]) & ~crit.scalar[None, :] & np.isfinite(f[rows])[:, None]
+    many = getattr(crit, "polish_faces", None)
     for i in np.flatnonzero(near.any(axis=0)):
         idx = rows[near[:, i]]
         base = theta[idx].copy()
+        starts = []
         for v in INSIDE:
             start = base.copy()
             start[:, i] = v
-            cand, conv = crit.polish(idx, start, ())
-            _accept(crit, state, idx, cand, conv)
+            starts.append(start)
+        if many is None:
+            for start in starts:
+                cand, conv = crit.polish(idx, start, ())
+                _accept(crit, state, idx, cand, conv)
+        else:
+            for cand, conv in many([(idx, start, ()) for start in starts]):
+                _accept(crit, state, idx, cand, conv)
 
 
 def _rank_one_probes(
