@@ -253,21 +253,33 @@ class SlopeStats:
             out[:, 2:3] = sign * 2.0 * l3 * t[:, 2:3]
         # -- the inner SD: 1_k' H^-1 Xa = a_k (sigma_k - G_j' K_j zeta_k) =: a_k v_k'. Per
         # size t, Phi_t = sum_k v_k v_k' = Q_t - A_t - A_t' + X_t with A_t = sum_j (K_j G_j)'
-        # P_tj and X_t = sum_j (K_j G_j)' Pz_tj (K_j G_j), products over (j, row) (q block)
+        # P_tj (a product over (j, row)) and X_t = sum_j G_j' K_j Pz_tj K_j G_j, which
+        # enters only as u' X_t u = sum_j e_j' Pz_tj e_j (e_j = K_j w_j) and
+        # <M^-1, X_t> = sum_j <K_j Pz_tj K_j, Y_j>
         T = self.P.shape[1]
         KGt = np.swapaxes(KG.reshape(B, 1, 2 * J, r), 2, 3)
         A = KGt @ self.P.reshape(B, T, 2 * J, r)  # (B, T, r, r)
+        Aq = A[..., :q, :q]
         Pz = self.Pz  # (B, T, J, 2, 2), symmetric
-        X = KGt @ (Pz @ KG[:, None]).reshape(B, T, 2 * J, r)
-        Phi = self.Q + (X[..., :q, :q] - A[..., :q, :q] - np.swapaxes(A[..., :q, :q], 2, 3))
+        pz00, pz01, pz11 = Pz[..., 0, 0], Pz[..., 0, 1], Pz[..., 1, 1]
+        e0 = (k00 * w0 + k01 * w1)[:, None]
+        e1 = (k01 * w0 + k11 * w1)[:, None]
+        ePe = (e0 * e0 * pz00 + 2.0 * e0 * e1 * pz01 + e1 * e1 * pz11).sum(axis=2)
+        uQAu = np.linalg.vecdot(((self.Q - 2.0 * Aq) @ u[:, None, :, None])[..., 0],
+                                u[:, None, :])  # (B, T)
         a2 = a**2
-        uPu = np.linalg.vecdot((Phi @ u[:, None, :, None])[..., 0], u[:, None, :])  # (B, T)
-        uu_b = (a2 * uPu).sum(axis=1)
-        KPz = (k00[:, None] * Pz[..., 0, 0] + 2.0 * k01[:, None] * Pz[..., 0, 1]
-               + k11[:, None] * Pz[..., 1, 1]).sum(axis=2)
+        uu_b = (a2 * (uQAu + ePe)).sum(axis=1)
+        c00, c01, c11 = k00[:, None], k01[:, None], k11[:, None]
+        KPz = (c00 * pz00 + 2.0 * c01 * pz01 + c11 * pz11).sum(axis=2)
         tr_b = (self.count * a * m).sum(axis=1) - (a2 * KPz).sum(axis=1)
         if reml:
-            PM = np.linalg.vecdot(Phi[..., :p, :p].reshape(B, T, p * p), Mi.reshape(B, 1, p * p))
+            m00, m01 = c00 * pz00 + c01 * pz01, c00 * pz01 + c01 * pz11  # K Pz
+            m10, m11 = c01 * pz00 + c11 * pz01, c01 * pz01 + c11 * pz11
+            z00, z11 = m00 * c00 + m01 * c01, m10 * c01 + m11 * c11  # K Pz K
+            z01 = 0.5 * ((m00 * c01 + m01 * c11) + (m10 * c00 + m11 * c01))
+            XY = (z00 * y00[:, None] + 2.0 * z01 * y01[:, None] + z11 * y11[:, None]).sum(axis=2)
+            QA = (self.Q - 2.0 * Aq)[..., :p, :p]  # <M^-1, A> = <M^-1, A'>
+            PM = np.linalg.vecdot(QA.reshape(B, T, p * p), Mi.reshape(B, 1, p * p)) + XY
             kk_b = (a2 * PM).sum(axis=1)
         else:
             kk_b = np.zeros(B)
