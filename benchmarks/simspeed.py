@@ -95,7 +95,9 @@ def main() -> None:
             res[name]["cpu"] += r["cpu"]
             res[name]["wall"] += r["wall"]
             res[name]["thr_wall"] += r["thr_wall"]
-            res[name]["ratio"] += [w / t for w, t in zip(r["wall"], r["thr_wall"], strict=True)]
+            if a.threads:
+                res[name]["ratio"] += [w / t for w, t in zip(r["wall"], r["thr_wall"],
+                                                             strict=True)]
             powers[name] = r["power"]
             loads.append(r["load"])
             print(f"round {rnd} {name}: cpu {statistics.median(r['cpu']):.3f} s, wall "

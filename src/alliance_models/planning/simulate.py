@@ -551,7 +551,9 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
     # and sums over sessions add contiguous slabs. The first operation on each row-level
     # draw reads it from the draws' patient-major grid order; the values are those of the
     # same operations on the patient-major grid, element by element. ``row`` holds the
-    # columns as (k, P, S) views of these arrays.
+    # columns as (k, P, S) views of these arrays. Draws once read leave their place in
+    # the draws' buffer to later (k, S, P) arrays (``spare``), so that a block allocates
+    # little afresh.
     def sm(x: np.ndarray) -> np.ndarray:
         """View a patient-major (k, P * S) grid array as session-major (k, S, P)."""
         return x.reshape(k, P, S).transpose(0, 2, 1)
@@ -560,16 +562,30 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
         """View a session-major (k, S, P) array as (k, P, S)."""
         return x.transpose(0, 2, 1)
 
+    spare: list[np.ndarray] = []  # (k, S, P) workspaces: read draws, finished temporaries
+
+    def scratch() -> np.ndarray:
+        """Return a (k, S, P) workspace (its values are garbage)."""
+        return spare.pop() if spare else np.empty((k, S, P))
+
+    def slot(x: np.ndarray) -> np.ndarray:
+        """Return the place of read (k, P * S) draws as a (k, S, P) workspace."""
+        return x.reshape(k, S, P)
+
     c_t, c_p, c_s = design.alliance_components
     if skewed:
         a_p = _std_skewnormal_inplace(design.alliance_skew, g_all[:, T:T + P],
                                       g_all[:, T + P:T + 2 * P])
-        a_s = _std_skewnormal_inplace(design.alliance_skew, sm(g_all[:, T + 2 * P:T + 2 * P + G]),
-                                      sm(g_all[:, T + 2 * P + G:]), out=np.empty((k, S, P)))
+        u0, u1 = g_all[:, T + 2 * P:T + 2 * P + G], g_all[:, T + 2 * P + G:]
+        work = scratch()
+        a_s = _std_skewnormal_inplace(design.alliance_skew, sm(u0), sm(u1), out=slot(u1),
+                                      work=work)
+        spare += [slot(u0), work]
         a_s *= math.sqrt(c_s)
     else:
         a_p = g_all[:, T:T + P]
-        a_s = np.multiply(sm(g_all[:, T + P:]), math.sqrt(c_s))
+        a_s = np.multiply(sm(g_all[:, T + P:]), math.sqrt(c_s), out=scratch())
+        spare.append(slot(g_all[:, T + P:]))
     tp = (math.sqrt(c_t) * g_all[:, :T])[:, pat_ther]
     tp += math.sqrt(c_p) * a_p
     a_s += tp[:, None, :]  # s + (t + p) == (t + p) + s
@@ -618,13 +634,14 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
             continue
         views = [z if z.ndim == 3 else z[:, None, :] for z in zs]
         if fixed_row is None:
-            term_row = np.empty((k, S, P))
-            _product(views, beta, out=term_row)
+            term_row = _product(views, beta, out=scratch())
             if fixed_pat is not None:
                 term_row += fixed_pat[:, None, :]  # fixed + term == term + fixed
             fixed_row = term_row
         else:
-            fixed_row += _product(views, beta, out=np.empty((k, S, P)))
+            term_row = _product(views, beta, out=scratch())
+            fixed_row += term_row
+            spare.append(term_row)
     if fixed_pat is None and fixed_row is None:
         fixed_pat = np.zeros((k, P))
 
@@ -644,13 +661,14 @@ def _simulate_block(lay: _Layout, rngs: Sequence[np.random.Generator],
     if gaussian:
         # the residuals, scaled (session-major)
         e3 = np.multiply(sm(g_out[:, T + P:]),
-                         math.sqrt(1 - design.icc_therapist - design.icc_patient))
+                         math.sqrt(1 - design.icc_therapist - design.icc_patient),
+                         out=scratch())
         y_pm = None if y_out is None else y_out.reshape(k, P, S)  # written last
         if fixed_row is not None:
             eta = pm(fixed_row)
             # ((eta + u) + v) + e; eta itself is kept only if asked for
             y3 = np.add(fixed_row, u_p[:, None, :],
-                        out=fixed_row if not wanted("eta") else np.empty((k, S, P)))
+                        out=fixed_row if not wanted("eta") else scratch())
             y3 += v_p[:, None, :]
             last = e3
         else:
@@ -805,19 +823,22 @@ def _age_moments_of(age_distribution: tuple[float, float, float, float]) -> tupl
 
 
 def _std_skewnormal_inplace(shape: float, u0: np.ndarray, u1: np.ndarray,
-                            out: np.ndarray | None = None) -> np.ndarray:
+                            out: np.ndarray | None = None,
+                            work: np.ndarray | None = None) -> np.ndarray:
     """:func:`_std_skewnormal` from its two standard-normal draws, overwriting ``u0``/``u1``.
 
-    The same floating-point operations as :func:`_std_skewnormal`; returns ``u0``, or,
-    with ``out`` (of the draws' shape, e.g. a different memory order), writes the values
-    into ``out`` and returns it, leaving the draws as they are.
+    The same floating-point operations as :func:`_std_skewnormal`; returns ``u0``. With
+    ``out`` (of the draws' shape, e.g. a different memory order) the values are written
+    there instead and ``work`` (the same shape; allocated if None) takes the scaled
+    ``u1``: ``out`` may share memory with ``u1`` (read before ``out`` is written), not
+    with ``u0``; ``work`` with neither.
     """
     delta = shape / math.sqrt(1 + shape * shape)
     if out is None:
         out = u0
         u1 *= math.sqrt(1 - delta * delta)
     else:
-        u1 = np.multiply(u1, math.sqrt(1 - delta * delta))
+        u1 = np.multiply(u1, math.sqrt(1 - delta * delta), out=work)
     np.abs(u0, out=out)
     out *= delta
     out += u1

@@ -239,6 +239,8 @@ class SuffStats:
     P2: np.ndarray | None = None  # (B, G, T, T, q, q) sum over a group of S_tj S_uj'
     N2g: np.ndarray | None = None  # (B, T, G) the group's profile (a column of N2)
     Ng: np.ndarray | None = None  # (B, G) outer clusters in the group (0: padding)
+    # the stacked matrices of ``_evaluate_basis`` (``_basis``); None: formed when needed
+    basis: np.ndarray | None = None  # (B, nb, q * q)
 
     @property
     def n_rep(self) -> int:
@@ -260,6 +262,7 @@ class SuffStats:
             None if self.P2 is None else self.P2[idx],
             None if self.N2g is None else self.N2g[idx],
             None if self.Ng is None else self.Ng[idx],
+            None if self.basis is None else self.basis[idx],
         )
 
 
@@ -632,8 +635,10 @@ def _cluster_part(xtx: np.ndarray, columns: np.ndarray | Callable[[int, int], np
             Pg = (SjT if member.shape[1] == 1 else SjT * member[:, g, None, :]) @ Sj
             P2[:, g] = np.swapaxes(Pg.reshape(B, T, q, T, q), 2, 3)
     grp = (None, None) if groups is None else (groups[1], groups[2])
+    # evaluated from the stacked matrices: with one factor or in profile groups
+    basis = _basis(xtx, Q, P2) if P2 is not None or not two else None
     return SuffStats(xtx, sizes.astype(float), Q, count, S2, N2, nobs, scale, beta0,
-                     q - 1, full, P2, *grp)
+                     q - 1, full, P2, *grp, basis)
 
 
 # ----------------------------------------------------------------------------------
@@ -692,6 +697,103 @@ def _wsum(w: np.ndarray, A: np.ndarray) -> np.ndarray:
     return out.reshape(w.shape[:2] + A.shape[2:])
 
 
+def _basis(xtx: np.ndarray, Q: np.ndarray, P2: np.ndarray | None) -> np.ndarray:
+    """Stack the matrices that ``Xa' H^{-1} Xa`` and its derivatives combine (B, nb, q * q).
+
+    ``xtx``, the ``Q_t`` and (profile groups) the ``P2[g, t, u]``, in that order: with one
+    factor, or two whose outer clusters fall into profile groups, every matrix of
+    :func:`_evaluate` is a weighted sum of these (see there).
+    """
+    B, q = xtx.shape[0], xtx.shape[-1]
+    parts = [xtx.reshape(B, 1, q * q), Q.reshape(B, -1, q * q)]
+    if P2 is not None:
+        parts.append(P2.reshape(B, -1, q * q))
+    return np.concatenate(parts, axis=1)
+
+
+def _evaluate_basis(st: SuffStats, s: np.ndarray, reml: bool, grad: bool
+                    ) -> tuple[np.ndarray, ...]:
+    """:func:`_evaluate` with one factor, or two in profile groups (few large products).
+
+    ``M = Xa' H^{-1} Xa`` is ``xtx - sum_t c_t Q_t - sum_g d_g sum_{t,u} a_t a_u
+    P2[g, t, u]`` and ``Phi_a``, ``Phi_b`` are weighted sums of the same matrices (see
+    the grouped branch of :func:`_evaluate`), so each is one product of a weight vector
+    with the stacked :func:`_basis`, and the contractions ``u' Phi_i u`` and
+    ``<Phi_i, K>`` are those of every basis matrix with ``u u'`` and ``K`` (one product)
+    weighted the same way (another). ``u`` and ``K`` come from the inverse of the
+    Cholesky factor: its last row is ``(-beta' / sqrt(R), 1 / sqrt(R))``.
+    """
+    basis = st.basis if st.basis is not None else _basis(st.xtx, st.Q, st.P2)
+    Bn, nb = basis.shape[:2]
+    p = st.p
+    q = p + 1
+    T = st.sizes.shape[0]
+    m = st.sizes[None, :]
+    gb = (s[:, -1] ** 2)[:, None]  # level-1 ratio (the only one with one factor)
+    mg = m * gb
+    a = 1.0 / (1.0 + mg)  # (B, T)
+    logdet = (st.count * np.log1p(mg)).sum(axis=1)
+    w = np.empty((Bn, 1, nb))  # the weights of M
+    w[:, 0, 0] = 1.0
+    np.multiply(gb, a, out=w[:, 0, 1:T + 1])
+    np.negative(w[:, 0, 1:T + 1], out=w[:, 0, 1:T + 1])
+    grouped = st.P2 is not None
+    if grouped:
+        assert st.N2g is not None and st.Ng is not None
+        ga = s[:, :1] ** 2  # (B, 1)
+        am = a * m
+        W = (am[:, None, :] @ st.N2g)[:, 0, :]  # (B, G)
+        omw = 1.0 + ga * W
+        d = ga / omw
+        aa = (a[:, :, None] * a[:, None, :]).reshape(Bn, 1, T * T)  # a_t a_u
+        np.multiply(d[:, :, None], -aa, out=w[:, 0, T + 1:].reshape(Bn, -1, T * T))
+        logdet = logdet + (st.Ng * np.log1p(ga * W)).sum(axis=1)
+    M = (w @ basis).reshape(Bn, q, q)
+    L = _chol(M)
+    dg = np.diagonal(L, axis1=1, axis2=2)
+    R = dg[:, p] ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = logdet + (2.0 * np.log(dg[:, :p]).sum(axis=1) if reml else 0.0)
+        nu = st.n - p if reml else st.n
+        f = nu * np.log(R) + h
+    f = np.where(np.isfinite(f), f, np.inf)
+    if not grad:
+        return f, R, h, L
+    bad = ~np.all(np.isfinite(dg), axis=1)
+    Lf = np.where(bad[:, None, None], np.eye(q), L) if bad.any() else L
+    Li = tri_inv(Lf)  # (B, q, q); its leading p x p block is Lxx^{-1}
+    u = Li[:, p, :] * Lf[:, p, p, None]  # (-beta, 1)
+    u[:, p] = 1.0
+    k = 2 if grouped else 1
+    V = np.zeros((Bn, q, q, 2))  # u u' and K = M^{-1}[:p, :p] padded
+    np.multiply(u[:, :, None], u[:, None, :], out=V[..., 0])
+    if reml:
+        Lx = Li[:, :p, :p]
+        np.matmul(np.swapaxes(Lx, 1, 2), Lx, out=V[:, :p, :p, 1])
+    X = basis[:, 1:] @ V.reshape(Bn, q * q, 2)  # (B, nb - 1, 2): u'Bu, <B, K>
+    wg = np.zeros((Bn, k, nb - 1))  # weights of Phi_a (grouped) and Phi_b
+    wg[:, k - 1, :T] = a**2
+    if grouped:
+        inv1 = 1.0 / omw
+        e1 = (am[:, None, :] ** 2 @ st.N2g)[:, 0, :]  # (B, G)
+        wa = wg[:, 0, T:].reshape(Bn, -1, T * T)
+        np.multiply((inv1**2)[:, :, None], aa, out=wa)
+        wb = wg[:, 1, T:].reshape(Bn, -1, T * T)
+        amu = (am[:, :, None] + am[:, None, :]).reshape(Bn, 1, T * T)
+        np.multiply(aa, (d**2 * e1)[:, :, None] - d[:, :, None] * amu, out=wb)
+        tr = np.stack([(st.Ng * W * inv1).sum(axis=1),
+                       (st.count * am).sum(axis=1) - (st.Ng * d * e1).sum(axis=1)], axis=1)
+    else:
+        tr = (st.count * a * m).sum(axis=1)[:, None]
+    Y = wg @ X  # (B, k, 2)
+    # chain rule to the relative SD: dg/ds = 2 s
+    dR = -2.0 * s * Y[:, :, 0]
+    dh = 2.0 * s * (tr - Y[:, :, 1])
+    dR[bad | ~np.isfinite(R)] = np.nan
+    dh[bad | ~np.isfinite(R)] = np.nan
+    return f, R, h, L, dR, dh
+
+
 def _evaluate(
     st: SuffStats | SlopeStats, s: np.ndarray, reml: bool, grad: bool
 ) -> tuple[np.ndarray, ...]:
@@ -712,6 +814,8 @@ def _evaluate(
     """
     if not isinstance(st, SuffStats):
         return st.evaluate(s, reml, grad)
+    if st.P2 is not None or st.S2 is None:
+        return _evaluate_basis(st, s, reml, grad)
     m = st.sizes[None, :]
     gb = (s[:, -1] ** 2)[:, None]  # level-1 ratio (the only one with one factor)
     a = 1.0 / (1.0 + m * gb)  # (B, T)
