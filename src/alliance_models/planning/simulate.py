@@ -1068,25 +1068,51 @@ class _SumPlan:
     Every column of ``X`` (and the response) is a product of patient-level factors ``c``
     and row-level ones ``r``; over a patient's observed sessions its sums are ``c`` times
     the session sum of the product of the ``r`` (a *moment*; the moment of no factor
-    counts the sessions). A block's moments are formed once each (``(k, P)``, from the
-    session-major columns), then every sum of the block from them at patient level.
-    Each replicate's sums are formed from its own rows only, in an order that does not
-    depend on the block (element-wise operations, ``einsum`` contractions per replicate).
+    counts the sessions). So ``G[i, j] = sum_P c_i M[r_i r_j] c_j`` and
+    ``xty[j] = sum_P c_y M[r_j r_y] c_j``: with *left* rows ``c M`` (one per distinct
+    (patient factor, moment) pair) and *right* columns ``c`` (one per distinct patient
+    factor), every cross-product of a replicate is an entry of one product
+    ``left @ right'`` over its patients. A block forms its moments once each (``(k, P)``,
+    from the session-major columns), the left rows and the right columns, one stacked
+    matrix product, and picks the entries. Each replicate's sums come from its own rows
+    only, in an order that does not depend on the block.
     """
 
     def __init__(self, blk: _Block, facs: list[list[str]], response: str) -> None:
         def split(f: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
             row = tuple(sorted(v for v in f if blk.view(v).shape[-1] != 1))
-            pat = tuple(v for v in f if blk.view(v).shape[-1] == 1)
+            pat = tuple(sorted(v for v in f if blk.view(v).shape[-1] == 1))
             return row, pat
 
-        self.cols = [split(f) for f in facs]
-        self.resp = split([response])
-        # the columns grouped by their row-level product, in order of first appearance
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for j, (r, _) in enumerate(self.cols):
-            groups.setdefault(r, []).append(j)
-        self.groups = list(groups.items())
+        def key(*rs: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(sorted(sum(rs, ())))
+
+        cols = [split(f) for f in facs]
+        ry, cy = split([response])
+        p = len(cols)
+        self.ry, self.cy, self.p = ry, cy, p
+        lefts: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
+        rights: dict[tuple[str, ...], int] = {}
+
+        def left(c: tuple[str, ...], m: tuple[str, ...]) -> int:
+            return lefts.setdefault((c, m), len(lefts))
+
+        def right(c: tuple[str, ...]) -> int:
+            return rights.setdefault(c, len(rights))
+
+        # entry (left row, right column) of each sum; G symmetric by construction
+        self.sx_rows = np.array([left(c, r) for r, c in cols])
+        gl, gr = np.empty((p, p), np.int64), np.empty((p, p), np.int64)
+        for i, (ri, ci) in enumerate(cols):
+            for j in range(i, p):
+                rj, cj = cols[j]
+                gl[i, j] = gl[j, i] = left(ci, key(ri, rj))
+                gr[i, j] = gr[j, i] = right(cj)
+        self.g_entry = (gl, gr)
+        self.xty_entry = (np.array([left(cy, key(r, ry)) for r, _ in cols]),
+                          np.array([right(c) for _, c in cols]))
+        self.lefts = list(lefts)
+        self.rights = list(rights)
 
     def block_sums(self, blk: _Block, out: dict[str, np.ndarray]) -> None:
         """Write the sums of the block's replicates into the views ``out``."""
@@ -1094,11 +1120,10 @@ class _SumPlan:
         obs = None if blk.observed is None else (
             blk.observed.reshape(k, P, S).transpose(0, 2, 1).astype(float))
         moments: dict[tuple[str, ...], np.ndarray] = {}
-        pats: dict[tuple[str, ...], np.ndarray | None] = {(): None}
+        pats: dict[tuple[str, ...], np.ndarray] = {}
 
-        def moment(*rs: tuple[str, ...]) -> np.ndarray:
-            """Sum over each patient's observed sessions of the product of ``rs`` (k, P)."""
-            key = tuple(sorted(sum(rs, ())))
+        def moment(key: tuple[str, ...]) -> np.ndarray:
+            """Sum over each patient's observed sessions of the product of ``key`` (k, P)."""
             if key not in moments:
                 # session-major (k, S, P) views of the factors (and the observed mask)
                 fs = [blk.view(v).transpose(0, 2, 1) for v in key]
@@ -1113,40 +1138,37 @@ class _SumPlan:
                     moments[key] = np.einsum(f"{sub}->kp", *fs, dtype=float)
             return moments[key]
 
-        def pat(names: tuple[str, ...]) -> np.ndarray | None:
-            """Return the product of the patient-level factors ``names`` (k, P), or None."""
-            if names not in pats:
-                c = np.array(blk.view(names[0])[:, :, 0], dtype=float)
-                for v in names[1:]:
-                    c *= blk.view(v)[:, :, 0]
-                pats[names] = c
-            return pats[names]
+        def pat(names: tuple[str, ...], into: np.ndarray) -> np.ndarray:
+            """Write the product of the patient-level factors ``names`` (k, P) into ``into``."""
+            if not names:
+                into[...] = 1.0
+                return into
+            into[...] = blk.view(names[0])[:, :, 0]
+            for v in names[1:]:
+                into *= blk.view(v)[:, :, 0]
+            return into
 
-        def times(c: np.ndarray | None, m: np.ndarray) -> np.ndarray:
-            return m if c is None else c * m
-
-        ry, cy = self.resp
-        c_y = pat(cy)
+        right = np.empty((k, len(self.rights), P))
+        for i, c in enumerate(self.rights):
+            pats[c] = pat(c, right[:, i])
+        left = np.empty((k, len(self.lefts), P))
+        for i, (c, m) in enumerate(self.lefts):
+            if c:
+                np.multiply(pats[c] if c in pats else pat(c, np.empty((k, P))), moment(m),
+                            out=left[:, i])
+            else:
+                left[:, i] = moment(m)
+        prods = left @ np.swapaxes(right, 1, 2)  # (k, lefts, rights), per replicate
+        out["G"][...] = prods[:, self.g_entry[0], self.g_entry[1]]
+        out["xty"][...] = prods[:, self.xty_entry[0], self.xty_entry[1]]
+        out["sx"][...] = np.swapaxes(left[:, self.sx_rows], 1, 2)
         out["nk"][...] = moment(())
-        out["sy"][...] = times(c_y, moment(ry))
-        yy = moment(ry, ry)
-        out["yty"][...] = (yy if c_y is None else (c_y * c_y) * yy).sum(axis=1)
-        sx, xty, G = out["sx"], out["xty"], out["G"]
-        C = []  # (k, P, n) patient-level factors of each group's columns
-        for rg, ig in self.groups:
-            cs = [pat(self.cols[j][1]) for j in ig]
-            C.append(np.stack([np.ones((k, P)) if c is None else c for c in cs], axis=-1))
-            m = moment(rg)
-            for j, c in zip(ig, cs, strict=True):
-                sx[:, :, j] = times(c, m)
-            xty[:, ig] = (times(c_y, moment(rg, ry))[:, None, :] @ C[-1])[:, 0, :]
-        for g, (rg, ig) in enumerate(self.groups):
-            for h in range(g, len(self.groups)):
-                rh, ih = self.groups[h]
-                # per replicate: (n_g, P) @ (P, n_h) products over its patients
-                Ggh = np.swapaxes(C[g] * moment(rg, rh)[:, :, None], 1, 2) @ C[h]
-                G[:, np.array(ig)[:, None], np.array(ih)[None, :]] = Ggh
-                G[:, np.array(ih)[:, None], np.array(ig)[None, :]] = np.swapaxes(Ggh, 1, 2)
+        c_y = pats.get(self.cy) if self.cy else None
+        if self.cy and c_y is None:
+            c_y = pat(self.cy, np.empty((k, P)))
+        my, myy = moment(self.ry), moment(tuple(sorted(self.ry + self.ry)))
+        out["sy"][...] = my if c_y is None else c_y * my
+        out["yty"][...] = (myy if c_y is None else (c_y * c_y) * myy).sum(axis=1)
 
 
 def _fill_x(X: np.ndarray, blk: _Block, facs: list[list[str] | None]) -> None:
