@@ -64,6 +64,12 @@ def child(kind: str, n: int, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def capacity() -> str:
+    """How much of a second core a process gets now (see r1_children.py ``capacity``)."""
+    return (f"2-thread capacity {child('capacity', 0, 1)['speedup']:.2f}x (np.sort in 2 "
+            "threads vs 1; 2 = both cores free)")
+
+
 def _timed(fn, repeats: int) -> list[float]:  # noqa: ANN001
     out = []
     for _ in range(repeats):
@@ -173,9 +179,12 @@ def main() -> None:
     print(f"python {platform.python_version()}, numpy {np.__version__}, MCPower "
           f"{mc_version}, cores {os.cpu_count()}; {args.rounds} rounds, fresh process each, "
           "ours and MCPower interleaved; medians")
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{capacity()}")
     for line in r1_lines(args.rounds):
         print(line)
+    print(f"load average after the R1 lines: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {capacity()}")
     if not args.no_binomial:
         binomial(args.rounds)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -15,7 +15,11 @@ Run as ``python r1_children.py KIND N_SIMS REPEATS`` with ``PYTHONPATH`` pointin
   Satterthwaite df) on 2 threads / 1 thread after a warm-up call; ``mcfirst``: its first
   2-thread call after a 50-simulation warm-up; ``mcslope`` / ``mcslope1`` /
   ``mcslopefirst``: ``mc2`` / ``mc1`` / ``mcfirst`` with a random alliance slope by
-  therapist.
+  therapist;
+* ``capacity``: how much of a second core this process gets now: ``np.sort`` of a large
+  array (the GIL released) in 2 threads against one after the other, BLAS on one
+  thread (``{"speedup": ...}``; about 2 on an idle 2-core machine, about 1 when the
+  other helpers' jobs keep the second core busy).
 
 R1: 30 therapists x 8 patients x 6 sessions, ``adherence ~ alliance * (age + autonomy) +
 (1 | therapist/patient)``, test ``alliance:autonomy``.
@@ -89,8 +93,35 @@ def _timed(fn) -> tuple[float, float, float]:  # noqa: ANN001
     return time.process_time() - c0, time.perf_counter() - w0, out
 
 
+def _capacity() -> float:
+    """Speed-up of a GIL-free numpy job in 2 threads over one after the other (median)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    a = np.random.default_rng(0).normal(size=1_000_000)
+
+    def job(_: object = None) -> None:
+        for _ in range(4):
+            np.sort(a)
+
+    ratios = []
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            job()
+            job()
+            t1 = time.perf_counter()
+            list(pool.map(job, range(2)))
+            ratios.append((t1 - t0) / (time.perf_counter() - t1))
+    return sorted(ratios)[1]
+
+
 def main() -> None:
     kind, n, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    if kind == "capacity":
+        print(json.dumps({"speedup": _capacity(), "load": os.getloadavg()[0]}))
+        return
     cpu: list[float] = []
     wall: list[float] = []
     power = float("nan")

@@ -42,6 +42,12 @@ def child(src: Path, kind: str, n: int, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def capacity(src: Path) -> str:
+    """How much of a second core a process gets now (see r1_children.py ``capacity``)."""
+    return (f"2-thread capacity {child(src, 'capacity', 0, 1)['speedup']:.2f}x (np.sort in "
+            "2 threads vs 1; 2 = both cores free)")
+
+
 def _commit(src: Path) -> str:
     """The tree's commit (and '+changes' when its work tree differs), or '?'."""
     try:
@@ -73,7 +79,8 @@ def main() -> None:
     print(f"R1 (30 therapists x 8 patients x 6 sessions), {args.rounds} rounds, trees "
           f"interleaved; before = {trees['before']} ({_commit(trees['before'])}), after = "
           f"{trees['after']} ({_commit(trees['after'])})")
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{capacity(trees['after'])}")
     done: dict[str, dict[str, list[dict]]] = {}
     for _label, kind, n, reps, factor, _ in lines:
         key = f"{kind}:{n}"
@@ -96,7 +103,8 @@ def main() -> None:
               f"{med['before'] / med['after']:12.2f}x   (median {measure} "
               f"{med['before'] * 1e3:.0f} / {med['after'] * 1e3:.0f} ms; load "
               f"{min(loads):.1f}-{max(loads):.1f})")
-    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{capacity(trees['after'])}")
 
 
 if __name__ == "__main__":
