@@ -289,6 +289,13 @@ SLOPE_REGRESSION_CASES = {
     # inside now belong to every inward round, for the solutions the last round moved
     "RANK_ONE_AFTER_PROBE": (6, [4, 3, 1, 1, 3, 1], [2, 2, 6, 3, 3, 5, 3, 4, 6, 6, 6, 5, 3],
                              (0.0, 0.0), -0.7, 0.5, 0.0, 0),
+    # replicate 1: fit_mixed's rerun from inside moved it from l22 = 0 to an interior
+    # local optimum with s_b = 0 (0.031 lower log-likelihood); the optimum is back on
+    # l22 = 0 with s_b = 0.18, reached from s_b = 0.3 (no probe of s_b alone beats it):
+    # zero scalar SDs are rerun from inside too (problems without the grid)
+    "ZERO_SB_LOCAL": (9, [1, 3, 2, 1, 1, 1, 1, 4, 1],
+                      [6, 5, 4, 6, 4, 6, 5, 3, 3, 5, 3, 5, 5, 3, 2], (0.0, 0.0), -0.7, 0.0,
+                      0.0, 5),
 }
 
 

@@ -38,11 +38,13 @@ any (replicate, point) pairs and its local optimiser with some components held a
    zero altogether (a 2 x 2 one) is also probed along the rank-one direction in which
    the criterion falls fastest (estimated from three small probes): a correlated pair
    of variances can raise the likelihood where neither alone does. Before the probes,
-   a solution with a zero diagonal entry of a covariance factor (a rank-deficient
-   factor: runs from a start mostly end there, and it can hold a local optimum with a
-   better one inside that no probe beats) is rerun by the free optimiser from itself
-   with that entry at each of :data:`INSIDE`. Repeated up to :data:`INWARD_ROUNDS`
-   times, for the solutions the last round moved (each may end on another face).
+   in the problems of the face checks (no grid), a solution with a bounded entry at
+   zero is rerun by the free optimiser from itself with that entry at each of
+   :data:`INSIDE`: a face (for a covariance factor: a rank-deficient one, where runs
+   from a start mostly end) can hold a local optimum with a better one inside that no
+   single-entry probe beats, where the way there moves other entries too. Repeated up
+   to :data:`INWARD_ROUNDS` times, for the solutions the last round moved (each may end
+   on another face).
 4. **Snap.** Bounded components below :data:`BOUNDARY_SNAP` are set to exactly zero
    when the criterion does not rise (:func:`snap`).
 
@@ -92,7 +94,7 @@ MAX_GRID_TERMS = 3
 #: Relative SDs probed inward from a zero component (very flat optima lie near 1e-3,
 #: and a slope-intercept covariance factor's near 1e-4).
 INWARD = (1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 3.0, 10.0)
-#: Values a zero diagonal entry of a covariance factor is rerun from (step 3).
+#: Values a zero bounded entry is rerun from (step 3, problems without the grid).
 INSIDE = (0.3, 1.0)
 #: Size of the entries of a zero 2 x 2 covariance factor in the probes that estimate the
 #: criterion's derivative there (:func:`_rank_one_probes`).
@@ -195,6 +197,11 @@ def _accept(
     theta[idx[ok]], f[idx[ok]], converged[idx[ok]] = cand[ok], fc[ok], conv[ok]
 
 
+def _on_grid(crit: Criterion) -> bool:
+    """Whether step 2 is the grid (small problems, scalar SDs only)."""
+    return bool(crit.k <= MAX_GRID_TERMS and crit.scalar.all())
+
+
 def _grid_values(crit: Criterion, reps: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """Criterion of every replicate in ``reps`` at every point ``pts``, shape (reps, pts).
 
@@ -288,16 +295,19 @@ def _face_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]
 def _inside_step(
     crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray
 ) -> None:
-    """Rerun from inside the solutions ``rows`` with a factor's diagonal entry at zero.
+    """Rerun from inside the solutions ``rows`` with a bounded entry at zero (no grid).
 
-    For ``(1 + x | g)`` that is correlation +-1 (``l22 = 0``) or no intercept variance
-    (``l11 = 0``); the free run starts from the solution with the entry at each of
-    :data:`INSIDE` (zero as in :func:`_near_zero`). The runs of one entry start from the
-    same solutions, so an engine that polishes many replicates at once
-    (``polish_faces``) runs them together.
+    A zero variance, or for ``(1 + x | g)`` correlation +-1 (``l22 = 0``) or no
+    intercept variance (``l11 = 0``); the free run starts from the solution with the
+    entry at each of :data:`INSIDE` (zero as in :func:`_near_zero`). Problems searched on
+    the grid have their faces and the points near them covered by it. The runs of one
+    entry start from the same solutions, so an engine that polishes many replicates at
+    once (``polish_faces``) runs them together.
     """
+    if _on_grid(crit):
+        return
     theta, f, _ = state
-    near = _near_zero(crit, theta[rows]) & ~crit.scalar[None, :] & np.isfinite(f[rows])[:, None]
+    near = _near_zero(crit, theta[rows]) & np.isfinite(f[rows])[:, None]
     many = getattr(crit, "polish_faces", None)
     for i in np.flatnonzero(near.any(axis=0)):
         idx = rows[near[:, i]]
@@ -457,7 +467,7 @@ def search(
     theta = snap(crit, np.arange(crit.n_rep), theta)
     everyone = np.arange(crit.n_rep)
     state = (theta, crit.values(everyone, theta), np.array(converged, dtype=bool))
-    if crit.k <= MAX_GRID_TERMS and crit.scalar.all():
+    if _on_grid(crit):
         _grid_step(crit, state)
     else:
         _face_step(crit, state)
