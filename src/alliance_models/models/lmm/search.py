@@ -120,6 +120,13 @@ class Criterion(Protocol):
         Entries with a lower bound of zero (SDs, diagonals of the covariance factors).
     scalar : ndarray of bool, shape (k,)
         Entries that are the SD of a scalar term (the criterion is even in them).
+
+    Notes
+    -----
+    An engine that polishes many replicates at once may also offer
+    ``polish_faces(jobs)``: :meth:`polish` for a list of ``(rep, theta0, held)`` in one
+    run, returning the list of its results. The face step and the reruns from inside
+    then run their polishes together (the results are those of one call per job).
     """
 
     n_rep: int
