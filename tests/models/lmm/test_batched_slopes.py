@@ -299,6 +299,18 @@ SLOPE_REGRESSION_CASES = {
     "ZERO_SB_LOCAL": (9, [1, 3, 2, 1, 1, 1, 1, 4, 1],
                       [6, 5, 4, 6, 4, 6, 5, 3, 3, 5, 3, 5, 5, 3, 2], (0.0, 0.0), -0.7, 0.0,
                       0.0, 5),
+    # replicate 2: fit_mixed's face check with l11 held at zero started with l22 moved
+    # from 0 to 1.0 and ran to Lambda = 0 and s_b = 0 (worse, rejected), so it stopped on
+    # l22 = 0 (0.010 lower log-likelihood) while the optimum is l11 = 0 with s_b = 0.31:
+    # zero entries now start the face checks at INSIDE[0] = 0.3
+    "FACE_START_FAR": (6, [1, 1, 2, 3, 1, 1], [2, 2, 5, 2, 4, 4, 5, 6, 5], (1.0, 0.0), -0.7,
+                       0.0, 0.0, 2),
+    # replicate 1: fit_mixed stopped on l11 = 0 with (l21, l22) = (0.14, 0.85) (the split
+    # of the slope SD is arbitrary there) while the optimum has l11 = 1.9e-4 and
+    # correlation -1 (l21 = -0.86, l22 = 0; 1.6e-7 in the log-likelihood, beta 4e-5 SE
+    # away): a factor with l11 = 0 is also probed rotated to rank one
+    "ROTATED_L11": (5, [2, 2, 2, 1, 1], [4, 6, 2, 4, 4, 6, 4, 5], (0.0, 0.8), 0.7, 1.0, 0.0,
+                    0),
 }
 
 

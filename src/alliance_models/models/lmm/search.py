@@ -264,8 +264,9 @@ def _face_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]
     def job(i: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         idx = rows[theta[rows, i] != 0.0]
         start = theta[idx].copy()
-        # other components at zero start inside (zero is a stationary point)
-        start[(start == 0.0) & crit.bounded[None, :]] = 1.0
+        # other components at zero start inside (zero is a stationary point), near it:
+        # far out (1.0) the run can leave the solution's basin for a worse face
+        start[(start == 0.0) & crit.bounded[None, :]] = INSIDE[0]
         start[:, i] = 0.0
         return idx, start
 
@@ -348,6 +349,11 @@ def _rank_one_probes(
     ``l22 = 0``, ``h`` in :data:`INWARD`). Applies when the non-scalar entries are one
     lower-triangular 2 x 2 factor (``l11, l21, l22``: bounded, free, bounded); only the
     solutions ``todo`` are probed.
+
+    A factor with ``l11 = 0`` only (no intercept variance) depends on
+    ``r^2 = l21^2 + l22^2`` alone, so the split the optimiser left is arbitrary; off the
+    face it sets the correlation. Such a factor is also probed rotated to rank one
+    (``l11 = h``, ``l21 = +-r``, ``l22 = 0``: correlation +-1).
     """
     theta, f, _ = state
     ns = np.flatnonzero(~crit.scalar)
@@ -356,8 +362,18 @@ def _rank_one_probes(
     i11, i21, i22 = ns
     # zero: every entry below BOUNDARY_SNAP (as in _near_zero; the free one too)
     near = _near_zero(crit, theta[todo])
-    whole = todo[near[:, i11] & near[:, i22] & (np.abs(theta[todo, i21]) < BOUNDARY_SNAP)
-                 & np.isfinite(f[todo])]
+    ok = np.isfinite(f[todo])
+    zero21 = np.abs(theta[todo, i21]) < BOUNDARY_SNAP
+    h = np.array(INWARD)
+    rot = todo[near[:, i11] & ~(near[:, i22] & zero21) & ok]
+    if rot.size:
+        r = np.hypot(theta[rot, i21], theta[rot, i22])
+        xr = np.repeat(np.concatenate([theta[rot], theta[rot]]), h.size, axis=0)
+        xr[:, i11] = np.tile(h, 2 * rot.size)
+        xr[:, i21] = np.repeat(np.r_[r, -r], h.size)
+        xr[:, i22] = 0.0
+        x, rows = np.concatenate([x, xr]), np.r_[rows, np.repeat(np.r_[rot, rot], h.size)]
+    whole = todo[near[:, i11] & near[:, i22] & zero21 & ok]
     if whole.size == 0:
         return x, rows
     e = FACTOR_PROBE
@@ -375,7 +391,6 @@ def _rank_one_probes(
     a = 0.5 * np.arctan2(2.0 * g12, g11 - g22) + 0.5 * np.pi  # smallest eigenvalue's
     c, sn = np.cos(a), np.sin(a)
     sign = np.where(c < 0, -1.0, 1.0)  # l11 >= 0
-    h = np.array(INWARD)
     xj = np.repeat(base, h.size, axis=0)
     hv = np.tile(h, whole.size)
     xj[:, i11] = np.repeat(sign * c, h.size) * hv
