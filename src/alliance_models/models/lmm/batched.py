@@ -602,7 +602,8 @@ def _cluster_part(xtx: np.ndarray, columns: np.ndarray | Callable[[int, int], np
     two = layout.outer_starts is not None
     J = 0 if layout.outer_starts is None else layout.outer_starts.shape[0]
     S2 = np.empty((B, T, J, q)) if two else None
-    N2 = E = None
+    N2 = None
+    m_out = 0 if layout.outer_starts is None else _equal_segments(layout.outer_starts, K)
     if two:
         # E[k, j] = 1 when level-1 cluster k is in outer cluster j
         outer_of = np.cumsum(np.isin(np.arange(K), layout.outer_starts)) - 1
@@ -621,8 +622,15 @@ def _cluster_part(xtx: np.ndarray, columns: np.ndarray | Callable[[int, int], np
             # one size: every cluster counts
             w = c if onehot is None else c * onehot[lo:hi, None, :, t]
             Q[lo:hi, t] = w @ cT
-            if two:
-                S2[lo:hi, t] = np.swapaxes(w @ E, 1, 2)  # type: ignore[index,operator]
+            if two:  # sums over each outer cluster's (contiguous) level-1 clusters
+                if m_out:  # m_out clusters each: strided slices added in order
+                    v = w.reshape(w.shape[:2] + (J, m_out))
+                    s2 = v[..., 0].copy()
+                    for i in range(1, m_out):
+                        s2 += v[..., i]
+                else:
+                    s2 = np.add.reduceat(w, layout.outer_starts, axis=-1)
+                S2[lo:hi, t] = np.swapaxes(s2, 1, 2)  # type: ignore[index]
     P2 = None
     if groups is not None:
         member = groups[0]
@@ -752,10 +760,12 @@ def _evaluate_basis(st: SuffStats, s: np.ndarray, reml: bool, grad: bool
     L = _chol(M)
     dg = np.diagonal(L, axis1=1, axis2=2)
     R = dg[:, p] ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = logdet + (2.0 * np.log(dg[:, :p]).sum(axis=1) if reml else 0.0)
-        nu = st.n - p if reml else st.n
-        f = nu * np.log(R) + h
+    # the pivots are positive, or NaN where the factorisation failed (_chol): their
+    # logarithms raise no floating-point warning (log R = 2 log L[p, p] cannot underflow)
+    lg = np.log(dg)
+    h = logdet + (2.0 * lg[:, :p].sum(axis=1) if reml else 0.0)
+    nu = st.n - p if reml else st.n
+    f = (2.0 * nu) * lg[:, p] + h
     f = np.where(np.isfinite(f), f, np.inf)
     if not grad:
         return f, R, h, L
