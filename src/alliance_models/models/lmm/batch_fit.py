@@ -687,7 +687,11 @@ def fit_sums(
         if got != want:
             raise DataValidationError(f"{name} has shape {got}; sx {sx.shape} needs {want}")
     for name, a in (("G", G), ("xty", xty), ("yty", yty), ("sx", sx), ("sy", sy)):
-        if not np.all(np.isfinite(a)):
+        # a finite total means finite entries (one pass, no temporary); otherwise (a
+        # non-finite entry, or a total that overflows) every entry is checked
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = a.sum()
+        if not np.isfinite(total) and not np.all(np.isfinite(a)):
             raise DataValidationError(f"{name} has non-finite values; the sums must be finite")
     if not np.all(nk >= 1):
         raise DataValidationError("every level-1 cluster needs an observed row (nk >= 1)")
