@@ -23,7 +23,8 @@ any (replicate, point) pairs and its local optimiser with some components held a
    polished point replaces the solution when it is better. Larger problems (more terms,
    random slopes) get the face checks instead: for every bounded entry not at zero (a
    scalar SD, or a diagonal entry of a covariance factor), the optimiser runs from the
-   solution with that entry held at zero.
+   solution with that entry held at zero (its other zero entries start at ``INSIDE[0]``,
+   near zero: from far out a run can leave for a worse face).
 3. **Across the face.** A solution with a component at exactly zero is a stationary
    point in that component even when the criterion falls inward, and one a hair above
    zero (below :data:`BOUNDARY_SNAP`, where an optimiser stalls on a flat criterion and
@@ -37,7 +38,9 @@ any (replicate, point) pairs and its local optimiser with some components held a
    arbitrary, while off the face it sets the sign of the correlation. A factor that is
    zero altogether (a 2 x 2 one) is also probed along the rank-one direction in which
    the criterion falls fastest (estimated from three small probes): a correlated pair
-   of variances can raise the likelihood where neither alone does. Before the probes,
+   of variances can raise the likelihood where neither alone does; one with only its
+   first diagonal entry at zero depends on the norm of the rest, and is also probed
+   rotated to rank one (correlation +-1 off the face). Before the probes,
    in the problems of the face checks (no grid), a solution with a bounded entry at
    zero is rerun by the free optimiser from itself with that entry at each of
    :data:`INSIDE`: a face (for a covariance factor: a rank-deficient one, where runs
