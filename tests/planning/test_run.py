@@ -782,15 +782,24 @@ def test_fast_batches_are_memory_chunks_and_do_not_change_results(monkeypatch):
     cap = engine._stacked_cap(R1_DESIGN, spec, x_names, first)
     # design R1: 1,440 rows, 6 coefficients, 240 patients in 30 therapists, 6 sessions;
     # random intercepts are fitted from sums (no rows in the working set)
-    assert cap == fast.chunk_size(1440, 6, 240, 30, 6, sums=True) == 769
+    # a batch from sums holds up to _SUMS_BATCH_MEMORY (128 MB) of working set
+    assert cap == fast.chunk_size(1440, 6, 240, 30, 6, sums=True,
+                                  memory=engine._SUMS_BATCH_MEMORY) == 1538
+    assert fast.chunk_size(1440, 6, 240, 30, 6, sums=True) == 769  # 64 MB
     assert fast.chunk_size(1440, 6, 240, 30, 6) == 457  # with the rows (fit_batch)
-    # at most one chunk per batch, a multiple of 4 batches of equal size from 800
-    # replicates on (so 2 or 4 workers share them evenly), one batch for short runs
-    assert engine._default_batch_size("fast", 20000, cap) == 715  # 28 batches
-    assert engine._default_batch_size("fast", 2000, cap) == 500  # 4 batches
-    assert engine._default_batch_size("fast", 1000, cap) == 250
-    assert engine._default_batch_size("fast", 799, cap) == 400
-    assert engine._default_batch_size("fast", 300, cap) == 300
+    # at most one chunk per batch; with several workers a multiple of them (each batch
+    # still holding _MIN_STACKED replicates), sizes as equal as possible
+    size = engine._default_batch_size
+    assert size("fast", 20000, cap) == 1429  # 14 batches
+    assert size("fast", 20000, cap, workers=2) == 1429  # 14, even already
+    assert size("fast", 20000, cap, workers=4) == 1250  # 16
+    assert size("fast", 2000, cap) == 1000  # 2 batches
+    assert size("fast", 2000, cap, workers=2) == 1000
+    assert size("fast", 2000, cap, workers=4) == 500  # one batch per worker
+    assert size("fast", 1000, cap, workers=2) == 500
+    assert size("fast", 1000, cap, workers=8) == 1000  # 8 x 125 too small: one batch
+    assert size("fast", 399, cap, workers=2) == 399  # under 2 x 200: one batch
+    assert size("fast", 400, cap, workers=2) == 200
     # random caseloads (one layout per replicate) and data-frame formulas keep the
     # small batches of the replicate-by-replicate route
     varying = R1_DESIGN.replace(patients_per_therapist=("poisson", 8))

@@ -2,8 +2,9 @@
 
 :func:`power` simulates ``n_sims`` data sets from a :class:`Design`, fits the analysis
 formula to each, and tests one coefficient. Replicate ``i`` always uses the i-th child
-of ``SeedSequence(seed).spawn`` and replicates run in fixed batches, so the result does
-not depend on ``n_jobs`` or on the backend (:mod:`~alliance_models.planning.executors`).
+of ``SeedSequence(seed).spawn`` and its fit does not depend on the other replicates of
+its batch, so the result does not depend on ``n_jobs``, on the batches or on the
+backend (:mod:`~alliance_models.planning.executors`).
 A batch is fitted by its method's route (:data:`BATCH_ROUTES`: for ``"fast"`` the batched
 REML engine, or the batched Laplace engine of binomial designs; one data-frame fit per
 replicate otherwise).
@@ -63,7 +64,7 @@ from ..formula import parse_formula
 from ..spec import ModelSpec
 from . import checkpoint as _checkpoint
 from .design import Design
-from .executors import Batch, execute, limit_blas
+from .executors import Batch, execute, limit_blas, n_workers
 from .multitest import (
     MULTI_REPLICATE_COLUMNS,
     MultiPowerResult,
@@ -90,6 +91,11 @@ _FAIL_EXC = (np.linalg.LinAlgError, ArithmeticError, AllianceModelsError, ValueE
 #: smallest stacked fast batch worth splitting a run for (per-batch costs of the
 #: batched fit are spread over this many replicates)
 _MIN_STACKED = 200
+#: working-memory budget of one batch of the random-intercept engine fitted from sums
+#: (bytes; a thread or worker holds one batch at a time): twice fit_batch's default
+#: chunk, since fewer, larger batches spread the fixed costs of a batched fit (about
+#: 10-20 ms each) over more replicates
+_SUMS_BATCH_MEMORY = 128 * 2**20
 #: warnings point at the caller's line, outside alliance_models.planning
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 #: held while a batch changes the process's warning filters (``catch_warnings`` is not
@@ -631,10 +637,11 @@ def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
     batched fit per batch) needs a fixed layout and a formula of plain products of
     simulated columns. Its batches hold at most one working-memory chunk of
     :func:`fast.chunk_size` for the layout of the first replicate (for 30 therapists x
-    8 patients x 6 sessions and six coefficients: 769 replicates from sums, 457 with a
-    random slope, whose fit takes the rows), so each batch is one vectorised fit,
-    per-batch costs are spread over many replicates and memory stays bounded. Binomial
-    designs use the batched Laplace engine's
+    8 patients x 6 sessions and six coefficients: 1,538 replicates from sums, with a
+    budget of ``_SUMS_BATCH_MEMORY``; 457 with a random slope, whose fit takes the
+    rows), so each batch is one vectorised fit, per-batch costs are spread over many
+    replicates and memory stays bounded. Binomial designs use the batched Laplace
+    engine's
     :func:`~alliance_models.models.glmm.batched.chunk_size`.
     """
     from ..models.lmm import batch_fit as fast
@@ -652,24 +659,28 @@ def _stacked_cap(design: Design, spec: ModelSpec, x_names: tuple[str, ...],
 
         return chunk_size(int(sa.therapist.size), len(x_names), int(sizes.size))
     slope = fast.random_slope(spec) is not None
+    if slope:
+        return fast.chunk_size(int(sa.therapist.size), len(x_names), int(sizes.size),
+                               n_outer, int(sizes.max()), slope=True)
     return fast.chunk_size(int(sa.therapist.size), len(x_names), int(sizes.size), n_outer,
-                           int(sizes.max()), slope=slope, sums=not slope)
+                           int(sizes.max()), sums=True, memory=_SUMS_BATCH_MEMORY)
 
 
-def _default_batch_size(method: str, n_sims: int, stacked_cap: int | None = None) -> int:
-    """Replicates per batch: from the method, ``n_sims`` and the layout, never ``n_jobs``.
+def _default_batch_size(method: str, n_sims: int, stacked_cap: int | None = None,
+                        workers: int = 1) -> int:
+    """Replicates per batch: from the method, ``n_sims``, the layout and the workers.
 
     Replicate ``i`` always uses seed ``i`` and its fit does not depend on the other
     replicates of its batch, so batch boundaries affect speed, progress and checkpoint
-    granularity only, not results.
+    granularity only, not results (whatever ``n_jobs``).
     """
     if method == "fast" and stacked_cap is not None:
-        # as few batches as memory allows, but a multiple of 4 of them (at least 4 when
-        # each still holds _MIN_STACKED replicates) so that 2 or 4 workers share the
-        # batches evenly; sizes as equal as possible
+        # as few batches as memory allows, but a multiple of the workers (threads or
+        # processes; at least one batch each while each batch still holds _MIN_STACKED
+        # replicates) so that they share the batches evenly; sizes as equal as possible
         n_batches = math.ceil(n_sims / max(1, stacked_cap))
-        if n_sims >= 4 * _MIN_STACKED:
-            n_batches = 4 * math.ceil(n_batches / 4)
+        if workers > 1 and n_sims >= workers * _MIN_STACKED:
+            n_batches = workers * math.ceil(n_batches / workers)
         return max(1, math.ceil(n_sims / n_batches))
     cap = 50 if method == "fast" else 10
     return max(1, min(cap, math.ceil(n_sims / 20)))
@@ -768,8 +779,9 @@ def power(
     progress : bool or None
         Progress bar; ``None`` shows it when the run looks longer than a few seconds.
     batch_size : int, optional
-        Replicates per task (default from ``method`` and ``n_sims`` only, so results do
-        not depend on ``n_jobs``).
+        Replicates per task (default from ``method``, ``n_sims``, the layout and, for
+        the batched engines, a multiple of the workers as batch count; results do not
+        depend on it).
     fit_kwargs : mapping, optional
         Extra keyword arguments of the fitting function.
     bayes_kwargs : mapping, optional
@@ -916,7 +928,7 @@ def power(
         tests=tests or (), test_indices=tuple(x_names.index(t) for t in tests or ()),
     )
     columns = _TESTS_COLUMNS if tests else REPLICATE_COLUMNS
-    bs = batch_size or _default_batch_size(resolved, n_sims, stacked)
+    bs = batch_size or _default_batch_size(resolved, n_sims, stacked, n_workers(n_jobs))
     fp = _checkpoint.fingerprint(job.describe(), root)
     ck_path = Path(checkpoint) if checkpoint is not None else None
     if ck_path is not None and ck_path.suffix not in (".parquet", ".csv"):
