@@ -326,3 +326,29 @@ def test_sigint_during_thread_route_returns_partial_result(tmp_path):
     assert sorted(pd.read_parquet(out)["rep"]) == sorted(saved["rep"])
     names = set(log.read_text().split())
     assert names and all(n.startswith(POOL) for n in names)
+
+
+def test_cold_thread_route_does_not_import_joblib():
+    # a short first run of a session in threads: no parallel_config can be active and no
+    # loky worker can run before joblib is imported, so the route does not import it
+    # (tens of milliseconds); a fresh process, where nothing imported joblib before
+    code = textwrap.dedent(f"""
+        import sys, threading
+        import alliance_models as am
+        d = am.Design(therapists=8, patients_per_therapist=4, sessions=3,
+                      effects={{"alliance": 0.3}})
+        seen = []
+        orig = threading.Thread.start
+        def start(self):
+            seen.append(self.name)
+            return orig(self)
+        threading.Thread.start = start
+        am.power(d, "adherence ~ alliance + (1 | therapist/patient)", test="alliance",
+                 n_sims=400, seed=1, n_jobs=2, progress=False)
+        print(any(n.startswith({POOL!r}) for n in seen),
+              "joblib.parallel" in sys.modules,
+              "joblib.externals.loky.reusable_executor" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert out.stdout.split() == ["True", "False", "False"], out.stderr

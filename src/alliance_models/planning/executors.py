@@ -179,6 +179,10 @@ def execute(task: Task, batches: list[Batch], n_jobs: int, backend: Any, *,
 
 def _default_joblib_backend() -> bool:
     """Whether joblib would use its default process backend (loky) here."""
+    if "joblib.parallel" not in sys.modules:
+        # no parallel_config can be active before joblib.parallel is imported (and the
+        # import takes tens of milliseconds, a tenth of a short first run)
+        return True
     from joblib.parallel import LokyBackend, get_active_backend
 
     return isinstance(get_active_backend()[0], LokyBackend)
@@ -188,8 +192,11 @@ def _running_executor(workers: int) -> Any | None:
     """Return loky's reusable executor if it has live worker processes, else None.
 
     Reads loky's own module state (the executor joblib also uses) without creating
-    anything; if that state is not where this loky version keeps it, None.
+    anything; if that state is not where this loky version keeps it, None. Before loky's
+    executor module is imported (by this package or by joblib) no workers can run.
     """
+    if "joblib.externals.loky.reusable_executor" not in sys.modules:
+        return None
     from joblib.externals.loky import reusable_executor
 
     ex = getattr(reusable_executor, "_executor", None)
