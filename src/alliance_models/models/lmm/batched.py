@@ -1276,8 +1276,11 @@ def _newton(
         t = np.ones(active.size)
         accepted = done | ~np.isfinite(f0) | uphill
         snew = sa.copy()
-        # predicted decrease below the rounding level of f: take the full step
-        tiny = ~accepted & (-slope < 1e-13 * np.maximum(1.0, np.abs(f0)))
+        # predicted decrease below the rounding level of f (ROUNDING, as in the search):
+        # the line search cannot tell the points apart, so take the full step (with a
+        # stricter level, 1e-13, the noise of f, 2e-13 relative with OpenBLAS's Haswell
+        # kernel, let a run creep by lucky points until _MAX_ITER, unconverged)
+        tiny = ~accepted & (-slope < ROUNDING * np.maximum(1.0, np.abs(f0)))
         snew[tiny] = sa[tiny] + d[tiny]
         accepted |= tiny
         known[active[~accepted | tiny]] = False  # rows that move
