@@ -241,3 +241,37 @@ def test_docstring_examples_run(module):
         optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
     )
     assert res.attempted > 0 and res.failed == 0
+
+
+class _Bowl:
+    """Four scalar SDs (face checks, no grid), minimum at 1 in each; zeroing entry i
+    raises the criterion by ``rise[i]``; polish records its starts and returns the face
+    optimum (the other entries at 1)."""
+
+    n_rep, k = 1, 4
+    bounded = scalar = np.ones(4, dtype=bool)
+
+    def __init__(self, rise):
+        self.rise = np.asarray(rise, dtype=float)
+        self.runs = []
+
+    def values(self, rep, t):
+        t = np.asarray(t, dtype=float)
+        return (self.rise * (t - 1.0) ** 2).sum(axis=1)
+
+    def polish(self, rep, t0, held):
+        self.runs.append((held, np.array(t0)))
+        out = np.ones_like(t0)
+        out[:, list(held)] = 0.0
+        return out, np.ones(len(t0), dtype=bool)
+
+
+def test_face_checks_skip_starts_far_above_the_solution():
+    # entry 0 held at zero starts rise[0] above the solution: run when within
+    # START_MARGIN, not run beyond it (it would have to fall further than that to win)
+    m = search.START_MARGIN
+    crit = _Bowl([0.5 * m, 2.0 * m, 0.9 * m, 3.0 * m])
+    theta, _ = search.search(crit, np.ones((1, 4)), np.array([True]))
+    held = sorted(h for h, _ in crit.runs)
+    assert held == [(0,), (2,)]
+    np.testing.assert_array_equal(theta, np.ones((1, 4)))  # no face is better

@@ -24,7 +24,9 @@ any (replicate, point) pairs and its local optimiser with some components held a
    random slopes) get the face checks instead: for every bounded entry not at zero (a
    scalar SD, or a diagonal entry of a covariance factor), the optimiser runs from the
    solution with that entry held at zero (its other zero entries start at ``INSIDE[0]``,
-   near zero: from far out a run can leave for a worse face).
+   near zero: from far out a run can leave for a worse face). A face check whose start
+   lies more than :data:`START_MARGIN` above the solution is not run (it would have to
+   descend further than that to win); nor is such a rerun from inside (step 3).
 3. **Across the face.** A solution with a component at exactly zero is a stationary
    point in that component even when the criterion falls inward, and one a hair above
    zero (below :data:`BOUNDARY_SNAP`, where an optimiser stalls on a flat criterion and
@@ -75,6 +77,7 @@ __all__ = [
     "MAX_GRID_TERMS",
     "ROUNDING",
     "SINGULAR_TOL",
+    "START_MARGIN",
     "Criterion",
     "search",
     "snap",
@@ -89,6 +92,12 @@ SINGULAR_TOL = 1e-4
 BOUNDARY_SNAP = 1e-5
 #: A grid point within this (criterion units, ``-2 log L``) of the solution is polished.
 FACE_MARGIN = 3.0
+#: A face check or rerun from inside whose start lies more than this above the solution
+#: (``-2 log L``) is not run: it would have to descend further than that to win. Over the
+#: random-slope regression cases and 200 random designs, the largest start gap of a run
+#: that replaced its solution was 14.0; on a 30 x 8 x 6 power design 1,828 replicates
+#: ran 6,684 such runs, none of which won, and 3,000 of them started 45 to 250 above.
+START_MARGIN = 40.0
 #: Relative SDs of the search grid, per component; 0 puts grid points on every face and
 #: the far values catch optima at variance ratios near 100 in tiny designs.
 GRID = (0.0, 0.1, 0.3, 0.8, 2.0, 5.0, 10.0)
@@ -271,7 +280,7 @@ def _face_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]
         # far out (1.0) the run can leave the solution's basin for a worse face
         start[(start == 0.0) & crit.bounded[None, :]] = INSIDE[0]
         start[:, i] = 0.0
-        return idx, start
+        return _promising(crit, state, idx, start)
 
     everyone = np.arange(crit.n_rep)
     many = getattr(crit, "polish_faces", None)
@@ -303,6 +312,18 @@ def _face_step(crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray]
             _accept(crit, state, idx, cand, conv)
 
 
+def _promising(
+    crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray], idx: np.ndarray,
+    start: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the runs ``(idx, start)`` that start within :data:`START_MARGIN` of the solution."""
+    if idx.size == 0:
+        return idx, start
+    f = state[1]
+    keep = crit.values(idx, start) <= f[idx] + START_MARGIN
+    return idx[keep], start[keep]
+
+
 def _inside_step(
     crit: Criterion, state: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray
 ) -> None:
@@ -323,18 +344,21 @@ def _inside_step(
     for i in np.flatnonzero(near.any(axis=0)):
         idx = rows[near[:, i]]
         base = theta[idx].copy()
-        starts = []
+        runs = []
         for v in INSIDE:
             start = base.copy()
             start[:, i] = v
-            starts.append(start)
+            runs.append(_promising(crit, state, idx, start))
         if many is None:
-            for start in starts:
-                cand, conv = crit.polish(idx, start, ())
-                _accept(crit, state, idx, cand, conv)
+            for rows_v, start in runs:
+                if rows_v.size:
+                    cand, conv = crit.polish(rows_v, start, ())
+                    _accept(crit, state, rows_v, cand, conv)
         else:
-            for cand, conv in many([(idx, start, ()) for start in starts]):
-                _accept(crit, state, idx, cand, conv)
+            for (rows_v, _), (cand, conv) in zip(
+                    runs, many([(r, start, ()) for r, start in runs]), strict=True):
+                if rows_v.size:
+                    _accept(crit, state, rows_v, cand, conv)
 
 
 def _rank_one_probes(
