@@ -244,24 +244,25 @@ def test_docstring_examples_run(module):
 
 
 class _Bowl:
-    """Four scalar SDs (face checks, no grid), minimum at 1 in each; zeroing entry i
-    raises the criterion by ``rise[i]``; polish records its starts and returns the face
-    optimum (the other entries at 1)."""
+    """Four scalar SDs (face checks, no grid), minimum at ``center`` (default 1 in each):
+    ``sum rise_i (t_i - center_i)^2``; polish records its starts and returns the optimum
+    with ``held`` at zero (the other entries at their centre)."""
 
     n_rep, k = 1, 4
     bounded = scalar = np.ones(4, dtype=bool)
 
-    def __init__(self, rise):
+    def __init__(self, rise, center=(1.0, 1.0, 1.0, 1.0)):
         self.rise = np.asarray(rise, dtype=float)
+        self.center = np.asarray(center, dtype=float)
         self.runs = []
 
     def values(self, rep, t):
         t = np.asarray(t, dtype=float)
-        return (self.rise * (t - 1.0) ** 2).sum(axis=1)
+        return (self.rise * (t - self.center) ** 2).sum(axis=1)
 
     def polish(self, rep, t0, held):
         self.runs.append((held, np.array(t0)))
-        out = np.ones_like(t0)
+        out = np.broadcast_to(self.center, t0.shape).copy()
         out[:, list(held)] = 0.0
         return out, np.ones(len(t0), dtype=bool)
 
@@ -275,3 +276,17 @@ def test_face_checks_skip_starts_far_above_the_solution():
     held = sorted(h for h, _ in crit.runs)
     assert held == [(0,), (2,)]
     np.testing.assert_array_equal(theta, np.ones((1, 4)))  # no face is better
+
+
+def test_reruns_from_inside_skip_starts_far_above_the_solution():
+    # the solution has entry 3 at zero (its optimum); the reruns from inside start it at
+    # INSIDE = (0.3, 1.0), 0.09 * rise and 1.0 * rise above: only the first is within
+    # START_MARGIN, so only it runs
+    m = search.START_MARGIN
+    assert search.INSIDE == (0.3, 1.0)
+    crit = _Bowl([1.0, 1.0, 1.0, 2.0 * m], center=(1.0, 1.0, 1.0, 0.0))
+    theta = np.array([[1.0, 1.0, 1.0, 0.0]])
+    state = (theta, crit.values(None, theta), np.array([True]))
+    search._inside_step(crit, state, np.array([0]))
+    assert [(h, t[0, 3]) for h, t in crit.runs] == [((), 0.3)]
+    np.testing.assert_array_equal(state[0], [[1.0, 1.0, 1.0, 0.0]])
